@@ -1,0 +1,1 @@
+"""The ``autocompress`` command line."""

@@ -1,0 +1,189 @@
+"""``autocompress`` command line: thin commands that parse arguments and call the API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autocompress.exceptions import AutocompressError
+
+__all__ = ["main"]
+
+_EPILOG = "Docs: README.md. Errors print one line and exit 2; -v shows more detail."
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1,C,H,W (e.g. 1,3,32,32), got {text!r}"
+                                         ) from None
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected four positive integers 1,C,H,W, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autocompress", epilog=_EPILOG,
+        description="Hardware-aware neural-network compression search.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output (-vv: also Optuna's own logging)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search compressed models for a latency budget",
+                       epilog=_EPILOG)
+    s.add_argument("--model", default="resnet20",
+                   help="builtin name (resnet20/32/56, mobilenet_v2), a torchvision classifier "
+                        "name, or path/file.py:factory (default: resnet20)")
+    s.add_argument("--data", default="mnist",
+                   help="mnist, digits or imagefolder:PATH (default: mnist)")
+    s.add_argument("--latency-budget-ms", type=_positive_float, default=None,
+                   help="latency budget (default: half the baseline's measured latency)")
+    s.add_argument("--trials", type=int, default=12,
+                   help="finetuned trials within budget to complete (default: 12)")
+    s.add_argument("--out", type=Path, default=Path("runs/default"),
+                   help="run folder; the same command again resumes (default: runs/default)")
+    s.add_argument("--checkpoint", type=Path, help="state_dict of the model (.pt)")
+    s.add_argument("--space", type=Path, help="search-space YAML (default: "
+                   "search_spaces/default.yaml)")
+    s.add_argument("--profile", type=Path, help="hardware profile JSON (default: profile "
+                   "this CPU once and cache it)")
+    s.add_argument("--finetune-steps", type=int, default=150,
+                   help="finetune steps per candidate (default: 150)")
+    s.add_argument("--finetune-lr", type=_positive_float, default=0.01)
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
+    s.add_argument("--study", default="autocompress", help="study name (default: autocompress)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=1,
+                   help="ONNX Runtime threads of the local profile (default: 1)")
+    s.add_argument("--input-shape", type=_shape, help="1,C,H,W; resizes the data if needed")
+    s.add_argument("--no-calibrate", action="store_true",
+                   help="do not scale estimates by the baseline's measured/estimated ratio")
+
+    f = sub.add_parser("front", help="print a run's Pareto front; write front.csv, front.png")
+    f.add_argument("run", type=Path)
+    f.add_argument("--storage", help="storage URL, if the run used one")
+
+    p = sub.add_parser("pick", help="export the most accurate front model within a budget")
+    p.add_argument("run", type=Path)
+    p.add_argument("--latency-budget-ms", type=_positive_float, required=True)
+    p.add_argument("--export", type=Path, required=True, help="folder for model.onnx and "
+                   "candidate.json")
+    p.add_argument("--storage", help="storage URL, if the run used one")
+
+    pr = sub.add_parser("profile", help="measure this device and write a hardware profile")
+    pr.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    pr.add_argument("--threads", type=int, default=1)
+    pr.add_argument("--rounds", type=int, default=2,
+                    help="measure every kernel this many times, shuffled (default: 2)")
+    pr.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    import optuna
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("autocompress")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose >= 2 else optuna.logging.WARNING)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from autocompress.study import SearchConfig, search
+
+    config = SearchConfig(
+        model=args.model, data=args.data, out=args.out,
+        latency_budget_ms=args.latency_budget_ms, trials=args.trials,
+        checkpoint=args.checkpoint, space=args.space, profile=args.profile,
+        finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
+        storage=args.storage, study=args.study, seed=args.seed, threads=args.threads,
+        input_shape=args.input_shape, calibrate=not args.no_calibrate,
+    )
+    front = search(config)
+    _write_front(front, args.out)
+    print(f"\nNext: autocompress pick {args.out} --latency-budget-ms "
+          f"{front.budget_ms:.3f} --export {args.out / 'export'}")
+    return 0
+
+
+def _write_front(front, run: Path) -> None:  # type: ignore[no-untyped-def]
+    print(front.summary())
+    csv = front.write_csv(run / "front.csv")
+    png = front.plot(run / "front.png")
+    print(f"wrote {csv} and {png}")
+
+
+def _front(args: argparse.Namespace) -> int:
+    from autocompress.study import load_front
+
+    _write_front(load_front(args.run, storage=args.storage), args.run)
+    return 0
+
+
+def _pick(args: argparse.Namespace) -> int:
+    from autocompress.study import pick
+
+    result = pick(args.run, args.latency_budget_ms, args.export, storage=args.storage)
+    for trial, predicted, measured in result.tried:
+        print(f"trial {trial}: predicted {predicted:.3f} ms, measured {measured:.3f} ms")
+    print(result.message)
+    if result.export_dir is None:
+        return 1
+    print(f"wrote {result.export_dir / 'model.onnx'} and {result.export_dir / 'candidate.json'}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from autocompress.study import profile_device
+
+    def progress(done: int, total: int) -> None:
+        if done % 25 == 0 or done == total:
+            print(f"\rprofiling: {done}/{total} kernels", end="", file=sys.stderr, flush=True)
+
+    profile = profile_device(args.out, backend=args.backend, threads=args.threads,
+                             rounds=args.rounds, progress=progress)
+    print(file=sys.stderr)
+    unstable = sum(1 for k in profile.kernels if not k.latency.stable)
+    print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "
+          f"kernels did not settle within the time cap (spread recorded) ; "
+          f"{profile.elapsed_s:.0f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    commands = {"search": _search, "front": _front, "pick": _pick, "profile": _profile}
+    try:
+        return commands[args.command](args)
+    except AutocompressError as exc:
+        if args.verbose:
+            logging.getLogger("autocompress").exception("details")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; completed trials are kept: run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""PyTorch -> ONNX export (torch's dynamo exporter; BatchNorm is folded into Conv)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from autocompress.exceptions import ExportError
+
+__all__ = ["export_onnx"]
+
+_logger = logging.getLogger(__name__)
+
+
+def export_onnx(module: nn.Module, example_input: torch.Tensor) -> bytes:
+    """Export ``module`` (in eval mode) for a batch of ``example_input``'s shape.
+
+    Returns the serialized model with its weights inside (no external data file); each node
+    keeps its module path in ``metadata_props["namespace"]``. Raises
+    :class:`ExportError` with the exporter's reason when the model cannot be exported.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, (example_input,), dynamo=True, verbose=False, external_data=False,
+                input_names=["input"], output_names=["logits"],
+            )
+        if program is None:  # pragma: no cover - dynamo export always returns a program
+            raise ExportError("the ONNX exporter returned nothing")
+        model = program.model_proto
+        for node in model.graph.node:  # keep the module path, drop traces of torch internals
+            kept = [(p.key, p.value) for p in node.metadata_props if p.key == "namespace"]
+            del node.metadata_props[:]
+            for key, value in kept:
+                node.metadata_props.add(key=key, value=value)
+        return model.SerializeToString()
+    except ExportError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"cannot export the model to ONNX ({type(exc).__name__}: {reason}); the model must "
+            "be traceable by torch.export for an input of shape "
+            f"{tuple(example_input.shape)}"
+        ) from exc
+    finally:
+        module.train(was_training)

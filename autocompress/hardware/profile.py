@@ -1,0 +1,155 @@
+"""Hardware profiles: measured kernel latencies of one backend on one device, as versioned
+JSON. A profile holds measurements only; the latency model is fitted from it on load."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autocompress._io import write_json_atomic
+from autocompress.exceptions import ProfileError
+from autocompress.hardware.backends import LatencyMeasurement
+from autocompress.hardware.kernels import Kernel
+
+__all__ = ["PROFILE_FORMAT", "PROFILE_FORMAT_VERSION", "HardwareProfile", "KernelMeasurement",
+           "describe_device"]
+
+PROFILE_FORMAT = "autocompress-hardware-profile"
+PROFILE_FORMAT_VERSION = 1
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device() -> dict[str, Any]:
+    """What identifies this machine's CPU for a profile (no host names or user data)."""
+    return {
+        "cpu": _cpu_name(),
+        "logical_cores": os.cpu_count() or 1,
+        "machine": platform.machine(),
+        "system": platform.system(),
+    }
+
+
+@dataclass(frozen=True)
+class KernelMeasurement:
+    kernel: Kernel
+    latency: LatencyMeasurement
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Measurements of one backend (with its settings) on one device, at batch size 1."""
+
+    backend: str
+    backend_version: str
+    backend_settings: Mapping[str, Any]
+    device: Mapping[str, Any]
+    overhead: LatencyMeasurement
+    kernels: tuple[KernelMeasurement, ...]
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(
+        timespec="seconds"))
+    autocompress_version: str = ""
+    batch_size: int = 1
+    grid: str = ""
+    measure_settings: Mapping[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def threads(self) -> int:
+        return int(self.backend_settings.get("threads", 1))
+
+    def describe(self) -> str:
+        return (f"{self.backend} {self.backend_version} ({self.threads} thread(s)) on "
+                f"{self.device.get('cpu', '?')}, {len(self.kernels)} kernels, {self.created}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PROFILE_FORMAT,
+            "format_version": PROFILE_FORMAT_VERSION,
+            "created": self.created,
+            "autocompress_version": self.autocompress_version,
+            "device": dict(self.device),
+            "backend": {"name": self.backend, "version": self.backend_version,
+                        "settings": dict(self.backend_settings)},
+            "batch_size": self.batch_size,
+            "grid": self.grid,
+            "measure_settings": dict(self.measure_settings),
+            "elapsed_s": round(self.elapsed_s, 1),
+            "overhead": self.overhead.to_dict(),
+            "kernels": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
+                        for m in self.kernels],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, *, backend: str | None = None) -> HardwareProfile:
+        """Load and check a profile; with ``backend``, refuse a profile of another backend."""
+        path = Path(path)
+        if not path.is_file():
+            raise ProfileError(
+                f"profile {path} does not exist; create one with "
+                f"'autocompress profile --backend onnxruntime --out {path}'"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProfileError(f"profile {path} is not readable JSON: {exc}") from exc
+        return cls.from_dict(data, source=str(path), backend=backend)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<memory>",
+                  backend: str | None = None) -> HardwareProfile:
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"{source} is not an autocompress hardware profile")
+        version = data.get("format_version")
+        if version != PROFILE_FORMAT_VERSION:
+            raise ProfileError(
+                f"{source} has profile format_version {version!r}, this autocompress reads "
+                f"version {PROFILE_FORMAT_VERSION}; re-run 'autocompress profile' to measure "
+                "the device again"
+            )
+        try:
+            info = data["backend"]
+            profile = cls(
+                backend=str(info["name"]),
+                backend_version=str(info["version"]),
+                backend_settings=dict(info.get("settings", {})),
+                device=dict(data["device"]),
+                overhead=LatencyMeasurement.from_dict(data["overhead"]),
+                kernels=tuple(
+                    KernelMeasurement(Kernel.from_dict(k), LatencyMeasurement.from_dict(
+                        k["latency"])) for k in data["kernels"]),
+                created=str(data.get("created", "")),
+                autocompress_version=str(data.get("autocompress_version", "")),
+                batch_size=int(data.get("batch_size", 1)),
+                grid=str(data.get("grid", "")),
+                measure_settings=dict(data.get("measure_settings", {})),
+                elapsed_s=float(data.get("elapsed_s", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f"{source} is a malformed profile ({type(exc).__name__}: "
+                               f"{exc}); re-run 'autocompress profile'") from exc
+        if backend is not None and profile.backend != backend:
+            raise ProfileError(
+                f"{source} was measured with backend {profile.backend!r}, not {backend!r}; "
+                f"profile the device with '--backend {backend}'"
+            )
+        if not profile.kernels:
+            raise ProfileError(f"{source} holds no kernel measurements; re-run profiling")
+        return profile

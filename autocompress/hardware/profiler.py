@@ -1,0 +1,166 @@
+"""Profiling a device: measure a grid of kernels on a backend and save a profile."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from autocompress._io import write_json_atomic
+from autocompress._version import __version__
+from autocompress.hardware.backends import Backend, LatencyMeasurement, MeasureSettings
+from autocompress.hardware.kernels import Kernel, kernel_graph, overhead_graph
+from autocompress.hardware.profile import HardwareProfile, KernelMeasurement, describe_device
+
+__all__ = ["GRID_NAME", "default_grid", "profile_backend"]
+
+_logger = logging.getLogger(__name__)
+
+GRID_NAME = "standard-v1"
+_MAX_MACS = 120_000_000  # keeps every kernel well under ~50 ms on a small CPU
+
+ProgressFn = Callable[[int, int], None]
+
+
+def default_grid(seed: int = 0) -> list[Kernel]:
+    """Kernels covering small-input CNNs (8-56 px, 8-1280 channels) and classifiers.
+
+    A fixed-seed sample of a grid: convolutions (3x3, 5x5, 7x7, 1x1 and depthwise) at strides
+    1 and 2, fully-connected layers, pooling and elementwise ops.
+    """
+    rng = random.Random(seed)
+    sizes = [4, 7, 8, 14, 16, 28, 32, 56]
+    channels = [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+    grid: list[Kernel] = []
+
+    def pick(kind: str, count: int, make: Callable[[], Kernel]) -> None:
+        seen: set[Kernel] = set()
+        tries = 0
+        while len(seen) < count and tries < count * 50:
+            tries += 1
+            k = make()
+            if k.macs <= _MAX_MACS and k.out_height >= 1 and k not in seen:
+                seen.add(k)
+        grid.extend(sorted(seen, key=lambda k: (k.macs, k.in_elements)))
+
+    pick("conv", 60, lambda: Kernel(
+        "conv", rng.choice(channels), rng.choice(channels), *(2 * [rng.choice(sizes)]),
+        kernel=rng.choice([3, 3, 3, 3, 5, 7]), stride=rng.choice([1, 1, 2])))
+    pick("conv1x1", 45, lambda: Kernel(
+        "conv1x1", rng.choice(channels + [576, 960]), rng.choice(channels + [1280]),
+        *(2 * [rng.choice(sizes)]), kernel=1, stride=rng.choice([1, 1, 1, 2])))
+    dw_channels = [16, 32, 48, 64, 96, 144, 192, 240, 384, 576, 960]
+
+    def dw() -> Kernel:
+        c = rng.choice(dw_channels)
+        return Kernel("dwconv", c, c, *(2 * [rng.choice(sizes)]), kernel=rng.choice([3, 3, 5]),
+                      stride=rng.choice([1, 2]), groups=c)
+
+    pick("dwconv", 30, dw)
+    pick("gemm", 15, lambda: Kernel(
+        "gemm", rng.choice([16, 32, 64, 128, 256, 512, 1024, 1280, 2048]),
+        rng.choice([10, 100, 256, 1000]), 1, 1))
+
+    def pool() -> Kernel:
+        c, s = rng.choice(channels), rng.choice(sizes)
+        if rng.random() < 0.5:
+            return Kernel("pool", c, c, s, s, kernel=0, stride=1)
+        return Kernel("pool", c, c, s, s, kernel=3 if s >= 3 else 1, stride=2)
+
+    pick("pool", 15, pool)
+    pick("elementwise", 25, lambda: Kernel(
+        "elementwise", *(2 * [rng.choice(channels)]), *(2 * [rng.choice(sizes)])))
+    return grid
+
+
+def _key(kernel: Kernel) -> str:
+    return json.dumps(kernel.to_dict(), sort_keys=True)
+
+
+def profile_backend(
+    backend: Backend,
+    out: str | Path,
+    *,
+    grid: list[Kernel] | None = None,
+    settings: MeasureSettings | None = None,
+    rounds: int = 2,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> HardwareProfile:
+    """Measure ``grid`` (default: :func:`default_grid`) on ``backend`` and save to ``out``.
+
+    Each kernel is measured ``rounds`` times, in a freshly shuffled order each round, so
+    slow drifts of a shared machine spread over all kernels; the recorded median is the
+    median of the rounds' medians. Finished measurements are kept in ``out`` + ``.partial``
+    so an interrupted run resumes where it stopped.
+    """
+    out = Path(out)
+    grid = default_grid(seed) if grid is None else grid
+    settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
+    partial_path = out.with_name(out.name + ".partial")
+    done: dict[str, list[dict[str, float]]] = {}
+    if partial_path.is_file():
+        try:
+            state = json.loads(partial_path.read_text())
+            if state.get("backend") == backend.settings() and state.get("grid") == GRID_NAME:
+                done = state["done"]
+                _logger.info("resuming profiling: %d measurements already done", len(done))
+        except (OSError, json.JSONDecodeError, KeyError):
+            _logger.warning("ignoring unreadable partial profile %s", partial_path)
+
+    start = time.perf_counter()
+    tasks = [(r, k) for r in range(rounds) for k in grid]
+    total = len(tasks) + 1
+    overhead = backend.measure(overhead_graph(), settings)
+    count = 1
+    if progress:
+        progress(count, total)
+    rng = random.Random(seed + 1)
+    for r in range(rounds):
+        order = list(grid)
+        rng.shuffle(order)
+        for kernel in order:
+            key = _key(kernel)
+            count += 1
+            if len(done.get(key, [])) > r:
+                continue
+            m = backend.measure(kernel_graph(kernel, seed=seed), settings)
+            done.setdefault(key, []).append(asdict(m))
+            if count % 10 == 0:
+                write_json_atomic(partial_path, {"backend": backend.settings(),
+                                                 "grid": GRID_NAME, "done": done})
+            if progress:
+                progress(count, total)
+
+    measurements = []
+    for kernel in grid:
+        results = [LatencyMeasurement.from_dict(d) for d in done[_key(kernel)][:rounds]]
+        medians = sorted(m.median_ms for m in results)
+        mid = medians[len(medians) // 2] if len(medians) % 2 else (
+            medians[len(medians) // 2 - 1] + medians[len(medians) // 2]) / 2
+        measurements.append(KernelMeasurement(kernel, LatencyMeasurement(
+            median_ms=mid,
+            p25_ms=min(m.p25_ms for m in results),
+            p75_ms=max(m.p75_ms for m in results),
+            runs=sum(m.runs for m in results),
+            stable=all(m.stable for m in results),
+        )))
+    profile = HardwareProfile(
+        backend=backend.name,
+        backend_version=backend.version(),
+        backend_settings=backend.settings(),
+        device=describe_device(),
+        overhead=overhead,
+        kernels=tuple(measurements),
+        autocompress_version=__version__,
+        grid=GRID_NAME,
+        measure_settings={**asdict(settings), "rounds": rounds},
+        elapsed_s=time.perf_counter() - start,
+    )
+    profile.save(out)
+    partial_path.unlink(missing_ok=True)
+    return profile

@@ -1,0 +1,32 @@
+"""Model sources: builtin architectures, torchvision models and user files.
+
+>>> from autocompress.models import create_model, resolve_model
+>>> resolve_model("resnet20").fingerprint
+'builtin:resnet20:v1'
+>>> model = create_model("resnet20", num_classes=10, in_channels=1)
+
+New builtins are registered with :func:`register_model`; importing this package imports the
+modules that define the builtins.
+"""
+
+from __future__ import annotations
+
+from autocompress.models import cifar_resnet, mobilenet_v2  # noqa: F401  (fill the registry)
+from autocompress.models._loading import (
+    ModelSource,
+    ModelSpec,
+    create_model,
+    load_checkpoint,
+    resolve_model,
+)
+from autocompress.models._registry import list_models, register_model
+
+__all__ = [
+    "ModelSource",
+    "ModelSpec",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+    "resolve_model",
+]

@@ -1,0 +1,123 @@
+"""The Optuna objective: sample a candidate, estimate, finetune, evaluate, record."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import torch
+from torch import nn
+
+from autocompress._io import write_bytes_atomic, write_json_atomic
+from autocompress.data import DataSplit
+from autocompress.evaluation import TrainSettings, evaluate_accuracy, model_stats, train
+from autocompress.exceptions import ExportError, FinetuneDivergedError
+from autocompress.hardware import LatencyModel
+from autocompress.hardware.export import export_onnx
+from autocompress.space import BoundSpace, Candidate
+from autocompress.transforms import (
+    apply_sparsity,
+    make_sparsity_permanent,
+    prune_channels,
+    weight_sparsity,
+)
+
+__all__ = ["CONSTRAINT", "TRIAL_ERRORS", "Objective", "TrialReport"]
+
+_logger = logging.getLogger(__name__)
+
+CONSTRAINT = "latency_budget"
+#: Errors that end one trial (recorded as its fail_reason) but not the search.
+TRIAL_ERRORS = (FinetuneDivergedError, ExportError)
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    number: int
+    accuracy: float
+    predicted_latency_ms: float
+    within_budget: bool
+    seconds: float
+
+
+@dataclass
+class Objective:
+    """Scores one candidate: (accuracy after finetune, estimated latency), budget as a
+    constraint. Over-budget candidates are not finetuned: their accuracy is measured
+    right after compression and they cannot enter the front."""
+
+    baseline: nn.Module
+    data: DataSplit
+    space: BoundSpace
+    latency_model: LatencyModel
+    budget_ms: float
+    finetune: TrainSettings
+    trial_dir: Callable[[int], object]
+    on_report: Callable[[TrialReport], None] | None = None
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(self.data.input_shape)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        try:
+            return self._run(trial)
+        except TRIAL_ERRORS as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            _logger.warning("trial %d failed: %s", trial.number, exc)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
+        start = time.perf_counter()
+        candidate = self.space.sample(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        x = self.example_input
+        module = copy.deepcopy(self.baseline).eval()
+        channels = prune_channels(module, candidate, x)
+        trial.set_user_attr("channels", {k: list(v) for k, v in channels.items()})
+
+        estimate = self.latency_model.estimate(export_onnx(module, x))
+        predicted = estimate.latency_ms
+        trial.set_user_attr("predicted_latency_ms", predicted)
+        trial.set_user_attr("predicted_latency_std_ms", estimate.std_ms)
+        trial.set_user_attr("latency_source", "estimate")
+        trial.set_constraint(CONSTRAINT, predicted - self.budget_ms)
+        within = predicted <= self.budget_ms
+
+        if within:
+            apply_sparsity(module, candidate.sparsity)
+            settings = TrainSettings(**{**self.finetune.__dict__, "seed": trial.number})
+            train(module, self.data.train_x, self.data.train_y, settings)
+            make_sparsity_permanent(module)
+        accuracy = evaluate_accuracy(module, self.data.val_x, self.data.val_y)
+        onnx_bytes = export_onnx(module, x)
+        stats = model_stats(module, x, onnx_bytes)
+        trial.set_user_attr("accuracy", accuracy)
+        trial.set_user_attr("finetuned", within)
+        trial.set_user_attr("finetune_steps", self.finetune.steps if within else 0)
+        trial.set_user_attr("sparsity", weight_sparsity(module))
+        for key, value in stats.to_dict().items():
+            trial.set_user_attr(key, value)
+        if within:
+            folder = self.trial_dir(trial.number)
+            write_json_atomic(f"{folder}/candidate.json", candidate.to_dict())
+            write_bytes_atomic(f"{folder}/model.onnx", onnx_bytes)
+            trial.set_user_attr("artifact", f"trials/{trial.number:05d}/model.onnx")
+        seconds = time.perf_counter() - start
+        trial.set_user_attr("seconds", seconds)
+        if self.on_report:
+            self.on_report(TrialReport(trial.number, accuracy, predicted, within, seconds))
+        return accuracy, predicted
+
+
+def candidate_of(trial: optuna.trial.FrozenTrial) -> Candidate:
+    return Candidate.from_dict(trial.user_attrs["candidate"])
+
+
+def describe(candidate: Candidate) -> str:
+    return json.dumps(candidate.to_dict(), sort_keys=True)

@@ -1,0 +1,479 @@
+"""Running a search, reading its front, and picking a model off it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from autocompress._io import write_bytes_atomic, write_text_atomic
+from autocompress.data import DataSplit, load_data
+from autocompress.evaluation import TrainSettings, model_stats
+from autocompress.exceptions import BudgetError, DataError, ProfileError, RunError
+from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware.latency import fit_calibration
+from autocompress.hardware.export import export_onnx
+from autocompress.hardware.profile import describe_device
+from autocompress.hardware.profiler import GRID_NAME, profile_backend
+from autocompress.models import resolve_model
+from autocompress.study._baseline import prepare_baseline
+from autocompress.study._cache import cache_dir
+from autocompress.study._config import (
+    RunFolder,
+    SearchConfig,
+    check_same_identity,
+    identity,
+    redact_url,
+    sha256_file,
+)
+from autocompress.study._front import FrontMember, ParetoFront, member_json
+from autocompress.study._objective import TRIAL_ERRORS, Objective, TrialReport
+from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
+from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
+
+__all__ = ["PickResult", "load_front", "pick", "profile_device", "search"]
+
+_logger = logging.getLogger("autocompress")
+
+_PICK_MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
+_BASELINE_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
+
+
+# ------------------------------------------------------------------------------ profiles
+
+def profile_device(out: str | Path, *, backend: str = "onnxruntime", threads: int = 1,
+                   rounds: int = 2, progress: Any = None) -> HardwareProfile:
+    """Measure this device's kernels with ``backend`` and save the profile to ``out``."""
+    return profile_backend(get_backend(backend, threads=threads), out, rounds=rounds,
+                           progress=progress)
+
+
+def _is_local(profile: HardwareProfile) -> bool:
+    """Whether ``profile`` was measured on this machine with the installed backend."""
+    try:
+        backend = get_backend(profile.backend, threads=profile.threads)
+    except Exception:
+        return False
+    return (dict(profile.device) == describe_device()
+            and profile.backend_version == backend.version())
+
+
+def local_profile(threads: int) -> Path:
+    """This CPU's ONNX Runtime profile, measured once and cached."""
+    backend = get_backend("onnxruntime", threads=threads)
+    key = hashlib.sha256(repr((describe_device(), backend.version(), backend.settings(),
+                               GRID_NAME)).encode()).hexdigest()[:12]
+    path = cache_dir("profiles") / f"onnxruntime-t{threads}-{key}.json"
+    if path.is_file():
+        return path
+    _logger.info("profiling this CPU with ONNX Runtime (%d thread(s)); done once, cached at %s",
+                 threads, path)
+    start = time.perf_counter()
+    profile_backend(backend, path)
+    _logger.info("profiled in %.0f s", time.perf_counter() - start)
+    return path
+
+
+# ------------------------------------------------------------------------------ search
+
+@dataclass
+class _Prepared:
+    data: DataSplit
+    baseline: torch.nn.Module
+    bound: BoundSpace
+    latency_model: LatencyModel
+
+
+def _input_shape_check(data: DataSplit, shape: tuple[int, int, int, int] | None) -> DataSplit:
+    if shape is None:
+        return data
+    if shape[0] != 1 or len(shape) != 4:
+        raise DataError(f"--input-shape must be 1,C,H,W with batch 1, got {shape}")
+    if shape[1] != data.input_shape[1]:
+        raise DataError(f"--input-shape has {shape[1]} channels but the data ({data.name}) "
+                        f"has {data.input_shape[1]} for this model")
+    return data.resized(shape[2], shape[3])
+
+
+def _uniform_params(bound: BoundSpace, ratio: float) -> dict[str, Any]:
+    """Parameters putting every channel group at the allowed value nearest below ``ratio``
+    and every sparsity at its smallest allowed value."""
+    params: dict[str, Any] = {}
+    for p in bound.channel_params:
+        if p.param is None:
+            continue
+        values = sorted(_grid(p.value))
+        below = [v for v in values if v <= ratio + 1e-9]
+        params[p.param] = below[-1] if below else values[0]
+    for p in bound.sparsity_params:
+        if p.param is not None:
+            params[p.param] = min(_grid(p.value))
+    return params
+
+
+def _grid(value: Any) -> list[float]:
+    if value.choices is not None:
+        return list(value.choices)
+    if value.step:
+        count = int(round((value.high - value.low) / value.step))
+        return [round(value.low + i * value.step, 10) for i in range(count + 1)]
+    return [value.low + (value.high - value.low) * i / 16 for i in range(17)]
+
+
+def _estimate(prepared: _Prepared, candidate: Candidate) -> float:
+    module = _copy(prepared.baseline)
+    x = torch.zeros(prepared.data.input_shape)
+    prune_channels(module, candidate, x)
+    return prepared.latency_model.estimate(export_onnx(module, x)).latency_ms
+
+
+def _copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).eval()
+
+
+def _open_study(url: str, name: str, seed: int, trials: int) -> optuna.Study:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # A worker killed mid-trial stops its heartbeat; after the grace period the trial
+            # is marked failed and its parameters are retried once.
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=10, grace_period=30,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1),
+            )
+    except Exception as exc:
+        raise RunError(f"cannot open the study storage {redact_url(url)}: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        existing = 0
+        try:
+            existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+        except KeyError:
+            pass
+        sampler = optuna.samplers.TPESampler(
+            seed=seed + existing, n_startup_trials=max(3, min(10, trials // 3)),
+            multivariate=True)
+        return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                   directions=["maximize", "minimize"], load_if_exists=True)
+
+
+def _finetuned(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False,
+                                        states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("finetuned")]
+
+
+def search(config: SearchConfig) -> ParetoFront:
+    """Run (or resume) the search ``config`` describes and return its Pareto front.
+
+    Everything is kept in ``config.out``; running the same search again resumes it and
+    keeps every completed trial.
+    """
+    folder = RunFolder(Path(config.out))
+    resuming = folder.exists()
+    if resuming:
+        folder = RunFolder.open(config.out)
+    folder.path.mkdir(parents=True, exist_ok=True)
+
+    # What the search uses is copied into the run folder, so a resumed run uses the same.
+    space_copy = folder.path / "space.yaml"
+    profile_copy = folder.path / "profile.json"
+    space_src = Path(config.space) if config.space else DEFAULT_SPACE_PATH
+    space = SearchSpace.from_yaml(space_src)
+    if config.profile is not None:
+        profile_src = Path(config.profile)
+    elif resuming and profile_copy.is_file():
+        profile_src = profile_copy
+    else:
+        profile_src = local_profile(config.threads)
+    profile = HardwareProfile.load(profile_src, backend="onnxruntime")
+    if profile.batch_size != 1:
+        raise ProfileError(f"{profile_src} was measured at batch size {profile.batch_size}; "
+                           "searches estimate batch size 1")
+
+    spec = resolve_model(config.model)
+    data = load_data(config.data, seed=config.seed)
+    if spec.fixed_in_channels is not None:
+        data = data.with_channels(spec.fixed_in_channels)
+    data = _input_shape_check(data, config.input_shape)
+    checkpoint_sha = sha256_file(Path(config.checkpoint)) if (
+        config.checkpoint and Path(config.checkpoint).is_file()) else None
+
+    ident = identity(config, space_sha=hashlib.sha256(space_src.read_bytes()).hexdigest(),
+                     profile_sha=sha256_file(profile_src), checkpoint_sha=checkpoint_sha)
+    if resuming:
+        check_same_identity(folder.info.get("identity", {}), ident, folder.path)
+        saved_budget = folder.info.get("budget", {})
+        if (config.latency_budget_ms is not None and saved_budget.get("source") == "given"
+                and abs(saved_budget["latency_ms"] - config.latency_budget_ms) > 1e-9):
+            raise RunError(f"{folder.path} was searched with --latency-budget-ms "
+                           f"{saved_budget['latency_ms']}; use it again to resume, or a new "
+                           "--out folder for another budget")
+
+    baseline = prepare_baseline(spec, data, checkpoint=config.checkpoint, seed=config.seed)
+    x = torch.zeros(data.input_shape)
+    groups = find_channel_groups(baseline.module, x)
+    bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module))
+    if not bound.distributions:
+        raise RunError(f"the search space {space_src} leaves nothing to search for this model")
+
+    raw = _Prepared(data, baseline.module, bound, LatencyModel(profile))
+    if resuming:
+        info = folder.info
+        calibration = info["calibration"]
+        budget_ms = float(info["budget"]["latency_ms"])
+    else:
+        info = _first_run_info(config, folder, profile, profile_src, raw, baseline.accuracy,
+                               baseline.source, ident, space_src)
+        calibration = info["calibration"]
+        budget_ms = info["budget"]["latency_ms"]
+    latency_model = raw.latency_model.calibrated(calibration["scale"],
+                                                 calibration["offset_ms"])
+    prepared = _Prepared(data, baseline.module, bound, latency_model)
+
+    if not resuming:
+        fastest = _estimate(prepared, bound.extreme("min"))
+        info["fastest_estimate_ms"] = fastest
+        if fastest > budget_ms:
+            raise BudgetError(
+                f"the latency budget {budget_ms:.3f} ms is below the fastest model this search "
+                f"space can produce ({fastest:.3f} ms estimated); raise --latency-budget-ms "
+                f"or allow smaller keep ratios in {space_src}")
+        if profile_src.resolve() != profile_copy.resolve():
+            shutil.copyfile(profile_src, profile_copy)
+        shutil.copyfile(space_src, space_copy)
+        folder.info = info
+        folder.save()
+
+    url = folder.storage_url(config.storage)
+    study = _open_study(url, config.study, config.seed, config.trials)
+    if not study.trials:
+        seed_params = _seed_trial(prepared, budget_ms)
+        if seed_params:
+            study.enqueue_trial(seed_params, user_attrs={"seeded": "uniform keep ratio"})
+
+    def report(r: TrialReport) -> None:
+        done = len(_finetuned(study)) + (1 if r.within_budget else 0)
+        if r.within_budget:
+            _logger.info("trial %d: accuracy %.4f, latency %.3f ms (estimate, budget %.3f) "
+                         "[%d/%d, %.0f s]", r.number, r.accuracy, r.predicted_latency_ms,
+                         budget_ms, done, config.trials, r.seconds)
+        else:
+            _logger.info("trial %d: over budget (%.3f ms estimated > %.3f), not finetuned",
+                         r.number, r.predicted_latency_ms, budget_ms)
+
+    objective = Objective(
+        baseline=baseline.module, data=data, space=bound, latency_model=latency_model,
+        budget_ms=budget_ms,
+        finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
+                               lr=config.finetune_lr),
+        trial_dir=folder.trial_dir, on_report=report,
+    )
+    max_over_budget = max(30, 3 * config.trials)
+    while True:
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        finetuned = sum(1 for t in complete if t.user_attrs.get("finetuned"))
+        over = len(complete) - finetuned
+        if finetuned >= config.trials:
+            break
+        if over >= max_over_budget:
+            _logger.warning("stopping: %d candidates were over budget; the budget leaves "
+                            "little room in this space", over)
+            break
+        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        if failed >= max(10, config.trials):
+            raise RunError(f"{failed} trials failed (see their fail_reason in the study); "
+                           "stopping the search")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
+    return load_front(folder.path, storage=config.storage)
+
+
+_CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
+
+
+def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwareProfile,
+                    profile_src: Path, raw: _Prepared, accuracy: float, source: str,
+                    ident: dict[str, Any], space_src: Path) -> dict[str, Any]:
+    """Measure the baseline, calibrate the estimate, settle the budget (first run only).
+
+    When the profile is of this machine, the baseline and uniformly pruned copies of it
+    (keep ratios 1, 0.75, 0.5, 0.25) are exported and measured, interleaved, on the
+    profile's backend; ``measured = offset + scale * estimate`` fitted over them corrects
+    what the kernel-level estimate misses for this model family.
+    """
+    x = torch.zeros(raw.data.input_shape)
+    onnx_bytes = export_onnx(raw.baseline, x)
+    write_bytes_atomic(folder.path / "baseline" / "model.onnx", onnx_bytes)
+    raw_baseline = raw.latency_model.estimate(onnx_bytes).latency_ms
+    local = _is_local(profile)
+    measured = None
+    calibration: dict[str, Any] = {"scale": 1.0, "offset_ms": 0.0, "applied": False,
+                                   "points": []}
+    if local:
+        backend = get_backend(profile.backend, threads=profile.threads)
+        models = [onnx_bytes]
+        keeps = [1.0]
+        if config.calibrate:
+            for ratio in _CALIBRATION_RATIOS[1:]:
+                module = _copy(raw.baseline)
+                prune_channels(module, raw.bound.uniform(ratio), x)
+                models.append(export_onnx(module, x))
+                keeps.append(ratio)
+        results = backend.measure_many(models, _BASELINE_MEASURE, rounds=3)
+        measured = results[0]
+        if config.calibrate:
+            raws = [raw.latency_model.estimate(m).latency_ms for m in models]
+            meas = [r.median_ms for r in results]
+            scale, offset = fit_calibration(raws, meas)
+            calibration = {"scale": scale, "offset_ms": offset, "applied": True,
+                           "points": [{"keep_ratio": k, "estimate_ms": e, "measured_ms": m}
+                                      for k, e, m in zip(keeps, raws, meas, strict=True)]}
+        _logger.info("baseline: accuracy %.4f, measured %.3f ms on %s; profile estimate "
+                     "%.3f ms, calibrated as %.3f ms + %.3f x estimate", accuracy,
+                     measured.median_ms, profile.backend, raw_baseline,
+                     calibration["offset_ms"], calibration["scale"])
+    else:
+        _logger.info("baseline: accuracy %.4f, profile estimate %.3f ms (the profile is of "
+                     "another device, so nothing is measured here)", accuracy, raw_baseline)
+    latency_ms = measured.median_ms if measured else raw_baseline
+    if config.latency_budget_ms is not None:
+        budget = {"latency_ms": config.latency_budget_ms, "source": "given"}
+    else:
+        budget = {"latency_ms": latency_ms / 2,
+                  "source": "half the baseline's " + ("measured" if measured else "estimated")
+                  + " latency"}
+    stats = model_stats(raw.baseline, x, onnx_bytes)
+    return {
+        "identity": ident,
+        "model": config.model,
+        "data": config.data,
+        "input_shape": list(raw.data.input_shape),
+        "num_classes": raw.data.num_classes,
+        "storage": redact_url(config.storage) if config.storage else None,
+        "study": config.study,
+        "trials": config.trials,
+        "space": str(space_src),
+        "profile": {"source": str(profile_src), "describe": profile.describe(),
+                    "local": local},
+        "calibration": {**calibration, "raw_estimate_ms": raw_baseline},
+        "budget": budget,
+        "baseline": {
+            "accuracy": accuracy, "source": source,
+            "latency_ms": latency_ms,
+            "latency_source": "measured" if measured else "estimate",
+            "measured_latency": measured.to_dict() if measured else None,
+            "predicted_latency_ms": calibration["offset_ms"]
+            + calibration["scale"] * raw_baseline,
+            **stats.to_dict(),
+        },
+    }
+
+
+def _seed_trial(prepared: _Prepared, budget_ms: float) -> dict[str, Any] | None:
+    """Parameters of the uniform pruning (same keep ratio everywhere) that the estimate puts
+    closest below the budget: what a user would try by hand, as the first trial."""
+    channel = [p for p in prepared.bound.channel_params if p.param is not None]
+    if not channel:
+        return None
+    ratios = sorted({v for p in channel for v in _grid(p.value)}, reverse=True)
+    for ratio in ratios:
+        params = _uniform_params(prepared.bound, ratio)
+        if _estimate(prepared, prepared.bound.candidate_from_params(params)) <= budget_ms:
+            return params
+    return None
+
+
+# ------------------------------------------------------------------------------ front, pick
+
+def load_front(run: str | Path, *, storage: str | None = None) -> ParetoFront:
+    """The Pareto front of the search in run folder ``run``."""
+    folder = RunFolder.open(run)
+    url = folder.storage_url(storage)
+    name = folder.info.get("study", "autocompress")
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError as exc:
+        raise RunError(f"no study {name!r} in {redact_url(url)}; has the search started?"
+                       ) from exc
+    baseline = dict(folder.info.get("baseline", {}))
+    return ParetoFront.from_study(study, budget_ms=folder.info.get("budget", {}).get(
+        "latency_ms"), baseline=baseline)
+
+
+@dataclass(frozen=True)
+class PickResult:
+    member: FrontMember | None
+    measured_latency_ms: float | None
+    tried: tuple[tuple[int, float, float], ...]   # (trial, predicted, measured)
+    export_dir: Path | None
+    message: str
+
+
+def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
+         storage: str | None = None) -> PickResult:
+    """Export the most accurate front member whose latency, re-measured on the real runtime,
+    fits ``latency_budget_ms``.
+
+    Members are tried most accurate first among those whose estimate fits; each is measured
+    on the profile's backend. If the profile is of another device, the estimate is all
+    there is: the pick is exported and the result says it was not measured.
+    """
+    if not latency_budget_ms > 0:
+        raise BudgetError(f"--latency-budget-ms must be positive, got {latency_budget_ms}")
+    folder = RunFolder.open(run)
+    front = load_front(run, storage=storage)
+    if not front.members:
+        raise RunError(f"{run} has no front yet: no finetuned trial within budget")
+    profile = HardwareProfile.load(folder.path / "profile.json")
+    local = _is_local(profile)
+    backend = get_backend(profile.backend, threads=profile.threads) if local else None
+    tried: list[tuple[int, float, float]] = []
+    for member in front.within(latency_budget_ms):
+        if member.artifact is None:
+            continue
+        onnx_bytes = (folder.path / member.artifact).read_bytes()
+        measured = None
+        if backend is not None:
+            measured = backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
+            tried.append((member.trial, member.predicted_latency_ms, measured))
+            if measured > latency_budget_ms:
+                _logger.info("trial %d: estimated %.3f ms but measured %.3f ms > budget; "
+                             "trying the next", member.trial, member.predicted_latency_ms,
+                             measured)
+                continue
+        out = Path(export_dir)
+        write_bytes_atomic(out / "model.onnx", onnx_bytes)
+        write_text_atomic(out / "candidate.json", member_json(
+            member, measured_latency_ms=measured,
+            latency_measured_on=profile.describe() if measured is not None else None,
+            latency_budget_ms=latency_budget_ms, run=str(folder.path)) + "\n")
+        note = (f"measured {measured:.3f} ms" if measured is not None
+                else "not measured: the profile is of another device")
+        return PickResult(member, measured, tuple(tried), out,
+                          f"picked trial {member.trial}: accuracy {member.accuracy:.4f}, "
+                          f"predicted {member.predicted_latency_ms:.3f} ms, {note} "
+                          f"(budget {latency_budget_ms:.3f} ms)")
+    fastest = front.fastest()
+    assert fastest is not None
+    if tried:
+        why = "every front member whose estimate fits measured over the budget"
+    else:
+        why = "no front member's estimate fits the budget"
+    return PickResult(None, None, tuple(tried), None,
+                      f"no model within {latency_budget_ms:.3f} ms: {why}; the fastest front "
+                      f"member is trial {fastest.trial} at {fastest.predicted_latency_ms:.3f} "
+                      f"ms estimated (accuracy {fastest.accuracy:.4f})")
