@@ -254,7 +254,8 @@ def kernels_of(model: onnx.ModelProto) -> list[NodeKernel]:
             continue
         if op in _FUSABLE_ACTIVATIONS:
             source = producers.get(node.input[0])
-            if source is not None and source.op_type == "Conv" and consumers.get(node.input[0]) == 1:
+            sole_use = consumers.get(node.input[0]) == 1
+            if source is not None and source.op_type == "Conv" and sole_use:
                 out.append(NodeKernel(label, op, None, "fused into Conv"))
                 continue
         if op == "Conv" and len(x) == 4 and len(y) == 4:

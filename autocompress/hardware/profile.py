@@ -88,7 +88,7 @@ class HardwareProfile:
             "batch_size": self.batch_size,
             "grid": self.grid,
             "measure_settings": dict(self.measure_settings),
-            "elapsed_s": round(self.elapsed_s, 1),
+            "elapsed_s": self.elapsed_s,
             "overhead": self.overhead.to_dict(),
             "kernels": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
                         for m in self.kernels],

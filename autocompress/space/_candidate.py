@@ -39,6 +39,9 @@ class Candidate:
         object.__setattr__(self, "channel_keep", _frozen(self.channel_keep))
         object.__setattr__(self, "sparsity", _frozen(self.sparsity))
 
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
     @property
     def is_identity(self) -> bool:
         return all(r >= 1.0 for r in self.channel_keep.values()) and all(

@@ -81,7 +81,9 @@ class Objective:
         channels = prune_channels(module, candidate, x)
         trial.set_user_attr("channels", {k: list(v) for k, v in channels.items()})
 
+        t_prune = time.perf_counter()
         estimate = self.latency_model.estimate(export_onnx(module, x))
+        t_estimate = time.perf_counter()
         predicted = estimate.latency_ms
         trial.set_user_attr("predicted_latency_ms", predicted)
         trial.set_user_attr("predicted_latency_std_ms", estimate.std_ms)
@@ -94,6 +96,7 @@ class Objective:
             settings = TrainSettings(**{**self.finetune.__dict__, "seed": trial.number})
             train(module, self.data.train_x, self.data.train_y, settings)
             make_sparsity_permanent(module)
+        t_train = time.perf_counter()
         accuracy = evaluate_accuracy(module, self.data.val_x, self.data.val_y)
         onnx_bytes = export_onnx(module, x)
         stats = model_stats(module, x, onnx_bytes)
@@ -109,6 +112,9 @@ class Objective:
             write_bytes_atomic(f"{folder}/model.onnx", onnx_bytes)
             trial.set_user_attr("artifact", f"trials/{trial.number:05d}/model.onnx")
         seconds = time.perf_counter() - start
+        _logger.debug("trial %d: prune %.1f s, estimate %.1f s, finetune %.1f s, rest %.1f s",
+                      trial.number, t_prune - start, t_estimate - t_prune,
+                      t_train - t_estimate, time.perf_counter() - t_train)
         trial.set_user_attr("seconds", seconds)
         if self.on_report:
             self.on_report(TrialReport(trial.number, accuracy, predicted, within, seconds))

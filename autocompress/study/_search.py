@@ -17,13 +17,20 @@ import torch
 from autocompress._io import write_bytes_atomic, write_text_atomic
 from autocompress.data import DataSplit, load_data
 from autocompress.evaluation import TrainSettings, model_stats
-from autocompress.exceptions import BudgetError, DataError, ProfileError, RunError
+from autocompress.exceptions import (
+    BudgetError,
+    CheckpointError,
+    DataError,
+    ProfileError,
+    RunError,
+)
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
-from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.export import export_onnx
+from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import describe_device
 from autocompress.hardware.profiler import GRID_NAME, profile_backend
 from autocompress.models import resolve_model
+from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
 from autocompress.study._baseline import prepare_baseline
 from autocompress.study._cache import cache_dir
 from autocompress.study._config import (
@@ -36,7 +43,6 @@ from autocompress.study._config import (
 )
 from autocompress.study._front import FrontMember, ParetoFront, member_json
 from autocompress.study._objective import TRIAL_ERRORS, Objective, TrialReport
-from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
 from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
 
 __all__ = ["PickResult", "load_front", "pick", "profile_device", "search"]
@@ -192,6 +198,11 @@ def search(config: SearchConfig) -> ParetoFront:
     profile_copy = folder.path / "profile.json"
     space_src = Path(config.space) if config.space else DEFAULT_SPACE_PATH
     space = SearchSpace.from_yaml(space_src)
+    spec = resolve_model(config.model)
+    data = load_data(config.data, seed=config.seed)
+    if spec.fixed_in_channels is not None:
+        data = data.with_channels(spec.fixed_in_channels)
+    data = _input_shape_check(data, config.input_shape)
     if config.profile is not None:
         profile_src = Path(config.profile)
     elif resuming and profile_copy.is_file():
@@ -203,13 +214,9 @@ def search(config: SearchConfig) -> ParetoFront:
         raise ProfileError(f"{profile_src} was measured at batch size {profile.batch_size}; "
                            "searches estimate batch size 1")
 
-    spec = resolve_model(config.model)
-    data = load_data(config.data, seed=config.seed)
-    if spec.fixed_in_channels is not None:
-        data = data.with_channels(spec.fixed_in_channels)
-    data = _input_shape_check(data, config.input_shape)
-    checkpoint_sha = sha256_file(Path(config.checkpoint)) if (
-        config.checkpoint and Path(config.checkpoint).is_file()) else None
+    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {config.checkpoint} does not exist")
+    checkpoint_sha = sha256_file(Path(config.checkpoint)) if config.checkpoint else None
 
     ident = identity(config, space_sha=hashlib.sha256(space_src.read_bytes()).hexdigest(),
                      profile_sha=sha256_file(profile_src), checkpoint_sha=checkpoint_sha)

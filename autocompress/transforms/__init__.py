@@ -51,7 +51,9 @@ class CompressedModel:
         return self.module
 
 
-def compress(model: nn.Module, candidate: Candidate, example_input: torch.Tensor) -> CompressedModel:
+def compress(
+    model: nn.Module, candidate: Candidate, example_input: torch.Tensor
+) -> CompressedModel:
     """Apply ``candidate`` to a deep copy of ``model``: prune channels, then attach sparsity."""
     module = copy.deepcopy(model).eval()
     channels = prune_channels(module, candidate, example_input)

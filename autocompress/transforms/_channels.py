@@ -9,6 +9,7 @@ layer, the layer whose output channels start the coupling.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,13 +34,21 @@ class ChannelGroup:
     members: tuple[str, ...]      # every layer the group touches
 
 
-def classifier_layer(model: nn.Module) -> nn.Module:
-    """The layer whose outputs are the model's outputs: the last Linear (else last Conv)."""
-    for kind in (nn.Linear, nn.Conv2d):
-        layers = [m for m in model.modules() if isinstance(m, kind)]
-        if layers:
-            return layers[-1]
-    raise ModelError("the model has no Linear or Conv2d layer; nothing can be compressed")
+def classifier_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """The layer whose outputs are the model's outputs: the last Linear or Conv2d to run in
+    a forward pass (not the last one registered)."""
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+             for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not order:
+        raise ModelError("the model has no Linear or Conv2d layer; nothing can be compressed")
+    return order[-1]
 
 
 def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -53,9 +62,9 @@ def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
 
 
 def _root_groups(
-    graph: tp.DependencyGraph, model: nn.Module
+    graph: tp.DependencyGraph, model: nn.Module, example_input: torch.Tensor
 ) -> list[tuple[str, nn.Module, object]]:
-    ignored = [classifier_layer(model)]
+    ignored = [classifier_layer(model, example_input)]
     roots = []
     for group in graph.get_all_groups(ignored_layers=ignored,
                                       root_module_types=[nn.Conv2d, nn.Linear]):
@@ -68,7 +77,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[C
     """The model's prunable channel groups, in a stable order."""
     graph = _graph(model, example_input)
     out = []
-    for name, module, handler in _root_groups(graph, model):
+    for name, module, handler in _root_groups(graph, model, example_input):
         channels = graph.get_out_channels(module)
         group = graph.get_pruning_group(module, handler, list(range(channels)))
         members = sorted({graph._module2name.get(item.dep.target.module, "")
@@ -82,8 +91,9 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int, min_channels:
     if keep_ratio >= 1.0:
         return channels
     step = round_to if channels >= 2 * round_to else 1
-    keep = round(channels * keep_ratio / step) * step
-    return int(min(channels, max(keep, min(min_channels, channels), 1)))
+    keep = max(math.floor(channels * keep_ratio / step + 0.5), 1) * step  # half rounds up
+    floor = math.ceil(min(min_channels, channels) / step) * step
+    return int(min(channels, max(keep, floor)))
 
 
 def prune_channels(
@@ -91,7 +101,8 @@ def prune_channels(
 ) -> dict[str, tuple[int, int]]:
     """Prune ``model`` in place as ``candidate`` says; returns group -> (before, after)."""
     graph = _graph(model, example_input)
-    roots = {name: (module, handler) for name, module, handler in _root_groups(graph, model)}
+    roots = {name: (module, handler)
+             for name, module, handler in _root_groups(graph, model, example_input)}
     unknown = sorted(set(candidate.channel_keep) - set(roots))
     if unknown:
         raise SearchSpaceError(

@@ -1,0 +1,117 @@
+"""The command line: one-line errors for bad input, and surviving a SIGKILL mid-search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autocompress.cli.main import main
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err and err[-1].startswith("error: ")
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_malformed_space_names_file_and_key(capsys, tmp_path, small_profile) -> None:
+    space = tmp_path / "bad.yaml"
+    space.write_text("format_version: 1\nchannels:\n  rules:\n    - match: '*'\n"
+                     "      keep_ratio: {low: 0.5, high: 1.5}\n")
+    message = _error(capsys, ["search", "--space", str(space), "--profile", str(small_profile),
+                              "--out", str(tmp_path / "run"), "--data", "digits"])
+    assert "bad.yaml" in message and "keep_ratio.high" in message and "allowed" in message
+
+
+def test_unknown_model_lists_valid_names(capsys, tmp_path, small_profile) -> None:
+    message = _error(capsys, ["search", "--model", "resnet21", "--profile", str(small_profile),
+                              "--out", str(tmp_path / "run")])
+    assert "resnet20" in message
+
+
+def test_unknown_data_lists_valid_specs(capsys, tmp_path, small_profile) -> None:
+    message = _error(capsys, ["search", "--data", "cifar", "--profile", str(small_profile),
+                              "--out", str(tmp_path / "run")])
+    assert "mnist" in message
+
+
+def test_profile_of_another_format_version(capsys, tmp_path, small_profile) -> None:
+    data = json.loads(small_profile.read_text())
+    data["format_version"] = 99
+    other = tmp_path / "old.json"
+    other.write_text(json.dumps(data))
+    message = _error(capsys, ["search", "--data", "digits", "--profile", str(other),
+                              "--out", str(tmp_path / "run")])
+    assert "format_version 99" in message and "autocompress profile" in message
+
+
+def test_checkpoint_with_pickled_code_is_refused(capsys, tmp_path, small_profile) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "hook": _Payload()}, path)
+    message = _error(capsys, ["search", "--data", "digits", "--profile", str(small_profile),
+                              "--checkpoint", str(path), "--out", str(tmp_path / "run")])
+    assert "state_dict" in message
+
+
+def test_front_of_a_folder_that_is_no_run(capsys, tmp_path) -> None:
+    message = _error(capsys, ["front", str(tmp_path)])
+    assert "run.json" in message
+
+
+class _Payload:
+    """A class that torch.load(weights_only=True) must refuse to rebuild."""
+
+
+def _trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{(run / 'study.db').resolve()}"
+    try:
+        return optuna.load_study(study_name="autocompress", storage=storage).get_trials()
+    except Exception:
+        return []
+
+
+def test_sigkill_mid_trial_then_rerun_keeps_completed_trials(tmp_path, small_profile) -> None:
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "autocompress", "search", "--data", "digits", "--trials", "3",
+            "--finetune-steps", "300", "--latency-budget-ms", "1000", "--profile",
+            str(small_profile), "--out", str(run)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            trials = _trials(run)
+            done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+            if done and running:
+                break
+            assert process.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial completed in time")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    before = {t.number: (t.values, t.user_attrs["artifact"]) for t in done}
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = _trials(run)
+    complete = {t.number: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    for number, (values, artifact) in before.items():
+        assert complete[number].values == values
+        assert (run / artifact).is_file()
+    assert sum(1 for t in complete.values() if t.user_attrs["finetuned"]) == 3

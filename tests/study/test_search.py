@@ -1,0 +1,114 @@
+"""End to end: search, resume, front, pick, on scikit-learn digits (8x8) and resnet20."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+import autocompress
+from autocompress.exceptions import BudgetError, RunError
+from autocompress.study import SearchConfig, load_front, pick, search
+
+
+@pytest.fixture(scope="module")
+def config(small_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> SearchConfig:
+    return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
+                        profile=small_profile, out=tmp_path_factory.mktemp("run") / "r1")
+
+
+@pytest.fixture(scope="module")
+def finished(config: SearchConfig) -> autocompress.ParetoFront:
+    return search(config)
+
+
+def _complete(run: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="autocompress",
+                              storage=f"sqlite:///{(run / 'study.db').resolve()}")
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_search_records_trials_and_front(config: SearchConfig, finished) -> None:
+    run = Path(config.out)
+    info = json.loads((run / "run.json").read_text())
+    assert info["baseline"]["latency_source"] == "measured"      # the profile is of this CPU
+    assert info["budget"]["source"] == "half the baseline's measured latency"
+    assert info["calibration"]["applied"] and info["calibration"]["scale"] > 0
+    trials = _complete(run)
+    finetuned = [t for t in trials if t.user_attrs["finetuned"]]
+    assert len(finetuned) == 3
+    for t in finetuned:
+        assert (run / t.user_attrs["artifact"]).is_file()
+        assert t.user_attrs["predicted_latency_ms"] <= info["budget"]["latency_ms"]
+        assert 0.0 <= t.user_attrs["accuracy"] <= 1.0
+        for key in ("size_bytes", "params", "flops", "sparsity", "candidate"):
+            assert key in t.user_attrs
+    assert len(finished) >= 1
+    assert finished.members[0].params < info["baseline"]["params"]
+    frame = finished.to_frame()
+    for column in ("trial", "accuracy", "predicted_latency_ms", "size_bytes", "params",
+                   "flops"):
+        assert column in frame.columns
+    # the front is sorted by latency and no member dominates another
+    lat = list(frame["predicted_latency_ms"])
+    acc = list(frame["accuracy"])
+    assert lat == sorted(lat)
+    assert all(acc[i] < acc[i + 1] for i in range(len(acc) - 1))
+
+
+def test_the_first_trial_is_the_uniform_pruning_closest_below_budget(config, finished) -> None:
+    first = min(_complete(Path(config.out)), key=lambda t: t.number)
+    keeps = set(first.user_attrs["candidate"]["channel_keep"].values())
+    assert len(keeps) == 1 and first.user_attrs["finetuned"]
+
+
+def test_resume_keeps_completed_trials(config: SearchConfig, finished) -> None:
+    before = {t.number: t.values for t in _complete(Path(config.out))}
+    search(replace(config, trials=4))
+    after = {t.number: t.values for t in _complete(Path(config.out))}
+    assert all(after[n] == v for n, v in before.items())
+    assert sum(1 for t in _complete(Path(config.out)) if t.user_attrs["finetuned"]) == 4
+
+
+def test_resume_with_other_settings_is_refused(config: SearchConfig, finished) -> None:
+    with pytest.raises(RunError, match="other settings"):
+        search(replace(config, finetune_steps=11))
+
+
+def test_pick_exports_and_remeasures(config: SearchConfig, finished, tmp_path: Path) -> None:
+    front = load_front(config.out)
+    budget = max(m.predicted_latency_ms for m in front) * 1.5
+    result = pick(config.out, budget, tmp_path / "export")
+    if result.member is None:   # every member measured over budget: it must say so
+        assert "measured over the budget" in result.message
+        return
+    assert result.measured_latency_ms is not None and result.measured_latency_ms <= budget
+    record = json.loads((tmp_path / "export" / "candidate.json").read_text())
+    for key in ("accuracy", "predicted_latency_ms", "measured_latency_ms", "size_bytes",
+                "flops", "config"):
+        assert key in record
+    assert (tmp_path / "export" / "model.onnx").stat().st_size == record["size_bytes"]
+
+
+def test_pick_with_a_budget_nothing_meets_names_the_fastest(config, finished, tmp_path) -> None:
+    result = pick(config.out, 1e-6, tmp_path / "none")
+    assert result.member is None and result.export_dir is None
+    fastest = load_front(config.out).fastest()
+    assert f"trial {fastest.trial}" in result.message
+    assert not (tmp_path / "none").exists()
+
+
+def test_front_csv_round_trip(finished, tmp_path: Path) -> None:
+    path = finished.write_csv(tmp_path / "front.csv")
+    frame = pd.read_csv(path)
+    assert list(frame["trial"]) == [m.trial for m in finished]
+
+
+def test_impossible_budget_is_refused_before_any_trial(config, tmp_path: Path) -> None:
+    with pytest.raises(BudgetError, match="below the fastest model"):
+        search(replace(config, out=tmp_path / "tight", latency_budget_ms=1e-4))
+    assert not (tmp_path / "tight" / "study.db").exists()

@@ -1,0 +1,344 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autocompress.exceptions import ModelError, SearchSpaceError
+from autocompress.hardware import get_backend
+from autocompress.hardware.export import export_onnx
+from autocompress.models import create_model
+from autocompress.space import Candidate
+from autocompress.transforms import (
+    CompressedModel,
+    apply_sparsity,
+    classifier_layer,
+    compress,
+    find_channel_groups,
+    kept_channels,
+    make_sparsity_permanent,
+    prune_channels,
+    sparsifiable_layers,
+    weight_sparsity,
+)
+
+
+class ResidualConcatNet(nn.Module):
+    """A user-defined CNN with a residual add and a channel concatenation."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(16)
+        self.res1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.res1_bn = nn.BatchNorm2d(16)
+        self.res2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.res2_bn = nn.BatchNorm2d(16)
+        self.left = nn.Conv2d(16, 16, 1)
+        self.right = nn.Conv2d(16, 24, 3, padding=1)
+        self.fuse = nn.Conv2d(40, 32, 3, stride=2, padding=1)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem_bn(self.stem(x)))
+        y = F.relu(self.res1_bn(self.res1(x)))
+        x = F.relu(x + self.res2_bn(self.res2(y)))
+        x = torch.cat([F.relu(self.left(x)), F.relu(self.right(x))], dim=1)
+        x = F.relu(self.fuse(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class HeadRegisteredFirst(nn.Module):
+    """The classifier is registered before another Linear layer that runs before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1)
+        return self.head(F.relu(self.proj(x)))
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _calibrate_batchnorm(model: nn.Module, in_channels: int) -> None:
+    """Give BatchNorm real statistics so outputs are not vanishingly small."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, in_channels, 32, 32))
+    model.eval()
+
+
+def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    if name == "user:residual_concat":
+        model: nn.Module = ResidualConcatNet()
+        in_channels = 3
+    elif name == "resnet20":
+        model, in_channels = create_model("resnet20", num_classes=10, in_channels=1), 1
+    else:
+        model, in_channels = create_model(name, num_classes=10, in_channels=3), 3
+    _calibrate_batchnorm(model, in_channels)
+    return model, torch.randn(1, in_channels, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> tuple[nn.Module, torch.Tensor]:
+    return _build("resnet20")
+
+
+# --- channel pruning keeps models runnable and exportable ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet20", "torchvision:mobilenet_v2", "torchvision:resnet18",
+                                  "user:residual_concat"])
+def test_pruned_model_runs_exports_and_matches_onnxruntime(name: str) -> None:
+    model, x = _build(name)
+    before = _params(model)
+    groups = find_channel_groups(model, x)
+    assert groups, "every test model has prunable groups"
+    candidate = Candidate(channel_keep={g.name: 0.5 for g in groups})
+
+    result = prune_channels(model, candidate, x)
+
+    assert set(result) == {g.name for g in groups}
+    for group in groups:
+        channels, kept = result[group.name]
+        assert channels == group.channels
+        assert kept == kept_channels(channels, 0.5, 1, 1) < channels
+    assert _params(model) < 0.5 * before
+    assert classifier_layer(model, x).out_features == 10  # the classifier is never pruned
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert expected.shape == (1, 10)
+    magnitude = float(np.abs(expected).max())
+    assert magnitude > 1e-4  # the comparison below means something
+
+    onnx_bytes = export_onnx(model, x)
+    got = get_backend("onnxruntime").run(onnx_bytes, x.numpy())
+
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * max(magnitude, 1.0))
+
+
+def test_user_model_groups_follow_residual_and_concatenation() -> None:
+    model, x = _build("user:residual_concat")
+    groups = {g.name: g for g in find_channel_groups(model, x)}
+    # the stem's channels are coupled to the residual branch's output by the add
+    residual = next(g for g in groups.values() if "stem" in g.members)
+    assert {"res2", "res1", "left", "right"} <= set(residual.members)
+    assert residual.channels == 16
+    # both concatenated branches feed `fuse`, and the classifier is not a group
+    assert "fuse" in groups["left"].members and "fuse" in groups["right"].members
+    assert groups["right"].channels == 24
+    assert "head" not in groups
+
+    prune_channels(model, Candidate(channel_keep={"left": 0.5, "right": 0.5}), x)
+    assert (model.left.out_channels, model.right.out_channels) == (8, 12)
+    assert model.fuse.in_channels == 20
+    assert model(x).shape == (1, 10)
+
+
+def test_resnet20_groups_are_stable_and_couple_residual_stages(
+    resnet20: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, x = resnet20
+    groups = find_channel_groups(model, x)
+    assert [g.name for g in groups] == [g.name for g in find_channel_groups(model, x)]
+    assert len({g.name for g in groups}) == len(groups) == 12
+    by_name = {g.name: g for g in groups}
+    assert by_name["conv1"].channels == 16
+    assert {"layer1.0.conv2", "layer1.2.conv2", "layer2.0.conv1"} <= set(
+        by_name["conv1"].members)
+    assert "fc" not in by_name
+    assert all(g.channels in (16, 32, 64) for g in groups)
+
+
+def test_unknown_group_name_raises_and_leaves_model_unchanged(
+    resnet20: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, x = resnet20
+    before = _params(model)
+    with pytest.raises(SearchSpaceError, match="layer9.conv1") as info:
+        prune_channels(model, Candidate(channel_keep={"layer9.conv1": 0.5}), x)
+    assert "conv1" in str(info.value).split("groups are")[1]  # the valid names are listed
+    assert _params(model) == before
+
+
+def test_classifier_is_not_a_group_even_when_named(
+    resnet20: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, x = resnet20
+    with pytest.raises(SearchSpaceError, match="fc"):
+        prune_channels(model, Candidate(channel_keep={"fc": 0.5}), x)
+
+
+def test_pruning_is_deterministic_and_keeps_largest_channels() -> None:
+    model_a, x = _build("resnet20")
+    model_b, _ = _build("resnet20")
+    conv = model_a.layer3[2].conv1
+    norms = conv.weight.detach().flatten(1).norm(dim=1)
+    candidate = Candidate(channel_keep={"layer3.2.conv1": 0.25}, importance="l2")
+    prune_channels(model_a, candidate, x)
+    prune_channels(model_b, candidate, x)
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    kept = model_a.layer3[2].conv1.weight.detach().flatten(1).norm(dim=1)
+    assert kept.shape == (16,)
+    # group importance also counts the BN and the next conv, so compare loosely: the kept
+    # channels' own norms are on average larger than the dropped ones'
+    assert kept.mean() > norms.mean()
+
+
+def test_identity_candidate_changes_nothing(resnet20: tuple[nn.Module, torch.Tensor]) -> None:
+    model, x = resnet20
+    with torch.no_grad():
+        expected = model(x)
+    compressed = compress(model, Candidate(), x)
+    assert _params(compressed.module) == _params(model)
+    assert all(before == after for before, after in compressed.channels.values())
+    with torch.no_grad():
+        torch.testing.assert_close(compressed.module(x), expected)
+
+
+def test_compress_works_on_a_copy_and_attaches_sparsity(
+    resnet20: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, x = resnet20
+    before = _params(model)
+    candidate = Candidate(channel_keep={"layer2.0.conv1": 0.5}, sparsity={"fc": 0.5})
+    compressed = compress(model, candidate, x)
+
+    assert isinstance(compressed, CompressedModel)
+    assert compressed.module is not model and _params(model) == before
+    assert compressed.channels["layer2.0.conv1"] == (32, 16)
+    assert compressed.module.layer2[0].conv1.out_channels == 16
+    assert hasattr(compressed.module.fc, "weight_orig")  # mask attached for the finetune
+    finished = compressed.finalize()
+    assert not hasattr(finished.fc, "weight_orig")
+    assert float((finished.fc.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert finished(x).shape == (1, 10)
+
+
+# --- classifier detection --------------------------------------------------------------------
+
+
+def test_classifier_layer_is_last_linear_else_last_conv() -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    assert classifier_layer(model, torch.zeros(1, 1, 16, 16)) is model.fc
+    fully_conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 1))
+    assert classifier_layer(fully_conv, torch.zeros(1, 3, 8, 8)) is fully_conv[2]
+    with pytest.raises(ModelError):
+        classifier_layer(nn.Sequential(nn.ReLU()), torch.zeros(1, 3, 8, 8))
+
+
+def test_classifier_registered_first_is_still_not_pruned() -> None:
+    torch.manual_seed(0)
+    model = HeadRegisteredFirst().eval()
+    x = torch.randn(1, 3, 16, 16)
+    groups = find_channel_groups(model, x)
+    prune_channels(model, Candidate(channel_keep={g.name: 0.5 for g in groups}), x)
+    assert model(x).shape == (1, 10)
+
+
+# --- kept_channels ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("channels", "ratio", "round_to", "min_channels", "expected"), [
+    (64, 0.3, 8, 1, 16),     # 19.2 -> nearest multiple of 8
+    (64, 0.5, 8, 8, 32),
+    (16, 0.2, 8, 8, 8),      # min_channels holds the floor
+    (12, 0.5, 8, 1, 6),      # narrower than 2 * round_to: not rounded to blocks
+    (10, 0.05, 1, 4, 4),     # never below min_channels
+    (3, 0.1, 1, 8, 3),       # ... unless the layer is narrower than that
+    (7, 0.01, 1, 1, 1),      # never zero
+    (64, 1.0, 8, 8, 64),     # ratio 1 keeps all
+    (13, 1.0, 8, 64, 13),
+])
+def test_kept_channels_rounding(channels: int, ratio: float, round_to: int, min_channels: int,
+                                expected: int) -> None:
+    assert kept_channels(channels, ratio, round_to, min_channels) == expected
+
+
+def test_kept_channels_rounds_up_to_one_block_rather_than_one_channel() -> None:
+    assert kept_channels(16, 0.2, 8, 1) == 8
+
+
+@pytest.mark.parametrize("channels", [8, 16, 24, 64, 96, 1280])
+def test_kept_channels_is_monotone_and_bounded(channels: int) -> None:
+    ratios = [i / 40 for i in range(1, 41)]
+    kept = [kept_channels(channels, r, 8, 8) for r in ratios]
+    assert kept == sorted(kept)
+    assert kept[-1] == channels
+    assert all(min(8, channels) <= k <= channels for k in kept)
+    if channels >= 16:
+        assert all(k % 8 == 0 for k in kept)
+
+
+# --- unstructured sparsity -------------------------------------------------------------------
+
+
+def test_sparsity_masks_hold_through_training_and_become_permanent() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+    layer = model[3]
+    apply_sparsity(model, {"3": 0.5, "7": 0.0})
+    zeros = layer.weight == 0
+    assert float(zeros.float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert not hasattr(model[7], "weight_orig")  # amount 0 attaches nothing
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(1)
+    orig_before = layer.weight_orig.detach().clone()
+    for _ in range(3):
+        inputs = torch.randn(4, 1, 12, 12, generator=generator)
+        labels = torch.randint(0, 10, (4,), generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    assert not torch.equal(layer.weight_orig, orig_before)  # the layer did learn
+    with torch.no_grad():
+        model(torch.randn(1, 1, 12, 12))  # the pre-hook recomputes weight from the mask
+    assert torch.all(layer.weight[zeros] == 0)
+
+    make_sparsity_permanent(model)
+    assert not any(name.endswith("weight_orig") for name, _ in model.named_parameters())
+    assert not any(name.endswith("weight_mask") for name, _ in model.named_buffers())
+    assert isinstance(layer.weight, nn.Parameter)
+    assert torch.all(layer.weight[zeros] == 0)
+    assert float((layer.weight == 0).float().mean()) >= 0.5 - 0.01
+
+
+def test_weight_sparsity_counts_zeros_over_conv_and_linear() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 2))
+    assert weight_sparsity(model) == 0.0
+    assert sparsifiable_layers(model) == ["0", "3"]
+    apply_sparsity(model, {"3": 0.5})
+    total = 4 * 9 + 64 * 2
+    assert weight_sparsity(model) == pytest.approx(64 / total)
+    make_sparsity_permanent(model)
+    assert weight_sparsity(model) == pytest.approx(64 / total)
+
+
+@pytest.mark.parametrize("layer", ["layer9.conv1", "bn1", ""])
+def test_unknown_sparsity_layer_raises(resnet20: tuple[nn.Module, torch.Tensor],
+                                       layer: str) -> None:
+    model, _ = resnet20
+    with pytest.raises(SearchSpaceError, match="does not have"):
+        apply_sparsity(model, {layer: 0.5})
+    assert not any(hasattr(m, "weight_orig") for m in model.modules())
