@@ -131,9 +131,10 @@ class ParetoFront:
         done = [t for t in self.trials if "predicted_latency_ms" in t.user_attrs]
         tuned = [t for t in done if t.user_attrs.get("finetuned")]
         skipped = [t for t in done if not t.user_attrs.get("finetuned")]
-        if skipped:
+        if skipped:  # their accuracy (not finetuned) is not comparable: show latency only
             ax.scatter([t.user_attrs["predicted_latency_ms"] for t in skipped],
-                       [t.user_attrs["accuracy"] for t in skipped], s=14, c="#bbbbbb",
+                       [0.02] * len(skipped), s=30, c="#999999", marker="|",
+                       transform=ax.get_xaxis_transform(),
                        label="over budget (not finetuned)")
         if tuned:
             ax.scatter([t.user_attrs["predicted_latency_ms"] for t in tuned],
