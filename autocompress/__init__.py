@@ -18,28 +18,33 @@ from autocompress._version import __version__
 from autocompress.exceptions import AutocompressError
 
 if TYPE_CHECKING:
+    from autocompress.hardware._tools import estimate_onnx, measure_onnx, profile_device
     from autocompress.study import (
         ParetoFront,
         PickResult,
         SearchConfig,
+        estimate_latency,
         load_front,
         pick,
-        profile_device,
         search,
     )
 
 __all__ = ["AutocompressError", "ParetoFront", "PickResult", "SearchConfig", "__version__",
-           "load_front", "pick", "profile_device", "search"]
+           "estimate_latency", "estimate_onnx", "load_front", "measure_onnx", "pick",
+           "profile_device", "search"]
 
-_LAZY = {"ParetoFront", "PickResult", "SearchConfig", "load_front", "pick", "profile_device",
-         "search"}
+_LAZY_STUDY = {"ParetoFront", "PickResult", "SearchConfig", "estimate_latency", "load_front",
+               "pick", "search"}
+_LAZY_HARDWARE = {"estimate_onnx", "measure_onnx", "profile_device"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from autocompress import study
-
-        value = getattr(study, name)
+    if name in _LAZY_STUDY | _LAZY_HARDWARE:
+        if name in _LAZY_STUDY:
+            from autocompress import study as source
+        else:
+            from autocompress.hardware import _tools as source
+        value = getattr(source, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'autocompress' has no attribute {name!r}")

@@ -29,6 +29,6 @@ def small_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
         of_kind = [k for k in grid if k.kind == kind]
         small.extend(of_kind[:: max(1, len(of_kind) // 6)])
     path = tmp_path_factory.mktemp("profile") / "cpu.json"
-    profile_backend(get_backend("onnxruntime", threads=1), path, grid=small, rounds=1,
+    profile_backend(get_backend("onnxruntime", threads=1), path, grid=small, rounds=1, adaptive=4,
                     settings=MeasureSettings(max_time_s=0.05, min_runs=10, round_runs=10))
     return path

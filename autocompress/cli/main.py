@@ -86,23 +86,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="storage URL, if the run used one")
 
     pr = sub.add_parser("profile", help="measure this device and write a hardware profile")
-    pr.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
-    pr.add_argument("--threads", type=int, default=1)
+    _backend_options(pr)
     pr.add_argument("--rounds", type=int, default=2,
                     help="measure every kernel this many times, shuffled (default: 2)")
     pr.add_argument("--out", type=Path, required=True)
+
+    e = sub.add_parser("estimate", help="estimate a model's latency from a hardware profile")
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="model name or path/file.py:factory")
+    what.add_argument("--onnx", type=Path, help="an ONNX file (needs no torch)")
+    e.add_argument("--profile", type=Path, required=True)
+    e.add_argument("--checkpoint", type=Path)
+    e.add_argument("--candidate", type=Path, help="candidate.json from 'pick': compress first")
+    e.add_argument("--input-shape", type=_shape)
+    e.add_argument("--num-classes", type=int, default=10)
+
+    m = sub.add_parser("measure", help="measure an ONNX model's latency on a backend")
+    m.add_argument("--onnx", type=Path, required=True)
+    _backend_options(m)
+    m.add_argument("--rounds", type=int, default=3, help="measurement rounds (default: 3)")
     return parser
 
 
-def _setup_logging(verbose: int) -> None:
-    import optuna
+def _backend_options(parser: argparse.ArgumentParser) -> None:
+    from autocompress.hardware.backends import BACKENDS
 
+    parser.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--target", help="tvm: llvm (default), arm, cuda, or a target JSON")
+    parser.add_argument("--rpc", help="tvm: HOST:PORT of a TVM RPC server on the device")
+
+
+def _setup_logging(verbose: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("autocompress")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    try:
+        import optuna
+    except ImportError:  # a profile-only install
+        return
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose >= 2 else optuna.logging.WARNING)
 
 
@@ -152,14 +177,15 @@ def _pick(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from autocompress.study import profile_device
+    from autocompress.hardware._tools import profile_device
 
     def progress(done: int, total: int) -> None:
         if done % 25 == 0 or done == total:
             print(f"\rprofiling: {done}/{total} kernels", end="", file=sys.stderr, flush=True)
 
     profile = profile_device(args.out, backend=args.backend, threads=args.threads,
-                             rounds=args.rounds, progress=progress)
+                             rounds=args.rounds, progress=progress, target=args.target,
+                             rpc=args.rpc)
     print(file=sys.stderr)
     unstable = sum(1 for k in profile.kernels if not k.latency.stable)
     print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "
@@ -168,10 +194,65 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        from autocompress.hardware._tools import estimate_onnx
+
+        estimate = estimate_onnx(args.profile, args.onnx)
+        what = str(args.onnx)
+        from autocompress.hardware import HardwareProfile
+
+        profile = HardwareProfile.load(args.profile)
+    else:
+        _need_search_extra()
+        from autocompress.study import estimate_latency
+
+        result = estimate_latency(args.profile, args.model, checkpoint=args.checkpoint,
+                                  candidate=args.candidate, input_shape=args.input_shape,
+                                  num_classes=args.num_classes)
+        estimate, profile = result.estimate, result.profile
+        what = f"{result.what} at input {'x'.join(map(str, result.input_shape))}"
+    print(f"{what}: {estimate.latency_ms:.3f} ms +- {estimate.std_ms:.3f} (estimate from "
+          f"{args.profile}: {profile.describe()}; uncalibrated)")
+    if estimate.unmodelled:
+        print(f"note: operators costed as elementwise: {', '.join(estimate.unmodelled)}")
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from autocompress.hardware._tools import measure_onnx
+
+    m = measure_onnx(args.onnx, backend=args.backend, threads=args.threads, rounds=args.rounds,
+                     target=args.target, rpc=args.rpc)
+    print(f"{args.onnx}: {m.median_ms:.3f} ms median (measured on {args.backend}, "
+          f"{args.threads} thread(s); quartiles {m.p25_ms:.3f}-{m.p75_ms:.3f} ms, {m.runs} runs"
+          f"{'' if m.stable else ', did not settle'})")
+    return 0
+
+
+def _need_search_extra() -> None:
+    from autocompress.exceptions import MissingDependencyError
+
+    try:
+        import optuna  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"this command needs the search dependencies ({exc.name} is missing): "
+            "pip install 'autocompress[search]'") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
-    commands = {"search": _search, "front": _front, "pick": _pick, "profile": _profile}
+    commands = {"search": _search, "front": _front, "pick": _pick, "profile": _profile,
+                "estimate": _estimate, "measure": _measure}
+    if args.command in ("search", "front", "pick"):
+        try:
+            _need_search_extra()
+        except AutocompressError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         return commands[args.command](args)
     except AutocompressError as exc:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from scipy.optimize import nnls
 
 from autocompress.exceptions import ProfileError
 from autocompress.hardware.kernels import KINDS, NodeKernel, features, kernels_of
@@ -79,6 +78,8 @@ class LatencyModel:
 
     @staticmethod
     def _fit(profile: HardwareProfile) -> dict[str, KindFit]:
+        from scipy.optimize import nnls
+
         fits: dict[str, KindFit] = {}
         for kind in KINDS:
             rows = [m for m in profile.kernels if m.kernel.kind == kind]

@@ -7,20 +7,22 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from autocompress._io import write_json_atomic
 from autocompress._version import __version__
 from autocompress.hardware.backends import Backend, LatencyMeasurement, MeasureSettings
-from autocompress.hardware.kernels import Kernel, kernel_graph, overhead_graph
+from autocompress.hardware.kernels import Kernel, features, kernel_graph, overhead_graph
 from autocompress.hardware.profile import HardwareProfile, KernelMeasurement, describe_device
 
-__all__ = ["GRID_NAME", "default_grid", "profile_backend"]
+__all__ = ["GRID_NAME", "adaptive_kernels", "default_grid", "profile_backend"]
 
 _logger = logging.getLogger(__name__)
 
-GRID_NAME = "standard-v1"
+GRID_NAME = "standard-v1+adaptive"
 _MAX_MACS = 120_000_000  # keeps every kernel well under ~50 ms on a small CPU
 
 ProgressFn = Callable[[int, int], None]
@@ -81,6 +83,58 @@ def _key(kernel: Kernel) -> str:
     return json.dumps(kernel.to_dict(), sort_keys=True)
 
 
+def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int) -> list[Kernel]:
+    """Neighbours of the kernels a linear fit explains worst, to sample where latency is not
+    linear in the features: for each kind, an unconstrained least-squares fit on the
+    relative scale; the worst-fitted kernels get neighbours with 8 channels more and fewer
+    (and, for convolutions, the other stride)."""
+    if count <= 0:
+        return []
+    scored: list[tuple[float, Kernel]] = []
+    for kind in {k.kind for k, _ in measured}:
+        rows = [(k, t) for k, t in measured if k.kind == kind]
+        if len(rows) < 4:
+            continue
+        x = np.stack([features(k) for k, _ in rows])
+        y = np.array([t for _, t in rows])
+        w = 1.0 / np.maximum(y, 1e-9)
+        coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+        residual = np.abs(x @ coef - y) * w
+        scored.extend((float(r), k) for r, (k, _) in zip(residual, rows, strict=True))
+    scored.sort(key=lambda item: -item[0])
+    seen = {k for k, _ in measured}
+    extra: list[Kernel] = []
+    for _, k in scored:
+        for delta in (8, -8):
+            if k.kind in ("pool", "elementwise"):
+                c = max(k.in_channels + delta, 1)
+                neighbour = replace(k, in_channels=c, out_channels=c)
+            elif k.kind == "dwconv":
+                c = max(k.in_channels + delta, 8)
+                neighbour = replace(k, in_channels=c, out_channels=c, groups=c)
+            else:
+                neighbour = replace(k, out_channels=max(k.out_channels + delta, 8))
+            if neighbour not in seen and neighbour.macs <= _MAX_MACS:
+                seen.add(neighbour)
+                extra.append(neighbour)
+        if len(extra) >= count:
+            break
+    return extra[:count]
+
+
+def _medians(results: list[LatencyMeasurement]) -> LatencyMeasurement:
+    medians = sorted(m.median_ms for m in results)
+    half = len(medians) // 2
+    mid = medians[half] if len(medians) % 2 else (medians[half - 1] + medians[half]) / 2
+    return LatencyMeasurement(
+        median_ms=mid,
+        p25_ms=min(m.p25_ms for m in results),
+        p75_ms=max(m.p75_ms for m in results),
+        runs=sum(m.runs for m in results),
+        stable=all(m.stable for m in results),
+    )
+
+
 def profile_backend(
     backend: Backend,
     out: str | Path,
@@ -88,6 +142,7 @@ def profile_backend(
     grid: list[Kernel] | None = None,
     settings: MeasureSettings | None = None,
     rounds: int = 2,
+    adaptive: int = 24,
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> HardwareProfile:
@@ -95,11 +150,13 @@ def profile_backend(
 
     Each kernel is measured ``rounds`` times, in a freshly shuffled order each round, so
     slow drifts of a shared machine spread over all kernels; the recorded median is the
-    median of the rounds' medians. Finished measurements are kept in ``out`` + ``.partial``
-    so an interrupted run resumes where it stopped.
+    median of the rounds' medians. Then ``adaptive`` more kernels are sampled around the
+    kernels the grid's linear fit explains worst (:func:`adaptive_kernels`). Finished
+    measurements are kept in ``out`` + ``.partial`` so an interrupted run resumes where it
+    stopped.
     """
     out = Path(out)
-    grid = default_grid(seed) if grid is None else grid
+    grid = default_grid(seed) if grid is None else list(grid)
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
     done: dict[str, list[dict[str, float]]] = {}
@@ -108,47 +165,45 @@ def profile_backend(
             state = json.loads(partial_path.read_text())
             if state.get("backend") == backend.settings() and state.get("grid") == GRID_NAME:
                 done = state["done"]
-                _logger.info("resuming profiling: %d measurements already done", len(done))
+                _logger.info("resuming profiling: %d kernels already measured", len(done))
         except (OSError, json.JSONDecodeError, KeyError):
             _logger.warning("ignoring unreadable partial profile %s", partial_path)
 
     start = time.perf_counter()
-    tasks = [(r, k) for r in range(rounds) for k in grid]
-    total = len(tasks) + 1
+    total = 1 + rounds * (len(grid) + adaptive)
+    count = 0
+    rng = random.Random(seed + 1)
+
+    def measure_all(kernels: list[Kernel]) -> None:
+        nonlocal count
+        for r in range(rounds):
+            order = list(kernels)
+            rng.shuffle(order)
+            for kernel in order:
+                key = _key(kernel)
+                count += 1
+                if len(done.get(key, [])) > r:
+                    continue
+                m = backend.measure(kernel_graph(kernel, seed=seed), settings)
+                done.setdefault(key, []).append(asdict(m))
+                if count % 10 == 0:
+                    write_json_atomic(partial_path, {"backend": backend.settings(),
+                                                     "grid": GRID_NAME, "done": done})
+                if progress:
+                    progress(count, total)
+
     overhead = backend.measure(overhead_graph(), settings)
-    count = 1
+    count += 1
     if progress:
         progress(count, total)
-    rng = random.Random(seed + 1)
-    for r in range(rounds):
-        order = list(grid)
-        rng.shuffle(order)
-        for kernel in order:
-            key = _key(kernel)
-            count += 1
-            if len(done.get(key, [])) > r:
-                continue
-            m = backend.measure(kernel_graph(kernel, seed=seed), settings)
-            done.setdefault(key, []).append(asdict(m))
-            if count % 10 == 0:
-                write_json_atomic(partial_path, {"backend": backend.settings(),
-                                                 "grid": GRID_NAME, "done": done})
-            if progress:
-                progress(count, total)
+    measure_all(grid)
 
-    measurements = []
-    for kernel in grid:
-        results = [LatencyMeasurement.from_dict(d) for d in done[_key(kernel)][:rounds]]
-        medians = sorted(m.median_ms for m in results)
-        mid = medians[len(medians) // 2] if len(medians) % 2 else (
-            medians[len(medians) // 2 - 1] + medians[len(medians) // 2]) / 2
-        measurements.append(KernelMeasurement(kernel, LatencyMeasurement(
-            median_ms=mid,
-            p25_ms=min(m.p25_ms for m in results),
-            p75_ms=max(m.p75_ms for m in results),
-            runs=sum(m.runs for m in results),
-            stable=all(m.stable for m in results),
-        )))
+    def result(kernel: Kernel) -> LatencyMeasurement:
+        return _medians([LatencyMeasurement.from_dict(d) for d in done[_key(kernel)][:rounds]])
+
+    extra = adaptive_kernels([(k, result(k).median_ms) for k in grid], adaptive)
+    measure_all(extra)
+    measurements = [KernelMeasurement(k, result(k)) for k in (*grid, *extra)]
     profile = HardwareProfile(
         backend=backend.name,
         backend_version=backend.version(),
@@ -158,9 +213,11 @@ def profile_backend(
         kernels=tuple(measurements),
         autocompress_version=__version__,
         grid=GRID_NAME,
-        measure_settings={**asdict(settings), "rounds": rounds},
+        measure_settings={**asdict(settings), "rounds": rounds, "adaptive": len(extra)},
         elapsed_s=time.perf_counter() - start,
     )
     profile.save(out)
     partial_path.unlink(missing_ok=True)
+    if progress:
+        progress(total, total)
     return profile

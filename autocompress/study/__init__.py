@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from autocompress.study._config import RunFolder, SearchConfig
 from autocompress.study._front import FrontMember, ParetoFront
-from autocompress.study._search import PickResult, load_front, pick, profile_device, search
+from autocompress.study._search import PickResult, load_front, pick, search
+from autocompress.study._tools import ModelEstimate, estimate_latency
 
-__all__ = ["FrontMember", "ParetoFront", "PickResult", "RunFolder", "SearchConfig",
-           "load_front", "pick", "profile_device", "search"]
+__all__ = ["FrontMember", "ModelEstimate", "ParetoFront", "PickResult", "RunFolder",
+           "SearchConfig", "estimate_latency", "load_front", "pick", "search"]

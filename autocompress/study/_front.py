@@ -17,6 +17,7 @@ from autocompress.space import Candidate
 __all__ = ["FrontMember", "ParetoFront"]
 
 FRONT_COLUMNS = ["trial", "accuracy", "predicted_latency_ms", "predicted_latency_std_ms",
+                 "latency_source",
                  "size_bytes", "compressed_size_bytes", "params", "nonzero_params", "flops",
                  "sparsity", "artifact", "config"]
 
@@ -37,6 +38,7 @@ class FrontMember:
     sparsity: float
     candidate: Candidate
     artifact: str | None
+    latency_source: str = "estimate"   # or "measured" (near the budget, on this machine)
 
     @classmethod
     def from_trial(cls, trial: optuna.trial.FrozenTrial) -> FrontMember:
@@ -54,12 +56,14 @@ class FrontMember:
             sparsity=float(a.get("sparsity", 0.0)),
             candidate=Candidate.from_dict(a["candidate"]),
             artifact=a.get("artifact"),
+            latency_source=str(a.get("latency_source", "estimate")),
         )
 
     def row(self) -> dict[str, Any]:
         return {"trial": self.trial, "accuracy": self.accuracy,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_latency_std_ms": self.predicted_latency_std_ms,
+                "latency_source": self.latency_source,
                 "size_bytes": self.size_bytes, "compressed_size_bytes": self.compressed_size_bytes,
                 "params": self.params, "nonzero_params": self.nonzero_params,
                 "flops": self.flops, "sparsity": self.sparsity, "artifact": self.artifact,
@@ -152,7 +156,7 @@ class ParetoFront:
             ax.scatter([base["latency_ms"]], [base["accuracy"]], marker="*", s=160, c="#edae49",
                        edgecolors="k", zorder=5,
                        label=f"baseline ({base.get('latency_source', 'estimate')})")
-        ax.set_xlabel("latency (ms, estimated from the hardware profile)")
+        ax.set_xlabel("latency (ms): profile estimate, measured near the budget")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -174,13 +178,14 @@ class ParetoFront:
                          f"latency {base.get('latency_ms', float('nan')):.3f} ms "
                          f"({base.get('latency_source', 'estimate')}), "
                          f"params {base.get('params', 0):,}")
-        lines.append(f"  {'trial':>5} {'accuracy':>8} {'latency_ms':>10} {'±':>6} "
+        lines.append(f"  {'trial':>5} {'accuracy':>8} {'latency_ms':>10} {'±':>6} {'source':>8} "
                      f"{'params':>9} {'MFLOPs':>8} {'size_kB':>8} {'sparsity':>8}")
         for m in self.members:
             lines.append(f"  {m.trial:>5} {m.accuracy:>8.4f} {m.predicted_latency_ms:>10.3f} "
-                         f"{m.predicted_latency_std_ms:>6.3f} {m.params:>9,} "
+                         f"{m.predicted_latency_std_ms:>6.3f} {m.latency_source:>8} {m.params:>9,} "
                          f"{m.flops / 1e6:>8.2f} {m.size_bytes / 1e3:>8.1f} {m.sparsity:>8.2f}")
-        lines.append("  (latency: estimate from the hardware profile; 'pick' re-measures)")
+        lines.append("  (latency: estimate from the hardware profile, measured for candidates near "
+                     "the budget when the profile is of this machine; 'pick' re-measures)")
         return "\n".join(lines)
 
 

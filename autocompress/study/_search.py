@@ -45,22 +45,16 @@ from autocompress.study._front import FrontMember, ParetoFront, member_json
 from autocompress.study._objective import TRIAL_ERRORS, Objective, TrialReport
 from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
 
-__all__ = ["PickResult", "load_front", "pick", "profile_device", "search"]
+__all__ = ["PickResult", "load_front", "pick", "search"]
 
 _logger = logging.getLogger("autocompress")
 
 _PICK_MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
 _BASELINE_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
+_NEAR_BUDGET_MEASURE = MeasureSettings(max_time_s=1.0, min_runs=60, round_runs=30)
 
 
 # ------------------------------------------------------------------------------ profiles
-
-def profile_device(out: str | Path, *, backend: str = "onnxruntime", threads: int = 1,
-                   rounds: int = 2, progress: Any = None) -> HardwareProfile:
-    """Measure this device's kernels with ``backend`` and save the profile to ``out``."""
-    return profile_backend(get_backend(backend, threads=threads), out, rounds=rounds,
-                           progress=progress)
-
 
 def _is_local(profile: HardwareProfile) -> bool:
     """Whether ``profile`` was measured on this machine with the installed backend."""
@@ -70,6 +64,15 @@ def _is_local(profile: HardwareProfile) -> bool:
         return False
     return (dict(profile.device) == describe_device()
             and profile.backend_version == backend.version())
+
+
+def _measurer(profile: HardwareProfile) -> Any:
+    backend = get_backend(profile.backend, threads=profile.threads)
+
+    def measure(onnx_bytes: bytes) -> float:
+        return backend.measure_many([onnx_bytes], _NEAR_BUDGET_MEASURE, rounds=2)[0].median_ms
+
+    return measure
 
 
 def local_profile(threads: int) -> Path:
@@ -274,12 +277,12 @@ def search(config: SearchConfig) -> ParetoFront:
     def report(r: TrialReport) -> None:
         done = len(_finetuned(study)) + (1 if r.within_budget else 0)
         if r.within_budget:
-            _logger.info("trial %d: accuracy %.4f, latency %.3f ms (estimate, budget %.3f) "
+            _logger.info("trial %d: accuracy %.4f, latency %.3f ms (%s, budget %.3f) "
                          "[%d/%d, %.0f s]", r.number, r.accuracy, r.predicted_latency_ms,
-                         budget_ms, done, config.trials, r.seconds)
+                         r.latency_source, budget_ms, done, config.trials, r.seconds)
         else:
-            _logger.info("trial %d: over budget (%.3f ms estimated > %.3f), not finetuned",
-                         r.number, r.predicted_latency_ms, budget_ms)
+            _logger.info("trial %d: over budget (%.3f ms %s > %.3f), not finetuned",
+                         r.number, r.predicted_latency_ms, r.latency_source, budget_ms)
 
     objective = Objective(
         baseline=baseline.module, data=data, space=bound, latency_model=latency_model,
@@ -287,6 +290,7 @@ def search(config: SearchConfig) -> ParetoFront:
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
                                lr=config.finetune_lr),
         trial_dir=folder.trial_dir, on_report=report,
+        measure=_measurer(profile) if _is_local(profile) else None,
     )
     max_over_budget = max(30, 3 * config.trials)
     while True:
@@ -467,7 +471,9 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         write_text_atomic(out / "candidate.json", member_json(
             member, measured_latency_ms=measured,
             latency_measured_on=profile.describe() if measured is not None else None,
-            latency_budget_ms=latency_budget_ms, run=str(folder.path)) + "\n")
+            latency_budget_ms=latency_budget_ms, run=str(folder.path),
+            model=folder.info.get("model"), input_shape=folder.info.get("input_shape"),
+            num_classes=folder.info.get("num_classes")) + "\n")
         note = (f"measured {measured:.3f} ms" if measured is not None
                 else "not measured: the profile is of another device")
         return PickResult(member, measured, tuple(tried), out,

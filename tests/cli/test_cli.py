@@ -115,3 +115,27 @@ def test_sigkill_mid_trial_then_rerun_keeps_completed_trials(tmp_path, small_pro
         assert complete[number].values == values
         assert (run / artifact).is_file()
     assert sum(1 for t in complete.values() if t.user_attrs["finetuned"]) == 3
+
+
+def test_measure_and_estimate_an_onnx_file(capsys, tmp_path, small_profile) -> None:
+    from autocompress.hardware.kernels import Kernel, kernel_graph
+
+    path = tmp_path / "conv.onnx"
+    path.write_bytes(kernel_graph(Kernel("conv", 16, 16, 8, 8, kernel=3)))
+    assert main(["measure", "--onnx", str(path), "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ms median (measured on onnxruntime, 1 thread(s)" in out
+    assert main(["estimate", "--onnx", str(path), "--profile", str(small_profile)]) == 0
+    out = capsys.readouterr().out
+    assert "estimate from" in out and "uncalibrated" in out
+
+
+def test_estimate_needs_an_input_shape_for_a_file_model(capsys, tmp_path, small_profile):
+    source = tmp_path / "net.py"
+    source.write_text("import torch.nn as nn\n"
+                      "def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))\n")
+    message = _error(capsys, ["estimate", "--model", f"{source}:make", "--profile",
+                              str(small_profile)])
+    assert "--input-shape" in message
+    assert main(["estimate", "--model", f"{source}:make", "--profile", str(small_profile),
+                 "--input-shape", "1,3,2,2"]) == 0

@@ -32,7 +32,12 @@ from autocompress.hardware.kernels import (
 )
 from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import PROFILE_FORMAT_VERSION, KernelMeasurement
-from autocompress.hardware.profiler import GRID_NAME, default_grid, profile_backend
+from autocompress.hardware.profiler import (
+    GRID_NAME,
+    adaptive_kernels,
+    default_grid,
+    profile_backend,
+)
 from autocompress.models import create_model
 from autocompress.space import SearchSpace
 from autocompress.transforms import find_channel_groups, prune_channels
@@ -61,7 +66,7 @@ def backend() -> OnnxRuntimeBackend:
 @pytest.fixture(scope="module")
 def profile_path(tmp_path_factory: pytest.TempPathFactory, backend: OnnxRuntimeBackend) -> Path:
     path = tmp_path_factory.mktemp("profile") / "ort.json"
-    profile_backend(backend, path, grid=_small_grid(), settings=FAST, rounds=1)
+    profile_backend(backend, path, grid=_small_grid(), settings=FAST, rounds=1, adaptive=0)
     return path
 
 
@@ -314,7 +319,8 @@ def test_interrupted_profiling_resumes_from_partial_file(
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, progress=interrupt)
+        profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
+                        progress=interrupt)
     first_calls = len(calls)
     assert first_calls == 12  # the overhead and 11 kernels
     assert partial.is_file() and not out.exists()
@@ -323,7 +329,7 @@ def test_interrupted_profiling_resumes_from_partial_file(
 
     calls.clear()
     seen: list[int] = []
-    result = profile_backend(backend, out, grid=grid, settings=FAST, rounds=1,
+    result = profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
                              progress=lambda done, total: seen.append(done))
     assert len(calls) == 1 + len(grid) - len(saved)  # overhead + what was not saved
     assert len(calls) < 1 + len(grid)
@@ -344,9 +350,31 @@ def test_partial_file_of_other_backend_settings_is_not_reused(tmp_path: Path) ->
     partial.write_text(json.dumps({"backend": other.settings(), "grid": GRID_NAME,
                                    "done": done}))
     result = profile_backend(get_backend("onnxruntime", threads=1), out, grid=grid,
-                             settings=FAST, rounds=1)
+                             settings=FAST, rounds=1, adaptive=0)
     assert all(m.latency.median_ms != 99.0 for m in result.kernels)
     assert all(m.latency.runs >= FAST.round_runs for m in result.kernels)
+
+
+def test_adaptive_sampling_adds_neighbours_of_the_worst_fitted_kernel() -> None:
+    convs = [Kernel("conv", c, c, 8, 8, kernel=3) for c in (16, 32, 48, 64, 96, 128)]
+    measured = [(k, 1e-3 + k.macs * 1e-8) for k in convs]
+    outlier = convs[2]
+    measured[2] = (outlier, 10 * measured[2][1])
+    extra = adaptive_kernels(measured, 2)
+    assert len(extra) == 2
+    assert all(k.kind == "conv" and k not in convs for k in extra)
+    assert {k.out_channels for k in extra} == {outlier.out_channels + 8, outlier.out_channels - 8}
+    assert adaptive_kernels(measured, 0) == []
+
+
+def test_profile_with_adaptive_sampling_measures_extra_kernels(tmp_path: Path) -> None:
+    grid = [k for k in _small_grid() if k.kind in ("conv", "elementwise")]
+    result = profile_backend(get_backend("onnxruntime", threads=1), tmp_path / "p.json",
+                             grid=grid, settings=FAST, rounds=1, adaptive=3)
+    kernels = [m.kernel for m in result.kernels]
+    assert kernels[:len(grid)] == grid
+    assert len(kernels) == len(grid) + 3 and len(set(kernels)) == len(kernels)
+    assert result.measure_settings["adaptive"] == 3
 
 
 # --- latency model ---------------------------------------------------------------------------

@@ -112,3 +112,27 @@ def test_impossible_budget_is_refused_before_any_trial(config, tmp_path: Path) -
     with pytest.raises(BudgetError, match="below the fastest model"):
         search(replace(config, out=tmp_path / "tight", latency_budget_ms=1e-4))
     assert not (tmp_path / "tight" / "study.db").exists()
+
+
+def test_estimate_of_a_picked_candidate_is_below_the_uncompressed_model(
+        config: SearchConfig, finished, tmp_path: Path) -> None:
+    from autocompress.study import estimate_latency
+
+    front = load_front(config.out)
+    result = pick(config.out, max(m.predicted_latency_ms for m in front) * 3, tmp_path / "e")
+    if result.member is None:
+        pytest.skip("nothing measured within budget on this noisy run")
+    record = tmp_path / "e" / "candidate.json"
+    assert json.loads(record.read_text())["input_shape"] == [1, 1, 8, 8]
+    compressed = estimate_latency(config.profile, "resnet20", candidate=record)
+    full = estimate_latency(config.profile, "resnet20", input_shape=(1, 1, 8, 8))
+    assert compressed.input_shape == (1, 1, 8, 8)
+    assert compressed.estimate.latency_ms < full.estimate.latency_ms
+
+
+def test_near_budget_candidates_are_measured(config: SearchConfig, finished) -> None:
+    trials = [t for t in _complete(Path(config.out)) if "latency_source" in t.user_attrs]
+    budget = json.loads((Path(config.out) / "run.json").read_text())["budget"]["latency_ms"]
+    for t in trials:
+        near = abs(t.user_attrs["estimated_latency_ms"] - budget) <= 0.1 * budget
+        assert t.user_attrs["latency_source"] == ("measured" if near else "estimate")
