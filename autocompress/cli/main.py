@@ -189,7 +189,7 @@ def _profile(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     unstable = sum(1 for k in profile.kernels if not k.latency.stable)
     print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "
-          f"kernels did not settle within the time cap (spread recorded) ; "
+          f"kernels did not settle within the time cap (spread recorded); "
           f"{profile.elapsed_s:.0f} s")
     return 0
 

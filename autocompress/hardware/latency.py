@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from autocompress.exceptions import ProfileError
+from autocompress.exceptions import MissingDependencyError, ProfileError
 from autocompress.hardware.kernels import KINDS, NodeKernel, features, kernels_of
 from autocompress.hardware.profile import HardwareProfile
 
@@ -78,7 +78,11 @@ class LatencyModel:
 
     @staticmethod
     def _fit(profile: HardwareProfile) -> dict[str, KindFit]:
-        from scipy.optimize import nnls
+        try:
+            from scipy.optimize import nnls
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "estimating latency needs scipy: pip install 'autocompress[search]'") from exc
 
         fits: dict[str, KindFit] = {}
         for kind in KINDS:

@@ -1,0 +1,155 @@
+"""Latency fidelity: the profile's estimate against real measurements, in one run.
+
+For each backend and model family, random candidates of the default search space are
+exported and measured twice (two interleaved passes over all models); the first pass is the
+reference, the second tells this machine's noise floor (how often a re-measurement of the
+same model agrees with the first within +-10%). Estimates are reported raw (profile only) and
+calibrated the way a search calibrates them (an affine map fitted on four uniformly pruned
+reference models of the family, measured in the same run, not among the candidates).
+
+    python benchmarks/latency_fidelity.py                        # ONNX Runtime, 1 thread
+    python benchmarks/latency_fidelity.py --backend tvm --candidates 8
+
+Writes benchmarks/results/latency_fidelity_<backend>.csv and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware.export import export_onnx
+from autocompress.hardware.latency import fit_calibration
+from autocompress.hardware.profile import describe_device
+from autocompress.models import create_model
+from autocompress.space import SearchSpace
+from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = (
+    ("resnet20", (1, 3, 32, 32)),
+    ("mobilenet_v2", (1, 3, 32, 32)),
+    ("torchvision:resnet18", (1, 3, 96, 96)),
+)
+CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
+MEASURE = MeasureSettings(max_time_s=1.5, min_runs=50, round_runs=25)
+
+
+def build_models(name: str, shape: tuple[int, int, int, int], count: int, seed: int
+                 ) -> list[tuple[str, bytes]]:
+    """Four calibration models, then ``count`` random candidates, as (label, onnx)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create_model(name, num_classes=10, in_channels=shape[1]).eval()
+    x = torch.zeros(shape)
+    bound = SearchSpace.default().bind([g.name for g in find_channel_groups(model, x)],
+                                       sparsifiable_layers(model))
+    out = []
+    for ratio in CALIBRATION_RATIOS:
+        pruned = copy.deepcopy(model)
+        prune_channels(pruned, bound.uniform(ratio), x)
+        out.append((f"calibration-{ratio}", export_onnx(pruned, x)))
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    for i in range(count):
+        trial = study.ask()
+        candidate = bound.sample(trial)
+        study.tell(trial, [0.0, 0.0])
+        pruned = copy.deepcopy(model)
+        prune_channels(pruned, candidate, x)
+        out.append((f"candidate-{i}", export_onnx(pruned, x)))
+    return out
+
+
+def summarize(pred: list[float], ref: list[float]) -> dict[str, float]:
+    err = [abs(p - m) / m for p, m in zip(pred, ref, strict=True)]
+    return {"within_10pct": sum(e <= 0.10 for e in err) / len(err),
+            "mape": statistics.mean(err),
+            "spearman": float(spearmanr(pred, ref).statistic) if len(pred) > 2 else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tvm"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", type=Path, help="default: hw_profiles/<backend>-cpu-t<N>")
+    parser.add_argument("--candidates", type=int, default=20, help="per family (default 20)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per measurement pass")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    profile_path = args.profile or ROOT / "hw_profiles" / f"{args.backend}-cpu-t{args.threads}.json"
+    profile = HardwareProfile.load(profile_path, backend=args.backend)
+    latency = LatencyModel(profile)
+    backend = get_backend(args.backend, threads=args.threads)
+    start = time.perf_counter()
+
+    rows = []
+    models = []
+    for family, shape in FAMILIES:
+        for label, onnx in build_models(family, shape, args.candidates, args.seed):
+            rows.append({"family": family, "input": "x".join(map(str, shape)), "model": label,
+                         "estimate_raw_ms": latency.estimate(onnx).latency_ms})
+            models.append(onnx)
+    print(f"{len(models)} models exported in {time.perf_counter() - start:.0f} s; measuring",
+          file=sys.stderr)
+    first = backend.measure_many(models, MEASURE, rounds=args.rounds)
+    second = backend.measure_many(models, MEASURE, rounds=args.rounds)
+    frame = pd.DataFrame(rows)
+    frame["measured_ms"] = [m.median_ms for m in first]
+    frame["remeasured_ms"] = [m.median_ms for m in second]
+    frame["measured_rel_iqr"] = [m.rel_spread for m in first]
+    frame["estimate_calibrated_ms"] = np.nan
+    for _family, group in frame.groupby("family"):
+        calib = group[group["model"].str.startswith("calibration")]
+        scale, offset = fit_calibration(list(calib["estimate_raw_ms"]),
+                                        list(calib["measured_ms"]))
+        frame.loc[group.index, "estimate_calibrated_ms"] = offset + scale * group[
+            "estimate_raw_ms"]
+    candidates = frame[frame["model"].str.startswith("candidate")]
+
+    lines = [f"# Latency fidelity: {args.backend}, {args.threads} thread(s)", "",
+             f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
+             f"- machine: {describe_device()}; Python {platform.python_version()}",
+             f"- backend: {backend.name} {backend.version()} {backend.settings()}",
+             f"- profile: {profile_path.name} ({profile.describe()})",
+             f"- {len(candidates)} random candidates of search_spaces/default.yaml "
+             f"({args.candidates} per family, seed {args.seed}); each measured in two "
+             f"interleaved passes of {args.rounds} rounds; the second pass is the noise floor",
+             f"- total time {time.perf_counter() - start:.0f} s", "",
+             "| family | n | estimate | within ±10% | MAPE | Spearman |",
+             "|---|---|---|---|---|---|"]
+    scopes = [("all", candidates)] + list(candidates.groupby("family"))
+    for scope, group in scopes:
+        ref = list(group["measured_ms"])
+        for label, column in (("raw profile", "estimate_raw_ms"),
+                              ("calibrated", "estimate_calibrated_ms"),
+                              ("re-measurement", "remeasured_ms")):
+            s = summarize(list(group[column]), ref)
+            lines.append(f"| {scope} | {len(group)} | {label} | {s['within_10pct']:.0%} | "
+                         f"{s['mape']:.1%} | {s['spearman']:.3f} |")
+    report = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / f"latency_fidelity_{args.backend}.csv", index=False)
+    (args.out / f"latency_fidelity_{args.backend}.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
