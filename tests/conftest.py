@@ -32,3 +32,20 @@ def small_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     profile_backend(get_backend("onnxruntime", threads=1), path, grid=small, rounds=1, adaptive=4,
                     settings=MeasureSettings(max_time_s=0.05, min_runs=10, round_runs=10))
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_config(small_profile: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A small real search: resnet20 on scikit-learn digits (8x8), 3 trials."""
+    from autocompress.study import SearchConfig
+
+    return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
+                        profile=small_profile, out=tmp_path_factory.mktemp("run") / "r1")
+
+
+@pytest.fixture(scope="session")
+def digits_front(digits_config):
+    """The front of :func:`digits_config`'s search, run once per test session."""
+    from autocompress.study import search
+
+    return search(digits_config)

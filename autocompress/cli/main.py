@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                    "candidate.json")
     p.add_argument("--storage", help="storage URL, if the run used one")
 
+    r = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    r.add_argument("run", type=Path)
+    r.add_argument("--out", type=Path, help="HTML file (default: RUN/report.html)")
+    r.add_argument("--storage", help="storage URL, if the run used one")
+
     pr = sub.add_parser("profile", help="measure this device and write a hardware profile")
     _backend_options(pr)
     pr.add_argument("--rounds", type=int, default=2,
@@ -113,6 +118,8 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="onnxruntime: cpu (default) or cuda (needs onnxruntime-gpu)")
     parser.add_argument("--target", help="tvm: llvm (default), arm, cuda, or a target JSON")
     parser.add_argument("--rpc", help="tvm: HOST:PORT of a TVM RPC server on the device")
 
@@ -176,6 +183,13 @@ def _pick(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from autocompress.study import write_report
+
+    print(f"wrote {write_report(args.run, args.out, storage=args.storage)}")
+    return 0
+
+
 def _profile(args: argparse.Namespace) -> int:
     from autocompress.hardware._tools import profile_device
 
@@ -185,7 +199,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     profile = profile_device(args.out, backend=args.backend, threads=args.threads,
                              rounds=args.rounds, progress=progress, target=args.target,
-                             rpc=args.rpc)
+                             rpc=args.rpc, device=args.device)
     print(file=sys.stderr)
     unstable = sum(1 for k in profile.kernels if not k.latency.stable)
     print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "
@@ -223,7 +237,7 @@ def _measure(args: argparse.Namespace) -> int:
     from autocompress.hardware._tools import measure_onnx
 
     m = measure_onnx(args.onnx, backend=args.backend, threads=args.threads, rounds=args.rounds,
-                     target=args.target, rpc=args.rpc)
+                     target=args.target, rpc=args.rpc, device=args.device)
     print(f"{args.onnx}: {m.median_ms:.3f} ms median (measured on {args.backend}, "
           f"{args.threads} thread(s); quartiles {m.p25_ms:.3f}-{m.p75_ms:.3f} ms, {m.runs} runs"
           f"{'' if m.stable else ', did not settle'})")
@@ -246,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     commands = {"search": _search, "front": _front, "pick": _pick, "profile": _profile,
-                "estimate": _estimate, "measure": _measure}
-    if args.command in ("search", "front", "pick"):
+                "estimate": _estimate, "measure": _measure, "report": _report}
+    if args.command in ("search", "front", "pick", "report"):
         try:
             _need_search_extra()
         except AutocompressError as exc:

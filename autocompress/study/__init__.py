@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from autocompress.study._config import RunFolder, SearchConfig
 from autocompress.study._front import FrontMember, ParetoFront
+from autocompress.study._report import write_report
 from autocompress.study._search import PickResult, load_front, pick, search
 from autocompress.study._tools import ModelEstimate, estimate_latency
 
 __all__ = ["FrontMember", "ModelEstimate", "ParetoFront", "PickResult", "RunFolder",
-           "SearchConfig", "estimate_latency", "load_front", "pick", "search"]
+           "SearchConfig", "estimate_latency", "load_front", "pick", "search",
+           "write_report"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import logging
 import shutil
@@ -15,6 +16,7 @@ import optuna
 import torch
 
 from autocompress._io import write_bytes_atomic, write_text_atomic
+from autocompress._version import __version__
 from autocompress.data import DataSplit, load_data
 from autocompress.evaluation import TrainSettings, model_stats
 from autocompress.exceptions import (
@@ -34,6 +36,7 @@ from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, Search
 from autocompress.study._baseline import prepare_baseline
 from autocompress.study._cache import cache_dir
 from autocompress.study._config import (
+    RUN_FORMAT_VERSION,
     RunFolder,
     SearchConfig,
     check_same_identity,
@@ -150,20 +153,39 @@ def _copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).eval()
 
 
-def _open_study(url: str, name: str, seed: int, trials: int) -> optuna.Study:
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage for ``url`` with heartbeats: a worker killed mid-trial stops its
+    heartbeat; after the grace period its trial is marked failed and retried once."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # A worker killed mid-trial stops its heartbeat; after the grace period the trial
-            # is marked failed and its parameters are retried once.
-            storage = optuna.storages.RDBStorage(
+            return optuna.storages.RDBStorage(
                 url, heartbeat_interval=10, grace_period=30,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1),
             )
+    except ImportError as exc:
+        raise RunError(f"cannot open the study storage {redact_url(url)}: its database driver "
+                       "is not installed (PostgreSQL: pip install psycopg2-binary)") from exc
     except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RunError(f"cannot open the study storage {redact_url(url)}: "
-                       f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+                       f"{type(exc).__name__}: {_redact_text(reason, url)}; check the URL, that "
+                       "the database server runs and that the folder exists") from exc
+
+
+def _redact_text(text: str, url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+def _open_study(storage: optuna.storages.BaseStorage, name: str, seed: int,
+                trials: int) -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         existing = 0
@@ -182,6 +204,20 @@ def _finetuned(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False,
                                         states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("finetuned")]
+
+
+_RUN_ATTR = "autocompress_run"
+
+
+def _check_joinable(shared: dict[str, Any], ident: dict[str, Any], config: SearchConfig,
+                    where: Path) -> None:
+    check_same_identity(shared.get("identity", {}), ident, where)
+    saved_budget = shared.get("budget", {})
+    if (config.latency_budget_ms is not None and saved_budget.get("source") == "given"
+            and abs(saved_budget["latency_ms"] - config.latency_budget_ms) > 1e-9):
+        raise RunError(f"{where} was searched with --latency-budget-ms "
+                       f"{saved_budget['latency_ms']}; use it again to resume, or a new "
+                       "--out folder (or --study) for another budget")
 
 
 def search(config: SearchConfig) -> ParetoFront:
@@ -212,7 +248,7 @@ def search(config: SearchConfig) -> ParetoFront:
         profile_src = profile_copy
     else:
         profile_src = local_profile(config.threads)
-    profile = HardwareProfile.load(profile_src, backend="onnxruntime")
+    profile = HardwareProfile.load(profile_src)
     if profile.batch_size != 1:
         raise ProfileError(f"{profile_src} was measured at batch size {profile.batch_size}; "
                            "searches estimate batch size 1")
@@ -223,14 +259,13 @@ def search(config: SearchConfig) -> ParetoFront:
 
     ident = identity(config, space_sha=hashlib.sha256(space_src.read_bytes()).hexdigest(),
                      profile_sha=sha256_file(profile_src), checkpoint_sha=checkpoint_sha)
-    if resuming:
-        check_same_identity(folder.info.get("identity", {}), ident, folder.path)
-        saved_budget = folder.info.get("budget", {})
-        if (config.latency_budget_ms is not None and saved_budget.get("source") == "given"
-                and abs(saved_budget["latency_ms"] - config.latency_budget_ms) > 1e-9):
-            raise RunError(f"{folder.path} was searched with --latency-budget-ms "
-                           f"{saved_budget['latency_ms']}; use it again to resume, or a new "
-                           "--out folder for another budget")
+    storage = open_storage(folder.storage_url(config.storage))  # fail fast on a bad URL
+    study = _open_study(storage, config.study, config.seed, config.trials)
+    # The run's settings, baseline, budget and calibration live in the study, so every
+    # worker of a shared study (and every rerun) uses the same; run.json is a copy.
+    shared = study.user_attrs.get(_RUN_ATTR) or (folder.info if resuming else None)
+    if shared is not None:
+        _check_joinable(shared, ident, config, folder.path)
 
     baseline = prepare_baseline(spec, data, checkpoint=config.checkpoint, seed=config.seed)
     x = torch.zeros(data.input_shape)
@@ -240,35 +275,37 @@ def search(config: SearchConfig) -> ParetoFront:
         raise RunError(f"the search space {space_src} leaves nothing to search for this model")
 
     raw = _Prepared(data, baseline.module, bound, LatencyModel(profile))
-    if resuming:
-        info = folder.info
-        calibration = info["calibration"]
-        budget_ms = float(info["budget"]["latency_ms"])
-    else:
+    if shared is None:
         info = _first_run_info(config, folder, profile, profile_src, raw, baseline.accuracy,
                                baseline.source, ident, space_src)
-        calibration = info["calibration"]
-        budget_ms = info["budget"]["latency_ms"]
+        calibrated = raw.latency_model.calibrated(info["calibration"]["scale"],
+                                                  info["calibration"]["offset_ms"])
+        fastest = _estimate(_Prepared(data, baseline.module, bound, calibrated),
+                            bound.extreme("min"))
+        info["fastest_estimate_ms"] = fastest
+        if fastest > info["budget"]["latency_ms"]:
+            raise BudgetError(
+                f"the latency budget {info['budget']['latency_ms']:.3f} ms is below the fastest "
+                f"model this search space can produce ({fastest:.3f} ms estimated); raise "
+                f"--latency-budget-ms or allow smaller keep ratios in {space_src}")
+        if _RUN_ATTR not in optuna.load_study(study_name=config.study,
+                                              storage=storage).user_attrs:
+            study.set_user_attr(_RUN_ATTR, info)
+        # another worker may have been first: everyone uses what the study holds
+        shared = optuna.load_study(study_name=config.study, storage=storage).user_attrs[_RUN_ATTR]
+    if not folder.exists() or folder.info != shared:
+        if profile_src.resolve() != profile_copy.resolve():
+            shutil.copyfile(profile_src, profile_copy)
+        if space_src.resolve() != space_copy.resolve():
+            shutil.copyfile(space_src, space_copy)
+        folder.info = dict(shared)
+        folder.save()
+    calibration = shared["calibration"]
+    budget_ms = float(shared["budget"]["latency_ms"])
     latency_model = raw.latency_model.calibrated(calibration["scale"],
                                                  calibration["offset_ms"])
     prepared = _Prepared(data, baseline.module, bound, latency_model)
 
-    if not resuming:
-        fastest = _estimate(prepared, bound.extreme("min"))
-        info["fastest_estimate_ms"] = fastest
-        if fastest > budget_ms:
-            raise BudgetError(
-                f"the latency budget {budget_ms:.3f} ms is below the fastest model this search "
-                f"space can produce ({fastest:.3f} ms estimated); raise --latency-budget-ms "
-                f"or allow smaller keep ratios in {space_src}")
-        if profile_src.resolve() != profile_copy.resolve():
-            shutil.copyfile(profile_src, profile_copy)
-        shutil.copyfile(space_src, space_copy)
-        folder.info = info
-        folder.save()
-
-    url = folder.storage_url(config.storage)
-    study = _open_study(url, config.study, config.seed, config.trials)
     if not study.trials:
         seed_params = _seed_trial(prepared, budget_ms)
         if seed_params:
@@ -303,10 +340,11 @@ def search(config: SearchConfig) -> ParetoFront:
             _logger.warning("stopping: %d candidates were over budget; the budget leaves "
                             "little room in this space", over)
             break
-        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-        if failed >= max(10, config.trials):
-            raise RunError(f"{failed} trials failed (see their fail_reason in the study); "
-                           "stopping the search")
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if len(failed) >= max(10, config.trials):
+            reason = failed[-1].user_attrs.get("fail_reason", "see the study's failed trials")
+            raise RunError(f"{len(failed)} trials failed, the last because: {reason}; "
+                           "stopping the search (completed trials are kept)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
@@ -369,6 +407,9 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
                   + " latency"}
     stats = model_stats(raw.baseline, x, onnx_bytes)
     return {
+        "format_version": RUN_FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "autocompress_version": __version__,
         "identity": ident,
         "model": config.model,
         "data": config.data,
@@ -416,7 +457,7 @@ def load_front(run: str | Path, *, storage: str | None = None) -> ParetoFront:
     url = folder.storage_url(storage)
     name = folder.info.get("study", "autocompress")
     try:
-        study = optuna.load_study(study_name=name, storage=url)
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError as exc:
         raise RunError(f"no study {name!r} in {redact_url(url)}; has the search started?"
                        ) from exc

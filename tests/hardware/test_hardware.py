@@ -549,3 +549,27 @@ def test_cuda_device_needs_the_gpu_build() -> None:
         pytest.skip("this machine has CUDA ONNX Runtime")
     with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"):
         get_backend("onnxruntime", device="cuda")
+
+
+# --- GPU paths: run where a GPU is present, skipped elsewhere --------------------------------
+
+
+def _has_cuda_provider() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def test_onnxruntime_cuda_without_a_gpu_says_what_to_install() -> None:
+    if _has_cuda_provider():
+        pytest.skip("this machine has the CUDA provider")
+    with pytest.raises(MissingDependencyError, match="onnxruntime-gpu"):
+        get_backend("onnxruntime", device="cuda")
+
+
+@pytest.mark.skipif(not _has_cuda_provider(), reason="needs onnxruntime-gpu and a GPU")
+def test_onnxruntime_cuda_measures_a_kernel() -> None:
+    backend = get_backend("onnxruntime", device="cuda")
+    assert backend.settings()["providers"][0] == "CUDAExecutionProvider"
+    m = backend.measure(kernel_graph(Kernel("conv", 32, 32, 16, 16, kernel=3)), FAST)
+    assert m.median_ms > 0

@@ -15,15 +15,14 @@ from autocompress.exceptions import BudgetError, RunError
 from autocompress.study import SearchConfig, load_front, pick, search
 
 
-@pytest.fixture(scope="module")
-def config(small_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> SearchConfig:
-    return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
-                        profile=small_profile, out=tmp_path_factory.mktemp("run") / "r1")
+@pytest.fixture
+def config(digits_config: SearchConfig) -> SearchConfig:
+    return digits_config
 
 
-@pytest.fixture(scope="module")
-def finished(config: SearchConfig) -> autocompress.ParetoFront:
-    return search(config)
+@pytest.fixture
+def finished(digits_front: autocompress.ParetoFront) -> autocompress.ParetoFront:
+    return digits_front
 
 
 def _complete(run: Path) -> list[optuna.trial.FrozenTrial]:
@@ -63,7 +62,9 @@ def test_search_records_trials_and_front(config: SearchConfig, finished) -> None
 def test_the_first_trial_is_the_uniform_pruning_closest_below_budget(config, finished) -> None:
     first = min(_complete(Path(config.out)), key=lambda t: t.number)
     keeps = set(first.user_attrs["candidate"]["channel_keep"].values())
-    assert len(keeps) == 1 and first.user_attrs["finetuned"]
+    assert len(keeps) == 1
+    assert first.user_attrs["estimated_latency_ms"] <= json.loads(
+        (Path(config.out) / "run.json").read_text())["budget"]["latency_ms"]
 
 
 def test_resume_keeps_completed_trials(config: SearchConfig, finished) -> None:
@@ -111,7 +112,7 @@ def test_front_csv_round_trip(finished, tmp_path: Path) -> None:
 def test_impossible_budget_is_refused_before_any_trial(config, tmp_path: Path) -> None:
     with pytest.raises(BudgetError, match="below the fastest model"):
         search(replace(config, out=tmp_path / "tight", latency_budget_ms=1e-4))
-    assert not (tmp_path / "tight" / "study.db").exists()
+    assert not (tmp_path / "tight" / "run.json").exists()
 
 
 def test_estimate_of_a_picked_candidate_is_below_the_uncompressed_model(
@@ -136,3 +137,14 @@ def test_near_budget_candidates_are_measured(config: SearchConfig, finished) -> 
     for t in trials:
         near = abs(t.user_attrs["estimated_latency_ms"] - budget) <= 0.1 * budget
         assert t.user_attrs["latency_source"] == ("measured" if near else "estimate")
+
+
+def test_diverging_finetunes_fail_their_trials_with_the_reason(config, tmp_path) -> None:
+    out = tmp_path / "diverge"
+    with pytest.raises(RunError, match="diverged"):
+        search(replace(config, out=out, finetune_lr=1e12, latency_budget_ms=1e3, trials=2))
+    study = optuna.load_study(study_name="autocompress",
+                              storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) >= 10
+    assert all("lower the learning rate" in t.user_attrs["fail_reason"] for t in failed)

@@ -1,0 +1,510 @@
+"""Apache TVM backend: compile an ONNX model with TVM Relax and time it, on this machine or on
+a remote device over TVM RPC.
+
+The model is imported with ``tvm.relax.frontend.onnx.from_onnx`` for the static input shapes
+of the ONNX file (dynamic dimensions become 1), with its weights as constants, so that weight
+preprocessing is folded at compile time as ONNX Runtime does, and only the inputs cross the
+RPC link. It is compiled with ``tvm.compile`` and run on ``relax.VirtualMachine``. Local
+devices are timed with :func:`~autocompress.hardware.backends.time_callable`, the same loop as
+ONNX Runtime's; a remote device with the VM's ``time_evaluator`` (one run per repeat), in
+rounds until the median is stable as :class:`MeasureSettings` describes.
+
+**Untuned code is not a deployment latency.** Without tuning TVM applies no schedules: on an
+AVX2 CPU its code measured 7x (tiny CNN) to 40-90x (resnet) slower than ONNX Runtime, and it
+runs on one thread whatever ``threads`` says. With ``tuning_trials > 0`` each model is tuned
+with ``meta_schedule`` (random cost model, ``tuning_trials`` trials per task) before it is
+measured. That costs about two minutes per one-kernel model on a 2-core machine (mostly
+starting the builder workers), so tuning a whole profile grid takes hours; it gave 9x on a
+3x3 convolution with 16 trials. Tuning runs on this machine only (no RPC, no cross target).
+
+Targets are TVM target dicts (or JSON), or an alias: ``llvm`` (this CPU), ``arm``/``aarch64``
+(64-bit ARM with NEON; cross-compiled, measured over ``rpc``) or ``cuda`` (an NVIDIA GPU).
+Over RPC the compiled model travels as a ``.tar`` of object files, which the device links
+when it loads it: the device needs TVM's runtime (``python -m tvm.exec.rpc_server``) and a C
+compiler.
+
+Threads: ``TVM_NUM_THREADS`` is set to the number of usable cores (unless set already) before
+TVM's thread pool starts, since TVM otherwise caps itself at half the cores; every measurement
+then configures the runtime for ``threads`` and checks that it took.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from autocompress.exceptions import ExportError, MissingDependencyError, ProfileError
+from autocompress.hardware.backends._base import (
+    Backend,
+    LatencyMeasurement,
+    MeasureSettings,
+    time_callable,
+)
+
+__all__ = ["TARGET_ALIASES", "TvmBackend", "resolve_target"]
+
+_logger = logging.getLogger(__name__)
+
+_INSTALL = "pip install 'autocompress[tvm]'"
+_ARM = '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}'
+#: Short target names and the TVM target (JSON) each stands for.
+TARGET_ALIASES: Mapping[str, str] = MappingProxyType({
+    "llvm": '{"kind": "llvm"}',
+    "arm": _ARM,
+    "aarch64": _ARM,
+    "cuda": '{"kind": "cuda"}',
+})
+_DEVICE_OF_KIND = {"llvm": "cpu", "cuda": "cuda"}
+_MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+# Mode argument of TVM's runtime.config_threadpool: pin workers to the fastest cores (default).
+_BIG_CORES = 1
+
+
+def _require_tvm() -> None:
+    if importlib.util.find_spec("tvm") is None:
+        raise MissingDependencyError(f"the tvm backend needs Apache TVM: {_INSTALL}")
+
+
+def _tvm() -> Any:
+    """The ``tvm`` module with its ONNX frontend (about 5 s the first time)."""
+    # TVM sizes a thread's pool when that thread first uses it, from this variable, or else
+    # from half the cores; later configuration can only use fewer threads.
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    try:
+        import tvm
+        import tvm.relax.frontend.onnx  # noqa: F401  (registers relax.frontend.onnx)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the tvm backend needs Apache TVM ({exc}): {_INSTALL}"
+        ) from exc
+    return tvm
+
+
+def resolve_target(target: str | dict[str, Any] | None, threads: int = 1) -> dict[str, Any]:
+    """The TVM target dict for an alias, a JSON string or a dict (``None``: this CPU).
+
+    CPU (``llvm``) targets get ``num-cores = threads`` unless they say otherwise.
+    """
+    if target is None:
+        resolved: Any = {"kind": "llvm"}
+    elif isinstance(target, dict):
+        resolved = copy.deepcopy(target)
+    elif isinstance(target, str):
+        text = TARGET_ALIASES.get(target.strip().lower(), target.strip())
+        if not text.startswith("{"):
+            raise ProfileError(
+                f"unknown TVM target {target!r}; use one of {', '.join(TARGET_ALIASES)} or a "
+                f'target JSON such as \'{{"kind": "llvm", "mcpu": "cortex-a72"}}\''
+            )
+        try:
+            resolved = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"TVM target {target!r} is not valid JSON: {exc}") from exc
+    else:
+        raise ProfileError(f"a TVM target is a name, JSON or dict, not {type(target).__name__}")
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("kind"), str):
+        raise ProfileError(f"TVM target {target!r} needs a 'kind' such as \"llvm\" or \"cuda\"")
+    try:
+        resolved = json.loads(json.dumps(resolved))  # a plain, JSON-able copy
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"TVM target {target!r} is not JSON-serializable: {exc}") from exc
+    if resolved["kind"] == "llvm":
+        resolved.setdefault("num-cores", threads)
+    return resolved
+
+
+def _parse_rpc(rpc: str | None) -> tuple[str, int] | None:
+    if rpc is None:
+        return None
+    host, sep, port = rpc.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProfileError(
+            f"rpc must be HOST:PORT of a TVM RPC server (python -m tvm.exec.rpc_server), "
+            f"not {rpc!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _cpu_arch(target: dict[str, Any]) -> str:
+    triple = str(target.get("mtriple", ""))
+    machine = triple.split("-")[0] if triple else platform.machine().lower()
+    return _MACHINE_ALIASES.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@dataclass
+class _Program:
+    """A compiled model loaded on its device (local or remote)."""
+
+    vm: Any
+    device: Any
+    inputs: list[_Input]
+    remote: bool
+
+
+def _load_onnx(onnx_model: bytes) -> onnx.ModelProto:
+    try:
+        return onnx.load_from_string(onnx_model)
+    except Exception as exc:
+        raise ExportError(f"not a readable ONNX model: {exc}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+
+
+def _batch_is_dynamic(model: onnx.ModelProto) -> bool:
+    initializers = {init.name for init in model.graph.initializer}
+    first = next((v for v in model.graph.input if v.name not in initializers), None)
+    if first is None:
+        return False
+    dims = first.type.tensor_type.shape.dim
+    return bool(dims) and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0)
+
+
+def _graph_inputs(model: onnx.ModelProto, batch: int | None) -> list[_Input]:
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = []
+    for i, value in enumerate(v for v in model.graph.input if v.name not in initializers):
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 0
+                for d in tensor.shape.dim]
+        if i == 0 and batch is not None and dims and dims[0] == 0:
+            dims[0] = batch
+        inputs.append(_Input(value.name, tuple(d or 1 for d in dims),
+                             np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
+    return inputs
+
+
+def _first_output(vm: Any, args: list[Any]) -> np.ndarray:
+    """Run ``main`` and fetch its first output (the stateful calls work over RPC too, where
+    a returned tuple cannot be indexed)."""
+    vm.set_input("main", *args)
+    vm.invoke_stateful("main")
+    out = vm.get_outputs("main")
+    while isinstance(out, tuple):  # a tuple of outputs, possibly nested
+        out = out[0]
+    return np.asarray(out.numpy())
+
+
+class TvmBackend(Backend):
+    """Apache TVM (Relax) on one target: this CPU, a GPU, or a device behind TVM RPC."""
+
+    name = "tvm"
+
+    def __init__(
+        self,
+        target: str | dict[str, Any] | None = None,
+        threads: int = 1,
+        rpc: str | None = None,
+        tuning_trials: int = 0,
+    ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        if tuning_trials < 0:
+            raise ValueError("tuning_trials must be 0 (no tuning) or more")
+        self.threads = threads
+        self.target = resolve_target(target, threads)
+        self.rpc_address = _parse_rpc(rpc)
+        self.tuning_trials = tuning_trials
+        kind = self.target["kind"]
+        if kind not in _DEVICE_OF_KIND:
+            raise ProfileError(
+                f"the tvm backend measures llvm (CPU) and cuda targets, not {kind!r}"
+            )
+        _require_tvm()
+        if tuning_trials and not self.runs_here:
+            raise ProfileError(
+                "tuning runs on this machine only: drop rpc and cross targets, or set "
+                "tuning_trials=0"
+            )
+        if kind == "cuda" and self.rpc_address is None and not _tvm().cuda().exist:
+            raise ProfileError(
+                "TVM finds no CUDA GPU on this machine: use target 'llvm', or measure a GPU "
+                "device with rpc=HOST:PORT"
+            )
+        # compiled models by (sha256, batch): tuning takes minutes, compiling ~0.3 s
+        self._executables: dict[tuple[str, int | None], tuple[Any, list[_Input]]] = {}
+        self._session: Any = None
+
+    # ------------------------------------------------------------------------ description
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether the target is this machine (rather than a device behind RPC)."""
+        if self.rpc_address is not None:
+            return False
+        if self.target["kind"] == "cuda":
+            return True
+        return _cpu_arch(self.target) == _cpu_arch({})
+
+    def version(self) -> str:
+        return str(_tvm().__version__)
+
+    def settings(self) -> dict[str, Any]:
+        rpc = None if self.rpc_address is None else "{}:{}".format(*self.rpc_address)
+        return {
+            "target": copy.deepcopy(self.target),
+            "threads": self.threads,
+            "device": _DEVICE_OF_KIND[self.target["kind"]],
+            "rpc": rpc,
+            "tuned": self.tuning_trials > 0,
+            "tuning_trials": self.tuning_trials,
+            "tuning_cost_model": "random" if self.tuning_trials else None,
+            "frontend": "relax.frontend.onnx, weights as constants",
+        }
+
+    # ------------------------------------------------------------------------ compiling
+
+    def _import(self, model: onnx.ModelProto, inputs: list[_Input]) -> Any:
+        tvm = _tvm()
+        try:
+            return tvm.relax.frontend.onnx.from_onnx(
+                model, shape_dict={i.name: list(i.shape) for i in inputs},
+                keep_params_in_input=False)
+        except Exception as exc:
+            raise ExportError(
+                f"TVM cannot import the ONNX model ({_reason(exc)}); measure it with the "
+                "onnxruntime backend instead"
+            ) from exc
+
+    def compile(self, onnx_model: bytes, batch: int | None = None) -> tuple[Any, list[_Input]]:
+        """The TVM executable of ``onnx_model`` for this target (tuned if so configured) and
+        its inputs, cached per model; ``batch`` fixes a dynamic first dimension."""
+        key = (hashlib.sha256(onnx_model).hexdigest(), batch)
+        if key in self._executables:
+            return self._executables[key]
+        tvm = _tvm()
+        model = _load_onnx(onnx_model)
+        inputs = _graph_inputs(model, batch)
+        mod = self._import(model, inputs)
+        target = tvm.target.Target(self.target)
+        start = time.perf_counter()
+        try:
+            if self.tuning_trials:
+                mod = self._tune(mod, target)
+            executable = tvm.compile(mod, target)
+        except Exception as exc:
+            raise ExportError(
+                f"TVM cannot compile the model for {json.dumps(self.target)} ({_reason(exc)})"
+            ) from exc
+        _logger.debug("TVM compiled a model in %.2f s", time.perf_counter() - start)
+        self._executables[key] = (executable, inputs)
+        return executable, inputs
+
+    def _tune(self, mod: Any, target: Any) -> Any:
+        tvm = _tvm()
+        from tvm import relax
+        from tvm.s_tir import meta_schedule as ms
+
+        with target:
+            mod = tvm.transform.Sequential([
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.pipeline.zero_pipeline(),
+            ])(mod)
+        tasks = ms.relax_integration.extract_tasks(mod, target)
+        _logger.info("tuning %d TVM tasks, %d trials each", len(tasks), self.tuning_trials)
+        with tempfile.TemporaryDirectory(prefix="autocompress-tvm-tune-") as work_dir:
+            ms.relax_integration.tune_relax(
+                mod, params={}, target=target, work_dir=work_dir,
+                max_trials_global=self.tuning_trials * max(1, len(tasks)),
+                max_trials_per_task=self.tuning_trials,
+                num_trials_per_iter=min(64, self.tuning_trials),
+                # a builder worker takes ~40 s just to import TVM
+                builder=ms.builder.LocalBuilder(timeout_sec=300),
+                runner=ms.runner.LocalRunner(),
+                cost_model="random",  # the default (xgb) needs xgboost
+                seed=0,
+            )
+            with target:
+                return relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)
+
+    def export_library(self, onnx_model: bytes, path: str | Path) -> Path:
+        """Compile ``onnx_model`` for the target and write it to ``path`` (a ``.tar`` of
+        object files needs no linker here, so this works for cross targets)."""
+        executable, _ = self.compile(onnx_model)
+        path = Path(path)
+        try:
+            executable.export_library(str(path))
+        except Exception as exc:
+            raise ExportError(
+                f"cannot write the TVM library {path}: {exc}; a .tar needs no linker, a .so "
+                "for another architecture needs a cross compiler"
+            ) from exc
+        return path
+
+    # ------------------------------------------------------------------------ loading
+
+    def _remote(self) -> Any:
+        if self._session is None:
+            from tvm import rpc
+
+            host, port = self.rpc_address  # type: ignore[misc]
+            try:
+                self._session = rpc.connect(host, port)
+            except Exception as exc:
+                raise ProfileError(
+                    f"cannot connect to the TVM RPC server at {host}:{port} ({exc}); start one "
+                    f"on the device with: python -m tvm.exec.rpc_server --host 0.0.0.0 "
+                    f"--port {port}"
+                ) from exc
+        return self._session
+
+    def close(self) -> None:
+        """Drop the RPC session (a later measurement reconnects)."""
+        self._session = None
+
+    def _configure_threads(self, session: Any | None) -> None:
+        tvm = _tvm()
+        get = session.get_function if session is not None else tvm.get_global_func
+        get("runtime.config_threadpool")(_BIG_CORES, self.threads)
+        effective = int(get("runtime.NumThreads")())
+        if effective != self.threads:
+            where = "the RPC server" if session is not None else "this process"
+            raise ProfileError(
+                f"TVM's runtime in {where} can run only {effective} thread(s), not "
+                f"{self.threads}: set TVM_NUM_THREADS={self.threads} before it starts, or "
+                f"use threads={effective}"
+            )
+
+    def load(self, onnx_model: bytes, batch: int | None = None) -> _Program:
+        """Compile ``onnx_model`` and load it on the target device (local or remote)."""
+        tvm = _tvm()
+        from tvm import relax
+
+        executable, inputs = self.compile(onnx_model, batch)
+        device_name = _DEVICE_OF_KIND[self.target["kind"]]
+        if self.rpc_address is None:
+            if not self.runs_here:
+                raise ProfileError(
+                    f"target {json.dumps(self.target)} is not this machine "
+                    f"({platform.machine()}): give rpc=HOST:PORT of a TVM RPC server on the "
+                    "device, or only export_library() the model"
+                )
+            device = tvm.device(device_name, 0)
+            if not device.exist:
+                raise ProfileError(f"TVM finds no {device_name} device on this machine")
+            self._configure_threads(None)
+            return _Program(relax.VirtualMachine(executable, device), device, inputs, False)
+        session = self._remote()
+        digest = hashlib.sha256(onnx_model).hexdigest()[:16]
+        name = f"autocompress_{digest}_{batch or 0}.tar"
+        try:
+            with tempfile.TemporaryDirectory(prefix="autocompress-tvm-") as tmp:
+                executable.export_library(os.path.join(tmp, name))
+                session.upload(os.path.join(tmp, name))
+            library = session.load_module(name)
+            device = session.device(device_name, 0)
+            self._configure_threads(session)
+            vm = relax.VirtualMachine(library, device)
+        except ProfileError:
+            raise
+        except Exception as exc:
+            self.close()
+            raise ProfileError(
+                f"cannot load the model on the TVM RPC server at {self.settings()['rpc']} "
+                f"({_reason(exc)}); the device needs a C compiler to link the uploaded .tar"
+            ) from exc
+        return _Program(vm, device, inputs, True)
+
+    # ------------------------------------------------------------------------ running
+
+    def measure(
+        self, onnx_model: bytes, settings: MeasureSettings | None = None
+    ) -> LatencyMeasurement:
+        tvm = _tvm()
+        settings = settings or MeasureSettings()
+        program = self.load(onnx_model)
+        rng = np.random.default_rng(0)
+        args = [tvm.runtime.tensor(rng.standard_normal(i.shape).astype(i.dtype), program.device)
+                for i in program.inputs]
+        if program.remote:
+            return _time_remote(program, args, settings)
+        main = program.vm["main"]
+        if program.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
+            return time_callable(lambda: main(*args), settings)
+        sync = program.device.sync
+
+        def run_and_wait() -> None:
+            main(*args)
+            sync()
+
+        return time_callable(run_and_wait, settings)
+
+    def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Run the model's first input on ``inputs`` in batches and return its first output
+        (for checks against ONNX Runtime); other inputs get zeros."""
+        tvm = _tvm()
+        if _batch_is_dynamic(_load_onnx(onnx_model)):
+            step = max(1, min(batch_size, len(inputs)))
+            program = self.load(onnx_model, batch=step)
+        else:
+            program = self.load(onnx_model)
+            step = program.inputs[0].shape[0]
+        first = program.inputs[0]
+        rest = [tvm.runtime.tensor(np.zeros(i.shape, i.dtype), program.device)
+                for i in program.inputs[1:]]
+        outs = []
+        for start in range(0, len(inputs), step):
+            chunk = np.asarray(inputs[start:start + step], dtype=first.dtype)
+            rows = len(chunk)
+            if rows < step:  # static shapes: pad the last batch, then drop the padding
+                pad = np.zeros((step - rows, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            out = _first_output(program.vm, [tvm.runtime.tensor(chunk, program.device), *rest])
+            outs.append(out[:rows])
+        return np.concatenate(outs)
+
+
+def _time_remote(program: _Program, args: list[Any], settings: MeasureSettings
+                 ) -> LatencyMeasurement:
+    """:func:`time_callable`'s loop with the VM's ``time_evaluator``, which times on the
+    device itself (one run per repeat), so the network is not in the numbers."""
+    vm = program.vm
+    vm.set_input("main", *args)
+    warm = vm.time_evaluator("invoke_stateful", program.device, number=settings.warmup_runs,
+                             repeat=1, min_repeat_ms=int(settings.warmup_s * 1000))
+    warm("main")
+    timer = vm.time_evaluator("invoke_stateful", program.device, number=1,
+                              repeat=settings.round_runs)
+    times: list[float] = []
+    deadline = time.perf_counter() + settings.max_time_s
+    stable = False
+    while True:
+        round_times = [float(t) * 1e3 for t in timer("main").results]
+        times.extend(round_times)
+        if len(times) >= settings.min_runs:
+            overall = float(np.median(times))
+            recent = float(np.median(round_times))
+            if abs(recent - overall) <= settings.rel_tolerance * overall:
+                stable = True
+                break
+        if time.perf_counter() > deadline:
+            break
+    p25, median, p75 = np.percentile(np.asarray(times), [25, 50, 75])
+    return LatencyMeasurement(median_ms=float(median), p25_ms=float(p25), p75_ms=float(p75),
+                              runs=len(times), stable=stable)
