@@ -45,7 +45,6 @@ FAMILIES = (
     ("torchvision:resnet18", (1, 3, 96, 96)),
 )
 CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
-MEASURE = MeasureSettings(max_time_s=1.5, min_runs=50, round_runs=25)
 
 
 def build_models(name: str, shape: tuple[int, int, int, int], count: int, seed: int
@@ -88,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="default: hw_profiles/<backend>-cpu-t<N>")
     parser.add_argument("--candidates", type=int, default=20, help="per family (default 20)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per measurement pass")
+    parser.add_argument("--min-runs", type=int, default=50,
+                        help="timed runs per measurement at least (default 50; fewer for "
+                             "slow untuned TVM code)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -108,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             models.append(onnx)
     print(f"{len(models)} models exported in {time.perf_counter() - start:.0f} s; measuring",
           file=sys.stderr)
-    first = backend.measure_many(models, MEASURE, rounds=args.rounds)
-    second = backend.measure_many(models, MEASURE, rounds=args.rounds)
+    measure = MeasureSettings(max_time_s=1.5, min_runs=args.min_runs,
+                              round_runs=max(1, args.min_runs // 2))
+    first = backend.measure_many(models, measure, rounds=args.rounds)
+    second = backend.measure_many(models, measure, rounds=args.rounds)
     frame = pd.DataFrame(rows)
     frame["measured_ms"] = [m.median_ms for m in first]
     frame["remeasured_ms"] = [m.median_ms for m in second]

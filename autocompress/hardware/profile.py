@@ -104,7 +104,7 @@ class HardwareProfile:
         if not path.is_file():
             raise ProfileError(
                 f"profile {path} does not exist; create one with "
-                f"'autocompress profile --backend onnxruntime --out {path}'"
+                f"'autocompress profile --backend {backend or 'onnxruntime'} --out {path}'"
             )
         try:
             data = json.loads(path.read_text())

@@ -116,7 +116,7 @@ def _from_export(folder: RunFolder) -> _Picked | None:
     _, path, data = max(found, key=lambda f: f[0])
     measured = data.get("measured_latency_ms")
     return _Picked(int(data["trial"]), float(data["accuracy"]),
-                   float(data["predicted_latency_ms"]), str(data.get("latency_source", "?")),
+                   float(data["predicted_latency_ms"]), str(data.get("latency_source", "estimate")),
                    data["config"], None if measured is None else float(measured),
                    data.get("latency_measured_on"), path,
                    data.get("latency_budget_ms"))
@@ -206,7 +206,8 @@ def _picked_section(front: ParetoFront, picked: _Picked | None,
     rows = [("trial", picked.trial), ("source", origin),
             ("accuracy", _num(picked.accuracy, ".4f")),
             ("predicted latency", f"{_ms(picked.predicted_latency_ms)} ({picked.latency_source})"),
-            ("profile estimate", _ms(attrs.get("estimated_latency_ms"))),
+            ("profile estimate", _ms(attrs.get("estimated_latency_ms",
+                                               attrs.get("predicted_latency_ms")))),
             ("measured latency", measured),
             ("budget", _ms(picked.budget_ms if picked.budget_ms is not None
                            else front.budget_ms))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-import shutil
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from autocompress.exceptions import (
     RunError,
 )
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware.backends import backend_for
 from autocompress.hardware.export import export_onnx
 from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import describe_device
@@ -61,16 +62,18 @@ _NEAR_BUDGET_MEASURE = MeasureSettings(max_time_s=1.0, min_runs=60, round_runs=3
 
 def _is_local(profile: HardwareProfile) -> bool:
     """Whether ``profile`` was measured on this machine with the installed backend."""
+    if profile.backend_settings.get("rpc"):
+        return False   # measured on a remote device
     try:
-        backend = get_backend(profile.backend, threads=profile.threads)
-    except Exception:
+        backend = backend_for(profile.backend, profile.backend_settings)
+        version = backend.version()
+    except Exception:  # backend not installed here, or settings it cannot take
         return False
-    return (dict(profile.device) == describe_device()
-            and profile.backend_version == backend.version())
+    return dict(profile.device) == describe_device() and profile.backend_version == version
 
 
 def _measurer(profile: HardwareProfile) -> Any:
-    backend = get_backend(profile.backend, threads=profile.threads)
+    backend = backend_for(profile.backend, profile.backend_settings)
 
     def measure(onnx_bytes: bytes) -> float:
         return backend.measure_many([onnx_bytes], _NEAR_BUDGET_MEASURE, rounds=2)[0].median_ms
@@ -153,6 +156,10 @@ def _copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).eval()
 
 
+_HEARTBEAT_S = 5
+_GRACE_S = 15
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """Optuna's RDB storage for ``url`` with heartbeats: a worker killed mid-trial stops its
     heartbeat; after the grace period its trial is marked failed and retried once."""
@@ -160,13 +167,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=10, grace_period=30,
+                url, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1),
             )
     except ImportError as exc:
         raise RunError(f"cannot open the study storage {redact_url(url)}: its database driver "
-                       "is not installed (PostgreSQL: pip install psycopg2-binary)") from exc
+                       "is not installed (PostgreSQL: pip install 'autocompress[postgres]')"
+                       ) from exc
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RunError(f"cannot open the study storage {redact_url(url)}: "
@@ -260,7 +268,10 @@ def search(config: SearchConfig) -> ParetoFront:
     ident = identity(config, space_sha=hashlib.sha256(space_src.read_bytes()).hexdigest(),
                      profile_sha=sha256_file(profile_src), checkpoint_sha=checkpoint_sha)
     storage = open_storage(folder.storage_url(config.storage))  # fail fast on a bad URL
-    study = _open_study(storage, config.study, config.seed, config.trials)
+    # Workers sharing a study must not draw the same random candidates: with an explicit
+    # storage each worker's sampler seed also depends on its process id.
+    worker_seed = config.seed + (os.getpid() if config.storage else 0)
+    study = _open_study(storage, config.study, worker_seed, config.trials)
     # The run's settings, baseline, budget and calibration live in the study, so every
     # worker of a shared study (and every rerun) uses the same; run.json is a copy.
     shared = study.user_attrs.get(_RUN_ATTR) or (folder.info if resuming else None)
@@ -294,10 +305,11 @@ def search(config: SearchConfig) -> ParetoFront:
         # another worker may have been first: everyone uses what the study holds
         shared = optuna.load_study(study_name=config.study, storage=storage).user_attrs[_RUN_ATTR]
     if not folder.exists() or folder.info != shared:
+        # other workers may write the same files at the same time: atomic copies
         if profile_src.resolve() != profile_copy.resolve():
-            shutil.copyfile(profile_src, profile_copy)
+            write_bytes_atomic(profile_copy, profile_src.read_bytes())
         if space_src.resolve() != space_copy.resolve():
-            shutil.copyfile(space_src, space_copy)
+            write_bytes_atomic(space_copy, space_src.read_bytes())
         folder.info = dict(shared)
         folder.save()
     calibration = shared["calibration"]
@@ -308,15 +320,24 @@ def search(config: SearchConfig) -> ParetoFront:
 
     if not study.trials:
         seed_params = _seed_trial(prepared, budget_ms)
-        if seed_params:
-            study.enqueue_trial(seed_params, user_attrs={"seeded": "uniform keep ratio"})
+        if seed_params:  # skip_if_exists: workers starting together enqueue it once
+            study.enqueue_trial(seed_params, user_attrs={"seeded": "uniform keep ratio"},
+                                skip_if_exists=True)
+
+    started = time.perf_counter()
+    done_at_start = len(_finetuned(study))
 
     def report(r: TrialReport) -> None:
-        done = len(_finetuned(study)) + (1 if r.within_budget else 0)
+        finetuned = _finetuned(study)
+        done = len(finetuned) + (1 if r.within_budget else 0)
         if r.within_budget:
+            best = max([t.user_attrs["accuracy"] for t in finetuned] + [r.accuracy])
+            rate = (time.perf_counter() - started) / max(done - done_at_start, 1)
+            left = max(config.trials - done, 0) * rate
             _logger.info("trial %d: accuracy %.4f, latency %.3f ms (%s, budget %.3f) "
-                         "[%d/%d, %.0f s]", r.number, r.accuracy, r.predicted_latency_ms,
-                         r.latency_source, budget_ms, done, config.trials, r.seconds)
+                         "[%d/%d done, best %.4f, ~%.0f min left]", r.number, r.accuracy,
+                         r.predicted_latency_ms, r.latency_source, budget_ms, done,
+                         config.trials, best, left / 60)
         else:
             _logger.info("trial %d: over budget (%.3f ms %s > %.3f), not finetuned",
                          r.number, r.predicted_latency_ms, r.latency_source, budget_ms)
@@ -330,6 +351,7 @@ def search(config: SearchConfig) -> ParetoFront:
         measure=_measurer(profile) if _is_local(profile) else None,
     )
     max_over_budget = max(30, 3 * config.trials)
+    waiting = False
     while True:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         finetuned = sum(1 for t in complete if t.user_attrs.get("finetuned"))
@@ -347,6 +369,21 @@ def search(config: SearchConfig) -> ParetoFront:
                            "stopping the search (completed trials are kept)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Trials running in other workers may complete the count: wait for them rather
+            # than overshoot. A killed worker's trial stops its heartbeat and is failed (and
+            # retried) after the grace period.
+            optuna.storages.fail_stale_trials(study)
+            running = len(study.get_trials(deepcopy=False,
+                                           states=(optuna.trial.TrialState.RUNNING,)))
+            if running and finetuned + running >= config.trials:
+                if not waiting:
+                    _logger.info("waiting for %d trial(s) running elsewhere (a dead worker's "
+                                 "trial is failed after %d s without heartbeat)", running,
+                                 _GRACE_S)
+                waiting = True
+                time.sleep(2.0)
+                continue
+            waiting = False
             study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
     return load_front(folder.path, storage=config.storage)
 
@@ -373,7 +410,7 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
     calibration: dict[str, Any] = {"scale": 1.0, "offset_ms": 0.0, "applied": False,
                                    "points": []}
     if local:
-        backend = get_backend(profile.backend, threads=profile.threads)
+        backend = backend_for(profile.backend, profile.backend_settings)
         models = [onnx_bytes]
         keeps = [1.0]
         if config.calibrate:
@@ -492,7 +529,7 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         raise RunError(f"{run} has no front yet: no finetuned trial within budget")
     profile = HardwareProfile.load(folder.path / "profile.json")
     local = _is_local(profile)
-    backend = get_backend(profile.backend, threads=profile.threads) if local else None
+    backend = backend_for(profile.backend, profile.backend_settings) if local else None
     tried: list[tuple[int, float, float]] = []
     for member in front.within(latency_budget_ms):
         if member.artifact is None:

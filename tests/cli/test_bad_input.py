@@ -92,8 +92,9 @@ CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
                            ("does not exist",)),
     "unreachable storage": (lambda t, p: _search(
         t, p, "--storage", f"sqlite:///{t}/no/such/dir/x.db"), ("cannot open the study",)),
-    "storage driver missing, password hidden": (lambda t, p: _search(
-        t, p, "--storage", "postgresql://bob:s3cret@127.0.0.1:1/db"), ("bob:***@",)),
+    "unreachable database, password hidden": (lambda t, p: _search(
+        t, p, "--storage", "postgresql://bob:s3cret@127.0.0.1:1/db"),
+        ("bob:***@", "cannot open the study storage")),
     "budget below the fastest model": (lambda t, p: _search(
         t, p, "--latency-budget-ms", "0.000001"), ("below the fastest model",)),
     "front of a folder that is no run": (lambda t, p: ["front", str(t)], ("run.json",)),

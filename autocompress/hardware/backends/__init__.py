@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 from autocompress.exceptions import ProfileError
 from autocompress.hardware.backends._base import (
     Backend,
@@ -10,8 +14,8 @@ from autocompress.hardware.backends._base import (
     time_callable,
 )
 
-__all__ = ["BACKENDS", "Backend", "LatencyMeasurement", "MeasureSettings", "get_backend",
-           "time_callable"]
+__all__ = ["BACKENDS", "Backend", "LatencyMeasurement", "MeasureSettings", "backend_for",
+           "get_backend", "time_callable"]
 
 BACKENDS = ("onnxruntime", "tvm")
 
@@ -44,3 +48,15 @@ def get_backend(name: str, *, threads: int = 1, device: str = "cpu",
                 raise ProfileError(f"device 'cuda' does not fit TVM target {target!r}; drop one")
         return TvmBackend(target=target, threads=threads, rpc=rpc)
     raise ProfileError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+
+
+def backend_for(name: str, settings: Mapping[str, Any]) -> Backend:
+    """The backend a profile was measured with, rebuilt from its recorded settings."""
+    threads = int(settings.get("threads", 1))
+    device = str(settings.get("device", "cpu"))
+    if name == "tvm":
+        target = settings.get("target")
+        return get_backend("tvm", threads=threads, device=device,
+                           target=json.dumps(target) if isinstance(target, dict) else target,
+                           rpc=settings.get("rpc"))
+    return get_backend(name, threads=threads, device=device)
