@@ -27,11 +27,14 @@ from autocompress.transforms import (
     weight_sparsity,
 )
 
-__all__ = ["CONSTRAINT", "TRIAL_ERRORS", "Objective", "TrialReport"]
+__all__ = ["CONSTRAINT", "NEAR_BUDGET_MARGIN", "TRIAL_ERRORS", "Objective", "TrialReport"]
 
 _logger = logging.getLogger(__name__)
 
 CONSTRAINT = "latency_budget"
+#: Candidates whose estimate lies within this fraction of the budget are measured, when the
+#: profile is of this machine: there the estimate's error would decide.
+NEAR_BUDGET_MARGIN = 0.1
 #: Errors that end one trial (recorded as its fail_reason) but not the search.
 TRIAL_ERRORS = (FinetuneDivergedError, ExportError)
 
@@ -63,7 +66,7 @@ class Objective:
     #: Measures a serialized model on the profiled device, when that device is this machine.
     measure: Callable[[bytes], float] | None = None
     #: Candidates whose estimate lies within this fraction of the budget are measured.
-    remeasure_margin: float = 0.1
+    remeasure_margin: float = NEAR_BUDGET_MARGIN
 
     @property
     def example_input(self) -> torch.Tensor:

@@ -46,7 +46,12 @@ from autocompress.study._config import (
     sha256_file,
 )
 from autocompress.study._front import FrontMember, ParetoFront, member_json
-from autocompress.study._objective import TRIAL_ERRORS, Objective, TrialReport
+from autocompress.study._objective import (
+    NEAR_BUDGET_MARGIN,
+    TRIAL_ERRORS,
+    Objective,
+    TrialReport,
+)
 from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
 
 __all__ = ["PickResult", "load_front", "pick", "search"]
@@ -318,8 +323,9 @@ def search(config: SearchConfig) -> ParetoFront:
                                                  calibration["offset_ms"])
     prepared = _Prepared(data, baseline.module, bound, latency_model)
 
+    measurer = _measurer(profile) if _is_local(profile) else None
     if not study.trials:
-        seed_params = _seed_trial(prepared, budget_ms)
+        seed_params = _seed_trial(prepared, budget_ms, measurer)
         if seed_params:  # skip_if_exists: workers starting together enqueue it once
             study.enqueue_trial(seed_params, user_attrs={"seeded": "uniform keep ratio"},
                                 skip_if_exists=True)
@@ -348,7 +354,7 @@ def search(config: SearchConfig) -> ParetoFront:
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
                                lr=config.finetune_lr),
         trial_dir=folder.trial_dir, on_report=report,
-        measure=_measurer(profile) if _is_local(profile) else None,
+        measure=measurer,
     )
     max_over_budget = max(30, 3 * config.trials)
     waiting = False
@@ -472,16 +478,26 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
     }
 
 
-def _seed_trial(prepared: _Prepared, budget_ms: float) -> dict[str, Any] | None:
-    """Parameters of the uniform pruning (same keep ratio everywhere) that the estimate puts
-    closest below the budget: what a user would try by hand, as the first trial."""
+def _seed_trial(prepared: _Prepared, budget_ms: float,
+                measure: Any = None) -> dict[str, Any] | None:
+    """Parameters of the uniform pruning (same keep ratio everywhere) that fits closest below
+    the budget: what a user would try by hand, as the first trial. As in the objective, a
+    candidate whose estimate is within 10% of the budget is measured when ``measure`` is
+    given (the profile is of this machine)."""
     channel = [p for p in prepared.bound.channel_params if p.param is not None]
     if not channel:
         return None
     ratios = sorted({v for p in channel for v in _grid(p.value)}, reverse=True)
+    x = torch.zeros(prepared.data.input_shape)
     for ratio in ratios:
         params = _uniform_params(prepared.bound, ratio)
-        if _estimate(prepared, prepared.bound.candidate_from_params(params)) <= budget_ms:
+        module = _copy(prepared.baseline)
+        prune_channels(module, prepared.bound.candidate_from_params(params), x)
+        structure = export_onnx(module, x)
+        latency = prepared.latency_model.estimate(structure).latency_ms
+        if measure is not None and abs(latency - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms:
+            latency = measure(structure)
+        if latency <= budget_ms:
             return params
     return None
 
