@@ -33,6 +33,19 @@ class ValueSpec:
             raise ValueError("a fixed value has no distribution")
         return optuna.distributions.FloatDistribution(self.low, self.high, step=self.step)
 
+    def grid(self) -> list[float]:
+        """Values to try in order: the choices, the steps of a range (17 points without a
+        step), or the fixed value."""
+        if self.fixed is not None:
+            return [self.fixed]
+        if self.choices is not None:
+            return list(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.step:
+            count = int(round((self.high - self.low) / self.step))
+            return [round(self.low + i * self.step, 10) for i in range(count + 1)]
+        return [self.low + (self.high - self.low) * i / 16 for i in range(17)]
+
     def values(self) -> tuple[float, ...]:
         """The smallest and largest value this spec can take (all choices for a list)."""
         if self.fixed is not None:

@@ -154,7 +154,3 @@ def check_same_identity(saved: dict[str, Any], new: dict[str, Any], folder: Path
             f"{folder} holds a search with other settings ({'; '.join(diffs[:4])}); rerun with "
             "the same settings to resume it, or pass a new --out folder"
         )
-
-
-def json_dumps(data: Any) -> str:
-    return json.dumps(data, sort_keys=True)

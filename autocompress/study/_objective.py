@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from autocompress.evaluation import TrainSettings, evaluate_accuracy, model_stat
 from autocompress.exceptions import ExportError, FinetuneDivergedError
 from autocompress.hardware import LatencyModel
 from autocompress.hardware.export import export_onnx
-from autocompress.space import BoundSpace, Candidate
+from autocompress.space import BoundSpace
 from autocompress.transforms import (
     apply_sparsity,
     make_sparsity_permanent,
@@ -138,10 +137,3 @@ class Objective:
                                        source))
         return accuracy, predicted
 
-
-def candidate_of(trial: optuna.trial.FrozenTrial) -> Candidate:
-    return Candidate.from_dict(trial.user_attrs["candidate"])
-
-
-def describe(candidate: Candidate) -> str:
-    return json.dumps(candidate.to_dict(), sort_keys=True)

@@ -130,22 +130,13 @@ def _uniform_params(bound: BoundSpace, ratio: float) -> dict[str, Any]:
     for p in bound.channel_params:
         if p.param is None:
             continue
-        values = sorted(_grid(p.value))
+        values = sorted(p.value.grid())
         below = [v for v in values if v <= ratio + 1e-9]
         params[p.param] = below[-1] if below else values[0]
     for p in bound.sparsity_params:
         if p.param is not None:
-            params[p.param] = min(_grid(p.value))
+            params[p.param] = min(p.value.grid())
     return params
-
-
-def _grid(value: Any) -> list[float]:
-    if value.choices is not None:
-        return list(value.choices)
-    if value.step:
-        count = int(round((value.high - value.low) / value.step))
-        return [round(value.low + i * value.step, 10) for i in range(count + 1)]
-    return [value.low + (value.high - value.low) * i / 16 for i in range(17)]
 
 
 def _estimate(prepared: _Prepared, candidate: Candidate) -> float:
@@ -487,7 +478,7 @@ def _seed_trial(prepared: _Prepared, budget_ms: float,
     channel = [p for p in prepared.bound.channel_params if p.param is not None]
     if not channel:
         return None
-    ratios = sorted({v for p in channel for v in _grid(p.value)}, reverse=True)
+    ratios = sorted({v for p in channel for v in p.value.grid()}, reverse=True)
     x = torch.zeros(prepared.data.input_shape)
     for ratio in ratios:
         params = _uniform_params(prepared.bound, ratio)

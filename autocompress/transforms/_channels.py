@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +133,3 @@ def prune_channels(
         group.prune()
     return result
 
-
-def names_of(model: nn.Module, kinds: Sequence[type[nn.Module]]) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, tuple(kinds))]

@@ -411,3 +411,13 @@ def test_candidate_mappings_are_read_only() -> None:
 
 def test_candidate_is_hashable_like_a_frozen_value() -> None:
     assert hash(_candidate()) == hash(Candidate.from_json(_candidate().to_json()))
+
+
+def test_value_spec_grid_lists_what_a_sweep_tries() -> None:
+    from autocompress.space._distributions import ValueSpec
+
+    assert ValueSpec(low=0.25, high=1.0, step=0.25).grid() == [0.25, 0.5, 0.75, 1.0]
+    assert ValueSpec(choices=(0.0, 0.5)).grid() == [0.0, 0.5]
+    assert ValueSpec(fixed=0.3).grid() == [0.3]
+    free = ValueSpec(low=0.0, high=1.0).grid()
+    assert len(free) == 17 and free[0] == 0.0 and free[-1] == 1.0

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Backend", "LatencyMeasurement", "MeasureSettings", "time_callable"]
+__all__ = ["Backend", "LatencyMeasurement", "MeasureSettings", "time_callable", "time_rounds"]
 
 
 @dataclass(frozen=True)
@@ -57,22 +57,15 @@ class LatencyMeasurement:
                    stable=bool(data["stable"]))
 
 
-def time_callable(run: Callable[[], object], settings: MeasureSettings) -> LatencyMeasurement:
-    """Time ``run()`` as :class:`MeasureSettings` describes."""
-    start = time.perf_counter()
-    for _ in range(settings.warmup_runs):
-        run()
-    while time.perf_counter() - start < settings.warmup_s:
-        run()
+def time_rounds(run_round: Callable[[], list[float]],
+                settings: MeasureSettings) -> LatencyMeasurement:
+    """Call ``run_round()`` (it returns one round of single-run times in ms) until
+    :class:`MeasureSettings` says the median is stable or the time cap is reached."""
     times: list[float] = []
     deadline = time.perf_counter() + settings.max_time_s
     stable = False
     while True:
-        round_times = []
-        for _ in range(settings.round_runs):
-            t0 = time.perf_counter_ns()
-            run()
-            round_times.append((time.perf_counter_ns() - t0) / 1e6)
+        round_times = run_round()
         times.extend(round_times)
         if len(times) >= settings.min_runs:
             overall = statistics.median(times)
@@ -85,6 +78,25 @@ def time_callable(run: Callable[[], object], settings: MeasureSettings) -> Laten
     p25, median, p75 = np.percentile(np.asarray(times), [25, 50, 75])
     return LatencyMeasurement(median_ms=float(median), p25_ms=float(p25), p75_ms=float(p75),
                               runs=len(times), stable=stable)
+
+
+def time_callable(run: Callable[[], object], settings: MeasureSettings) -> LatencyMeasurement:
+    """Time ``run()`` as :class:`MeasureSettings` describes."""
+    start = time.perf_counter()
+    for _ in range(settings.warmup_runs):
+        run()
+    while time.perf_counter() - start < settings.warmup_s:
+        run()
+
+    def one_round() -> list[float]:
+        round_times = []
+        for _ in range(settings.round_runs):
+            t0 = time.perf_counter_ns()
+            run()
+            round_times.append((time.perf_counter_ns() - t0) / 1e6)
+        return round_times
+
+    return time_rounds(one_round, settings)
 
 
 class Backend(ABC):

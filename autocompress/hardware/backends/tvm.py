@@ -55,6 +55,7 @@ from autocompress.hardware.backends._base import (
     LatencyMeasurement,
     MeasureSettings,
     time_callable,
+    time_rounds,
 )
 
 __all__ = ["TARGET_ALIASES", "TvmBackend", "resolve_target"]
@@ -491,20 +492,4 @@ def _time_remote(program: _Program, args: list[Any], settings: MeasureSettings
     warm("main")
     timer = vm.time_evaluator("invoke_stateful", program.device, number=1,
                               repeat=settings.round_runs)
-    times: list[float] = []
-    deadline = time.perf_counter() + settings.max_time_s
-    stable = False
-    while True:
-        round_times = [float(t) * 1e3 for t in timer("main").results]
-        times.extend(round_times)
-        if len(times) >= settings.min_runs:
-            overall = float(np.median(times))
-            recent = float(np.median(round_times))
-            if abs(recent - overall) <= settings.rel_tolerance * overall:
-                stable = True
-                break
-        if time.perf_counter() > deadline:
-            break
-    p25, median, p75 = np.percentile(np.asarray(times), [25, 50, 75])
-    return LatencyMeasurement(median_ms=float(median), p25_ms=float(p25), p75_ms=float(p75),
-                              runs=len(times), stable=stable)
+    return time_rounds(lambda: [float(t) * 1e3 for t in timer("main").results], settings)
