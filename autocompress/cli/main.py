@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime threads of the local profile (default: 1)")
     s.add_argument("--input-shape", type=_shape, help="1,C,H,W; resizes the data if needed")
+    s.add_argument("--sampler", choices=["tpe", "random", "nsga2"], default="tpe",
+                   help="Optuna sampler (default: multivariate TPE)")
     s.add_argument("--no-calibrate", action="store_true",
                    help="do not scale estimates by the baseline's measured/estimated ratio")
 
@@ -147,7 +149,7 @@ def _search(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, space=args.space, profile=args.profile,
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
         storage=args.storage, study=args.study, seed=args.seed, threads=args.threads,
-        input_shape=args.input_shape, calibrate=not args.no_calibrate,
+        input_shape=args.input_shape, calibrate=not args.no_calibrate, sampler=args.sampler,
     )
     front = search(config)
     _write_front(front, args.out)

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from autocompress._io import write_json_atomic
 from autocompress._version import __version__
@@ -44,6 +44,7 @@ class SearchConfig:
     threads: int = 1
     input_shape: tuple[int, int, int, int] | None = None
     calibrate: bool = True
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -55,6 +56,8 @@ class SearchConfig:
                 f"--latency-budget-ms must be a positive number, got {self.latency_budget_ms}")
         if self.threads < 1:
             raise RunError(f"--threads must be at least 1, got {self.threads}")
+        if self.sampler not in ("tpe", "random", "nsga2"):
+            raise RunError(f"--sampler must be tpe, random or nsga2, got {self.sampler!r}")
 
 
 def redact_url(url: str) -> str:
@@ -137,7 +140,7 @@ def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
     """The settings a resumed run must share with the run it resumes."""
     data = asdict(config)
     keep = ("model", "data", "finetune_steps", "finetune_lr", "batch_size", "seed", "threads",
-            "study", "calibrate")
+            "study", "calibrate", "sampler")
     out: dict[str, Any] = {k: data[k] for k in keep}
     out["input_shape"] = list(config.input_shape) if config.input_shape else None
     out["space_sha256"] = space_sha

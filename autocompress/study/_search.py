@@ -188,8 +188,19 @@ def _redact_text(text: str, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
+def _make_sampler(kind: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Optuna's own samplers; TPE (multivariate) is the default. All honour the budget
+    constraint set with ``trial.set_constraint``."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials)))
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=max(3, min(10, trials // 3)), multivariate=True)
+
+
 def _open_study(storage: optuna.storages.BaseStorage, name: str, seed: int,
-                trials: int) -> optuna.Study:
+                trials: int, sampler: str = "tpe") -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         existing = 0
@@ -197,10 +208,8 @@ def _open_study(storage: optuna.storages.BaseStorage, name: str, seed: int,
             existing = len(optuna.load_study(study_name=name, storage=storage).trials)
         except KeyError:
             pass
-        sampler = optuna.samplers.TPESampler(
-            seed=seed + existing, n_startup_trials=max(3, min(10, trials // 3)),
-            multivariate=True)
-        return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+        return optuna.create_study(study_name=name, storage=storage,
+                                   sampler=_make_sampler(sampler, seed + existing, trials),
                                    directions=["maximize", "minimize"], load_if_exists=True)
 
 
@@ -267,7 +276,7 @@ def search(config: SearchConfig) -> ParetoFront:
     # Workers sharing a study must not draw the same random candidates: with an explicit
     # storage each worker's sampler seed also depends on its process id.
     worker_seed = config.seed + (os.getpid() if config.storage else 0)
-    study = _open_study(storage, config.study, worker_seed, config.trials)
+    study = _open_study(storage, config.study, worker_seed, config.trials, config.sampler)
     # The run's settings, baseline, budget and calibration live in the study, so every
     # worker of a shared study (and every rerun) uses the same; run.json is a copy.
     shared = study.user_attrs.get(_RUN_ATTR) or (folder.info if resuming else None)

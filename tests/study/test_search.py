@@ -148,3 +148,22 @@ def test_diverging_finetunes_fail_their_trials_with_the_reason(config, tmp_path)
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert len(failed) >= 10
     assert all("lower the learning rate" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_random_sampler_search_runs_and_is_recorded(config: SearchConfig, finished,
+                                                    tmp_path: Path) -> None:
+    out = tmp_path / "random"
+    front = search(replace(config, out=out, sampler="random", trials=2))
+    assert len(front) >= 1
+    assert json.loads((out / "run.json").read_text())["identity"]["sampler"] == "random"
+    with pytest.raises(RunError, match="sampler"):
+        search(replace(config, out=out, sampler="tpe", trials=2))
+
+
+@pytest.mark.parametrize(("kind", "cls"), [("tpe", optuna.samplers.TPESampler),
+                                           ("random", optuna.samplers.RandomSampler),
+                                           ("nsga2", optuna.samplers.NSGAIISampler)])
+def test_sampler_option_picks_optunas_sampler(kind: str, cls: type) -> None:
+    from autocompress.study._search import _make_sampler
+
+    assert isinstance(_make_sampler(kind, seed=0, trials=12), cls)
