@@ -1,0 +1,205 @@
+"""CIFAR-10: autocompress against what a user would do instead, at 50% and 30% budgets.
+
+On the CIFAR-10 training split shipped next to the checkout (../shared/data/cifar10, split
+45,000 / 5,000 with seed 0; unpacked under ~/.cache/autocompress/data, never into the repo),
+a resnet20 baseline is trained once (cached), its ONNX Runtime latency is measured, and at
+each budget (a fraction of that latency) three approaches get the same total finetune steps:
+
+  (a) autocompress search (multivariate TPE), then `pick`;
+  (b) uniform channel pruning with Torch-Pruning at the largest keep ratio whose measured
+      latency meets the budget, finetuned for trials x finetune-steps;
+  (c) the same search with Optuna's RandomSampler and the same trial count.
+
+Reported per approach: validation accuracy and measured latency of the picked model, and
+the hypervolume of its front (accuracy vs latency, reference point: accuracy 0 at the budget;
+Optuna's own hypervolume). Results with date and machine go to benchmarks/results/cifar10.*.
+
+    python benchmarks/cifar10.py                 # the full run (about 70 min on 2 cores)
+    python benchmarks/cifar10.py --smoke         # a few minutes, to check it works
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import hashlib
+import json
+import logging
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from optuna._hypervolume import compute_hypervolume
+
+from autocompress.data import load_data
+from autocompress.evaluation import TrainSettings, evaluate_accuracy, train
+from autocompress.hardware import MeasureSettings, get_backend
+from autocompress.hardware.export import export_onnx
+from autocompress.hardware.profile import describe_device
+from autocompress.models import create_model
+from autocompress.space import SearchSpace
+from autocompress.study import SearchConfig, load_front, pick, search
+from autocompress.study._cache import cache_dir
+from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10" / "train-jpeg.tar.gz"
+SHA256 = "539a2defbe73f0e301e27c4ad6d0e5710c50a675f4bba542b3bc662ae55ed329"
+PROFILE = ROOT / "hw_profiles" / "onnxruntime-cpu-t1.json"
+MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
+
+
+def unpack(archive: Path, limit: int | None) -> Path:
+    """The image folder (unpacked once into the cache); with ``limit``, a folder of links to
+    the first ``limit`` images of each class."""
+    target = cache_dir("data", "cifar10")
+    train = target / "train"
+    if not train.is_dir():
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != SHA256:
+            raise SystemExit(f"{archive}: sha256 {digest} is not the expected {SHA256}")
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    if limit is None:
+        return train
+    subset = target / f"train-first{limit}"
+    if not subset.is_dir():
+        for folder in sorted(p for p in train.iterdir() if p.is_dir()):
+            (subset / folder.name).mkdir(parents=True, exist_ok=True)
+            for image in sorted(folder.iterdir())[:limit]:
+                (subset / folder.name / image.name).symlink_to(image)
+    return subset
+
+
+def baseline_checkpoint(spec: str, steps: int) -> tuple[Path, float]:
+    data = load_data(spec, seed=0)
+    settings = TrainSettings(steps=steps, batch_size=128, lr=0.1, warmup_steps=steps // 20)
+    key = hashlib.sha256(json.dumps([spec, steps, data.fingerprint]).encode()).hexdigest()[:16]
+    path = cache_dir("benchmarks") / f"cifar10-resnet20-{key}.pt"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
+        if path.is_file():
+            model.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            start = time.perf_counter()
+            train(model, data.train_x, data.train_y, settings)
+            torch.save(model.state_dict(), path)
+            print(f"baseline trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return path, evaluate_accuracy(model, data.val_x, data.val_y)
+
+
+def hypervolume(points: list[tuple[float, float]], budget_ms: float) -> float:
+    """Area dominated by (accuracy, latency) points within budget, up to accuracy 0 and the
+    budget: Optuna's hypervolume of (-accuracy, latency) with reference (0, budget)."""
+    inside = [(-a, lat) for a, lat in points if lat <= budget_ms]
+    if not inside:
+        return 0.0
+    return float(compute_hypervolume(np.array(inside), np.array([0.0, budget_ms])))
+
+
+def uniform_baseline(spec: str, checkpoint: Path, budget_ms: float, steps: int,
+                     backend) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    data = load_data(spec, seed=0)
+    model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    x = torch.zeros(data.input_shape)
+    bound = SearchSpace.default().bind([g.name for g in find_channel_groups(model, x)],
+                                       sparsifiable_layers(model))
+    for ratio in np.arange(1.0, 0.0, -0.125):
+        pruned = copy.deepcopy(model).eval()
+        prune_channels(pruned, bound.uniform(float(ratio)), x)
+        measured = backend.measure_many([export_onnx(pruned, x)], MEASURE, rounds=3)[0]
+        if measured.median_ms <= budget_ms:
+            train(pruned, data.train_x, data.train_y,
+                  TrainSettings(steps=steps, batch_size=64, lr=0.01))
+            return {"keep_ratio": float(ratio), "accuracy": evaluate_accuracy(
+                pruned, data.val_x, data.val_y), "measured_latency_ms": measured.median_ms}
+    return {"keep_ratio": float("nan"), "accuracy": float("nan"),
+            "measured_latency_ms": float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--baseline-steps", type=int, default=3000)
+    parser.add_argument("--budgets", default="0.5,0.3", help="fractions of the baseline")
+    parser.add_argument("--smoke", action="store_true",
+                        help="200 images per class, 2 trials, 10 steps: checks it runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    limit = None
+    if args.smoke:
+        limit, args.trials, args.finetune_steps, args.baseline_steps = 200, 2, 10, 100
+    start = time.perf_counter()
+    spec = f"imagefolder:{unpack(args.archive, limit)}"
+    checkpoint, base_accuracy = baseline_checkpoint(spec, args.baseline_steps)
+    backend = get_backend("onnxruntime", threads=1)
+    data = load_data(spec, seed=0)
+    base_model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
+    base_model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    base_ms = backend.measure_many([export_onnx(base_model, torch.zeros(data.input_shape))],
+                                   MEASURE, rounds=3)[0].median_ms
+    runs = cache_dir("benchmarks", "cifar10-runs" + ("-smoke" if args.smoke else ""))
+    rows = []
+    for fraction in (float(f) for f in args.budgets.split(",")):
+        budget = fraction * base_ms
+        for approach, sampler in (("autocompress (TPE)", "tpe"), ("random search", "random")):
+            out = runs / f"{sampler}-{fraction}"
+            search(SearchConfig(model="resnet20", data=spec, checkpoint=checkpoint,
+                                latency_budget_ms=budget, trials=args.trials,
+                                finetune_steps=args.finetune_steps, profile=PROFILE,
+                                out=out, sampler=sampler))  # type: ignore[arg-type]
+            front = load_front(out)
+            result = pick(out, budget, out / "export")
+            rows.append({
+                "budget_fraction": fraction, "budget_ms": budget, "approach": approach,
+                "accuracy": result.member.accuracy if result.member else float("nan"),
+                "measured_latency_ms": result.measured_latency_ms,
+                "hypervolume": hypervolume([(m.accuracy, m.predicted_latency_ms)
+                                            for m in front], budget),
+                "front_size": len(front)})
+        uniform = uniform_baseline(spec, checkpoint, budget,
+                                   args.trials * args.finetune_steps, backend)
+        rows.append({"budget_fraction": fraction, "budget_ms": budget,
+                     "approach": f"uniform pruning (keep {uniform['keep_ratio']:.3g})",
+                     "accuracy": uniform["accuracy"],
+                     "measured_latency_ms": uniform["measured_latency_ms"],
+                     "hypervolume": hypervolume([(uniform["accuracy"],
+                                                  uniform["measured_latency_ms"])], budget),
+                     "front_size": 1})
+    frame = pd.DataFrame(rows)
+    name = "cifar10-smoke" if args.smoke else "cifar10"
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / f"{name}.csv", index=False)
+    lines = ["# CIFAR-10 resnet20: autocompress vs uniform pruning vs random search", "",
+             f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
+             f"- machine: {describe_device()}",
+             f"- baseline: accuracy {base_accuracy:.4f}, {base_ms:.3f} ms measured on "
+             f"{backend.name} {backend.version()} (1 thread), {args.baseline_steps} steps",
+             f"- {args.trials} trials x {args.finetune_steps} finetune steps per approach",
+             f"- total time {time.perf_counter() - start:.0f} s",
+             "- accuracy and latency: the picked model, latency measured; hypervolume: over "
+             "each front's latency figures (the search's estimates, measured near the budget; "
+             "uniform pruning: its one measured point)", "",
+             "| " + " | ".join(frame.columns) + " |",
+             "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                for v in row) + " |" for row in frame.itertuples(index=False)]
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
