@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import logging
@@ -139,17 +140,19 @@ def _uniform_params(bound: BoundSpace, ratio: float) -> dict[str, Any]:
     return params
 
 
-def _estimate(prepared: _Prepared, candidate: Candidate) -> float:
-    module = _copy(prepared.baseline)
-    x = torch.zeros(prepared.data.input_shape)
+def _pruned_onnx(baseline: torch.nn.Module, candidate: Candidate,
+                 input_shape: tuple[int, ...]) -> bytes:
+    """The ONNX structure of ``baseline`` with ``candidate``'s channels pruned (sparsity does
+    not change the dense structure, so it is left out)."""
+    module = copy.deepcopy(baseline).eval()
+    x = torch.zeros(input_shape)
     prune_channels(module, candidate, x)
-    return prepared.latency_model.estimate(export_onnx(module, x)).latency_ms
+    return export_onnx(module, x)
 
 
-def _copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(module).eval()
+def _estimate(prepared: _Prepared, candidate: Candidate) -> float:
+    onnx_bytes = _pruned_onnx(prepared.baseline, candidate, prepared.data.input_shape)
+    return prepared.latency_model.estimate(onnx_bytes).latency_ms
 
 
 _HEARTBEAT_S = 5
@@ -421,9 +424,8 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
         keeps = [1.0]
         if config.calibrate:
             for ratio in _CALIBRATION_RATIOS[1:]:
-                module = _copy(raw.baseline)
-                prune_channels(module, raw.bound.uniform(ratio), x)
-                models.append(export_onnx(module, x))
+                models.append(_pruned_onnx(raw.baseline, raw.bound.uniform(ratio),
+                                           raw.data.input_shape))
                 keeps.append(ratio)
         results = backend.measure_many(models, _BASELINE_MEASURE, rounds=3)
         measured = results[0]
@@ -488,12 +490,11 @@ def _seed_trial(prepared: _Prepared, budget_ms: float,
     if not channel:
         return None
     ratios = sorted({v for p in channel for v in p.value.grid()}, reverse=True)
-    x = torch.zeros(prepared.data.input_shape)
     for ratio in ratios:
         params = _uniform_params(prepared.bound, ratio)
-        module = _copy(prepared.baseline)
-        prune_channels(module, prepared.bound.candidate_from_params(params), x)
-        structure = export_onnx(module, x)
+        structure = _pruned_onnx(prepared.baseline,
+                                 prepared.bound.candidate_from_params(params),
+                                 prepared.data.input_shape)
         latency = prepared.latency_model.estimate(structure).latency_ms
         if measure is not None and abs(latency - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms:
             latency = measure(structure)
