@@ -77,22 +77,44 @@ def unpack(archive: Path, limit: int | None) -> Path:
     return subset
 
 
-def baseline_checkpoint(spec: str, steps: int) -> tuple[Path, float]:
+def baseline_checkpoint(spec: str, steps: int) -> tuple[Path, float, dict[str, object]]:
+    """The trained baseline (cached), its validation accuracy, and how long training took
+    when it was trained (kept beside the checkpoint, since a cached run does not train)."""
     data = load_data(spec, seed=0)
     settings = TrainSettings(steps=steps, batch_size=128, lr=0.1, warmup_steps=steps // 20)
     key = hashlib.sha256(json.dumps([spec, steps, data.fingerprint]).encode()).hexdigest()[:16]
     path = cache_dir("benchmarks") / f"cifar10-resnet20-{key}.pt"
+    record = path.with_suffix(".json")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
-        if path.is_file():
+        cached = path.is_file()
+        if cached:
             model.load_state_dict(torch.load(path, weights_only=True))
         else:
             start = time.perf_counter()
             train(model, data.train_x, data.train_y, settings)
             torch.save(model.state_dict(), path)
-            print(f"baseline trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return path, evaluate_accuracy(model, data.val_x, data.val_y)
+            seconds = time.perf_counter() - start
+            record.write_text(json.dumps({
+                "train_seconds": round(seconds), "steps": steps,
+                "trained": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
+            print(f"baseline trained in {seconds:.0f} s", file=sys.stderr)
+    info = {**(json.loads(record.read_text()) if record.is_file() else {}), "cached": cached}
+    return path, evaluate_accuracy(model, data.val_x, data.val_y), info
+
+
+def baseline_note(trained: dict[str, object]) -> str:
+    """How the baseline's training time enters the total: trained in this run, or cached
+    (its training time was recorded when it was trained)."""
+    if not isinstance(trained.get("train_seconds"), int | float):
+        return ""
+    seconds = float(trained["train_seconds"])  # type: ignore[arg-type]
+    if not trained.get("cached"):
+        return f", of which training the baseline {seconds:.0f} s"
+    note = f"; {trained['note']}" if trained.get("note") else ""
+    return (f" with the baseline cached; training it took {seconds:.0f} s when it was trained "
+            f"({trained.get('trained', '?')}{note})")
 
 
 def hypervolume(points: list[tuple[float, float]], budget_ms: float) -> float:
@@ -143,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         limit, args.trials, args.finetune_steps, args.baseline_steps = 200, 2, 10, 100
     start = time.perf_counter()
     spec = f"imagefolder:{unpack(args.archive, limit)}"
-    checkpoint, base_accuracy = baseline_checkpoint(spec, args.baseline_steps)
+    checkpoint, base_accuracy, trained = baseline_checkpoint(spec, args.baseline_steps)
     backend = get_backend("onnxruntime", threads=1)
     data = load_data(spec, seed=0)
     base_model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
@@ -188,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- baseline: accuracy {base_accuracy:.4f}, {base_ms:.3f} ms measured on "
              f"{backend.name} {backend.version()} (1 thread), {args.baseline_steps} steps",
              f"- {args.trials} trials x {args.finetune_steps} finetune steps per approach",
-             f"- total time {time.perf_counter() - start:.0f} s",
+             f"- total time {time.perf_counter() - start:.0f} s{baseline_note(trained)}",
              "- accuracy and latency: the picked model, latency measured; hypervolume: over "
              "each front's latency figures (the search's estimates, measured near the budget; "
              "uniform pruning: its one measured point)", "",

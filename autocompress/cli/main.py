@@ -26,6 +26,13 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def _precisions(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected precisions such as fp32,int8")
+    return names
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -97,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rounds", type=int, default=2,
                     help="measure every kernel this many times, shuffled (default: 2)")
     pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--precisions", type=_precisions, default=("fp32",),
+                    help="comma-separated precisions to measure kernels in, fp32 among "
+                         "them (default: fp32); e.g. fp32,int8 for mixed-precision "
+                         "estimates (onnxruntime cpu: fp32,int8; cuda: fp32,fp16,int8)")
 
     e = sub.add_parser("estimate", help="estimate a model's latency from a hardware profile")
     what = e.add_mutually_exclusive_group(required=True)
@@ -201,7 +212,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     profile = profile_device(args.out, backend=args.backend, threads=args.threads,
                              rounds=args.rounds, progress=progress, target=args.target,
-                             rpc=args.rpc, device=args.device)
+                             rpc=args.rpc, device=args.device, precisions=args.precisions)
     print(file=sys.stderr)
     unstable = sum(1 for k in profile.kernels if not k.latency.stable)
     print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "

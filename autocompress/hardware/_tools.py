@@ -5,6 +5,7 @@ These run on a profile-only install (numpy, onnx, onnxruntime), e.g. on a small 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,20 @@ _MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
 
 def profile_device(out: str | Path, *, backend: str = "onnxruntime", threads: int = 1,
                    rounds: int = 2, progress: Any = None,
+                   precisions: Sequence[str] = ("fp32",),
                    **backend_options: str | None) -> HardwareProfile:
     """Measure this device's kernels with ``backend`` and save the profile to ``out``.
 
-    ``backend_options`` (``target``, ``rpc``) go to :func:`get_backend`; an interrupted run
-    resumes from ``out`` + ``.partial``.
+    ``backend_options`` (``target``, ``rpc``) go to :func:`get_backend`; ``precisions``
+    (e.g. ``("fp32", "int8")``) must be among the backend's; an interrupted run resumes from
+    ``out`` + ``.partial``.
     """
     from autocompress.hardware.profiler import profile_backend
 
     options = {k: v for k, v in backend_options.items() if v is not None}
     runner = get_backend(backend, threads=threads, **options)  # type: ignore[arg-type]
-    return profile_backend(runner, out, rounds=rounds, progress=progress)
+    return profile_backend(runner, out, rounds=rounds, progress=progress,
+                           precisions=precisions)
 
 
 def _read(onnx: str | Path) -> bytes:
@@ -48,7 +52,21 @@ def measure_onnx(onnx: str | Path, *, backend: str = "onnxruntime", threads: int
 
 
 def estimate_onnx(profile: str | Path, onnx: str | Path) -> Any:
-    """The raw (uncalibrated) profile estimate of an ONNX file's latency."""
+    """The raw (uncalibrated) profile estimate of an ONNX file's latency.
+
+    A quantized (QDQ) file is estimated as its fp32 structure with its quantized nodes in
+    int8 (:func:`~autocompress.hardware._qdq.split_qdq`); the profile then needs int8
+    kernels.
+    """
+    import onnx as onnx_lib
+
+    from autocompress.hardware._qdq import is_qdq, split_qdq
     from autocompress.hardware.latency import LatencyModel
 
-    return LatencyModel(HardwareProfile.load(profile)).estimate(_read(onnx))
+    model = LatencyModel(HardwareProfile.load(profile))
+    data = _read(onnx)
+    proto = onnx_lib.load_from_string(data)
+    if is_qdq(proto):
+        fp32, precisions = split_qdq(proto)
+        return model.estimate(fp32, precisions)
+    return model.estimate(data)

@@ -11,19 +11,41 @@ not enter: dense kernels run zeros as fast as other numbers.
 The error bar is the fit's relative residual spread per kind, added over nodes as if
 independent; it does not cover effects between kernels (layout changes, cache reuse),
 which is what calibrating against measured reference models (:meth:`calibrated`) is for.
+
+Mixed precision (``estimate(model, precisions)``): every (kind, precision) the profile
+measured gets its own fit. A one-kernel int8 graph runs QuantizeLinear on its input and
+DequantizeLinear on its output around the kernel (fp16: a Cast at each end), so the int8 fit
+is of the measurement less the run overhead and less those two conversions, as fitted from
+the profile's ``quantize``/``dequantize`` kernels: it is the kernel's time inside a model.
+Every edge where precision changes then costs one conversion over the tensor's elements
+(:func:`~autocompress.hardware.kernels.boundaries_of`): its one-kernel fit less the overhead,
+plus what the profile's convolution chains show a conversion costs between two convolutions
+beyond that (layout changes, fusions lost; :func:`_context_fit`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx
 
 from autocompress.exceptions import MissingDependencyError, ProfileError
-from autocompress.hardware.kernels import KINDS, NodeKernel, features, kernels_of
+from autocompress.hardware.kernels import (
+    BOUNDARY_KINDS,
+    KINDS,
+    Boundary,
+    Kernel,
+    NodeKernel,
+    boundaries_of,
+    boundary_kind,
+    features,
+    kernels_of,
+)
 from autocompress.hardware.profile import HardwareProfile
 
 __all__ = ["KindFit", "LatencyEstimate", "LatencyModel", "fit_calibration"]
@@ -31,10 +53,19 @@ __all__ = ["KindFit", "LatencyEstimate", "LatencyModel", "fit_calibration"]
 
 @dataclass(frozen=True)
 class KindFit:
+    """Weights of one kind's linear model in one precision.
+
+    ``inside``: the weights give the kernel's time inside a model (the one-kernel graph's
+    overhead and conversions were taken out before fitting); otherwise they give the
+    one-kernel measurement, and the run overhead is taken out when a node is costed.
+    """
+
     kind: str
     weights: tuple[float, ...]
     rel_rmse: float
     samples: int
+    precision: str = "fp32"
+    inside: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +78,8 @@ class LatencyEstimate:
     per_node_ms: tuple[tuple[str, str, float], ...] = field(repr=False, default=())
     unmodelled: tuple[str, ...] = ()
     scale: float = 1.0
+    #: (tensor, conversion kind, ms) of each precision conversion, included in latency_ms.
+    boundary_ms: tuple[tuple[str, str, float], ...] = field(repr=False, default=())
 
 
 def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]
@@ -74,34 +107,63 @@ class LatencyModel:
         self.profile = profile
         self.scale = scale
         self.offset_ms = offset_ms
-        self.fits = self._fit(profile)
+        #: precision -> kind -> fit, for every precision the profile measured
+        self.precision_fits = self._fit(profile)
+        #: the fp32 fits by kind
+        self.fits = self.precision_fits.get("fp32", {})
 
     @staticmethod
-    def _fit(profile: HardwareProfile) -> dict[str, KindFit]:
+    def _fit(profile: HardwareProfile) -> dict[str, dict[str, KindFit]]:
         try:
             from scipy.optimize import nnls
         except ImportError as exc:
             raise MissingDependencyError(
                 "estimating latency needs scipy: pip install 'autocompress[search]'") from exc
 
-        fits: dict[str, KindFit] = {}
-        for kind in KINDS:
-            rows = [m for m in profile.kernels if m.kernel.kind == kind]
+        overhead_ms = profile.overhead.median_ms
+
+        def fit(kind: str, precision: str, carried: Callable[[Kernel], float] | None
+                ) -> KindFit | None:
+            rows = [m for m in profile.kernels
+                    if m.kernel.kind == kind and m.kernel.precision == precision]
             if not rows:
-                continue
+                return None
             x = np.stack([features(m.kernel) for m in rows])
             y = np.array([m.latency.median_ms for m in rows])
+            # what the one-kernel graph ran besides the kernel, taken out of the target;
+            # the error stays relative to the whole measurement
+            extra = np.array([carried(m.kernel) for m in rows]) if carried else np.zeros(len(y))
             scale_cols = x.max(axis=0)
             scale_cols[scale_cols == 0] = 1.0
             weight_rows = 1.0 / np.maximum(y, 1e-6)  # relative error
             a = (x / scale_cols) * weight_rows[:, None]
-            b = y * weight_rows
+            b = (y - extra) * weight_rows
             coef, _ = nnls(a, b)
             coef = coef / scale_cols
-            pred = x @ coef
+            pred = x @ coef + extra
             rel = (pred - y) / y
-            fits[kind] = KindFit(kind, tuple(float(c) for c in coef),
-                                 float(np.sqrt(np.mean(rel**2))), len(rows))
+            return KindFit(kind, tuple(float(c) for c in coef),
+                           float(np.sqrt(np.mean(rel**2))), len(rows), precision,
+                           inside=carried is not None)
+
+        fits: dict[str, dict[str, KindFit]] = {}
+        for precision in profile.precisions:
+            by_kind: dict[str, KindFit] = {}
+            for kind in BOUNDARY_KINDS:
+                found = fit(kind, precision, None)
+                if found is not None:
+                    by_kind[kind] = found
+            carried = None
+            if precision != "fp32":
+                carried = functools.partial(_carried_ms, dict(by_kind), precision, overhead_ms)
+                context = _context_fit(profile, precision, dict(by_kind), nnls)
+                if context is not None:
+                    by_kind[context.kind] = context
+            for kind in KINDS:
+                found = fit(kind, precision, carried)
+                if found is not None:
+                    by_kind[kind] = found
+            fits[precision] = by_kind
         return fits
 
     def calibrated(self, scale: float, offset_ms: float = 0.0) -> LatencyModel:
@@ -114,22 +176,49 @@ class LatencyModel:
             raise ValueError(f"calibration needs a positive scale, got {scale}, {offset_ms}")
         return LatencyModel(self.profile, scale, offset_ms)
 
+    def _fit_for(self, kernel: Kernel, what: str) -> KindFit:
+        precision = kernel.precision
+        by_kind = self.precision_fits.get(precision)
+        if by_kind is None:
+            measured = ", ".join(self.profile.precisions)
+            raise ProfileError(
+                f"this profile has no {precision} kernels (it measured {measured}), needed "
+                f"for {what}; re-profile with `autocompress profile --precisions "
+                f"fp32,{precision}`")
+        fit = by_kind.get(kernel.kind)
+        if fit is None:
+            if precision == "fp32":
+                raise ProfileError(
+                    f"the profile has no {kernel.kind!r} kernels, needed for {what}; "
+                    "re-profile the device with the default grid")
+            raise ProfileError(
+                f"the profile has no {precision} {kernel.kind!r} kernels, needed for {what}; "
+                f"re-profile with the default grid and `--precisions fp32,{precision}`")
+        return fit
+
     def kernel_ms(self, node: NodeKernel) -> tuple[float, float]:
         """(time, standard deviation) of one node inside a model, in ms."""
         if node.kernel is None:
             return 0.0, 0.0
-        fit = self.fits.get(node.kernel.kind)
-        if fit is None:
-            raise ProfileError(
-                f"the profile has no {node.kernel.kind!r} kernels, needed for node "
-                f"{node.node} ({node.op_type}); re-profile the device with the default grid"
-            )
-        raw = float(features(node.kernel) @ np.array(fit.weights))
-        # a one-kernel measurement includes one run's overhead; inside a model it does not
-        inside = max(raw - self.profile.overhead.median_ms, 0.0)
+        fit = self._fit_for(node.kernel, f"node {node.node} ({node.op_type})")
+        inside = _inside_ms(fit, self.profile.overhead.median_ms, node.kernel)
         return inside, inside * fit.rel_rmse
 
-    def estimate_nodes(self, nodes: Sequence[NodeKernel]) -> LatencyEstimate:
+    def boundary_ms(self, boundary: Boundary) -> tuple[float, float]:
+        """(time, standard deviation) of one precision conversion inside a model, in ms: its
+        one-kernel cost plus, where the profile measured convolution chains, what a
+        conversion between two convolutions costs beyond that."""
+        fit = self._fit_for(boundary.kernel, f"the {boundary.source} -> {boundary.target} "
+                                             f"conversion of tensor {boundary.tensor}")
+        inside = _inside_ms(fit, self.profile.overhead.median_ms, boundary.kernel)
+        context = self.precision_fits[boundary.kernel.precision].get("island")
+        if context is not None:
+            flat = replace(boundary.kernel, kind="island")
+            inside += float(features(flat) @ np.array(context.weights))
+        return inside, inside * max(fit.rel_rmse, context.rel_rmse if context else 0.0)
+
+    def estimate_nodes(self, nodes: Sequence[NodeKernel],
+                       boundaries: Sequence[Boundary] = ()) -> LatencyEstimate:
         total = self.profile.overhead.median_ms
         var = 0.0
         per_node = []
@@ -138,6 +227,12 @@ class LatencyModel:
             total += ms
             var += std**2
             per_node.append((node.node, node.op_type, ms * self.scale))
+        per_boundary = []
+        for boundary in boundaries:
+            ms, std = self.boundary_ms(boundary)
+            total += ms
+            var += std**2
+            per_boundary.append((boundary.tensor, boundary.kernel.kind, ms * self.scale))
         unmodelled = tuple(sorted({n.op_type for n in nodes if n.note.startswith("unmodelled")}))
         return LatencyEstimate(
             latency_ms=max(self.offset_ms + total * self.scale, 0.0),
@@ -146,10 +241,89 @@ class LatencyModel:
             per_node_ms=tuple(per_node),
             unmodelled=unmodelled,
             scale=self.scale,
+            boundary_ms=tuple(per_boundary),
         )
 
-    def estimate(self, model: onnx.ModelProto | bytes) -> LatencyEstimate:
-        """Estimate the latency of an ONNX model (batch size 1) on the profiled device."""
+    def estimate(self, model: onnx.ModelProto | bytes,
+                 precisions: Mapping[str, str] | None = None) -> LatencyEstimate:
+        """Estimate the latency of an ONNX model (batch size 1) on the profiled device.
+
+        ``precisions`` maps node names of the fp32 ONNX graph (as
+        :func:`~autocompress.hardware.export.export_onnx` names them) to ``fp32``, ``fp16``
+        or ``int8``; nodes it does not name are fp32, except free and fused nodes, which
+        follow their input. Each node is costed by its precision's fit, and each edge where
+        precision changes by a conversion. Raises :class:`ProfileError` when the profile has
+        no kernels in a precision asked for.
+        """
         if isinstance(model, bytes):
             model = onnx.load_from_string(model)
-        return self.estimate_nodes(kernels_of(model))
+        if precisions is None:
+            return self.estimate_nodes(kernels_of(model))
+        nodes = kernels_of(model, precisions)
+        return self.estimate_nodes(nodes, boundaries_of(model, nodes))
+
+
+def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel) -> float:
+    raw = float(features(kernel) @ np.array(fit.weights))
+    if fit.inside:
+        return raw
+    # a one-kernel measurement includes one run's overhead; inside a model it does not
+    return max(raw - overhead_ms, 0.0)
+
+
+def _context_fit(profile: HardwareProfile, precision: str,
+                 conversions: Mapping[str, KindFit], nnls: Callable[..., Any]
+                 ) -> KindFit | None:
+    """What one conversion into or out of ``precision`` costs between two convolutions beyond
+    its one-kernel cost (layout changes, fusions the fp32 neighbours lose), per tensor size,
+    as ``a + b * elements`` with ``a, b >= 0`` (kind ``island``).
+
+    From chains of three equal convolutions measured all fp32 (``3 f``), all in
+    ``precision`` (``3 q`` and the conversions at the graph's ends) and with only the middle
+    one in ``precision`` (``2 f + q`` and two conversions in context), each with the run
+    overhead.
+    """
+    def measured(kind: str, p: str) -> dict[tuple[int, int, int], float]:
+        return {(m.kernel.in_channels, m.kernel.height, m.kernel.width): m.latency.median_ms
+                for m in profile.kernels if m.kernel.kind == kind and m.kernel.precision == p}
+
+    fp32_chains = measured("chain", "fp32")
+    chains = measured("chain", precision)
+    islands = measured("island", precision)
+    overhead_ms = profile.overhead.median_ms
+    rows = []
+    for key, island in islands.items():
+        if key not in chains or key not in fp32_chains:
+            continue
+        elements = key[0] * key[1] * key[2]
+        ends = _carried_ms(conversions, precision, overhead_ms,
+                           Kernel("island", elements, elements, 1, 1)) - overhead_ms
+        fp32_conv = (fp32_chains[key] - overhead_ms) / 3
+        conv = (chains[key] - overhead_ms - ends) / 3
+        pair = island - overhead_ms - 2 * fp32_conv - conv
+        rows.append((elements, (pair - ends) / 2, island))
+    if not rows:
+        return None
+    x = np.array([[1.0, n] for n, _, _ in rows])
+    excess = np.array([e for _, e, _ in rows])
+    weight = 1.0 / np.array([m for _, _, m in rows])  # relative to the measured chains
+    scale_cols = x.max(axis=0)
+    coef, _ = nnls((x / scale_cols) * weight[:, None], excess * weight)
+    coef = coef / scale_cols
+    rel = (x @ coef - excess) * weight
+    return KindFit("island", tuple(float(c) for c in coef), float(np.sqrt(np.mean(rel**2))),
+                   len(rows), precision, inside=True)
+
+
+def _carried_ms(conversions: Mapping[str, KindFit], precision: str, overhead_ms: float,
+                kernel: Kernel) -> float:
+    """What a one-kernel graph in ``precision`` runs besides ``kernel``: the run overhead,
+    the conversion of its input into ``precision`` and of its output back to fp32 (where the
+    profile measured those conversions)."""
+    total = overhead_ms
+    for kind, elements in ((boundary_kind("fp32", precision), kernel.in_elements),
+                           (boundary_kind(precision, "fp32"), kernel.out_elements)):
+        if kind in conversions:
+            flat = Kernel(kind, elements, elements, 1, 1, precision=precision)
+            total += _inside_ms(conversions[kind], overhead_ms, flat)
+    return total

@@ -1,5 +1,10 @@
 """Hardware profiles: measured kernel latencies of one backend on one device, as versioned
-JSON. A profile holds measurements only; the latency model is fitted from it on load."""
+JSON. A profile holds measurements only; the latency model is fitted from it on load.
+
+A profile measures kernels in one or more precisions (each kernel records its own); files
+list them in ``precisions``. Files written before precisions existed hold fp32 kernels only
+and read as such (the format version did not change: the field is an addition).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 from autocompress._io import write_json_atomic
 from autocompress.exceptions import ProfileError
 from autocompress.hardware.backends import LatencyMeasurement
-from autocompress.hardware.kernels import Kernel
+from autocompress.hardware.kernels import PRECISIONS, Kernel
 
 __all__ = ["PROFILE_FORMAT", "PROFILE_FORMAT_VERSION", "HardwareProfile", "KernelMeasurement",
            "describe_device"]
@@ -72,9 +77,17 @@ class HardwareProfile:
     def threads(self) -> int:
         return int(self.backend_settings.get("threads", 1))
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this profile measured kernels in, in :data:`PRECISIONS` order."""
+        found = {m.kernel.precision for m in self.kernels}
+        return tuple(p for p in PRECISIONS if p in found)
+
     def describe(self) -> str:
+        precisions = "" if self.precisions == ("fp32",) else f" ({'+'.join(self.precisions)})"
         return (f"{self.backend} {self.backend_version} ({self.threads} thread(s)) on "
-                f"{self.device.get('cpu', '?')}, {len(self.kernels)} kernels, {self.created}")
+                f"{self.device.get('cpu', '?')}, {len(self.kernels)} kernels{precisions}, "
+                f"{self.created}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +102,7 @@ class HardwareProfile:
             "grid": self.grid,
             "measure_settings": dict(self.measure_settings),
             "elapsed_s": self.elapsed_s,
+            "precisions": list(self.precisions),
             "overhead": self.overhead.to_dict(),
             "kernels": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
                         for m in self.kernels],
@@ -152,4 +166,11 @@ class HardwareProfile:
             )
         if not profile.kernels:
             raise ProfileError(f"{source} holds no kernel measurements; re-run profiling")
+        unknown = sorted({m.kernel.precision for m in profile.kernels} - set(PRECISIONS))
+        listed = data.get("precisions", ["fp32"])
+        if unknown or not isinstance(listed, list) or set(listed) != set(profile.precisions):
+            raise ProfileError(
+                f"{source} is a malformed profile: it lists precisions {listed!r} but holds "
+                f"kernels in {sorted({m.kernel.precision for m in profile.kernels})} (known: "
+                f"{', '.join(PRECISIONS)}); re-run 'autocompress profile'")
         return profile

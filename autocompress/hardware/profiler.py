@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,11 +14,21 @@ import numpy as np
 
 from autocompress._io import write_json_atomic
 from autocompress._version import __version__
+from autocompress.exceptions import ProfileError
 from autocompress.hardware.backends import Backend, LatencyMeasurement, MeasureSettings
-from autocompress.hardware.kernels import Kernel, features, kernel_graph, overhead_graph
+from autocompress.hardware.kernels import (
+    CONTEXT_KINDS,
+    KINDS,
+    PRECISIONS,
+    Kernel,
+    features,
+    kernel_graph,
+    overhead_graph,
+)
 from autocompress.hardware.profile import HardwareProfile, KernelMeasurement, describe_device
 
-__all__ = ["GRID_NAME", "adaptive_kernels", "default_grid", "profile_backend"]
+__all__ = ["GRID_NAME", "adaptive_kernels", "check_precisions", "default_grid",
+           "precision_grid", "profile_backend"]
 
 _logger = logging.getLogger(__name__)
 
@@ -77,6 +87,76 @@ def default_grid(seed: int = 0) -> list[Kernel]:
     pick("elementwise", 25, lambda: Kernel(
         "elementwise", *(2 * [rng.choice(channels)]), *(2 * [rng.choice(sizes)])))
     return grid
+
+
+# Every how-many-th grid kernel of each kind is measured again in another precision, to keep
+# int8 profiling to about half the fp32 time (QDQ graphs take longer to load and run).
+_PRECISION_EVERY = {"conv": 4, "conv1x1": 4, "dwconv": 3, "gemm": 2, "pool": 2,
+                    "elementwise": 3}
+# Narrow convolutions on large maps, where int8 kernels pay a per-pixel cost that the grid
+# (channels picked at random) samples too rarely: what pruning to a few channels produces.
+_NARROW = tuple(
+    Kernel(kind, c, c, s, s, kernel=3 if kind != "conv1x1" else 1,  # type: ignore[arg-type]
+           groups=c if kind == "dwconv" else 1)
+    for kind in ("conv", "conv1x1", "dwconv") for c in (8, 16) for s in (14, 28))
+# (channels, size) of the tensors precision conversions are measured on: 128 to 300k elements.
+_BOUNDARY_TENSORS = ((8, 4), (16, 8), (64, 8), (16, 32), (256, 14), (128, 28), (256, 24),
+                     (96, 56))
+# (channels, size) of the convolution chains that show conversions in context: 3k to 50k.
+_CONTEXT_TENSORS = ((64, 7), (8, 28), (16, 28), (32, 28), (16, 56))
+_BOUNDARY_KINDS_OF = {"int8": ("quantize", "dequantize"), "fp16": ("to_fp16", "from_fp16")}
+
+
+def check_precisions(backend: Backend, precisions: Sequence[str]) -> tuple[str, ...]:
+    """``precisions`` in :data:`PRECISIONS` order, checked against what ``backend`` runs."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ProfileError(f"unknown precision(s) {unknown}; known: {', '.join(PRECISIONS)}")
+    device = backend.settings().get("device", "")
+    runs = ", ".join(backend.precisions)
+    unsupported = [p for p in precisions if p not in backend.precisions]
+    if unsupported:
+        raise ProfileError(
+            f"backend {backend.name} ({device}) does not run {', '.join(unsupported)}: it runs "
+            f"{runs}; profile with --precisions {','.join(backend.precisions)} or fewer")
+    if "fp32" not in precisions:
+        raise ProfileError(
+            f"a profile always measures fp32 (the other precisions' boundaries convert from "
+            f"it): use --precisions fp32,{','.join(precisions)}")
+    return tuple(p for p in PRECISIONS if p in precisions)
+
+
+def precision_grid(grid: Sequence[Kernel], precision: str) -> list[Kernel]:
+    """The kernels measured in ``precision`` besides fp32.
+
+    A part of each kind of ``grid``'s fp32 kernels (every fourth convolution, every third
+    depthwise and elementwise kernel, every second gemm and pooling kernel; at least two per
+    kind) and narrow convolutions on large maps, in ``precision``; the conversions into and
+    out of ``precision`` over tensors of 128 to 300k elements; and, to see what conversions
+    cost between convolutions (layout changes, lost fusions), chains of three 1x1
+    convolutions all in fp32, all in ``precision``, and with only the middle one in
+    ``precision`` (:data:`CONTEXT_KINDS`; the fp32 chains are the only fp32 kernels here).
+    """
+    if precision == "fp32":
+        return [k for k in grid if k.precision == "fp32"]
+    if precision not in _BOUNDARY_KINDS_OF:
+        raise ProfileError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    picked: list[Kernel] = []
+    for kind in KINDS:
+        of_kind = [k for k in grid if k.kind == kind and k.precision == "fp32"]
+        chosen = of_kind[::_PRECISION_EVERY[kind]]
+        chosen += [k for k in of_kind if k not in chosen][:max(0, 2 - len(chosen))]
+        if of_kind:
+            chosen += [k for k in _NARROW if k.kind == kind and k not in chosen]
+        picked.extend(replace(k, precision=precision) for k in chosen)
+    for kind in _BOUNDARY_KINDS_OF[precision]:
+        picked.extend(Kernel(kind, c, c, s, s, precision=precision)
+                      for c, s in _BOUNDARY_TENSORS)
+    for c, s in _CONTEXT_TENSORS:
+        picked.extend([Kernel("chain", c, c, s, s, precision="fp32"),
+                       Kernel("chain", c, c, s, s, precision=precision),
+                       Kernel("island", c, c, s, s, precision=precision)])
+    return picked
 
 
 def _key(kernel: Kernel) -> str:
@@ -145,6 +225,7 @@ def profile_backend(
     adaptive: int = 24,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    precisions: Sequence[str] = ("fp32",),
 ) -> HardwareProfile:
     """Measure ``grid`` (default: :func:`default_grid`) on ``backend`` and save to ``out``.
 
@@ -154,9 +235,25 @@ def profile_backend(
     kernels the grid's linear fit explains worst (:func:`adaptive_kernels`). Finished
     measurements are kept in ``out`` + ``.partial`` so an interrupted run resumes where it
     stopped.
+
+    ``precisions`` besides ``fp32`` (which is always measured) add the kernels of
+    :func:`precision_grid` in each (or, where ``grid`` holds kernels in that precision,
+    those), shuffled in with the fp32 grid so that both see the same machine; they must be
+    among ``backend.precisions`` (else :class:`ProfileError`).
     """
     out = Path(out)
-    grid = default_grid(seed) if grid is None else list(grid)
+    precisions = check_precisions(backend, precisions)
+    given = default_grid(seed) if grid is None else list(grid)
+    stray = sorted({k.precision for k in given} - set(precisions))
+    if stray:
+        raise ProfileError(f"the grid holds {', '.join(stray)} kernels but precisions are "
+                           f"{', '.join(precisions)}: add them to precisions")
+    grid = [k for k in given if k.precision == "fp32" and k.kind not in CONTEXT_KINDS]
+    others = [k for k in given if k.precision == "fp32" and k.kind in CONTEXT_KINDS]
+    for precision in precisions[1:]:
+        explicit = [k for k in given if k.precision == precision]
+        others.extend(explicit or precision_grid(grid, precision))
+    others = list(dict.fromkeys(others))  # the fp32 chains serve every precision
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
     done: dict[str, list[dict[str, float]]] = {}
@@ -170,9 +267,18 @@ def profile_backend(
             _logger.warning("ignoring unreadable partial profile %s", partial_path)
 
     start = time.perf_counter()
-    total = 1 + rounds * (len(grid) + adaptive)
+    total = 1 + rounds * (len(grid) + len(others) + adaptive)
     count = 0
     rng = random.Random(seed + 1)
+    # converted graphs (int8, fp16) take ~30 ms to build: build each once (a few MB in all)
+    converted: dict[str, bytes] = {}
+
+    def graph(kernel: Kernel, key: str) -> bytes:
+        if kernel.precision == "fp32":
+            return kernel_graph(kernel, seed=seed)
+        if key not in converted:
+            converted[key] = kernel_graph(kernel, seed=seed)
+        return converted[key]
 
     def measure_all(kernels: list[Kernel]) -> None:
         nonlocal count
@@ -184,7 +290,7 @@ def profile_backend(
                 count += 1
                 if len(done.get(key, [])) > r:
                     continue
-                m = backend.measure(kernel_graph(kernel, seed=seed), settings)
+                m = backend.measure(graph(kernel, key), settings)
                 done.setdefault(key, []).append(asdict(m))
                 if count % 10 == 0:
                     write_json_atomic(partial_path, {"backend": backend.settings(),
@@ -196,14 +302,14 @@ def profile_backend(
     count += 1
     if progress:
         progress(count, total)
-    measure_all(grid)
+    measure_all(grid + others)
 
     def result(kernel: Kernel) -> LatencyMeasurement:
         return _medians([LatencyMeasurement.from_dict(d) for d in done[_key(kernel)][:rounds]])
 
     extra = adaptive_kernels([(k, result(k).median_ms) for k in grid], adaptive)
     measure_all(extra)
-    measurements = [KernelMeasurement(k, result(k)) for k in (*grid, *extra)]
+    measurements = [KernelMeasurement(k, result(k)) for k in (*grid, *extra, *others)]
     profile = HardwareProfile(
         backend=backend.name,
         backend_version=backend.version(),
@@ -213,7 +319,8 @@ def profile_backend(
         kernels=tuple(measurements),
         autocompress_version=__version__,
         grid=GRID_NAME,
-        measure_settings={**asdict(settings), "rounds": rounds, "adaptive": len(extra)},
+        measure_settings={**asdict(settings), "rounds": rounds, "adaptive": len(extra),
+                          "precisions": list(precisions)},
         elapsed_s=time.perf_counter() - start,
     )
     profile.save(out)

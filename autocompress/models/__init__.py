@@ -6,7 +6,8 @@
 >>> model = create_model("resnet20", num_classes=10, in_channels=1)
 
 New builtins are registered with :func:`register_model`; importing this package imports the
-modules that define the builtins.
+modules that define the builtins. Student architectures for distillation are typed specs
+(:class:`StudentSpec`, one family per class), see :mod:`autocompress.models.students`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,33 @@ from autocompress.models._loading import (
     resolve_model,
 )
 from autocompress.models._registry import list_models, register_model
+from autocompress.models.students import (
+    TORCHVISION_STUDENTS,
+    CifarResNetStudent,
+    MobileNetV2Student,
+    StudentSpec,
+    TorchvisionStudent,
+    get_student_family,
+    list_student_families,
+    register_student,
+    student_from_dict,
+)
 
 __all__ = [
+    "TORCHVISION_STUDENTS",
+    "CifarResNetStudent",
+    "MobileNetV2Student",
     "ModelSource",
     "ModelSpec",
     "create_model",
     "list_models",
     "load_checkpoint",
     "register_model",
+    "StudentSpec",
+    "TorchvisionStudent",
+    "get_student_family",
+    "list_student_families",
+    "register_student",
     "resolve_model",
+    "student_from_dict",
 ]

@@ -10,9 +10,14 @@ shortcut ("option A") of the original CIFAR experiments: the channel pruner (Tor
 traces dependencies through real modules, and a lambda layer hides the coupling between a
 block's output channels and its input. resnet20 therefore has about 0.27M parameters
 (option A: 0.27M as well; the projections add 2.8k).
+
+:class:`CifarResNet` also takes one block count and one width per stage: the student
+family ``cifar_resnet`` (:mod:`autocompress.models.students`) searches over both.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -23,6 +28,20 @@ from autocompress.models._registry import register_model
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56"]
 
 _STAGE_CHANNELS = (16, 32, 64)
+_STAGES = 3
+
+
+def _per_stage(value: int | Sequence[int], what: str) -> tuple[int, ...]:
+    """One int for every stage, or a sequence of one int per stage."""
+    values = (value,) * _STAGES if isinstance(value, int) else tuple(value)
+    if len(values) != _STAGES or any(
+        isinstance(v, bool) or not isinstance(v, int) for v in values
+    ):
+        raise ModelError(
+            f"a CIFAR ResNet takes {what} as one integer or {_STAGES} integers (one per "
+            f"stage), not {value!r}"
+        )
+    return values
 
 
 class BasicBlock(nn.Module):
@@ -53,28 +72,47 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet of depth ``6 * blocks_per_stage + 2`` for small (28-32 px) images.
+    """ResNet for small (28-32 px) images: a stem, three stages of BasicBlocks, a classifier.
+
+    With an ``int`` for ``blocks_per_stage`` and the default ``widths`` this is the paper's
+    network of depth ``6 * blocks_per_stage + 2``; a sequence of three block counts and other
+    widths give the student architectures of :mod:`autocompress.models.students`.
 
     Args:
-        blocks_per_stage: ``n``, the number of BasicBlocks in each of the three stages.
+        blocks_per_stage: the number of BasicBlocks in each of the three stages: one count
+            for all (``n``), or one per stage.
         num_classes: size of the classifier's output.
         in_channels: channels of the input images (1 for MNIST, 3 for CIFAR).
+        widths: output channels of the three stages; the stem has as many as the first.
     """
 
-    def __init__(self, blocks_per_stage: int, *, num_classes: int, in_channels: int) -> None:
+    def __init__(
+        self,
+        blocks_per_stage: int | Sequence[int],
+        *,
+        num_classes: int,
+        in_channels: int,
+        widths: Sequence[int] = _STAGE_CHANNELS,
+    ) -> None:
         super().__init__()
-        if blocks_per_stage < 1:
+        depths = _per_stage(blocks_per_stage, "blocks_per_stage")
+        channels = _per_stage(widths, "widths")
+        if min(depths) < 1:
             raise ModelError(
                 f"a CIFAR ResNet needs at least 1 block per stage, not {blocks_per_stage}"
             )
-        self.conv1 = nn.Conv2d(in_channels, _STAGE_CHANNELS[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(_STAGE_CHANNELS[0])
+        if min(channels) < 1:
+            raise ModelError(f"a CIFAR ResNet needs at least 1 channel per stage, not {widths}")
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels[0])
         self.relu = nn.ReLU(inplace=True)
-        width = _STAGE_CHANNELS[0]
+        width = channels[0]
         stages: list[nn.Sequential] = []
-        for stage_index, out_channels in enumerate(_STAGE_CHANNELS):
+        for stage_index, (blocks_in_stage, out_channels) in enumerate(
+            zip(depths, channels, strict=True)
+        ):
             blocks: list[nn.Module] = []
-            for block_index in range(blocks_per_stage):
+            for block_index in range(blocks_in_stage):
                 stride = 2 if stage_index > 0 and block_index == 0 else 1
                 blocks.append(BasicBlock(width, out_channels, stride))
                 width = out_channels

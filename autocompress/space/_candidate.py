@@ -10,10 +10,17 @@ from typing import Any, Literal
 
 from autocompress.exceptions import SearchSpaceError
 
-__all__ = ["CANDIDATE_FORMAT_VERSION", "Candidate", "Importance"]
+# Numeric precisions a layer can run at; which of them a device runs is the backend's say.
+from autocompress.hardware.kernels import PRECISIONS, Precision
+
+__all__ = ["CANDIDATE_FORMAT_VERSION", "PRECISIONS", "Candidate", "Importance", "Precision",
+           "QuantizationMethod"]
 
 CANDIDATE_FORMAT_VERSION = 1
 Importance = Literal["l1", "l2"]
+#: How a quantized candidate gets its accuracy back: post-training calibration only, or a
+#: quantization-aware finetune (fake quantization, straight-through estimator) first.
+QuantizationMethod = Literal["ptq", "qat"]
 
 
 def _frozen(mapping: Mapping[str, float]) -> Mapping[str, float]:
@@ -22,11 +29,16 @@ def _frozen(mapping: Mapping[str, float]) -> Mapping[str, float]:
 
 @dataclass(frozen=True)
 class Candidate:
-    """Per-group channel keep ratios and per-layer unstructured sparsity.
+    """One plan: a compression of the original model, or a student distilled from it.
 
     ``channel_keep`` maps the name of a dependency group's root layer (as Torch-Pruning
     finds it) to the fraction of its output channels kept; groups not named keep all.
     ``sparsity`` maps a layer name to the fraction of its weights zeroed by magnitude.
+    ``precision`` maps a layer name to ``fp32``, ``fp16`` or ``int8`` (layers not named stay
+    fp32); ``quantization`` says how quantized layers regain accuracy.
+    ``student``, when set, is a student plan (family spec and distillation settings, as
+    ``autocompress.space.StudentPlan.to_dict()`` writes it): the candidate is that student
+    trained by distillation from the original model instead of a compression of it.
     """
 
     channel_keep: Mapping[str, float] = field(default_factory=dict)
@@ -34,29 +46,64 @@ class Candidate:
     importance: Importance = "l2"
     round_to: int = 1
     min_channels: int = 1
+    precision: Mapping[str, str] = field(default_factory=dict)
+    quantization: QuantizationMethod = "ptq"
+    student: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_keep", _frozen(self.channel_keep))
         object.__setattr__(self, "sparsity", _frozen(self.sparsity))
+        unknown = sorted({str(p) for p in self.precision.values()} - set(PRECISIONS))
+        if unknown:
+            raise SearchSpaceError(f"unknown precision(s) {unknown}; known: {list(PRECISIONS)}")
+        if self.quantization not in ("ptq", "qat"):
+            raise SearchSpaceError(
+                f"quantization must be 'ptq' or 'qat', got {self.quantization!r}")
+        object.__setattr__(self, "precision", MappingProxyType(
+            {str(k): str(v) for k, v in self.precision.items()}))
+        if self.student is not None:
+            object.__setattr__(self, "student", MappingProxyType(
+                json.loads(json.dumps(dict(self.student)))))
 
     def __hash__(self) -> int:
         return hash(self.to_json())
 
     @property
+    def kind(self) -> Literal["compressed", "student"]:
+        return "student" if self.student is not None else "compressed"
+
+    @property
+    def quantized_layers(self) -> dict[str, str]:
+        """Layers that do not run in fp32, with their precision."""
+        return {k: v for k, v in self.precision.items() if v != "fp32"}
+
+    @property
+    def precision_summary(self) -> str:
+        """``fp32``, ``int8``, ``fp16`` when every named layer has that precision, else
+        ``mixed``."""
+        kinds = set(self.precision.values()) or {"fp32"}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    @property
     def is_identity(self) -> bool:
-        return all(r >= 1.0 for r in self.channel_keep.values()) and all(
-            s <= 0.0 for s in self.sparsity.values()
-        )
+        return (self.student is None and not self.quantized_layers
+                and all(r >= 1.0 for r in self.channel_keep.values())
+                and all(s <= 0.0 for s in self.sparsity.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format_version": CANDIDATE_FORMAT_VERSION,
             "channel_keep": dict(self.channel_keep),
             "sparsity": dict(self.sparsity),
             "importance": self.importance,
             "round_to": self.round_to,
             "min_channels": self.min_channels,
+            "precision": dict(self.precision),
+            "quantization": self.quantization,
         }
+        if self.student is not None:
+            out["student"] = json.loads(json.dumps(dict(self.student)))
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -73,12 +120,18 @@ class Candidate:
             importance = data.get("importance", "l2")
             if importance not in ("l1", "l2"):
                 raise ValueError(f"importance must be 'l1' or 'l2', got {importance!r}")
+            student = data.get("student")
+            if student is not None and not isinstance(student, Mapping):
+                raise ValueError("student must be a mapping")
             return cls(
                 channel_keep=dict(data.get("channel_keep", {})),
                 sparsity=dict(data.get("sparsity", {})),
                 importance=importance,
                 round_to=int(data.get("round_to", 1)),
                 min_channels=int(data.get("min_channels", 1)),
+                precision=dict(data.get("precision", {})),
+                quantization=data.get("quantization", "ptq"),
+                student=student,
             )
         except (TypeError, ValueError) as exc:
             raise SearchSpaceError(f"malformed candidate: {exc}") from exc

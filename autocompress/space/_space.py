@@ -13,19 +13,48 @@ import optuna
 import yaml
 
 from autocompress.exceptions import SearchSpaceError
-from autocompress.space._candidate import Candidate, Importance
+from autocompress.space._candidate import PRECISIONS, Candidate, Importance
 from autocompress.space._distributions import ValueSpec, parse_value_spec
 
-__all__ = ["DEFAULT_SPACE_PATH", "SPACE_FORMAT_VERSION", "BoundSpace", "Rule", "SearchSpace"]
+__all__ = ["DEFAULT_SPACE_PATH", "KIND_PARAM", "SPACE_FORMAT_VERSION", "BoundSpace",
+           "ChoiceRule", "PrecisionSpace", "Rule", "SearchSpace"]
 
 _logger = logging.getLogger(__name__)
 
 SPACE_FORMAT_VERSION = 1
 DEFAULT_SPACE_PATH = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
-_TOP_KEYS = {"format_version", "description", "channels", "sparsity"}
+_TOP_KEYS = {"format_version", "description", "channels", "sparsity", "precision",
+             "students"}
 _CHANNEL_KEYS = {"importance", "round_to", "min_channels", "rules"}
 _SPARSITY_KEYS = {"rules"}
+_PRECISION_KEYS = {"method", "calibration_samples", "rules"}
+_METHODS = ("ptq", "qat")
+
+
+@dataclass(frozen=True)
+class ChoiceRule:
+    """Layers whose name matches ``match`` take one of ``choices`` (strings)."""
+
+    match: str
+    choices: tuple[str, ...]
+    shared: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PrecisionSpace:
+    """Per-layer precisions (``rules``), how quantized layers regain accuracy (``methods``:
+    ``ptq`` calibrates after the finetune; ``qat`` finetunes with fake quantization first)
+    and how many training samples calibrate activation ranges."""
+
+    rules: tuple[ChoiceRule, ...]
+    methods: tuple[str, ...] = ("ptq",)
+    calibration_samples: int = 128
+
+    @property
+    def offered(self) -> set[str]:
+        return {c for r in self.rules for c in r.choices}
 
 
 @dataclass(frozen=True)
@@ -52,6 +81,8 @@ class SearchSpace:
     round_to: int = 1
     min_channels: int = 1
     source: str = "<memory>"
+    precision: PrecisionSpace | None = None
+    students: Any = None   # autocompress.space._students.StudentSpace (imports torch)
 
     @classmethod
     def default(cls) -> SearchSpace:
@@ -112,21 +143,55 @@ class SearchSpace:
                     f"{source}: sparsity.rules ({rule.match!r}): amount must stay below 1.0 "
                     "(1.0 would zero the whole layer)"
                 )
-        if not channel_rules and not sparsity_rules:
+        precision = _parse_precision(raw.get("precision"), f"{source}: precision")
+        students = None
+        if raw.get("students") is not None:
+            from autocompress.space._students import parse_students_section
+
+            students = parse_students_section(raw["students"], f"{source}: students")
+        if not channel_rules and not sparsity_rules and precision is None and students is None:
             raise SearchSpaceError(
-                f"{source}: no rules; add channels.rules or sparsity.rules to search over"
+                f"{source}: no rules; add channels.rules, sparsity.rules, precision.rules or "
+                "students to search over"
             )
         return cls(
             channel_rules=channel_rules, sparsity_rules=sparsity_rules, importance=importance,
             round_to=round_to, min_channels=min_channels, source=source,
+            precision=precision, students=students,
         )
 
+    @property
+    def precisions(self) -> set[str]:
+        """Every precision this space may give a layer (fp32 included)."""
+        return {"fp32"} | (self.precision.offered if self.precision else set())
+
+    def check_precisions(self, runs: Sequence[str], device: str) -> None:
+        """Refuse precisions the target does not run (``runs``: what its backend executes
+        and its profile measured)."""
+        missing = sorted(self.precisions - set(runs))
+        if missing:
+            raise SearchSpaceError(
+                f"{self.source}: precision.rules offer {', '.join(missing)}, but {device} runs "
+                f"only {', '.join(sorted(runs))}; remove {', '.join(missing)} from the rules, "
+                "or use a profile whose backend runs it (re-profile with "
+                "`autocompress profile --precisions fp32,int8` for int8 on ONNX Runtime)"
+            )
+
     def bind(self, groups: Sequence[str], layers: Sequence[str]) -> BoundSpace:
-        """Tie the rules to a model's prunable ``groups`` and sparsifiable ``layers``."""
+        """Tie the rules to a model's prunable ``groups`` and sparsifiable ``layers``
+        (precision rules also match ``layers``)."""
+        precision_params: tuple[_ChoiceParam, ...] = ()
+        method: _ChoiceParam | None = None
+        if self.precision is not None:
+            precision_params = _assign_choices(self.precision.rules, layers, self.source)
+            methods = self.precision.methods
+            method = _ChoiceParam("*", "quantization" if len(methods) > 1 else None, methods)
         return BoundSpace(
             space=self,
             channel_params=_assign(self.channel_rules, groups, "keep_ratio", self.source),
             sparsity_params=_assign(self.sparsity_rules, layers, "sparsity", self.source),
+            precision_params=precision_params,
+            method_param=method,
         )
 
 
@@ -138,66 +203,127 @@ class _Param:
 
 
 @dataclass(frozen=True)
+class _ChoiceParam:
+    target: str                 # layer name
+    param: str | None           # Optuna parameter name, None when fixed
+    choices: tuple[str, ...]
+
+
+KIND_PARAM = "kind"
+
+
+@dataclass(frozen=True)
 class BoundSpace:
-    """A search space tied to one model: which Optuna parameter drives which group or layer."""
+    """A search space tied to one model: which Optuna parameter drives which group or layer.
+
+    With students in the space, the parameter ``kind`` chooses between compressing the model
+    (``compressed``) and distilling it into a student (``student``); the student's own
+    parameters are prefixed ``student/``.
+    """
 
     space: SearchSpace
     channel_params: tuple[_Param, ...]
     sparsity_params: tuple[_Param, ...]
+    precision_params: tuple[_ChoiceParam, ...] = ()
+    method_param: _ChoiceParam | None = None
+
+    @property
+    def compresses(self) -> bool:
+        """Whether the space searches over compressions of the model (not only students)."""
+        return any(p.param is not None for p in self._choice_params) or any(
+            p.param is not None for p in (*self.channel_params, *self.sparsity_params))
+
+    @property
+    def _choice_params(self) -> tuple[_ChoiceParam, ...]:
+        method = (self.method_param,) if self.method_param is not None else ()
+        return (*self.precision_params, *method)
 
     @property
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Distributions of the compression parameters (students: ``student_space``)."""
         out: dict[str, optuna.distributions.BaseDistribution] = {}
         for p in (*self.channel_params, *self.sparsity_params):
             if p.param is not None:
                 out[p.param] = p.value.distribution()
+        for c in self._choice_params:
+            if c.param is not None:
+                out[c.param] = optuna.distributions.CategoricalDistribution(c.choices)
         return out
 
+    @property
+    def student_space(self) -> Any:
+        return self.space.students
+
     def sample(self, trial: optuna.Trial) -> Candidate:
-        sampled: dict[str, float] = {}
+        if self.space.students is not None:
+            kind = "student"
+            if self.compresses:
+                kind = str(trial.suggest_categorical(KIND_PARAM, ["compressed", "student"]))
+            if kind == "student":
+                plan = self.space.students.sample(trial)
+                return Candidate(student=plan.to_dict())
+        sampled: dict[str, Any] = {}
         for name, dist in self.distributions.items():
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                sampled[name] = float(trial.suggest_categorical(name, dist.choices))  # type: ignore[arg-type]
+                value = trial.suggest_categorical(name, dist.choices)  # type: ignore[arg-type]
+                sampled[name] = value if isinstance(value, str) else float(value)  # type: ignore[arg-type]
             else:
                 assert isinstance(dist, optuna.distributions.FloatDistribution)
                 sampled[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step)
         return self._candidate(sampled)
 
-    def candidate_from_params(self, params: dict[str, float]) -> Candidate:
+    def candidate_from_params(self, params: dict[str, Any]) -> Candidate:
+        if self.space.students is not None and (
+                params.get(KIND_PARAM) == "student" or not self.compresses):
+            return Candidate(student=self.space.students.plan_from_params(params).to_dict())
         missing = set(self.distributions) - set(params)
         if missing:
             raise SearchSpaceError(f"parameters missing for this space: {sorted(missing)}")
         return self._candidate(params)
 
-    def extreme(self, which: str) -> Candidate:
-        """The candidate with every value at its ``"min"`` or ``"max"``."""
+    def extreme(self, which: str, precision: str | None = None) -> Candidate:
+        """The candidate with every numeric value at its ``"min"`` or ``"max"``, and every
+        searched layer at ``precision`` (when it is allowed there; else fp32)."""
         pick = min if which == "min" else max
-        return self._candidate({
+        values: dict[str, Any] = {
             p.param: pick(p.value.values())
             for p in (*self.channel_params, *self.sparsity_params) if p.param is not None
-        })
+        }
+        for c in self._choice_params:
+            if c.param is not None:
+                values[c.param] = precision if precision in c.choices else c.choices[0]
+        return self._candidate(values)
 
-    def uniform(self, keep_ratio: float) -> Candidate:
-        """Every searched channel group at the same keep ratio; no sparsity."""
+    def uniform(self, keep_ratio: float, precision: str = "fp32") -> Candidate:
+        """Every searched channel group at the same keep ratio; no sparsity; every layer
+        with a precision rule at ``precision``."""
         return Candidate(
             channel_keep={p.target: keep_ratio for p in self.channel_params},
             importance=self.space.importance, round_to=self.space.round_to,
             min_channels=self.space.min_channels,
+            precision={c.target: precision for c in self.precision_params
+                       if precision in c.choices or precision == "fp32"},
         )
 
-    def _candidate(self, values: dict[str, float]) -> Candidate:
+    def _candidate(self, values: dict[str, Any]) -> Candidate:
         def resolve(p: _Param) -> float:
             if p.param is None:
                 assert p.value.fixed is not None
                 return p.value.fixed
             return float(values[p.param])
 
+        def choose(c: _ChoiceParam) -> str:
+            return c.choices[0] if c.param is None else str(values[c.param])
+
+        method = choose(self.method_param) if self.method_param is not None else "ptq"
         return Candidate(
             channel_keep={p.target: resolve(p) for p in self.channel_params},
             sparsity={p.target: resolve(p) for p in self.sparsity_params},
             importance=self.space.importance,
             round_to=self.space.round_to,
             min_channels=self.space.min_channels,
+            precision={c.target: choose(c) for c in self.precision_params},
+            quantization=method,  # type: ignore[arg-type]
         )
 
 
@@ -223,6 +349,83 @@ def _assign(
             _logger.warning("%s: %s rule %r matches no layer of this model", source, prefix,
                             rule.match)
     return tuple(params)
+
+
+def _assign_choices(rules: Sequence[ChoiceRule], targets: Sequence[str], source: str
+                    ) -> tuple[_ChoiceParam, ...]:
+    params: list[_ChoiceParam] = []
+    used: set[int] = set()
+    for target in targets:
+        for index, rule in enumerate(rules):
+            if fnmatch.fnmatchcase(target, rule.match):
+                used.add(index)
+                if len(rule.choices) == 1:
+                    name = None
+                elif rule.shared:
+                    name = f"precision/{rule.name or f'rule{index}'}"
+                else:
+                    name = f"precision/{target}"
+                params.append(_ChoiceParam(target=target, param=name, choices=rule.choices))
+                break
+    for index, rule in enumerate(rules):
+        if index not in used:
+            _logger.warning("%s: precision rule %r matches no layer of this model", source,
+                            rule.match)
+    return tuple(params)
+
+
+def _parse_choices(raw: Any, where: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    """``int8`` or ``{choices: [fp32, int8]}``, each value one of ``allowed``."""
+    if isinstance(raw, dict):
+        _check_keys(raw, {"choices"}, where)
+        values = raw.get("choices")
+        if not isinstance(values, list) or not values:
+            raise SearchSpaceError(f"{where}.choices: expected a non-empty list, e.g. "
+                                   f"[{', '.join(allowed)}]")
+    else:
+        values = [raw]
+    out: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or value not in allowed:
+            raise SearchSpaceError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+        if value in out:
+            raise SearchSpaceError(f"{where}: {value!r} is listed twice")
+        out.append(value)
+    return tuple(out)
+
+
+def _parse_precision(raw: Any, where: str) -> PrecisionSpace | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SearchSpaceError(f"{where}: must be a mapping with 'rules'")
+    _check_keys(raw, _PRECISION_KEYS, where)
+    methods = _parse_choices(raw.get("method", "ptq"), f"{where}.method", _METHODS)
+    samples = _positive_int(raw.get("calibration_samples", 128),
+                            f"{where}.calibration_samples")
+    items = raw.get("rules")
+    if not isinstance(items, list) or not items:
+        raise SearchSpaceError(f"{where}.rules: expected a non-empty list of rules such as "
+                               "{match: '*', precision: {choices: [fp32, int8]}}")
+    rules = []
+    for i, item in enumerate(items):
+        here = f"{where}.rules[{i}]"
+        if not isinstance(item, dict):
+            raise SearchSpaceError(f"{here}: expected a mapping with 'match' and 'precision'")
+        _check_keys(item, {"match", "precision", "shared", "name"}, here)
+        if not isinstance(item.get("match"), str) or not item["match"]:
+            raise SearchSpaceError(f"{here}.match: expected a layer-name pattern such as '*'")
+        if "precision" not in item:
+            raise SearchSpaceError(f"{here}: missing 'precision'")
+        shared = item.get("shared", False)
+        if not isinstance(shared, bool):
+            raise SearchSpaceError(f"{here}.shared: expected true or false, got {shared!r}")
+        name = item.get("name", "")
+        if not isinstance(name, str):
+            raise SearchSpaceError(f"{here}.name: expected a string")
+        choices = _parse_choices(item["precision"], f"{here}.precision", PRECISIONS)
+        rules.append(ChoiceRule(item["match"], choices, shared, name))
+    return PrecisionSpace(tuple(rules), methods, samples)
 
 
 def _check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -16,8 +16,8 @@ from autocompress.space import Candidate
 
 __all__ = ["FrontMember", "ParetoFront"]
 
-FRONT_COLUMNS = ["trial", "accuracy", "predicted_latency_ms", "predicted_latency_std_ms",
-                 "latency_source",
+FRONT_COLUMNS = ["trial", "kind", "family", "precision", "accuracy", "accuracy_source",
+                 "predicted_latency_ms", "predicted_latency_std_ms", "latency_source",
                  "size_bytes", "compressed_size_bytes", "params", "nonzero_params", "flops",
                  "sparsity", "artifact", "config"]
 
@@ -39,6 +39,18 @@ class FrontMember:
     candidate: Candidate
     artifact: str | None
     latency_source: str = "estimate"   # or "measured" (near the budget, on this machine)
+    accuracy_source: str = "torch"     # or "onnxruntime" (a quantized model, as deployed)
+    family: str = ""                   # a student's family and shape; empty when compressed
+
+    @property
+    def kind(self) -> str:
+        """``compressed`` (the original model compressed) or ``student`` (distilled)."""
+        return self.candidate.kind
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``int8``, ``fp16`` or ``mixed``."""
+        return self.candidate.precision_summary
 
     @classmethod
     def from_trial(cls, trial: optuna.trial.FrozenTrial) -> FrontMember:
@@ -57,10 +69,14 @@ class FrontMember:
             candidate=Candidate.from_dict(a["candidate"]),
             artifact=a.get("artifact"),
             latency_source=str(a.get("latency_source", "estimate")),
+            accuracy_source=str(a.get("accuracy_source", "torch")),
+            family=str(a.get("family", "")),
         )
 
     def row(self) -> dict[str, Any]:
-        return {"trial": self.trial, "accuracy": self.accuracy,
+        return {"trial": self.trial, "kind": self.kind, "family": self.family,
+                "precision": self.precision, "accuracy": self.accuracy,
+                "accuracy_source": self.accuracy_source,
                 "predicted_latency_ms": self.predicted_latency_ms,
                 "predicted_latency_std_ms": self.predicted_latency_std_ms,
                 "latency_source": self.latency_source,
@@ -178,12 +194,15 @@ class ParetoFront:
                          f"latency {base.get('latency_ms', float('nan')):.3f} ms "
                          f"({base.get('latency_source', 'estimate')}), "
                          f"params {base.get('params', 0):,}")
-        lines.append(f"  {'trial':>5} {'accuracy':>8} {'latency_ms':>10} {'±':>6} {'source':>8} "
-                     f"{'params':>9} {'MFLOPs':>8} {'size_kB':>8} {'sparsity':>8}")
+        lines.append(f"  {'trial':>5} {'kind':>10} {'prec':>5} {'accuracy':>8} {'latency_ms':>10} "
+                     f"{'±':>6} {'source':>8} {'params':>9} {'MFLOPs':>8} {'size_kB':>8} "
+                     f"{'sparsity':>8}")
         for m in self.members:
-            lines.append(f"  {m.trial:>5} {m.accuracy:>8.4f} {m.predicted_latency_ms:>10.3f} "
-                         f"{m.predicted_latency_std_ms:>6.3f} {m.latency_source:>8} {m.params:>9,} "
-                         f"{m.flops / 1e6:>8.2f} {m.size_bytes / 1e3:>8.1f} {m.sparsity:>8.2f}")
+            lines.append(f"  {m.trial:>5} {m.kind:>10} {m.precision:>5} {m.accuracy:>8.4f} "
+                         f"{m.predicted_latency_ms:>10.3f} {m.predicted_latency_std_ms:>6.3f} "
+                         f"{m.latency_source:>8} {m.params:>9,} {m.flops / 1e6:>8.2f} "
+                         f"{m.size_bytes / 1e3:>8.1f} {m.sparsity:>8.2f}"
+                         + (f"  {m.family}" if m.family else ""))
         lines.append("  (latency: estimate from the hardware profile, measured for candidates near "
                      "the budget when the profile is of this machine; 'pick' re-measures)")
         return "\n".join(lines)

@@ -168,11 +168,13 @@ def _front_section(front: ParetoFront, picked: _Picked | None) -> str:
     formats = {"accuracy": ".4f", "predicted_latency_ms": ".4g", "predicted_latency_std_ms": ".2g",
                "sparsity": ".1%"}
     head = "".join(f"<th>{escape(c)}</th>" for c in
-                   ["", "trial", "accuracy", "latency (ms)", "± (ms)", "source", "size (kB)",
-                    "compressed (kB)", "params", "non-zero params", "MFLOPs", "sparsity"])
+                   ["", "trial", "kind", "precision", "accuracy", "latency (ms)", "± (ms)",
+                    "source", "size (kB)", "compressed (kB)", "params", "non-zero params",
+                    "MFLOPs", "sparsity"])
     body = []
     for row in frame.to_dict("records"):
-        cells = [row["picked"], str(row["trial"])]
+        kind = row["kind"] + (f" ({row['family']})" if row["family"] else "")
+        cells = [row["picked"], str(row["trial"]), kind, row["precision"]]
         cells += [format(row[k], formats[k]) for k in ("accuracy", "predicted_latency_ms",
                                                        "predicted_latency_std_ms")]
         cells += [row["latency_source"], f"{row['size_bytes'] / 1e3:,.1f}",
@@ -184,7 +186,8 @@ def _front_section(front: ParetoFront, picked: _Picked | None) -> str:
     parts.append(f"<table class='front'><thead><tr>{head}</tr></thead><tbody>"
                  + "".join(body) + "</tbody></table>")
     parts.append("<p class='note'>latency: profile estimate, calibrated; 'measured' where the "
-                 "candidate was near the budget and the profile is of the search machine.</p>")
+                 "candidate was near the budget and the profile is of the search machine. "
+                 "accuracy: of the exported model (quantized models: run in ONNX Runtime).</p>")
     return "\n".join(parts)
 
 

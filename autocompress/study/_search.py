@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import datetime as _dt
 import hashlib
 import logging
@@ -19,7 +19,7 @@ import torch
 from autocompress._io import write_bytes_atomic, write_text_atomic
 from autocompress._version import __version__
 from autocompress.data import DataSplit, load_data
-from autocompress.evaluation import TrainSettings, model_stats
+from autocompress.evaluation import EarlyStopping, TrainSettings, model_stats
 from autocompress.exceptions import (
     BudgetError,
     CheckpointError,
@@ -35,7 +35,8 @@ from autocompress.hardware.profile import describe_device
 from autocompress.hardware.profiler import GRID_NAME, profile_backend
 from autocompress.models import resolve_model
 from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
-from autocompress.study._baseline import prepare_baseline
+from autocompress.space._space import KIND_PARAM
+from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
 from autocompress.study._cache import cache_dir
 from autocompress.study._config import (
     RUN_FORMAT_VERSION,
@@ -52,8 +53,12 @@ from autocompress.study._objective import (
     TRIAL_ERRORS,
     Objective,
     TrialReport,
+    build_structure,
+    calibration_inputs,
+    deployable_onnx,
+    estimate_candidate,
 )
-from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
+from autocompress.transforms import find_channel_groups, sparsifiable_layers
 
 __all__ = ["PickResult", "load_front", "pick", "search"]
 
@@ -87,18 +92,23 @@ def _measurer(profile: HardwareProfile) -> Any:
     return measure
 
 
-def local_profile(threads: int) -> Path:
-    """This CPU's ONNX Runtime profile, measured once and cached."""
+def local_profile(threads: int, precisions: tuple[str, ...] = ("fp32",)) -> Path:
+    """This CPU's ONNX Runtime profile (kernels at ``precisions``), measured once and
+    cached."""
     backend = get_backend("onnxruntime", threads=threads)
-    key = hashlib.sha256(repr((describe_device(), backend.version(), backend.settings(),
-                               GRID_NAME)).encode()).hexdigest()[:12]
+    precisions = tuple(sorted(set(precisions) | {"fp32"}))
+    material: tuple[Any, ...] = (describe_device(), backend.version(), backend.settings(),
+                                 GRID_NAME)
+    if precisions != ("fp32",):
+        material += (precisions,)
+    key = hashlib.sha256(repr(material).encode()).hexdigest()[:12]
     path = cache_dir("profiles") / f"onnxruntime-t{threads}-{key}.json"
     if path.is_file():
         return path
-    _logger.info("profiling this CPU with ONNX Runtime (%d thread(s)); done once, cached at %s",
-                 threads, path)
+    _logger.info("profiling this CPU with ONNX Runtime (%d thread(s), %s); done once, cached "
+                 "at %s", threads, "+".join(precisions), path)
     start = time.perf_counter()
-    profile_backend(backend, path)
+    profile_backend(backend, path, precisions=precisions)
     _logger.info("profiled in %.0f s", time.perf_counter() - start)
     return path
 
@@ -124,10 +134,19 @@ def _input_shape_check(data: DataSplit, shape: tuple[int, int, int, int] | None)
     return data.resized(shape[2], shape[3])
 
 
-def _uniform_params(bound: BoundSpace, ratio: float) -> dict[str, Any]:
-    """Parameters putting every channel group at the allowed value nearest below ``ratio``
-    and every sparsity at its smallest allowed value."""
+def _uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32"
+                    ) -> dict[str, Any]:
+    """Parameters putting every channel group at the allowed value nearest below ``ratio``,
+    every sparsity at its smallest allowed value and every layer at ``precision`` where
+    allowed (post-training quantization)."""
     params: dict[str, Any] = {}
+    if bound.student_space is not None:
+        params[KIND_PARAM] = "compressed"
+    for c in bound.precision_params:
+        if c.param is not None:
+            params[c.param] = precision if precision in c.choices else c.choices[0]
+    if bound.method_param is not None and bound.method_param.param is not None:
+        params[bound.method_param.param] = "ptq"
     for p in bound.channel_params:
         if p.param is None:
             continue
@@ -140,19 +159,29 @@ def _uniform_params(bound: BoundSpace, ratio: float) -> dict[str, Any]:
     return params
 
 
-def _pruned_onnx(baseline: torch.nn.Module, candidate: Candidate,
-                 input_shape: tuple[int, ...]) -> bytes:
-    """The ONNX structure of ``baseline`` with ``candidate``'s channels pruned (sparsity does
-    not change the dense structure, so it is left out)."""
-    module = copy.deepcopy(baseline).eval()
-    x = torch.zeros(input_shape)
-    prune_channels(module, candidate, x)
-    return export_onnx(module, x)
+def _structure(prepared: _Prepared, candidate: Candidate) -> bytes:
+    """The fp32 ONNX structure of ``candidate`` (sparsity does not change the dense
+    structure; precisions are applied by the estimate or by quantization)."""
+    module, _ = build_structure(prepared.baseline, candidate, prepared.data)
+    return export_onnx(module, torch.zeros(prepared.data.input_shape))
 
 
 def _estimate(prepared: _Prepared, candidate: Candidate) -> float:
-    onnx_bytes = _pruned_onnx(prepared.baseline, candidate, prepared.data.input_shape)
-    return prepared.latency_model.estimate(onnx_bytes).latency_ms
+    return estimate_candidate(prepared.latency_model, _structure(prepared, candidate),
+                              candidate)[0]
+
+
+def _fastest_estimate(prepared: _Prepared) -> float:
+    """The lowest estimate the space allows: smallest keep ratios at each offered precision,
+    and the smallest student."""
+    estimates = []
+    if prepared.bound.compresses or prepared.bound.student_space is None:
+        estimates += [_estimate(prepared, prepared.bound.extreme("min", precision))
+                      for precision in sorted(prepared.bound.space.precisions)]
+    if prepared.bound.student_space is not None:
+        estimates += [_estimate(prepared, Candidate(student=plan.to_dict()))
+                      for plan in prepared.bound.student_space.smallest()]
+    return min(estimates)
 
 
 _HEARTBEAT_S = 5
@@ -198,8 +227,10 @@ def _make_sampler(kind: str, seed: int, trials: int) -> optuna.samplers.BaseSamp
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials)))
+    # group=True: with students in the space, parameters are conditional on the kind
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=max(3, min(10, trials // 3)), multivariate=True)
+        seed=seed, n_startup_trials=max(3, min(10, trials // 3)), multivariate=True,
+        group=True)
 
 
 def _open_study(storage: optuna.storages.BaseStorage, name: str, seed: int,
@@ -253,6 +284,14 @@ def search(config: SearchConfig) -> ParetoFront:
     profile_copy = folder.path / "profile.json"
     space_src = Path(config.space) if config.space else DEFAULT_SPACE_PATH
     space = SearchSpace.from_yaml(space_src)
+    if space.students is not None:
+        # students train from scratch: the finetune's steps and batch, the baseline's
+        # learning rate with a warm-up, early stopping on a holdout of the training data
+        space = dataclasses.replace(space, students=space.students.with_training(
+            TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
+                          lr=BASELINE_TRAINING.lr, warmup_steps=config.finetune_steps // 10,
+                          weight_decay=BASELINE_TRAINING.weight_decay),
+            EarlyStopping()))
     spec = resolve_model(config.model)
     data = load_data(config.data, seed=config.seed)
     if spec.fixed_in_channels is not None:
@@ -263,11 +302,13 @@ def search(config: SearchConfig) -> ParetoFront:
     elif resuming and profile_copy.is_file():
         profile_src = profile_copy
     else:
-        profile_src = local_profile(config.threads)
+        profile_src = local_profile(config.threads, tuple(sorted(space.precisions)))
     profile = HardwareProfile.load(profile_src)
     if profile.batch_size != 1:
         raise ProfileError(f"{profile_src} was measured at batch size {profile.batch_size}; "
                            "searches estimate batch size 1")
+    space.check_precisions(profile.precisions, f"the profile {profile_src} "
+                           f"({profile.describe()})")
 
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise CheckpointError(f"checkpoint {config.checkpoint} does not exist")
@@ -290,7 +331,7 @@ def search(config: SearchConfig) -> ParetoFront:
     x = torch.zeros(data.input_shape)
     groups = find_channel_groups(baseline.module, x)
     bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module))
-    if not bound.distributions:
+    if not bound.distributions and bound.student_space is None:
         raise RunError(f"the search space {space_src} leaves nothing to search for this model")
 
     raw = _Prepared(data, baseline.module, bound, LatencyModel(profile))
@@ -299,8 +340,7 @@ def search(config: SearchConfig) -> ParetoFront:
                                baseline.source, ident, space_src)
         calibrated = raw.latency_model.calibrated(info["calibration"]["scale"],
                                                   info["calibration"]["offset_ms"])
-        fastest = _estimate(_Prepared(data, baseline.module, bound, calibrated),
-                            bound.extreme("min"))
+        fastest = _fastest_estimate(_Prepared(data, baseline.module, bound, calibrated))
         info["fastest_estimate_ms"] = fastest
         if fastest > info["budget"]["latency_ms"]:
             raise BudgetError(
@@ -328,10 +368,15 @@ def search(config: SearchConfig) -> ParetoFront:
 
     measurer = _measurer(profile) if _is_local(profile) else None
     if not study.trials:
-        seed_params = _seed_trial(prepared, budget_ms, measurer)
-        if seed_params:  # skip_if_exists: workers starting together enqueue it once
-            study.enqueue_trial(seed_params, user_attrs={"seeded": "uniform keep ratio"},
-                                skip_if_exists=True)
+        # what a user would do by hand: uniform pruning (and, where the space quantizes,
+        # uniform pruning quantized all-int8) that fits the budget
+        for precision in ("fp32", "int8"):
+            if precision not in space.precisions:
+                continue
+            seed_params = _seed_trial(prepared, budget_ms, measurer, precision)
+            if seed_params:  # skip_if_exists: workers starting together enqueue it once
+                study.enqueue_trial(seed_params, user_attrs={
+                    "seeded": f"uniform keep ratio, {precision}"}, skip_if_exists=True)
 
     started = time.perf_counter()
     done_at_start = len(_finetuned(study))
@@ -424,8 +469,7 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
         keeps = [1.0]
         if config.calibrate:
             for ratio in _CALIBRATION_RATIOS[1:]:
-                models.append(_pruned_onnx(raw.baseline, raw.bound.uniform(ratio),
-                                           raw.data.input_shape))
+                models.append(_structure(raw, raw.bound.uniform(ratio)))
                 keeps.append(ratio)
         results = backend.measure_many(models, _BASELINE_MEASURE, rounds=3)
         measured = results[0]
@@ -480,24 +524,26 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
     }
 
 
-def _seed_trial(prepared: _Prepared, budget_ms: float,
-                measure: Any = None) -> dict[str, Any] | None:
-    """Parameters of the uniform pruning (same keep ratio everywhere) that fits closest below
-    the budget: what a user would try by hand, as the first trial. As in the objective, a
-    candidate whose estimate is within 10% of the budget is measured when ``measure`` is
-    given (the profile is of this machine)."""
+def _seed_trial(prepared: _Prepared, budget_ms: float, measure: Any = None,
+                precision: str = "fp32") -> dict[str, Any] | None:
+    """Parameters of the uniform pruning (same keep ratio everywhere, every layer at
+    ``precision``) that fits closest below the budget: what a user would try by hand, as a
+    first trial. As in the objective, a candidate whose estimate is within 10% of the budget
+    is measured when ``measure`` is given (the profile is of this machine)."""
     channel = [p for p in prepared.bound.channel_params if p.param is not None]
     if not channel:
         return None
     ratios = sorted({v for p in channel for v in p.value.grid()}, reverse=True)
+    calibration = None
     for ratio in ratios:
-        params = _uniform_params(prepared.bound, ratio)
-        structure = _pruned_onnx(prepared.baseline,
-                                 prepared.bound.candidate_from_params(params),
-                                 prepared.data.input_shape)
-        latency = prepared.latency_model.estimate(structure).latency_ms
+        params = _uniform_params(prepared.bound, ratio, precision)
+        candidate = prepared.bound.candidate_from_params(params)
+        structure = _structure(prepared, candidate)
+        latency = estimate_candidate(prepared.latency_model, structure, candidate)[0]
         if measure is not None and abs(latency - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms:
-            latency = measure(structure)
+            if calibration is None:
+                calibration = calibration_inputs(prepared.data, 32)
+            latency = measure(deployable_onnx(structure, candidate, calibration))
         if latency <= budget_ms:
             return params
     return None
@@ -562,17 +608,25 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                              measured)
                 continue
         out = Path(export_dir)
+        extra: dict[str, Any] = {}
+        if member.candidate.quantized_layers:
+            from autocompress.transforms import exported_precisions
+
+            # what the exported graph really runs, read back from it
+            extra["exported_precisions"] = exported_precisions(onnx_bytes)
         write_bytes_atomic(out / "model.onnx", onnx_bytes)
         write_text_atomic(out / "candidate.json", member_json(
             member, measured_latency_ms=measured,
             latency_measured_on=profile.describe() if measured is not None else None,
             latency_budget_ms=latency_budget_ms, run=str(folder.path),
             model=folder.info.get("model"), input_shape=folder.info.get("input_shape"),
-            num_classes=folder.info.get("num_classes")) + "\n")
+            num_classes=folder.info.get("num_classes"), **extra) + "\n")
         note = (f"measured {measured:.3f} ms" if measured is not None
                 else "not measured: the profile is of another device")
+        what = member.kind + (f" {member.family}" if member.family else "")
         return PickResult(member, measured, tuple(tried), out,
-                          f"picked trial {member.trial}: accuracy {member.accuracy:.4f}, "
+                          f"picked trial {member.trial} ({what}, {member.precision}): "
+                          f"accuracy {member.accuracy:.4f}, "
                           f"predicted {member.predicted_latency_ms:.3f} ms, {note} "
                           f"(budget {latency_budget_ms:.3f} ms)")
     fastest = front.fastest()

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from autocompress.exceptions import AutocompressError
@@ -71,8 +72,18 @@ def estimate_latency(
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
     x = torch.zeros(shape)
-    if chosen is not None:
+    if chosen is not None and chosen.student is not None:
+        from autocompress.space._students import StudentPlan
+
+        module = StudentPlan.from_dict(chosen.student).student.build(num_classes, shape[1]).eval()
+    elif chosen is not None:
         module = compress(module, chosen, x).finalize()
     what = model + (f" compressed as {candidate}" if chosen is not None else "")
-    estimate = LatencyModel(loaded).estimate(export_onnx(module, x))
+    structure = onnx.load_from_string(export_onnx(module, x))
+    precisions = None
+    if chosen is not None and chosen.quantized_layers:
+        from autocompress.transforms import node_precisions
+
+        precisions = node_precisions(structure, chosen.precision)
+    estimate = LatencyModel(loaded).estimate(structure, precisions=precisions)
     return ModelEstimate(estimate, loaded, shape, what)

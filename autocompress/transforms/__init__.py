@@ -1,4 +1,4 @@
-"""Compression transforms: channel pruning and unstructured sparsity."""
+"""Compression transforms: channel pruning, unstructured sparsity and mixed precision."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ from autocompress.transforms._channels import (
     kept_channels,
     prune_channels,
 )
+from autocompress.transforms._qat import QatHandle, finish_qat, fold_batchnorms, prepare_qat
+from autocompress.transforms._quantize import (
+    PRECISIONS,
+    Precision,
+    exported_precisions,
+    node_precisions,
+    onnx_accuracy,
+    onnx_layer_nodes,
+    quantize_onnx,
+)
 from autocompress.transforms._sparsity import (
     apply_sparsity,
     make_sparsity_permanent,
@@ -24,15 +34,26 @@ from autocompress.transforms._sparsity import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "ChannelGroup",
     "CompressedModel",
+    "Precision",
+    "QatHandle",
     "apply_sparsity",
     "classifier_layer",
     "compress",
+    "exported_precisions",
     "find_channel_groups",
+    "finish_qat",
+    "fold_batchnorms",
     "kept_channels",
     "make_sparsity_permanent",
+    "node_precisions",
+    "onnx_accuracy",
+    "onnx_layer_nodes",
+    "prepare_qat",
     "prune_channels",
+    "quantize_onnx",
     "sparsifiable_layers",
     "weight_sparsity",
 ]

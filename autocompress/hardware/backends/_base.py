@@ -109,6 +109,12 @@ class Backend(ABC):
     def version(self) -> str:
         """Version of the runtime library."""
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this backend really executes, always ``fp32`` first: only these
+        can be profiled. A precision it would run by converting back to fp32 is not one."""
+        return ("fp32",)
+
     @abstractmethod
     def settings(self) -> dict[str, Any]:
         """Settings that change latency (threads, provider, optimization level...)."""

@@ -61,6 +61,16 @@ class OnnxRuntimeBackend(Backend):
         return str(_ort().__version__)
 
     @property
+    def precisions(self) -> tuple[str, ...]:
+        """CPU: fp32 and int8 (QDQ graphs run as QLinearConv, QGemm, QLinearAdd... with
+        uint8 activations). fp16 is not offered on CPU: ONNX Runtime's x86 CPU provider
+        inserts casts and runs fp16 graphs in fp32, so there is no fp16 kernel to measure.
+        CUDA: fp32, fp16 and int8."""
+        if self.device == "cuda":
+            return ("fp32", "fp16", "int8")
+        return ("fp32", "int8")
+
+    @property
     def providers(self) -> list[str]:
         if self.device == "cuda":
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -265,6 +265,14 @@ class TvmBackend(Backend):
     def version(self) -> str:
         return str(_tvm().__version__)
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """fp32 only. TVM's Relax ONNX frontend imports a QDQ graph as quantize/dequantize
+        operators around fp32 convolutions (it has no QLinearConv and this backend runs no
+        quantization pass), so an int8 graph would be measured as fake quantization slower
+        than fp32, not as int8 kernels; fp16 on CUDA targets is not verified here."""
+        return ("fp32",)
+
     def settings(self) -> dict[str, Any]:
         rpc = None if self.rpc_address is None else "{}:{}".format(*self.rpc_address)
         return {
