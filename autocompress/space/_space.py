@@ -327,51 +327,44 @@ class BoundSpace:
         )
 
 
-def _assign(
-    rules: Sequence[Rule], targets: Sequence[str], prefix: str, source: str
-) -> tuple[_Param, ...]:
-    params: list[_Param] = []
+def _match(rules: Sequence[Rule] | Sequence[ChoiceRule], targets: Sequence[str],
+           prefix: str, source: str) -> list[tuple[str, str | None, Any]]:
+    """(target, Optuna parameter name or None when fixed, rule) for every target the first
+    matching rule takes; rules matching nothing are logged."""
+    out: list[tuple[str, str | None, Any]] = []
     used: set[int] = set()
     for target in targets:
         for index, rule in enumerate(rules):
             if fnmatch.fnmatchcase(target, rule.match):
                 used.add(index)
-                if rule.value.is_fixed:
+                fixed = (rule.value.is_fixed if isinstance(rule, Rule)
+                         else len(rule.choices) == 1)
+                if fixed:
                     name = None
                 elif rule.shared:
                     name = f"{prefix}/{rule.name or f'rule{index}'}"
                 else:
                     name = f"{prefix}/{target}"
-                params.append(_Param(target=target, param=name, value=rule.value))
+                out.append((target, name, rule))
                 break
     for index, rule in enumerate(rules):
         if index not in used:
             _logger.warning("%s: %s rule %r matches no layer of this model", source, prefix,
                             rule.match)
-    return tuple(params)
+    return out
+
+
+def _assign(
+    rules: Sequence[Rule], targets: Sequence[str], prefix: str, source: str
+) -> tuple[_Param, ...]:
+    return tuple(_Param(target=target, param=name, value=rule.value)
+                 for target, name, rule in _match(rules, targets, prefix, source))
 
 
 def _assign_choices(rules: Sequence[ChoiceRule], targets: Sequence[str], source: str
                     ) -> tuple[_ChoiceParam, ...]:
-    params: list[_ChoiceParam] = []
-    used: set[int] = set()
-    for target in targets:
-        for index, rule in enumerate(rules):
-            if fnmatch.fnmatchcase(target, rule.match):
-                used.add(index)
-                if len(rule.choices) == 1:
-                    name = None
-                elif rule.shared:
-                    name = f"precision/{rule.name or f'rule{index}'}"
-                else:
-                    name = f"precision/{target}"
-                params.append(_ChoiceParam(target=target, param=name, choices=rule.choices))
-                break
-    for index, rule in enumerate(rules):
-        if index not in used:
-            _logger.warning("%s: precision rule %r matches no layer of this model", source,
-                            rule.match)
-    return tuple(params)
+    return tuple(_ChoiceParam(target=target, param=name, choices=rule.choices)
+                 for target, name, rule in _match(rules, targets, "precision", source))
 
 
 def _parse_choices(raw: Any, where: str, allowed: Sequence[str]) -> tuple[str, ...]:
