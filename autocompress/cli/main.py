@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, required=True, help="folder for model.onnx and "
                    "candidate.json")
     p.add_argument("--storage", help="storage URL, if the run used one")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="train the picked model again, the search's way, for this many steps "
+                        "before export (the search's short finetune ranks candidates; a "
+                        "deployed model deserves longer; default: 0, export as searched)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="the baseline checkpoint the run searched from, for --finetune-steps "
+                        "(default: the one run.json names)")
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run")
     r.add_argument("run", type=Path)
@@ -186,7 +193,8 @@ def _front(args: argparse.Namespace) -> int:
 def _pick(args: argparse.Namespace) -> int:
     from autocompress.study import pick
 
-    result = pick(args.run, args.latency_budget_ms, args.export, storage=args.storage)
+    result = pick(args.run, args.latency_budget_ms, args.export, storage=args.storage,
+                  finetune_steps=args.finetune_steps, checkpoint=args.checkpoint)
     for trial, predicted, measured in result.tried:
         print(f"trial {trial}: predicted {predicted:.3f} ms, measured {measured:.3f} ms")
     print(result.message)

@@ -29,8 +29,9 @@ from autocompress.transforms import (
     weight_sparsity,
 )
 
-__all__ = ["CONSTRAINT", "NEAR_BUDGET_MARGIN", "TRIAL_ERRORS", "Objective", "TrialReport",
-           "build_structure", "deployable_onnx", "estimate_candidate"]
+__all__ = ["CONSTRAINT", "NEAR_BUDGET_MARGIN", "TRIAL_ERRORS", "Deployed", "Objective",
+           "TrainOutcome", "TrialReport", "build_structure", "deploy_candidate",
+           "deployable_onnx", "estimate_candidate", "train_candidate"]
 
 _logger = logging.getLogger(__name__)
 
@@ -187,21 +188,18 @@ class Objective:
         if within:
             steps = self._train(trial, module, candidate)
         t_train = time.perf_counter()
-        float_accuracy = evaluate_accuracy(module, self.data.val_x, self.data.val_y)
-        fp32_onnx = export_onnx(module, x)
-        deployed = fp32_onnx
-        accuracy = float_accuracy
-        if within and candidate.quantized_layers:
-            from autocompress.transforms import onnx_accuracy
-
-            deployed = deployable_onnx(fp32_onnx, candidate, self.calibration)
-            accuracy = onnx_accuracy(deployed, self.data.val_x.numpy(),
-                                     self.data.val_y.numpy())
-            trial.set_user_attr("float_accuracy", float_accuracy)
+        if within:
+            result = deploy_candidate(module, candidate, self.data, lambda: self.calibration)
+            deployed, accuracy = result.onnx, result.accuracy
+            if result.accuracy_source == "onnxruntime":
+                trial.set_user_attr("float_accuracy", result.float_accuracy)
+            trial.set_user_attr("accuracy_source", result.accuracy_source)
+        else:   # not trained: the untrained float model's accuracy, as a record only
+            deployed = export_onnx(module, x)
+            accuracy = evaluate_accuracy(module, self.data.val_x, self.data.val_y)
+            trial.set_user_attr("accuracy_source", "torch")
         stats = model_stats(module, x, deployed)
         trial.set_user_attr("accuracy", accuracy)
-        trial.set_user_attr("accuracy_source", "onnxruntime" if deployed is not fp32_onnx
-                            else "torch")
         trial.set_user_attr("finetuned", within)
         trial.set_user_attr("finetune_steps", steps)
         trial.set_user_attr("sparsity", weight_sparsity(module))
@@ -225,48 +223,99 @@ class Objective:
     def _train(self, trial: optuna.Trial, module: nn.Module, candidate: Candidate) -> int:
         """Train ``module`` in place (finetune or distillation); returns the steps run."""
         settings = TrainSettings(**{**self.finetune.__dict__, "seed": trial.number})
+        if candidate.student is not None and self._teacher_logits is None:
+            self._teacher_logits = teacher_logits_once(self.baseline, self.data, candidate)
+        outcome = train_candidate(module, candidate, self.data, settings,
+                                  teacher=self.baseline, teacher_logits=self._teacher_logits)
         if candidate.student is not None:
-            return self._distill(trial, module, candidate, settings)
-        apply_sparsity(module, candidate.sparsity)
-        int8 = [name for name, p in candidate.precision.items() if p == "int8"]
-        if candidate.quantization == "qat" and int8:
-            from autocompress.transforms import finish_qat, prepare_qat
+            trial.set_user_attr("stopped_early", outcome.stopped_early)
+        return outcome.steps
 
-            # the zeros are fixed first, then kept zero while fake quantization trains
-            make_sparsity_permanent(module)
-            masks = {name: m.weight.detach() != 0 for name, m in module.named_modules()
-                     if name in candidate.sparsity and candidate.sparsity[name] > 0}
-            handle = prepare_qat(module, int8, self.example_input)
-            settings = TrainSettings(**{**settings.__dict__,
-                                        "lr": settings.lr * QAT_LR_FACTOR})
-            train(module, self.data.train_x, self.data.train_y, settings,
-                  on_step=lambda _step, _loss: _reapply(module, masks))
-            finish_qat(handle)
-            _reapply(module, masks)
-        else:
-            train(module, self.data.train_x, self.data.train_y, settings)
-            make_sparsity_permanent(module)
-        return settings.steps
 
-    def _distill(self, trial: optuna.Trial, module: nn.Module, candidate: Candidate,
-                 settings: TrainSettings) -> int:
-        from autocompress.evaluation import distill, teacher_logits_for
+@dataclass(frozen=True)
+class TrainOutcome:
+    steps: int
+    stopped_early: bool = False
+
+
+def teacher_logits_once(teacher: nn.Module, data: DataSplit, candidate: Candidate
+                        ) -> torch.Tensor | None:
+    """The teacher's logits on the training split, when the student's distillation can use
+    them cached (no hint on intermediate features); else None."""
+    from autocompress.evaluation import teacher_logits_for
+    from autocompress.space._students import StudentPlan
+
+    if StudentPlan.from_dict(candidate.student or {}).distill.needs_teacher_per_batch:
+        return None
+    return teacher_logits_for(teacher, data.train_x, batch_size=500)
+
+
+def train_candidate(module: nn.Module, candidate: Candidate, data: DataSplit,
+                    settings: TrainSettings, *, teacher: nn.Module,
+                    teacher_logits: torch.Tensor | None = None) -> TrainOutcome:
+    """Train ``module`` (built by :func:`build_structure`) in place the way the search does.
+
+    Compressed candidates: sparsity masks applied, finetune (quantization-aware, at
+    ``QAT_LR_FACTOR`` of the learning rate, when int8 layers use ``qat``), masks made
+    permanent. Students: distillation from ``teacher`` with the plan's settings, for
+    ``settings.steps`` steps seeded by ``settings.seed``.
+    """
+    if candidate.student is not None:
+        from autocompress.evaluation import distill
         from autocompress.space._students import StudentPlan
 
-        plan = StudentPlan.from_dict(candidate.student or {})
-        # the plan's training budget, seeded per trial like a finetune
+        plan = StudentPlan.from_dict(candidate.student)
         distill_settings = replace(plan.distill, training=replace(
-            plan.distill.training, seed=settings.seed))
-        logits = None
-        if not distill_settings.needs_teacher_per_batch:
-            if self._teacher_logits is None:
-                self._teacher_logits = teacher_logits_for(self.baseline, self.data.train_x,
-                                                          batch_size=500)
-            logits = self._teacher_logits
-        result = distill(module, self.baseline, self.data.train_x, self.data.train_y,
-                         distill_settings, teacher_logits=logits)
-        trial.set_user_attr("stopped_early", bool(result.stopped_early))
-        return int(result.steps)
+            plan.distill.training, steps=settings.steps, seed=settings.seed))
+        result = distill(module, teacher, data.train_x, data.train_y, distill_settings,
+                         teacher_logits=None if distill_settings.needs_teacher_per_batch
+                         else teacher_logits)
+        return TrainOutcome(int(result.steps), bool(result.stopped_early))
+    apply_sparsity(module, candidate.sparsity)
+    int8 = [name for name, p in candidate.precision.items() if p == "int8"]
+    if candidate.quantization == "qat" and int8:
+        from autocompress.transforms import finish_qat, prepare_qat
+
+        # the zeros are fixed first, then kept zero while fake quantization trains
+        make_sparsity_permanent(module)
+        masks = {name: m.weight.detach() != 0 for name, m in module.named_modules()
+                 if name in candidate.sparsity and candidate.sparsity[name] > 0}
+        handle = prepare_qat(module, int8, torch.zeros(data.input_shape))
+        settings = TrainSettings(**{**settings.__dict__, "lr": settings.lr * QAT_LR_FACTOR})
+        train(module, data.train_x, data.train_y, settings,
+              on_step=lambda _step, _loss: _reapply(module, masks))
+        finish_qat(handle)
+        _reapply(module, masks)
+    else:
+        train(module, data.train_x, data.train_y, settings)
+        make_sparsity_permanent(module)
+    return TrainOutcome(settings.steps)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A trained candidate as it runs on the device, and its validation accuracy."""
+
+    onnx: bytes
+    accuracy: float
+    float_accuracy: float
+    accuracy_source: str          # "torch" (fp32) or "onnxruntime" (the quantized model)
+
+
+def deploy_candidate(module: nn.Module, candidate: Candidate, data: DataSplit,
+                     calibration: Callable[[], np.ndarray]) -> Deployed:
+    """Export the trained ``module`` at the candidate's precisions and measure its accuracy
+    on the validation split: in torch for fp32, in ONNX Runtime for a quantized model.
+    ``calibration`` gives the int8 calibration samples (called only when needed)."""
+    float_accuracy = evaluate_accuracy(module, data.val_x, data.val_y)
+    fp32_onnx = export_onnx(module, torch.zeros(data.input_shape))
+    if not candidate.quantized_layers:
+        return Deployed(fp32_onnx, float_accuracy, float_accuracy, "torch")
+    from autocompress.transforms import onnx_accuracy
+
+    deployed = deployable_onnx(fp32_onnx, candidate, calibration())
+    return Deployed(deployed, onnx_accuracy(deployed, data.val_x.numpy(), data.val_y.numpy()),
+                    float_accuracy, "onnxruntime")
 
 
 def _reapply(module: nn.Module, masks: dict[str, torch.Tensor]) -> None:

@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -59,6 +59,9 @@ from autocompress.study._objective import (
     estimate_candidate,
 )
 from autocompress.transforms import find_channel_groups, sparsifiable_layers
+
+if TYPE_CHECKING:
+    from autocompress.study._refine import Refined
 
 __all__ = ["PickResult", "load_front", "pick", "search"]
 
@@ -502,6 +505,7 @@ def _first_run_info(config: SearchConfig, folder: RunFolder, profile: HardwarePr
         "identity": ident,
         "model": config.model,
         "data": config.data,
+        "checkpoint": str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
         "input_shape": list(raw.data.input_shape),
         "num_classes": raw.data.num_classes,
         "storage": redact_url(config.storage) if config.storage else None,
@@ -573,19 +577,28 @@ class PickResult:
     tried: tuple[tuple[int, float, float], ...]   # (trial, predicted, measured)
     export_dir: Path | None
     message: str
+    #: the picked member after ``pick(..., finetune_steps=N)``'s longer finetune
+    refined: Refined | None = None
 
 
 def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
-         storage: str | None = None) -> PickResult:
+         storage: str | None = None, finetune_steps: int = 0,
+         checkpoint: str | Path | None = None) -> PickResult:
     """Export the most accurate front member whose latency, re-measured on the real runtime,
     fits ``latency_budget_ms``.
 
     Members are tried most accurate first among those whose estimate fits; each is measured
     on the profile's backend. If the profile is of another device, the estimate is all
     there is: the pick is exported and the result says it was not measured.
+
+    With ``finetune_steps``, the picked member is rebuilt from the run's baseline (its
+    ``checkpoint``, when run.json does not name it) and trained that many steps the way the
+    search trained it; that model is exported, with its deployed accuracy, measured again.
     """
     if not latency_budget_ms > 0:
         raise BudgetError(f"--latency-budget-ms must be positive, got {latency_budget_ms}")
+    if finetune_steps < 0:
+        raise RunError(f"--finetune-steps must not be negative, got {finetune_steps}")
     folder = RunFolder.open(run)
     front = load_front(run, storage=storage)
     if not front.members:
@@ -609,6 +622,20 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                 continue
         out = Path(export_dir)
         extra: dict[str, Any] = {}
+        refined = None
+        if finetune_steps:
+            from autocompress.study._refine import finetune_member
+
+            refined = finetune_member(folder, member, finetune_steps, checkpoint=checkpoint)
+            onnx_bytes = refined.deployed.onnx
+            if backend is not None:   # the same graph: measured again, as exported
+                measured = backend.measure_many([onnx_bytes], _PICK_MEASURE,
+                                                rounds=3)[0].median_ms
+            extra.update(refined.stats)
+            extra.update(accuracy=refined.deployed.accuracy,
+                         accuracy_source=refined.deployed.accuracy_source,
+                         search_accuracy=member.accuracy,
+                         finetune_steps=refined.steps)
         if member.candidate.quantized_layers:
             from autocompress.transforms import exported_precisions
 
@@ -623,12 +650,16 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
             num_classes=folder.info.get("num_classes"), **extra) + "\n")
         note = (f"measured {measured:.3f} ms" if measured is not None
                 else "not measured: the profile is of another device")
+        if refined is not None and measured is not None and measured > latency_budget_ms:
+            note += " (over the budget on this re-measurement: noise on the same graph)"
         what = member.kind + (f" {member.family}" if member.family else "")
+        accuracy = (f"accuracy {member.accuracy:.4f}" if refined is None else
+                    f"accuracy {refined.deployed.accuracy:.4f} after {refined.steps} more "
+                    f"steps ({member.accuracy:.4f} in the search)")
         return PickResult(member, measured, tuple(tried), out,
                           f"picked trial {member.trial} ({what}, {member.precision}): "
-                          f"accuracy {member.accuracy:.4f}, "
-                          f"predicted {member.predicted_latency_ms:.3f} ms, {note} "
-                          f"(budget {latency_budget_ms:.3f} ms)")
+                          f"{accuracy}, predicted {member.predicted_latency_ms:.3f} ms, "
+                          f"{note} (budget {latency_budget_ms:.3f} ms)", refined)
     fastest = front.fastest()
     assert fastest is not None
     if tried:

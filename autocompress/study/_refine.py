@@ -1,0 +1,121 @@
+"""A longer finetune of a picked candidate, before it is exported.
+
+The search trains every candidate briefly: enough to rank them, not to deploy one. Once a
+member is picked, it is rebuilt from the run's baseline and trained again the search's way
+(same learning rate, sparsity, quantization method or distillation), for more steps; its
+accuracy is then measured on the model as deployed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autocompress.data import DataSplit, load_data
+from autocompress.evaluation import TrainSettings, model_stats
+from autocompress.exceptions import CheckpointError, RunError
+from autocompress.models import resolve_model
+from autocompress.space import SearchSpace
+from autocompress.study._baseline import prepare_baseline
+from autocompress.study._config import RunFolder, sha256_file
+from autocompress.study._front import FrontMember
+from autocompress.study._objective import (
+    Deployed,
+    build_structure,
+    calibration_inputs,
+    deploy_candidate,
+    teacher_logits_once,
+    train_candidate,
+)
+
+__all__ = ["Refined", "finetune_member"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A picked member after its longer finetune."""
+
+    deployed: Deployed
+    steps: int                 # steps run (a distillation may stop early)
+    stats: dict[str, Any]      # size, params, FLOPs, sparsity of the deployed model
+
+
+def _checkpoint(folder: RunFolder, given: str | Path | None) -> Path | None:
+    """The baseline checkpoint the run searched from: ``given``, else the one recorded in
+    run.json; checked against the sha256 the run recorded."""
+    expected = folder.info.get("identity", {}).get("checkpoint_sha256")
+    if given is None and folder.info.get("checkpoint"):
+        given = folder.info["checkpoint"]
+    if expected is None:
+        if given is not None:
+            raise RunError(f"{folder.path} searched from a baseline trained by autocompress, "
+                           f"not from a checkpoint; leave out --checkpoint {given}")
+        return None
+    if given is None:
+        raise RunError(f"{folder.path} searched from a checkpoint that run.json does not name; "
+                       "pass it with --checkpoint")
+    path = Path(given)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint "
+                              f"{folder.path} was searched from with --checkpoint")
+    if sha256_file(path) != expected:
+        raise CheckpointError(f"checkpoint {path} is not the one {folder.path} was searched "
+                              f"from (its sha256 differs); pass that one with --checkpoint")
+    return path
+
+
+def _data(folder: RunFolder) -> DataSplit:
+    from autocompress.study._search import _input_shape_check
+
+    info = folder.info
+    identity = info.get("identity", {})
+    spec = resolve_model(info["model"])
+    data = load_data(info["data"], seed=int(identity.get("seed", 0)))
+    if spec.fixed_in_channels is not None:
+        data = data.with_channels(spec.fixed_in_channels)
+    shape = identity.get("input_shape")
+    return _input_shape_check(data, tuple(shape) if shape else None)
+
+
+def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
+                    checkpoint: str | Path | None = None) -> Refined:
+    """Rebuild ``member`` from the baseline of the run in ``folder``, train it for ``steps``
+    steps the way the search trained it, and return the deployable model and its accuracy.
+
+    Raises :class:`FinetuneDivergedError` (nothing in the run is touched) when the loss
+    diverges, :class:`RunError` / :class:`CheckpointError` when the baseline cannot be had.
+    """
+    if steps < 1:
+        raise RunError(f"--finetune-steps must be at least 1, got {steps}")
+    info = folder.info
+    identity = info.get("identity", {})
+    if "model" not in info or "data" not in info:
+        raise RunError(f"{folder.run_json} does not say which model and data were searched")
+    path = _checkpoint(folder, checkpoint)
+    data = _data(folder)
+    baseline = prepare_baseline(resolve_model(info["model"]), data, checkpoint=path,
+                                seed=int(identity.get("seed", 0)))
+    candidate = member.candidate
+    module, _ = build_structure(baseline.module, candidate, data)
+    settings = TrainSettings(steps=steps, batch_size=int(identity.get("batch_size", 64)),
+                             lr=float(identity.get("finetune_lr", 0.01)), seed=member.trial)
+    logits = (teacher_logits_once(baseline.module, data, candidate)
+              if candidate.student is not None else None)
+    _logger.info("trial %d: finetuning for %d steps before export", member.trial, steps)
+    outcome = train_candidate(module, candidate, data, settings, teacher=baseline.module,
+                              teacher_logits=logits)
+    if outcome.stopped_early:
+        _logger.info("trial %d: distillation stopped early after %d steps", member.trial,
+                     outcome.steps)
+    space = SearchSpace.from_yaml(folder.path / "space.yaml")
+    samples = space.precision.calibration_samples if space.precision else 128
+    deployed = deploy_candidate(module, candidate, data,
+                                lambda: calibration_inputs(data, samples))
+    stats = model_stats(module, torch.zeros(data.input_shape), deployed.onnx).to_dict()
+    return Refined(deployed, outcome.steps, stats)
