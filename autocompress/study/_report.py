@@ -57,6 +57,8 @@ class _Picked:
     measured_on: str | None = None
     export: Path | None = None
     budget_ms: float | None = None
+    search_accuracy: float | None = None    # set when pick finetuned it again
+    finetune_steps: int | None = None
 
 
 def write_report(run: str | Path, out: str | Path | None = None, *,
@@ -119,7 +121,8 @@ def _from_export(folder: RunFolder) -> _Picked | None:
                    float(data["predicted_latency_ms"]), str(data.get("latency_source", "estimate")),
                    data["config"], None if measured is None else float(measured),
                    data.get("latency_measured_on"), path,
-                   data.get("latency_budget_ms"))
+                   data.get("latency_budget_ms"), data.get("search_accuracy"),
+                   data.get("finetune_steps"))
 
 
 # ------------------------------------------------------------------------------ sections
@@ -207,7 +210,10 @@ def _picked_section(front: ParetoFront, picked: _Picked | None,
     else:
         measured = "not measured; run autocompress pick"
     rows = [("trial", picked.trial), ("source", origin),
-            ("accuracy", _num(picked.accuracy, ".4f")),
+            ("accuracy", _num(picked.accuracy, ".4f") + (
+                "" if picked.search_accuracy is None else
+                f" after {picked.finetune_steps} finetune steps at pick "
+                f"({_num(picked.search_accuracy, '.4f')} in the search)")),
             ("predicted latency", f"{_ms(picked.predicted_latency_ms)} ({picked.latency_source})"),
             ("profile estimate", _ms(attrs.get("estimated_latency_ms",
                                                attrs.get("predicted_latency_ms")))),

@@ -18,7 +18,15 @@ from autocompress.hardware import MeasureSettings, get_backend
 from autocompress.hardware.kernels import KINDS
 from autocompress.hardware.profiler import default_grid, profile_backend
 from autocompress.space import DEFAULT_SPACE_PATH
-from autocompress.study import FrontMember, RunFolder, SearchConfig, load_front, pick, search
+from autocompress.study import (
+    FrontMember,
+    RunFolder,
+    SearchConfig,
+    load_front,
+    pick,
+    search,
+    write_report,
+)
 from autocompress.study._refine import finetune_member
 from autocompress.transforms import exported_precisions, onnx_accuracy
 
@@ -99,13 +107,14 @@ def test_a_quantized_member_finetuned_again_is_still_int8(mixed_run) -> None:
 
 
 def test_pick_with_finetune_steps_exports_the_retrained_model(mixed_run, tmp_path) -> None:
-    result = pick(mixed_run, 1000.0, tmp_path / "export", finetune_steps=12)
+    export = mixed_run.parent / "picked"    # beside the run: the report finds it there
+    result = pick(mixed_run, 1000.0, export, finetune_steps=12)
     assert result.member is not None and result.refined is not None
-    record = json.loads((tmp_path / "export" / "candidate.json").read_text())
+    record = json.loads((export / "candidate.json").read_text())
     assert record["finetune_steps"] == 12
     assert record["search_accuracy"] == pytest.approx(result.member.accuracy)
     assert record["accuracy"] == pytest.approx(result.refined.deployed.accuracy)
-    model = (tmp_path / "export" / "model.onnx").read_bytes()
+    model = (export / "model.onnx").read_bytes()
     assert model == result.refined.deployed.onnx
     assert record["size_bytes"] == len(model)
     # the accuracy written is the exported model's, whatever its precision
@@ -113,6 +122,8 @@ def test_pick_with_finetune_steps_exports_the_retrained_model(mixed_run, tmp_pat
     deployed = onnx_accuracy(model, data.val_x.numpy(), data.val_y.numpy())
     assert abs(record["accuracy"] - deployed) <= 1.0 / len(data.val_y)
     assert "more steps" in result.message
+    report = write_report(mixed_run, tmp_path / "report.html").read_text()
+    assert "after 12 finetune steps at pick" in report
 
 
 def test_pick_refuses_negative_finetune_steps(mixed_run, tmp_path) -> None:
