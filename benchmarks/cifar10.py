@@ -19,8 +19,8 @@ accuracy the pick had in the search, and the hypervolume of the search's front (
 latency, reference point: accuracy 0 at the budget; Optuna's own hypervolume). Results with
 date and machine go to benchmarks/results/cifar10.*.
 
-    python benchmarks/cifar10.py                 # the full run (about 45 min on 2 cores,
-                                                 # plus 80 min once to train the baseline)
+    python benchmarks/cifar10.py                 # the full run: 49 min on 2 cores from an
+                                                 # empty cache, 31 min with the baseline cached
     python benchmarks/cifar10.py --smoke         # a few minutes, to check it works
 """
 

@@ -651,11 +651,11 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         note = (f"measured {measured:.3f} ms" if measured is not None
                 else "not measured: the profile is of another device")
         if refined is not None and measured is not None and measured > latency_budget_ms:
-            note += " (over the budget on this re-measurement: noise on the same graph)"
+            note += " (over the budget on this re-measurement of the same graph)"
         what = member.kind + (f" {member.family}" if member.family else "")
         accuracy = (f"accuracy {member.accuracy:.4f}" if refined is None else
-                    f"accuracy {refined.deployed.accuracy:.4f} after {refined.steps} more "
-                    f"steps ({member.accuracy:.4f} in the search)")
+                    f"accuracy {refined.deployed.accuracy:.4f} after a {refined.steps}-step "
+                    f"finetune at pick ({member.accuracy:.4f} in the search)")
         return PickResult(member, measured, tuple(tried), out,
                           f"picked trial {member.trial} ({what}, {member.precision}): "
                           f"{accuracy}, predicted {member.predicted_latency_ms:.3f} ms, "

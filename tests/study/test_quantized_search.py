@@ -121,7 +121,7 @@ def test_pick_with_finetune_steps_exports_the_retrained_model(mixed_run, tmp_pat
     data = load_data("digits", seed=0)
     deployed = onnx_accuracy(model, data.val_x.numpy(), data.val_y.numpy())
     assert abs(record["accuracy"] - deployed) <= 1.0 / len(data.val_y)
-    assert "more steps" in result.message
+    assert "after a 12-step finetune at pick" in result.message
     report = write_report(mixed_run, tmp_path / "report.html").read_text()
     assert "after 12 finetune steps at pick" in report
 
