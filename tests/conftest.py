@@ -20,18 +20,32 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
-@pytest.fixture(scope="session")
-def small_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ONNX Runtime profile of this CPU over a thinned grid (a few seconds)."""
+def _thinned_profile(path: Path, *, per_kind: int, adaptive: int,
+                     precisions: tuple[str, ...] = ("fp32",)) -> Path:
+    """A real ONNX Runtime profile of this CPU over about ``per_kind`` kernels of each kind."""
     grid = default_grid()
     small = []
     for kind in KINDS:
         of_kind = [k for k in grid if k.kind == kind]
-        small.extend(of_kind[:: max(1, len(of_kind) // 6)])
-    path = tmp_path_factory.mktemp("profile") / "cpu.json"
-    profile_backend(get_backend("onnxruntime", threads=1), path, grid=small, rounds=1, adaptive=4,
+        small.extend(of_kind[:: max(1, len(of_kind) // per_kind)])
+    profile_backend(get_backend("onnxruntime", threads=1), path, grid=small, rounds=1,
+                    adaptive=adaptive, precisions=precisions,
                     settings=MeasureSettings(max_time_s=0.05, min_runs=10, round_runs=10))
     return path
+
+
+@pytest.fixture(scope="session")
+def small_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ONNX Runtime profile of this CPU over a thinned grid (a few seconds)."""
+    return _thinned_profile(tmp_path_factory.mktemp("profile") / "cpu.json", per_kind=6,
+                            adaptive=4)
+
+
+@pytest.fixture(scope="session")
+def small_int8_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, fp32 and int8 kernels, over a thinner grid."""
+    return _thinned_profile(tmp_path_factory.mktemp("profile") / "cpu-int8.json", per_kind=4,
+                            adaptive=0, precisions=("fp32", "int8"))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
@@ -107,3 +109,12 @@ def parse_value_spec(
             "{low, high[, step]} or {choices: [...]}"
         )
     return ValueSpec(fixed=check(_number(raw, where), ""))
+
+
+def check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse a YAML mapping with keys other than ``allowed``, naming them and the allowed."""
+    unknown = set(map(str, section)) - allowed
+    if unknown:
+        raise SearchSpaceError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(allowed)}"
+        )

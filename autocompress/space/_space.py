@@ -15,6 +15,7 @@ import yaml
 from autocompress.exceptions import SearchSpaceError
 from autocompress.space._candidate import PRECISIONS, Candidate, Importance
 from autocompress.space._distributions import ValueSpec, parse_value_spec
+from autocompress.space._distributions import check_keys as _check_keys
 
 __all__ = ["DEFAULT_SPACE_PATH", "KIND_PARAM", "SPACE_FORMAT_VERSION", "BoundSpace",
            "ChoiceRule", "PrecisionSpace", "Rule", "SearchSpace"]
@@ -403,30 +404,29 @@ def _parse_precision(raw: Any, where: str) -> PrecisionSpace | None:
     rules = []
     for i, item in enumerate(items):
         here = f"{where}.rules[{i}]"
-        if not isinstance(item, dict):
-            raise SearchSpaceError(f"{here}: expected a mapping with 'match' and 'precision'")
-        _check_keys(item, {"match", "precision", "shared", "name"}, here)
-        if not isinstance(item.get("match"), str) or not item["match"]:
-            raise SearchSpaceError(f"{here}.match: expected a layer-name pattern such as '*'")
-        if "precision" not in item:
-            raise SearchSpaceError(f"{here}: missing 'precision'")
-        shared = item.get("shared", False)
-        if not isinstance(shared, bool):
-            raise SearchSpaceError(f"{here}.shared: expected true or false, got {shared!r}")
-        name = item.get("name", "")
-        if not isinstance(name, str):
-            raise SearchSpaceError(f"{here}.name: expected a string")
+        shared, name = _rule_header(item, here, "precision")
         choices = _parse_choices(item["precision"], f"{here}.precision", PRECISIONS)
         rules.append(ChoiceRule(item["match"], choices, shared, name))
     return PrecisionSpace(tuple(rules), methods, samples)
 
 
-def _check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(map(str, section)) - allowed
-    if unknown:
-        raise SearchSpaceError(
-            f"{where}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(allowed)}"
-        )
+def _rule_header(item: Any, here: str, value_key: str) -> tuple[bool, str]:
+    """Check one rule's ``match``, ``shared`` and ``name`` (and that ``value_key`` is there);
+    returns (shared, name)."""
+    if not isinstance(item, dict):
+        raise SearchSpaceError(f"{here}: expected a mapping with 'match' and '{value_key}'")
+    _check_keys(item, {"match", value_key, "shared", "name"}, here)
+    if not isinstance(item.get("match"), str) or not item["match"]:
+        raise SearchSpaceError(f"{here}.match: expected a layer-name pattern such as '*'")
+    if value_key not in item:
+        raise SearchSpaceError(f"{here}: missing '{value_key}'")
+    shared = item.get("shared", False)
+    if not isinstance(shared, bool):
+        raise SearchSpaceError(f"{here}.shared: expected true or false, got {shared!r}")
+    name = item.get("name", "")
+    if not isinstance(name, str):
+        raise SearchSpaceError(f"{here}.name: expected a string")
+    return shared, name
 
 
 def _positive_int(raw: Any, where: str) -> int:
@@ -443,19 +443,7 @@ def _parse_rules(
     rules = []
     for i, item in enumerate(raw):
         here = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise SearchSpaceError(f"{here}: expected a mapping with 'match' and '{value_key}'")
-        _check_keys(item, {"match", value_key, "shared", "name"}, here)
-        if not isinstance(item.get("match"), str) or not item["match"]:
-            raise SearchSpaceError(f"{here}.match: expected a layer-name pattern such as '*'")
-        if value_key not in item:
-            raise SearchSpaceError(f"{here}: missing '{value_key}'")
-        shared = item.get("shared", False)
-        if not isinstance(shared, bool):
-            raise SearchSpaceError(f"{here}.shared: expected true or false, got {shared!r}")
-        name = item.get("name", "")
-        if not isinstance(name, str):
-            raise SearchSpaceError(f"{here}.name: expected a string")
+        shared, name = _rule_header(item, here, value_key)
         value = parse_value_spec(
             item[value_key], f"{here}.{value_key}", minimum=minimum, maximum=1.0,
             include_minimum=include_minimum,

@@ -61,6 +61,7 @@ from autocompress.models.students import (
     TorchvisionStudent,
     student_from_dict,
 )
+from autocompress.space._distributions import check_keys as _check_keys
 from autocompress.space._distributions import parse_value_spec
 
 __all__ = ["PLAN_FORMAT_VERSION", "STUDENT_PARAM_PREFIX", "StudentPlan", "StudentSpace",
@@ -231,14 +232,6 @@ def _name_dim(raw: object, where: str, param: str, allowed: Sequence[str]) -> _D
     if len(names) == 1:
         return _Dim(param, fixed=names[0])
     return _Dim(param, distribution=CategoricalDistribution(tuple(names)))
-
-
-def _check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(map(str, section)) - allowed
-    if unknown:
-        raise SearchSpaceError(
-            f"{where}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(allowed)}"
-        )
 
 
 # --- families ------------------------------------------------------------------------------

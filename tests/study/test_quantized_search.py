@@ -14,9 +14,6 @@ import pytest
 
 from autocompress.data import load_data
 from autocompress.exceptions import CheckpointError, RunError
-from autocompress.hardware import MeasureSettings, get_backend
-from autocompress.hardware.kernels import KINDS
-from autocompress.hardware.profiler import default_grid, profile_backend
 from autocompress.space import DEFAULT_SPACE_PATH
 from autocompress.study import (
     FrontMember,
@@ -35,27 +32,12 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @pytest.fixture(scope="module")
-def int8_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ONNX Runtime profile of this CPU, fp32 and int8, over a thinned grid."""
-    grid = default_grid()
-    small = []
-    for kind in KINDS:
-        of_kind = [k for k in grid if k.kind == kind]
-        small.extend(of_kind[:: max(1, len(of_kind) // 4)])
-    path = tmp_path_factory.mktemp("profile") / "cpu-int8.json"
-    profile_backend(get_backend("onnxruntime", threads=1), path, grid=small, rounds=1,
-                    adaptive=0, precisions=("fp32", "int8"),
-                    settings=MeasureSettings(max_time_s=0.05, min_runs=10, round_runs=10))
-    return path
-
-
-@pytest.fixture(scope="module")
-def mixed_run(int8_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_run(small_int8_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-trial mixed-precision search with a budget every candidate meets, so that the
     uniform all-int8 seed trial is finetuned and quantized."""
     out = tmp_path_factory.mktemp("mixed") / "run"
     search(SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
-                        profile=int8_profile, space=MIXED_SPACE, out=out,
+                        profile=small_int8_profile, space=MIXED_SPACE, out=out,
                         latency_budget_ms=1000.0))
     return out
 
