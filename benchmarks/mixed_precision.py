@@ -42,11 +42,10 @@ from autocompress.hardware import MeasureSettings, get_backend
 from autocompress.hardware.export import export_onnx
 from autocompress.hardware.profile import describe_device
 from autocompress.models import resolve_model
-from autocompress.space import Candidate
-from autocompress.study import RunFolder, load_front
+from autocompress.study import FrontMember, RunFolder, load_front
 from autocompress.study._baseline import prepare_baseline
 from autocompress.study._cache import cache_dir
-from autocompress.study._objective import build_structure
+from autocompress.transforms import compress
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "mixed_precision.yaml"
@@ -62,12 +61,16 @@ def run_cli(*argv: str) -> None:
         raise SystemExit(f"autocompress {argv[0]} exited with {code}")
 
 
-def finetuned_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+def finetuned_trials(run: Path) -> list[tuple[FrontMember, str]]:
+    """Every finetuned trial (as a front member would be), with how it was chosen."""
     folder = RunFolder.open(run)
-    study = optuna.load_study(study_name=folder.info.get("study", "autocompress"),
-                              storage=folder.storage_url())
-    return [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("finetuned")]
+    study = optuna.load_study(study_name=folder.run.study, storage=folder.storage_url())
+    found = []
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        member = FrontMember.from_trial(t)
+        if member is not None and member.record.finetuned:
+            found.append((member, str(t.user_attrs.get("seeded", "sampled"))))
+    return found
 
 
 def op_counts(model_bytes: bytes) -> dict[str, int]:
@@ -114,29 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     front_frame = pd.DataFrame([{**m.row(), "accuracy_source": m.accuracy_source}
                                 for m in front.members])
     trials = finetuned_trials(run)
-    kinds = collections.Counter(t.user_attrs["precision"] for t in trials)
+    kinds = collections.Counter(m.precision for m, _ in trials)
 
     # the most accurate all-int8 candidate against the fp32 export of its structure
-    int8 = max((t for t in trials if t.user_attrs["precision"] == "int8"),
-               key=lambda t: t.user_attrs["accuracy"], default=None)
+    int8, seeded = max(((m, how) for m, how in trials if m.precision == "int8"),
+                       key=lambda pair: pair[0].accuracy, default=(None, ""))
     int8_lines = ["- no all-int8 candidate was finetuned (none fit the budget)"]
     if int8 is not None:
-        candidate = Candidate.from_dict(int8.user_attrs["candidate"])
-        structure, _ = build_structure(baseline.module, candidate, data)
-        fp32_onnx = export_onnx(structure, x)
-        int8_onnx = (run / int8.user_attrs["artifact"]).read_bytes()
+        candidate = int8.candidate
+        fp32_onnx = compress(baseline.module, candidate, x).structure_onnx()
+        int8_onnx = (run / str(int8.artifact)).read_bytes()
         fp32_m, int8_m, base_m = backend.measure_many([fp32_onnx, int8_onnx, base_onnx],
                                                       MEASURE, rounds=5)
-        on_front = any(m.trial == int8.number for m in front.members)
+        on_front = any(m.trial == int8.trial for m in front.members)
+        float_accuracy = int8.record.float_accuracy or float("nan")
         int8_lines = [
-            f"- trial {int8.number} ({'on the front' if on_front else 'not on the front'}; "
-            f"{int8.user_attrs.get('seeded', 'sampled')}), method "
-            f"{candidate.quantization}, channel keep ratios "
+            f"- trial {int8.trial} ({'on the front' if on_front else 'not on the front'}; "
+            f"{seeded}), method {candidate.quantization}, channel keep ratios "
             f"{sorted(set(candidate.channel_keep.values()))}",
-            f"- ORT accuracy {int8.user_attrs['accuracy']:.4f} vs the fp32 finetuned model "
-            f"{int8.user_attrs['float_accuracy']:.4f} (difference "
-            f"{100 * (int8.user_attrs['accuracy'] - int8.user_attrs['float_accuracy']):+.2f} "
-            "points)",
+            f"- ORT accuracy {int8.accuracy:.4f} vs the fp32 finetuned model "
+            f"{float_accuracy:.4f} (difference "
+            f"{100 * (int8.accuracy - float_accuracy):+.2f} points)",
             f"- measured latency, same structure: int8 {int8_m.median_ms:.3f} ms, fp32 "
             f"{fp32_m.median_ms:.3f} ms: ratio int8/fp32 "
             f"{int8_m.median_ms / fp32_m.median_ms:.2f} (unpruned fp32 baseline "

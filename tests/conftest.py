@@ -1,4 +1,6 @@
-"""Shared fixtures: an isolated cache folder and a small real profile of this CPU."""
+"""Shared fixtures: an isolated cache folder, profiles of the deterministic synthetic backend
+(for everything whose outcome must not depend on this host's speed) and a small real profile
+of this CPU (for what only a real runtime can show)."""
 
 from __future__ import annotations
 
@@ -48,13 +50,34 @@ def small_int8_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             adaptive=0, precisions=("fp32", "int8"))
 
 
+def _synthetic_profile(path: Path, precisions: tuple[str, ...]) -> Path:
+    """A profile of the synthetic backend: its latencies are a fixed function of the graph
+    (scaled by ``AUTOCOMPRESS_SYNTHETIC_SCALE``), the same on every host."""
+    profile_backend(get_backend("synthetic"), path, rounds=1, precisions=precisions)
+    return path
+
+
 @pytest.fixture(scope="session")
-def digits_config(small_profile: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A small real search: resnet20 on scikit-learn digits (8x8), 3 trials."""
+def synthetic_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic backend's profile over the default grid, fp32."""
+    return _synthetic_profile(tmp_path_factory.mktemp("profile") / "synthetic.json", ("fp32",))
+
+
+@pytest.fixture(scope="session")
+def synthetic_int8_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic backend's profile over the default grid, fp32 and int8."""
+    return _synthetic_profile(tmp_path_factory.mktemp("profile") / "synthetic-int8.json",
+                              ("fp32", "int8"))
+
+
+@pytest.fixture(scope="session")
+def digits_config(synthetic_profile: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A small real search (training, export, accuracy) on a deterministic device: resnet20
+    on scikit-learn digits (8x8), 3 trials, latencies from the synthetic backend."""
     from autocompress.study import SearchConfig
 
     return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
-                        profile=small_profile, out=tmp_path_factory.mktemp("run") / "r1")
+                        profile=synthetic_profile, out=tmp_path_factory.mktemp("run") / "r1")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The base install is profile-only: profiling, measuring and the CLI work without torch."""
+"""The base install is profile-only: profiling, estimating from a profile, measuring and the
+CLI work without torch or scipy."""
 
 from __future__ import annotations
 
@@ -33,6 +34,25 @@ assert len(HardwareProfile.load(out).kernels) == 3
 open(out + ".onnx", "wb").write(kernel_graph(grid[0]))
 code = autocompress.cli.main.main(["measure", "--onnx", out + ".onnx", "--rounds", "1"])
 assert code == 0, code
+
+# the deterministic synthetic device: profile, estimate an ONNX file (the latency model's
+# non-negative least squares needs no scipy), measure it; both ways, the same latency
+import contextlib, io
+synthetic = out + ".synthetic.json"
+profile_backend(get_backend("synthetic", scale=1.0), synthetic, rounds=1, adaptive=0,
+                grid=grid + [Kernel("conv", 16, 8, 8, 8, kernel=3),
+                             Kernel("conv", 8, 8, 4, 4, kernel=3)])
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    assert autocompress.cli.main.main(["estimate", "--onnx", out + ".onnx",
+                                       "--profile", synthetic]) == 0
+    assert autocompress.cli.main.main(["measure", "--onnx", out + ".onnx", "--backend",
+                                       "synthetic", "--scale", "1", "--rounds", "1"]) == 0
+estimated, measured = (float(line.split(": ")[1].split(" ms")[0])
+                       for line in printed.getvalue().splitlines()[:2])
+assert abs(estimated - measured) <= 1e-3, printed.getvalue()  # both printed to 1 us
+assert "measured on synthetic" in printed.getvalue(), printed.getvalue()
+
 assert autocompress.cli.main.main(["search"]) == 2   # says which extra to install
 loaded = [m for m in BLOCKED if m in sys.modules]
 assert not loaded, loaded
@@ -47,7 +67,9 @@ def test_base_dependencies_hold_no_torch() -> None:
     assert any(d.startswith("torch==") for d in project["optional-dependencies"]["search"])
 
 
-def test_profiling_and_measuring_work_without_search_dependencies(tmp_path: Path) -> None:
+def test_profiling_estimating_and_measuring_work_without_search_dependencies(tmp_path: Path
+                                                                            ) -> None:
+    """torch and scipy (and the rest of the search extra) are blocked in the subprocess."""
     result = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "p.json")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from autocompress.exceptions import AutocompressError
 
@@ -134,14 +135,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _backend_options(parser: argparse.ArgumentParser) -> None:
-    from autocompress.hardware.backends import BACKENDS
+    from autocompress.hardware.backends import available_backends
 
-    parser.add_argument("--backend", default="onnxruntime", choices=list(BACKENDS))
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backend", default="onnxruntime", choices=available_backends(),
+                        help="default: onnxruntime; synthetic is a deterministic stand-in "
+                             "device for tests and CI")
+    parser.add_argument("--threads", type=int,
+                        help="onnxruntime, tvm: intra-op threads (default: 1)")
     parser.add_argument("--device", choices=["cpu", "cuda"],
-                        help="onnxruntime: cpu (default) or cuda (needs onnxruntime-gpu)")
+                        help="onnxruntime, tvm: cpu (default) or cuda (onnxruntime needs "
+                             "onnxruntime-gpu)")
     parser.add_argument("--target", help="tvm: llvm (default), arm, cuda, or a target JSON")
     parser.add_argument("--rpc", help="tvm: HOST:PORT of a TVM RPC server on the device")
+    parser.add_argument("--scale", type=_positive_float,
+                        help="synthetic: latency factor (default: "
+                             "$AUTOCOMPRESS_SYNTHETIC_SCALE, else 1)")
+
+
+def _backend_args(args: argparse.Namespace) -> dict[str, object]:
+    """The backend options given on the command line (``None``: the backend's default)."""
+    return {"threads": args.threads, "device": args.device, "target": args.target,
+            "rpc": args.rpc, "scale": args.scale}
 
 
 def _setup_logging(verbose: int) -> None:
@@ -211,17 +225,47 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(progress callback, close) for profiling: a tqdm bar where tqdm is installed, else a
+    counter line on stderr; nothing is shown before the first kernel is measured."""
+    shown: list[Any] = []  # the bar, once there is one
+
+    def advance(done: int, total: int) -> None:
+        if not shown:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a profile-only install
+                shown.append(None)
+            else:
+                shown.append(tqdm(desc="profiling", unit="kernel", file=sys.stderr))
+        bar = shown[0]
+        if bar is None:
+            if done % 25 == 0 or done == total:
+                print(f"\rprofiling: {done}/{total} kernels", end="", file=sys.stderr,
+                      flush=True)
+            return
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def close() -> None:
+        if shown and shown[0] is not None:
+            shown[0].close()
+        elif shown:
+            print(file=sys.stderr)
+
+    return advance, close
+
+
 def _profile(args: argparse.Namespace) -> int:
     from autocompress.hardware._tools import profile_device
 
-    def progress(done: int, total: int) -> None:
-        if done % 25 == 0 or done == total:
-            print(f"\rprofiling: {done}/{total} kernels", end="", file=sys.stderr, flush=True)
-
-    profile = profile_device(args.out, backend=args.backend, threads=args.threads,
-                             rounds=args.rounds, progress=progress, target=args.target,
-                             rpc=args.rpc, device=args.device, precisions=args.precisions)
-    print(file=sys.stderr)
+    progress, close = _progress_bar()
+    try:
+        profile = profile_device(args.out, backend=args.backend, rounds=args.rounds,
+                                 progress=progress, precisions=args.precisions,
+                                 **_backend_args(args))
+    finally:
+        close()
     unstable = sum(1 for k in profile.kernels if not k.latency.stable)
     print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "
           f"kernels did not settle within the time cap (spread recorded); "
@@ -255,12 +299,16 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
+    from autocompress.hardware import get_backend
     from autocompress.hardware._tools import measure_onnx
 
-    m = measure_onnx(args.onnx, backend=args.backend, threads=args.threads, rounds=args.rounds,
-                     target=args.target, rpc=args.rpc, device=args.device)
-    print(f"{args.onnx}: {m.median_ms:.3f} ms median (measured on {args.backend}, "
-          f"{args.threads} thread(s); quartiles {m.p25_ms:.3f}-{m.p75_ms:.3f} ms, {m.runs} runs"
+    backend = get_backend(args.backend, **_backend_args(args))
+    m = measure_onnx(args.onnx, backend=backend, rounds=args.rounds)
+    settings = backend.settings()
+    where = (f"{backend.name}, {settings['threads']} thread(s)" if "threads" in settings else
+             ", ".join([backend.name, *(f"{k} {v}" for k, v in settings.items())]))
+    print(f"{args.onnx}: {m.median_ms:.3f} ms median (measured on {where}; quartiles "
+          f"{m.p25_ms:.3f}-{m.p75_ms:.3f} ms, {m.runs} runs"
           f"{'' if m.stable else ', did not settle'})")
     return 0
 

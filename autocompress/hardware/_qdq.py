@@ -2,63 +2,32 @@
 back: the fp32 structure and node precisions of a QDQ model, to estimate it.
 
 The profiler measures a kernel in a precision on the graph a deployment would run, so the
-conversion is the one autocompress uses for models: ONNX Runtime's ``quantize_static``
-(QDQ format, per-channel int8 weights, uint8 activations) and ONNX Runtime's
-``convert_float_to_float16`` with float inputs and outputs. Both only rewrite the graph:
-their output is standard ONNX that any backend can load, which is why this converter lives
-beside the kernels and not under ``backends/``. They are imported lazily so that
+conversion is the one autocompress uses for models: for int8,
+:func:`~autocompress.hardware.quantization.quantize_static_int8` (ONNX Runtime's
+``quantize_static``, QDQ format, per-channel 7-bit int8 weights, uint8 activations), and ONNX
+Runtime's ``convert_float_to_float16`` with float inputs and outputs. Both only rewrite the
+graph: their output is standard ONNX that any backend can load, which is why this converter
+lives beside the kernels and not under ``backends/``. They are imported lazily so that
 ``import autocompress.hardware`` stays light and fp32 profiling does not load them.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from autocompress.exceptions import ExportError, MissingDependencyError
+from autocompress.hardware.quantization import quantize_static_int8
 
 __all__ = ["is_qdq", "quantize_qdq", "split_qdq", "to_fp16"]
 
 _logger = logging.getLogger(__name__)
 
 _CALIBRATION_BATCHES = 2
-
-
-class _PreprocessingHint(logging.Filter):
-    """Drops ONNX Runtime's advice to run its pre-processing, logged on the root logger at
-    every call: one-operator graphs need none (shapes are static, nothing to fold)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_preprocessing_hint() -> Iterator[None]:
-    root = logging.getLogger()
-    hint = _PreprocessingHint()
-    root.addFilter(hint)
-    try:
-        yield
-    finally:
-        root.removeFilter(hint)
-
-
-def _quantization() -> Any:
-    try:
-        from onnxruntime import quantization
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
-        raise MissingDependencyError(
-            "int8 graphs are built with ONNX Runtime's quantization tools: pip install "
-            "onnxruntime") from exc
-    return quantization
 
 
 def _float_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int]]]:
@@ -76,46 +45,23 @@ def _float_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int]]]:
 def quantize_qdq(model: onnx.ModelProto | bytes, *, nodes_to_exclude: Sequence[str] = (),
                  seed: int = 0, calibration: Sequence[dict[str, np.ndarray]] | None = None
                  ) -> bytes:
-    """``model`` quantized to int8 in QDQ format, as ONNX Runtime's ``quantize_static`` does
-    for deployment: per-channel int8 weights, uint8 activations, calibrated (min/max) on
+    """``model`` quantized to int8 in QDQ format exactly as models are for deployment
+    (:func:`~autocompress.hardware.quantization.quantize_static_int8`), calibrated on
     ``calibration`` batches (default: two batches of standard normal inputs from ``seed``).
 
     Nodes named in ``nodes_to_exclude`` stay fp32. Operators whose input is not quantized
     (a max pool reading the graph input) are quantized anyway, so that a one-operator graph
     runs the operator in int8 as it would inside an int8 model.
     """
-    quantization = _quantization()
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else model
     if calibration is None:
         rng = np.random.default_rng(seed)
         calibration = [{name: rng.standard_normal(shape).astype(np.float32)
                         for name, shape in _float_inputs(proto)}
                        for _ in range(_CALIBRATION_BATCHES)]
-    batches = list(calibration)
-
-    class _Reader(quantization.CalibrationDataReader):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    # quantize_static writes its result to a file, and given a ModelProto it rewrites that
-    # object's weights as external data in a temporary folder it then deletes: always hand
-    # it a file.
-    with tempfile.TemporaryDirectory(prefix="autocompress-qdq-") as folder:
-        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-        onnx.save(proto, source)
-        with _quiet_preprocessing_hint():
-            quantization.quantize_static(
-                str(source), str(target), _Reader(),
-                quant_format=quantization.QuantFormat.QDQ, per_channel=True,
-                activation_type=quantization.QuantType.QUInt8,
-                weight_type=quantization.QuantType.QInt8,
-                nodes_to_exclude=list(nodes_to_exclude),
-                extra_options={"ForceQuantizeNoInputCheck": True},
-            )
-        return target.read_bytes()
+    quantized = quantize_static_int8(proto, calibration, nodes_to_exclude=nodes_to_exclude,
+                                     quantize_latent_ops=True)
+    return quantized.SerializeToString()
 
 
 def to_fp16(model: onnx.ModelProto | bytes, *, nodes_to_exclude: Sequence[str] = ()

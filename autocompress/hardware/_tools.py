@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.exceptions import ExportError
-from autocompress.hardware.backends import LatencyMeasurement, MeasureSettings, get_backend
+from autocompress.hardware.backends import (
+    Backend,
+    LatencyMeasurement,
+    MeasureSettings,
+    get_backend,
+)
 from autocompress.hardware.profile import HardwareProfile
 
 __all__ = ["estimate_onnx", "measure_onnx", "profile_device"]
@@ -18,20 +23,20 @@ __all__ = ["estimate_onnx", "measure_onnx", "profile_device"]
 _MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
 
 
-def profile_device(out: str | Path, *, backend: str = "onnxruntime", threads: int = 1,
-                   rounds: int = 2, progress: Any = None,
+def profile_device(out: str | Path, *, backend: str = "onnxruntime",
+                   threads: int | None = None, rounds: int = 2, progress: Any = None,
                    precisions: Sequence[str] = ("fp32",),
-                   **backend_options: str | None) -> HardwareProfile:
+                   **backend_options: Any) -> HardwareProfile:
     """Measure this device's kernels with ``backend`` and save the profile to ``out``.
 
-    ``backend_options`` (``target``, ``rpc``) go to :func:`get_backend`; ``precisions``
-    (e.g. ``("fp32", "int8")``) must be among the backend's; an interrupted run resumes from
+    ``threads`` and ``backend_options`` (``device``, ``target``, ``rpc``, ``scale``...; ``None``
+    means the backend's default) go to :func:`get_backend`; ``precisions`` (e.g.
+    ``("fp32", "int8")``) must be among the backend's; an interrupted run resumes from
     ``out`` + ``.partial``.
     """
     from autocompress.hardware.profiler import profile_backend
 
-    options = {k: v for k, v in backend_options.items() if v is not None}
-    runner = get_backend(backend, threads=threads, **options)  # type: ignore[arg-type]
+    runner = get_backend(backend, threads=threads, **backend_options)
     return profile_backend(runner, out, rounds=rounds, progress=progress,
                            precisions=precisions)
 
@@ -43,11 +48,16 @@ def _read(onnx: str | Path) -> bytes:
     return path.read_bytes()
 
 
-def measure_onnx(onnx: str | Path, *, backend: str = "onnxruntime", threads: int = 1,
-                 rounds: int = 3, **backend_options: str | None) -> LatencyMeasurement:
-    """Measure an ONNX file on a backend: the median over ``rounds`` measurement rounds."""
-    options = {k: v for k, v in backend_options.items() if v is not None}
-    runner = get_backend(backend, threads=threads, **options)  # type: ignore[arg-type]
+def measure_onnx(onnx: str | Path, *, backend: str | Backend = "onnxruntime",
+                 threads: int | None = None, rounds: int = 3,
+                 **backend_options: Any) -> LatencyMeasurement:
+    """Measure an ONNX file on a backend (a name, with options as for
+    :func:`profile_device`, or a :class:`Backend`): the median over ``rounds`` measurement
+    rounds."""
+    if isinstance(backend, Backend):
+        runner = backend
+    else:
+        runner = get_backend(backend, threads=threads, **backend_options)
     return runner.measure_many([_read(onnx)], _MEASURE, rounds=rounds)[0]
 
 

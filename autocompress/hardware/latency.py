@@ -2,11 +2,13 @@
 
 For each kernel kind the profile's measurements are fitted by a linear model with
 non-negative weights on features that grow with channel counts (multiply-adds, input,
-output and weight elements), minimising relative error. A model's estimate is the per-run
+output and weight elements; the regressors and which nodes are fused are the profile's
+backend's :class:`~autocompress.hardware.rules.CostRules`), minimising relative error, with
+a numpy non-negative least squares (no scipy needed). A model's estimate is the per-run
 overhead measured on the device plus the sum over its nodes of the fitted kernel time less
-the overhead each one-kernel measurement carried. Activations that ONNX Runtime fuses into
-the preceding convolution cost nothing; reshapes cost nothing. Unstructured sparsity does
-not enter: dense kernels run zeros as fast as other numbers.
+the overhead each one-kernel measurement carried. Nodes the backend fuses into the preceding
+one (ONNX Runtime: an activation after a Conv) cost nothing; reshapes cost nothing.
+Unstructured sparsity does not enter: dense kernels run zeros as fast as other numbers.
 
 The error bar is the fit's relative residual spread per kind, added over nodes as if
 independent; it does not cover effects between kernels (layout changes, cache reuse),
@@ -29,12 +31,13 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import onnx
 
-from autocompress.exceptions import MissingDependencyError, ProfileError
+from autocompress.exceptions import ProfileError
+from autocompress.hardware._nnls import nnls
+from autocompress.hardware.backends import rules_for
 from autocompress.hardware.kernels import (
     BOUNDARY_KINDS,
     KINDS,
@@ -43,10 +46,10 @@ from autocompress.hardware.kernels import (
     NodeKernel,
     boundaries_of,
     boundary_kind,
-    features,
     kernels_of,
 )
 from autocompress.hardware.profile import HardwareProfile
+from autocompress.hardware.rules import CostRules, FeatureFn
 
 __all__ = ["KindFit", "LatencyEstimate", "LatencyModel", "fit_calibration"]
 
@@ -107,19 +110,15 @@ class LatencyModel:
         self.profile = profile
         self.scale = scale
         self.offset_ms = offset_ms
+        #: the cost rules of the profile's backend
+        self.rules: CostRules = rules_for(profile.backend)
         #: precision -> kind -> fit, for every precision the profile measured
-        self.precision_fits = self._fit(profile)
+        self.precision_fits = self._fit(profile, self.rules.features)
         #: the fp32 fits by kind
         self.fits = self.precision_fits.get("fp32", {})
 
     @staticmethod
-    def _fit(profile: HardwareProfile) -> dict[str, dict[str, KindFit]]:
-        try:
-            from scipy.optimize import nnls
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "estimating latency needs scipy: pip install 'autocompress[search]'") from exc
-
+    def _fit(profile: HardwareProfile, features: FeatureFn) -> dict[str, dict[str, KindFit]]:
         overhead_ms = profile.overhead.median_ms
 
         def fit(kind: str, precision: str, carried: Callable[[Kernel], float] | None
@@ -155,8 +154,9 @@ class LatencyModel:
                     by_kind[kind] = found
             carried = None
             if precision != "fp32":
-                carried = functools.partial(_carried_ms, dict(by_kind), precision, overhead_ms)
-                context = _context_fit(profile, precision, dict(by_kind), nnls)
+                carried = functools.partial(_carried_ms, dict(by_kind), precision, overhead_ms,
+                                            features)
+                context = _context_fit(profile, precision, dict(by_kind), features)
                 if context is not None:
                     by_kind[context.kind] = context
             for kind in KINDS:
@@ -201,7 +201,8 @@ class LatencyModel:
         if node.kernel is None:
             return 0.0, 0.0
         fit = self._fit_for(node.kernel, f"node {node.node} ({node.op_type})")
-        inside = _inside_ms(fit, self.profile.overhead.median_ms, node.kernel)
+        inside = _inside_ms(fit, self.profile.overhead.median_ms, node.kernel,
+                            self.rules.features)
         return inside, inside * fit.rel_rmse
 
     def boundary_ms(self, boundary: Boundary) -> tuple[float, float]:
@@ -210,7 +211,8 @@ class LatencyModel:
         conversion between two convolutions costs beyond that."""
         fit = self._fit_for(boundary.kernel, f"the {boundary.source} -> {boundary.target} "
                                              f"conversion of tensor {boundary.tensor}")
-        inside = _inside_ms(fit, self.profile.overhead.median_ms, boundary.kernel)
+        features = self.rules.features
+        inside = _inside_ms(fit, self.profile.overhead.median_ms, boundary.kernel, features)
         context = self.precision_fits[boundary.kernel.precision].get("island")
         if context is not None:
             flat = replace(boundary.kernel, kind="island")
@@ -258,12 +260,13 @@ class LatencyModel:
         if isinstance(model, bytes):
             model = onnx.load_from_string(model)
         if precisions is None:
-            return self.estimate_nodes(kernels_of(model))
-        nodes = kernels_of(model, precisions)
+            return self.estimate_nodes(kernels_of(model, rules=self.rules))
+        nodes = kernels_of(model, precisions, rules=self.rules)
         return self.estimate_nodes(nodes, boundaries_of(model, nodes))
 
 
-def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel) -> float:
+def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel, features: FeatureFn
+               ) -> float:
     raw = float(features(kernel) @ np.array(fit.weights))
     if fit.inside:
         return raw
@@ -272,8 +275,7 @@ def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel) -> float:
 
 
 def _context_fit(profile: HardwareProfile, precision: str,
-                 conversions: Mapping[str, KindFit], nnls: Callable[..., Any]
-                 ) -> KindFit | None:
+                 conversions: Mapping[str, KindFit], features: FeatureFn) -> KindFit | None:
     """What one conversion into or out of ``precision`` costs between two convolutions beyond
     its one-kernel cost (layout changes, fusions the fp32 neighbours lose), per tensor size,
     as ``a + b * elements`` with ``a, b >= 0`` (kind ``island``).
@@ -296,7 +298,7 @@ def _context_fit(profile: HardwareProfile, precision: str,
         if key not in chains or key not in fp32_chains:
             continue
         elements = key[0] * key[1] * key[2]
-        ends = _carried_ms(conversions, precision, overhead_ms,
+        ends = _carried_ms(conversions, precision, overhead_ms, features,
                            Kernel("island", elements, elements, 1, 1)) - overhead_ms
         fp32_conv = (fp32_chains[key] - overhead_ms) / 3
         conv = (chains[key] - overhead_ms - ends) / 3
@@ -316,7 +318,7 @@ def _context_fit(profile: HardwareProfile, precision: str,
 
 
 def _carried_ms(conversions: Mapping[str, KindFit], precision: str, overhead_ms: float,
-                kernel: Kernel) -> float:
+                features: FeatureFn, kernel: Kernel) -> float:
     """What a one-kernel graph in ``precision`` runs besides ``kernel``: the run overhead,
     the conversion of its input into ``precision`` and of its output back to fp32 (where the
     profile measured those conversions)."""
@@ -325,5 +327,5 @@ def _carried_ms(conversions: Mapping[str, KindFit], precision: str, overhead_ms:
                            (boundary_kind(precision, "fp32"), kernel.out_elements)):
         if kind in conversions:
             flat = Kernel(kind, elements, elements, 1, 1, precision=precision)
-            total += _inside_ms(conversions[kind], overhead_ms, flat)
+            total += _inside_ms(conversions[kind], overhead_ms, flat, features)
     return total

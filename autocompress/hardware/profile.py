@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 from autocompress._io import write_json_atomic
 from autocompress.exceptions import ProfileError
+from autocompress.hardware._device import describe_device
 from autocompress.hardware.backends import LatencyMeasurement
 from autocompress.hardware.kernels import PRECISIONS, Kernel
 
@@ -27,26 +26,6 @@ __all__ = ["PROFILE_FORMAT", "PROFILE_FORMAT_VERSION", "HardwareProfile", "Kerne
 
 PROFILE_FORMAT = "autocompress-hardware-profile"
 PROFILE_FORMAT_VERSION = 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe_device() -> dict[str, Any]:
-    """What identifies this machine's CPU for a profile (no host names or user data)."""
-    return {
-        "cpu": _cpu_name(),
-        "logical_cores": os.cpu_count() or 1,
-        "machine": platform.machine(),
-        "system": platform.system(),
-    }
 
 
 @dataclass(frozen=True)
@@ -85,7 +64,10 @@ class HardwareProfile:
 
     def describe(self) -> str:
         precisions = "" if self.precisions == ("fp32",) else f" ({'+'.join(self.precisions)})"
-        return (f"{self.backend} {self.backend_version} ({self.threads} thread(s)) on "
+        settings = self.backend_settings
+        how = (f"{self.threads} thread(s)" if "threads" in settings or not settings
+               else ", ".join(f"{k} {v}" for k, v in settings.items()))
+        return (f"{self.backend} {self.backend_version} ({how}) on "
                 f"{self.device.get('cpu', '?')}, {len(self.kernels)} kernels{precisions}, "
                 f"{self.created}")
 

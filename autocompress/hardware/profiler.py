@@ -15,17 +15,22 @@ import numpy as np
 from autocompress._io import write_json_atomic
 from autocompress._version import __version__
 from autocompress.exceptions import ProfileError
-from autocompress.hardware.backends import Backend, LatencyMeasurement, MeasureSettings
+from autocompress.hardware.backends import (
+    Backend,
+    LatencyMeasurement,
+    MeasureSettings,
+    median_of_rounds,
+)
 from autocompress.hardware.kernels import (
     CONTEXT_KINDS,
     KINDS,
     PRECISIONS,
     Kernel,
-    features,
     kernel_graph,
     overhead_graph,
 )
-from autocompress.hardware.profile import HardwareProfile, KernelMeasurement, describe_device
+from autocompress.hardware.profile import HardwareProfile, KernelMeasurement
+from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
 __all__ = ["GRID_NAME", "adaptive_kernels", "check_precisions", "default_grid",
            "precision_grid", "profile_backend"]
@@ -163,11 +168,12 @@ def _key(kernel: Kernel) -> str:
     return json.dumps(kernel.to_dict(), sort_keys=True)
 
 
-def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int) -> list[Kernel]:
+def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int,
+                     rules: CostRules = NEUTRAL_RULES) -> list[Kernel]:
     """Neighbours of the kernels a linear fit explains worst, to sample where latency is not
-    linear in the features: for each kind, an unconstrained least-squares fit on the
-    relative scale; the worst-fitted kernels get neighbours with 8 channels more and fewer
-    (and, for convolutions, the other stride)."""
+    linear in the features (``rules.features``, the backend's): for each kind, an
+    unconstrained least-squares fit on the relative scale; the worst-fitted kernels get
+    neighbours with 8 channels more and fewer."""
     if count <= 0:
         return []
     scored: list[tuple[float, Kernel]] = []
@@ -175,7 +181,7 @@ def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int) -> list[K
         rows = [(k, t) for k, t in measured if k.kind == kind]
         if len(rows) < 4:
             continue
-        x = np.stack([features(k) for k, _ in rows])
+        x = np.stack([rules.features(k) for k, _ in rows])
         y = np.array([t for _, t in rows])
         w = 1.0 / np.maximum(y, 1e-9)
         coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
@@ -202,17 +208,80 @@ def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int) -> list[K
     return extra[:count]
 
 
-def _medians(results: list[LatencyMeasurement]) -> LatencyMeasurement:
-    medians = sorted(m.median_ms for m in results)
-    half = len(medians) // 2
-    mid = medians[half] if len(medians) % 2 else (medians[half - 1] + medians[half]) / 2
-    return LatencyMeasurement(
-        median_ms=mid,
-        p25_ms=min(m.p25_ms for m in results),
-        p75_ms=max(m.p75_ms for m in results),
-        runs=sum(m.runs for m in results),
-        stable=all(m.stable for m in results),
-    )
+def _split_grid(given: Sequence[Kernel], precisions: tuple[str, ...]
+                ) -> tuple[list[Kernel], list[Kernel]]:
+    """(the fp32 grid of model kinds, everything else to measure) of a given grid."""
+    stray = sorted({k.precision for k in given} - set(precisions))
+    if stray:
+        raise ProfileError(f"the grid holds {', '.join(stray)} kernels but precisions are "
+                           f"{', '.join(precisions)}: add them to precisions")
+    grid = [k for k in given if k.precision == "fp32" and k.kind not in CONTEXT_KINDS]
+    others = [k for k in given if k.precision == "fp32" and k.kind in CONTEXT_KINDS]
+    for precision in precisions[1:]:
+        explicit = [k for k in given if k.precision == precision]
+        others.extend(explicit or precision_grid(grid, precision))
+    return grid, list(dict.fromkeys(others))  # the fp32 chains serve every precision
+
+
+def _load_partial(path: Path, backend: Backend) -> dict[str, list[dict[str, float]]]:
+    """Measurements of an interrupted run of the same backend settings and grid, if any."""
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+        if state.get("backend") == backend.settings() and state.get("grid") == GRID_NAME:
+            _logger.info("resuming profiling: %d kernels already measured", len(state["done"]))
+            return dict(state["done"])
+    except (OSError, json.JSONDecodeError, KeyError):
+        _logger.warning("ignoring unreadable partial profile %s", path)
+    return {}
+
+
+class _Rounds:
+    """Measures kernels in shuffled rounds, keeping finished measurements in a partial file
+    and reporting progress; converted graphs (int8, fp16: ~30 ms to build) are built once."""
+
+    def __init__(self, backend: Backend, settings: MeasureSettings, rounds: int, seed: int,
+                 partial_path: Path, progress: ProgressFn | None, total: int) -> None:
+        self.backend, self.settings, self.rounds, self.seed = backend, settings, rounds, seed
+        self.partial_path, self.progress, self.total = partial_path, progress, total
+        self.done = _load_partial(partial_path, backend)
+        self.count = 0
+        self._rng = random.Random(seed + 1)
+        self._converted: dict[str, bytes] = {}
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.progress:
+            self.progress(self.count, self.total)
+
+    def _graph(self, kernel: Kernel, key: str) -> bytes:
+        if kernel.precision == "fp32":
+            return kernel_graph(kernel, seed=self.seed)
+        if key not in self._converted:
+            self._converted[key] = kernel_graph(kernel, seed=self.seed)
+        return self._converted[key]
+
+    def measure_all(self, kernels: list[Kernel]) -> None:
+        for r in range(self.rounds):
+            order = list(kernels)
+            self._rng.shuffle(order)
+            for kernel in order:
+                key = _key(kernel)
+                if len(self.done.get(key, [])) > r:
+                    self.count += 1
+                    continue
+                m = self.backend.measure(self._graph(kernel, key), self.settings)
+                self.done.setdefault(key, []).append(asdict(m))
+                if (self.count + 1) % 10 == 0:
+                    write_json_atomic(self.partial_path, {
+                        "backend": self.backend.settings(), "grid": GRID_NAME,
+                        "done": self.done})
+                self.tick()
+
+    def result(self, kernel: Kernel) -> LatencyMeasurement:
+        return median_of_rounds([LatencyMeasurement.from_dict(d)
+                                 for d in self.done[_key(kernel)][:self.rounds]])
 
 
 def profile_backend(
@@ -230,11 +299,12 @@ def profile_backend(
     """Measure ``grid`` (default: :func:`default_grid`) on ``backend`` and save to ``out``.
 
     Each kernel is measured ``rounds`` times, in a freshly shuffled order each round, so
-    slow drifts of a shared machine spread over all kernels; the recorded median is the
-    median of the rounds' medians. Then ``adaptive`` more kernels are sampled around the
-    kernels the grid's linear fit explains worst (:func:`adaptive_kernels`). Finished
-    measurements are kept in ``out`` + ``.partial`` so an interrupted run resumes where it
-    stopped.
+    slow drifts of a shared machine spread over all kernels; the recorded result is
+    :func:`~autocompress.hardware.backends.median_of_rounds` of the rounds. Then
+    ``adaptive`` more kernels are sampled around the kernels the grid's linear fit explains
+    worst (:func:`adaptive_kernels`). Finished measurements are kept in ``out`` +
+    ``.partial`` so an interrupted run resumes where it stopped. The profile records the
+    backend's :meth:`~autocompress.hardware.backends.Backend.describe_device`.
 
     ``precisions`` besides ``fp32`` (which is always measured) add the kernels of
     :func:`precision_grid` in each (or, where ``grid`` holds kernels in that precision,
@@ -243,80 +313,26 @@ def profile_backend(
     """
     out = Path(out)
     precisions = check_precisions(backend, precisions)
-    given = default_grid(seed) if grid is None else list(grid)
-    stray = sorted({k.precision for k in given} - set(precisions))
-    if stray:
-        raise ProfileError(f"the grid holds {', '.join(stray)} kernels but precisions are "
-                           f"{', '.join(precisions)}: add them to precisions")
-    grid = [k for k in given if k.precision == "fp32" and k.kind not in CONTEXT_KINDS]
-    others = [k for k in given if k.precision == "fp32" and k.kind in CONTEXT_KINDS]
-    for precision in precisions[1:]:
-        explicit = [k for k in given if k.precision == precision]
-        others.extend(explicit or precision_grid(grid, precision))
-    others = list(dict.fromkeys(others))  # the fp32 chains serve every precision
+    grid, others = _split_grid(default_grid(seed) if grid is None else list(grid), precisions)
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
-    done: dict[str, list[dict[str, float]]] = {}
-    if partial_path.is_file():
-        try:
-            state = json.loads(partial_path.read_text())
-            if state.get("backend") == backend.settings() and state.get("grid") == GRID_NAME:
-                done = state["done"]
-                _logger.info("resuming profiling: %d kernels already measured", len(done))
-        except (OSError, json.JSONDecodeError, KeyError):
-            _logger.warning("ignoring unreadable partial profile %s", partial_path)
-
     start = time.perf_counter()
     total = 1 + rounds * (len(grid) + len(others) + adaptive)
-    count = 0
-    rng = random.Random(seed + 1)
-    # converted graphs (int8, fp16) take ~30 ms to build: build each once (a few MB in all)
-    converted: dict[str, bytes] = {}
-
-    def graph(kernel: Kernel, key: str) -> bytes:
-        if kernel.precision == "fp32":
-            return kernel_graph(kernel, seed=seed)
-        if key not in converted:
-            converted[key] = kernel_graph(kernel, seed=seed)
-        return converted[key]
-
-    def measure_all(kernels: list[Kernel]) -> None:
-        nonlocal count
-        for r in range(rounds):
-            order = list(kernels)
-            rng.shuffle(order)
-            for kernel in order:
-                key = _key(kernel)
-                count += 1
-                if len(done.get(key, [])) > r:
-                    continue
-                m = backend.measure(graph(kernel, key), settings)
-                done.setdefault(key, []).append(asdict(m))
-                if count % 10 == 0:
-                    write_json_atomic(partial_path, {"backend": backend.settings(),
-                                                     "grid": GRID_NAME, "done": done})
-                if progress:
-                    progress(count, total)
-
+    session = _Rounds(backend, settings, rounds, seed, partial_path, progress, total)
     overhead = backend.measure(overhead_graph(), settings)
-    count += 1
-    if progress:
-        progress(count, total)
-    measure_all(grid + others)
-
-    def result(kernel: Kernel) -> LatencyMeasurement:
-        return _medians([LatencyMeasurement.from_dict(d) for d in done[_key(kernel)][:rounds]])
-
-    extra = adaptive_kernels([(k, result(k).median_ms) for k in grid], adaptive)
-    measure_all(extra)
-    measurements = [KernelMeasurement(k, result(k)) for k in (*grid, *extra, *others)]
+    session.tick()
+    session.measure_all(grid + others)
+    extra = adaptive_kernels([(k, session.result(k).median_ms) for k in grid], adaptive,
+                             backend.cost_rules)
+    session.measure_all(extra)
     profile = HardwareProfile(
         backend=backend.name,
         backend_version=backend.version(),
         backend_settings=backend.settings(),
-        device=describe_device(),
+        device=backend.describe_device(),
         overhead=overhead,
-        kernels=tuple(measurements),
+        kernels=tuple(KernelMeasurement(k, session.result(k))
+                      for k in (*grid, *extra, *others)),
         autocompress_version=__version__,
         grid=GRID_NAME,
         measure_settings={**asdict(settings), "rounds": rounds, "adaptive": len(extra),

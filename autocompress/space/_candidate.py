@@ -6,15 +6,19 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from autocompress.exceptions import SearchSpaceError
 
 # Numeric precisions a layer can run at; which of them a device runs is the backend's say.
 from autocompress.hardware.kernels import PRECISIONS, Precision
 
-__all__ = ["CANDIDATE_FORMAT_VERSION", "PRECISIONS", "Candidate", "Importance", "Precision",
-           "QuantizationMethod"]
+if TYPE_CHECKING:
+    from autocompress.space._students import StudentPlan
+
+__all__ = ["CANDIDATE_FORMAT_VERSION", "PRECISIONS", "Candidate", "ChannelPruning", "Importance",
+           "Precision", "Quantization", "QuantizationMethod", "Sparsity", "Student",
+           "TransformConfig"]
 
 CANDIDATE_FORMAT_VERSION = 1
 Importance = Literal["l1", "l2"]
@@ -27,6 +31,47 @@ def _frozen(mapping: Mapping[str, float]) -> Mapping[str, float]:
     return MappingProxyType({str(k): float(v) for k, v in mapping.items()})
 
 
+# ----------------------------------------------------------------- one config per transform
+
+@dataclass(frozen=True)
+class Student:
+    """Replace the model by a freshly built student, trained by distillation from it."""
+
+    plan: StudentPlan
+
+
+@dataclass(frozen=True)
+class ChannelPruning:
+    """Keep ``keep[group]`` of each dependency group's output channels (groups not named keep
+    all), ranked by ``importance``, rounded to multiples of ``round_to``."""
+
+    keep: Mapping[str, float]
+    importance: Importance = "l2"
+    round_to: int = 1
+    min_channels: int = 1
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """Zero the smallest-magnitude fraction ``amounts[layer]`` of each named layer's weight,
+    and keep it zero while the model trains."""
+
+    amounts: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Run each named layer at ``precision[layer]`` (others fp32); ``method`` says how
+    quantized layers regain accuracy (``ptq``: calibration only; ``qat``: fake-quantized
+    finetune first)."""
+
+    precision: Mapping[str, str]
+    method: QuantizationMethod = "ptq"
+
+
+TransformConfig = Student | ChannelPruning | Sparsity | Quantization
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One plan: a compression of the original model, or a student distilled from it.
@@ -36,9 +81,12 @@ class Candidate:
     ``sparsity`` maps a layer name to the fraction of its weights zeroed by magnitude.
     ``precision`` maps a layer name to ``fp32``, ``fp16`` or ``int8`` (layers not named stay
     fp32); ``quantization`` says how quantized layers regain accuracy.
-    ``student``, when set, is a student plan (family spec and distillation settings, as
-    ``autocompress.space.StudentPlan.to_dict()`` writes it): the candidate is that student
-    trained by distillation from the original model instead of a compression of it.
+    ``student``, when set, is a :class:`~autocompress.space.StudentPlan` (family spec and
+    distillation settings): the candidate is that student trained by distillation from the
+    original model instead of a compression of it.
+
+    :meth:`transforms` lists the plan as one typed config per transform, in the order the
+    pipeline (:func:`autocompress.transforms.compress`) applies them.
     """
 
     channel_keep: Mapping[str, float] = field(default_factory=dict)
@@ -48,7 +96,7 @@ class Candidate:
     min_channels: int = 1
     precision: Mapping[str, str] = field(default_factory=dict)
     quantization: QuantizationMethod = "ptq"
-    student: Mapping[str, Any] | None = None
+    student: StudentPlan | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_keep", _frozen(self.channel_keep))
@@ -61,12 +109,29 @@ class Candidate:
                 f"quantization must be 'ptq' or 'qat', got {self.quantization!r}")
         object.__setattr__(self, "precision", MappingProxyType(
             {str(k): str(v) for k, v in self.precision.items()}))
-        if self.student is not None:
-            object.__setattr__(self, "student", MappingProxyType(
-                json.loads(json.dumps(dict(self.student)))))
+        if self.student is not None and not hasattr(self.student, "distill"):
+            raise SearchSpaceError(
+                f"a candidate's student must be a StudentPlan, not {type(self.student).__name__}"
+                "; rebuild it with StudentPlan.from_dict(...)")
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+    def transforms(self) -> tuple[TransformConfig, ...]:
+        """The plan as typed transform configs, in the order they apply: the student (if any)
+        replaces the model, then channels are pruned, sparsity is attached for training, and
+        layers are quantized at export."""
+        found: list[TransformConfig] = []
+        if self.student is not None:
+            found.append(Student(self.student))
+        if any(r < 1.0 for r in self.channel_keep.values()):
+            found.append(ChannelPruning(self.channel_keep, self.importance, self.round_to,
+                                        self.min_channels))
+        if any(a > 0.0 for a in self.sparsity.values()):
+            found.append(Sparsity(self.sparsity))
+        if self.quantized_layers:
+            found.append(Quantization(self.precision, self.quantization))
+        return tuple(found)
 
     @property
     def kind(self) -> Literal["compressed", "student"]:
@@ -102,7 +167,7 @@ class Candidate:
             "quantization": self.quantization,
         }
         if self.student is not None:
-            out["student"] = json.loads(json.dumps(dict(self.student)))
+            out["student"] = self.student.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -121,8 +186,10 @@ class Candidate:
             if importance not in ("l1", "l2"):
                 raise ValueError(f"importance must be 'l1' or 'l2', got {importance!r}")
             student = data.get("student")
-            if student is not None and not isinstance(student, Mapping):
-                raise ValueError("student must be a mapping")
+            if student is not None:
+                from autocompress.space._students import StudentPlan
+
+                student = StudentPlan.from_dict(student)
             return cls(
                 channel_keep=dict(data.get("channel_keep", {})),
                 sparsity=dict(data.get("sparsity", {})),

@@ -262,7 +262,7 @@ class BoundSpace:
                 kind = str(trial.suggest_categorical(KIND_PARAM, ["compressed", "student"]))
             if kind == "student":
                 plan = self.space.students.sample(trial)
-                return Candidate(student=plan.to_dict())
+                return Candidate(student=plan)
         sampled: dict[str, Any] = {}
         for name, dist in self.distributions.items():
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -276,7 +276,7 @@ class BoundSpace:
     def candidate_from_params(self, params: dict[str, Any]) -> Candidate:
         if self.space.students is not None and (
                 params.get(KIND_PARAM) == "student" or not self.compresses):
-            return Candidate(student=self.space.students.plan_from_params(params).to_dict())
+            return Candidate(student=self.space.students.plan_from_params(params))
         missing = set(self.distributions) - set(params)
         if missing:
             raise SearchSpaceError(f"parameters missing for this space: {sorted(missing)}")

@@ -40,14 +40,6 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from autocompress.evaluation._distill import (
-    DISTILL_LOSSES,
-    MAX_HINT_WEIGHT,
-    MAX_TEMPERATURE,
-    DistillSettings,
-    EarlyStopping,
-)
-from autocompress.evaluation._train import TrainSettings
 from autocompress.exceptions import SearchSpaceError
 from autocompress.models.students import (
     CIFAR_RESNET_DEPTH_RANGE,
@@ -60,6 +52,14 @@ from autocompress.models.students import (
     StudentSpec,
     TorchvisionStudent,
     student_from_dict,
+)
+from autocompress.settings import (
+    DISTILL_LOSSES,
+    MAX_HINT_WEIGHT,
+    MAX_TEMPERATURE,
+    DistillSettings,
+    EarlyStopping,
+    TrainSettings,
 )
 from autocompress.space._distributions import check_keys as _check_keys
 from autocompress.space._distributions import parse_value_spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -59,7 +60,7 @@ def prepare_baseline(
         accuracy = evaluate_accuracy(module, data.val_x, data.val_y)
         return Baseline(module, accuracy, f"checkpoint {checkpoint}")
 
-    settings = TrainSettings(**{**asdict(training), "seed": seed})
+    settings = dataclasses.replace(training, seed=seed)
     key_material = json.dumps({
         "model": spec.fingerprint, "data": data.fingerprint, "classes": data.num_classes,
         "input": list(data.input_shape), "training": asdict(settings), "torch": torch.__version__,

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from autocompress._io import write_json_atomic
-from autocompress._version import __version__
 from autocompress.exceptions import RunError
+from autocompress.study._records import RunIdentity, RunInfo
 
-__all__ = ["RUN_FORMAT_VERSION", "RunFolder", "SearchConfig", "redact_url"]
-
-RUN_FORMAT_VERSION = 1
+__all__ = ["RunFolder", "SearchConfig", "check_same_identity", "identity", "redact_url",
+           "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -78,14 +76,15 @@ def sha256_file(path: Path) -> str:
 class RunFolder:
     """The folder of one search run.
 
-    ``run.json`` (settings, baseline, budget, calibration), ``study.db`` (the Optuna study,
-    unless another storage is used), ``space.yaml`` and ``profile.json`` (copies of what the
-    search used), ``baseline/model.onnx``, ``trials/NNNNN/{model.onnx,candidate.json}``,
-    and ``front.csv`` / ``front.png`` once ``autocompress front`` ran.
+    ``run.json`` (:class:`RunInfo`: settings, baseline, budget, calibration), ``study.db``
+    (the Optuna study, unless another storage is used), ``space.yaml`` and ``profile.json``
+    (copies of what the search used), ``baseline/model.onnx``,
+    ``trials/NNNNN/{model.onnx,candidate.json}``, and ``front.csv`` / ``front.png`` once
+    ``autocompress front`` ran.
     """
 
     path: Path
-    info: dict[str, Any] = field(default_factory=dict)
+    info: RunInfo | None = None
 
     @property
     def run_json(self) -> Path:
@@ -101,6 +100,14 @@ class RunFolder:
     def exists(self) -> bool:
         return self.run_json.is_file()
 
+    @property
+    def run(self) -> RunInfo:
+        """The run's record (raises :class:`RunError` before the first search wrote it)."""
+        if self.info is None:
+            raise RunError(f"{self.path} holds no run.json yet; run 'autocompress search' "
+                           "with --out pointing here first")
+        return self.info
+
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
         path = Path(path)
@@ -109,24 +116,19 @@ class RunFolder:
             raise RunError(f"{path} is not a search run folder (no run.json); pass the --out "
                            "folder of an 'autocompress search'")
         try:
-            info = json.loads(run_json.read_text())
+            data = json.loads(run_json.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"{run_json} is unreadable: {exc}") from exc
-        if info.get("format_version") != RUN_FORMAT_VERSION:
-            raise RunError(f"{run_json} has run format_version {info.get('format_version')!r}; "
-                           f"this autocompress reads {RUN_FORMAT_VERSION}")
-        return cls(path, info)
+        return cls(path, RunInfo.from_dict(data, str(run_json)))
 
-    def save(self) -> None:
-        self.info.setdefault("format_version", RUN_FORMAT_VERSION)
-        self.info.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-        self.info["autocompress_version"] = __version__
-        write_json_atomic(self.run_json, self.info)
+    def save(self, info: RunInfo) -> None:
+        self.info = info
+        write_json_atomic(self.run_json, info.to_dict())
 
     def storage_url(self, override: str | None = None) -> str:
         if override:
             return override
-        stored = self.info.get("storage")
+        stored = self.info.storage if self.info is not None else None
         if stored is None:
             return self.default_storage
         if "***" in stored:
@@ -136,22 +138,19 @@ class RunFolder:
 
 
 def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
-             checkpoint_sha: str | None) -> dict[str, Any]:
+             checkpoint_sha: str | None) -> RunIdentity:
     """The settings a resumed run must share with the run it resumes."""
-    data = asdict(config)
-    keep = ("model", "data", "finetune_steps", "finetune_lr", "batch_size", "seed", "threads",
-            "study", "calibrate", "sampler")
-    out: dict[str, Any] = {k: data[k] for k in keep}
-    out["input_shape"] = list(config.input_shape) if config.input_shape else None
-    out["space_sha256"] = space_sha
-    out["profile_sha256"] = profile_sha
-    out["checkpoint_sha256"] = checkpoint_sha
-    return out
+    return RunIdentity(
+        model=config.model, data=config.data, finetune_steps=config.finetune_steps,
+        finetune_lr=config.finetune_lr, batch_size=config.batch_size, seed=config.seed,
+        threads=config.threads, study=config.study, calibrate=config.calibrate,
+        sampler=config.sampler,
+        input_shape=tuple(config.input_shape) if config.input_shape else None,
+        space_sha256=space_sha, profile_sha256=profile_sha, checkpoint_sha256=checkpoint_sha)
 
 
-def check_same_identity(saved: dict[str, Any], new: dict[str, Any], folder: Path) -> None:
-    diffs = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(new)
-             if saved.get(k) != new.get(k)]
+def check_same_identity(saved: RunIdentity, new: RunIdentity, folder: Path) -> None:
+    diffs = saved.differences(new)
     if diffs:
         raise RunError(
             f"{folder} holds a search with other settings ({'; '.join(diffs[:4])}); rerun with "

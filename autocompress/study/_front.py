@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 
 from autocompress._io import write_text_atomic
 from autocompress.space import Candidate
+from autocompress.study._records import BaselineRecord, TrialRecord
 
 __all__ = ["FrontMember", "ParetoFront"]
 
@@ -27,62 +29,84 @@ class FrontMember:
     """A finetuned candidate within budget that no other candidate beats on both axes."""
 
     trial: int
-    accuracy: float
-    predicted_latency_ms: float
-    predicted_latency_std_ms: float
-    size_bytes: int
-    compressed_size_bytes: int
-    params: int
-    nonzero_params: int
-    flops: int
-    sparsity: float
-    candidate: Candidate
-    artifact: str | None
-    latency_source: str = "estimate"   # or "measured" (near the budget, on this machine)
-    accuracy_source: str = "torch"     # or "onnxruntime" (a quantized model, as deployed)
-    family: str = ""                   # a student's family and shape; empty when compressed
+    record: TrialRecord
+
+    @property
+    def accuracy(self) -> float:
+        return self.record.accuracy
+
+    @property
+    def predicted_latency_ms(self) -> float:
+        """The latency the budget was checked against (estimate, or measured near it)."""
+        return self.record.latency_ms
+
+    @property
+    def predicted_latency_std_ms(self) -> float:
+        return self.record.latency_std_ms
+
+    @property
+    def latency_source(self) -> str:
+        return self.record.latency_source
+
+    @property
+    def accuracy_source(self) -> str:
+        return self.record.accuracy_source
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.record.candidate
+
+    @property
+    def artifact(self) -> str | None:
+        return self.record.artifact
 
     @property
     def kind(self) -> str:
         """``compressed`` (the original model compressed) or ``student`` (distilled)."""
-        return self.candidate.kind
+        return self.record.kind
+
+    @property
+    def family(self) -> str:
+        """A student's family and shape; empty when compressed."""
+        return self.record.family
 
     @property
     def precision(self) -> str:
         """``fp32``, ``int8``, ``fp16`` or ``mixed``."""
-        return self.candidate.precision_summary
+        return self.record.precision
+
+    @property
+    def params(self) -> int:
+        return self.record.params
+
+    @property
+    def flops(self) -> int:
+        return self.record.flops
+
+    @property
+    def size_bytes(self) -> int:
+        return self.record.size_bytes
+
+    @property
+    def sparsity(self) -> float:
+        return self.record.sparsity
 
     @classmethod
-    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> FrontMember:
-        a = trial.user_attrs
-        return cls(
-            trial=trial.number,
-            accuracy=float(a["accuracy"]),
-            predicted_latency_ms=float(a["predicted_latency_ms"]),
-            predicted_latency_std_ms=float(a.get("predicted_latency_std_ms", 0.0)),
-            size_bytes=int(a["size_bytes"]),
-            compressed_size_bytes=int(a.get("compressed_size_bytes", 0)),
-            params=int(a["params"]),
-            nonzero_params=int(a.get("nonzero_params", a["params"])),
-            flops=int(a["flops"]),
-            sparsity=float(a.get("sparsity", 0.0)),
-            candidate=Candidate.from_dict(a["candidate"]),
-            artifact=a.get("artifact"),
-            latency_source=str(a.get("latency_source", "estimate")),
-            accuracy_source=str(a.get("accuracy_source", "torch")),
-            family=str(a.get("family", "")),
-        )
+    def from_trial(cls, trial: optuna.trial.FrozenTrial) -> FrontMember | None:
+        record = TrialRecord.of(trial)
+        return cls(trial.number, record) if record is not None else None
 
     def row(self) -> dict[str, Any]:
+        r = self.record
         return {"trial": self.trial, "kind": self.kind, "family": self.family,
-                "precision": self.precision, "accuracy": self.accuracy,
-                "accuracy_source": self.accuracy_source,
-                "predicted_latency_ms": self.predicted_latency_ms,
-                "predicted_latency_std_ms": self.predicted_latency_std_ms,
-                "latency_source": self.latency_source,
-                "size_bytes": self.size_bytes, "compressed_size_bytes": self.compressed_size_bytes,
-                "params": self.params, "nonzero_params": self.nonzero_params,
-                "flops": self.flops, "sparsity": self.sparsity, "artifact": self.artifact,
+                "precision": self.precision, "accuracy": r.accuracy,
+                "accuracy_source": r.accuracy_source,
+                "predicted_latency_ms": r.latency_ms,
+                "predicted_latency_std_ms": r.latency_std_ms,
+                "latency_source": r.latency_source,
+                "size_bytes": r.size_bytes, "compressed_size_bytes": r.compressed_size_bytes,
+                "params": r.params, "nonzero_params": r.nonzero_params,
+                "flops": r.flops, "sparsity": r.sparsity, "artifact": r.artifact,
                 "config": self.candidate.to_json()}
 
 
@@ -99,21 +123,25 @@ class ParetoFront:
     """
 
     def __init__(self, members: Sequence[FrontMember], *, budget_ms: float | None = None,
-                 baseline: dict[str, Any] | None = None,
-                 trials: Sequence[optuna.trial.FrozenTrial] = ()) -> None:
+                 baseline: BaselineRecord | None = None,
+                 records: Mapping[int, TrialRecord] | None = None) -> None:
         members = [m for m in members if not any(_dominates(o, m) for o in members)]
         self.members = tuple(sorted(members, key=lambda m: (m.predicted_latency_ms, -m.accuracy)))
         self.budget_ms = budget_ms
-        self.baseline = baseline or {}
-        self.trials = tuple(trials)
+        self.baseline = baseline
+        #: every completed trial's record, by trial number
+        self.records: Mapping[int, TrialRecord] = dict(records or {})
 
     @classmethod
     def from_study(cls, study: optuna.Study, *, budget_ms: float | None = None,
-                   baseline: dict[str, Any] | None = None) -> ParetoFront:
-        best = [t for t in study.best_trials if t.user_attrs.get("artifact")]
+                   baseline: BaselineRecord | None = None) -> ParetoFront:
+        """Optuna's front (feasible trials only), restricted to trials that produced a
+        model."""
         trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        return cls([FrontMember.from_trial(t) for t in best], budget_ms=budget_ms,
-                   baseline=baseline, trials=trials)
+        records = {t.number: r for t in trials if (r := TrialRecord.of(t)) is not None}
+        best = [FrontMember(t.number, records[t.number]) for t in study.best_trials
+                if t.number in records and records[t.number].artifact]
+        return cls(best, budget_ms=budget_ms, baseline=baseline, records=records)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -137,6 +165,21 @@ class ParetoFront:
         fitting = self.within(latency_budget_ms)
         return fitting[0] if fitting else None
 
+    def hypervolume(self, budget_ms: float | None = None) -> float:
+        """The area (accuracy x milliseconds) the front dominates, from the reference point
+        accuracy 0 at ``budget_ms`` (default: the search's budget), computed by moocore;
+        0.0 for an empty front. Compare fronts only at the same reference point."""
+        reference = budget_ms if budget_ms is not None else self.budget_ms
+        if reference is None:
+            raise ValueError("hypervolume needs a reference latency: pass budget_ms")
+        points = [(-m.accuracy, m.predicted_latency_ms) for m in self.members
+                  if m.predicted_latency_ms < reference]
+        if not points:
+            return 0.0
+        import moocore
+
+        return float(moocore.hypervolume(np.asarray(points), ref=[0.0, reference]))
+
     def write_csv(self, path: str | Path) -> Path:
         return write_text_atomic(path, self.to_frame().to_csv(index=False))
 
@@ -148,17 +191,16 @@ class ParetoFront:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-        done = [t for t in self.trials if "predicted_latency_ms" in t.user_attrs]
-        tuned = [t for t in done if t.user_attrs.get("finetuned")]
-        skipped = [t for t in done if not t.user_attrs.get("finetuned")]
+        tuned = [r for r in self.records.values() if r.finetuned]
+        skipped = [r for r in self.records.values() if not r.finetuned]
         if skipped:  # their accuracy (not finetuned) is not comparable: show latency only
-            ax.scatter([t.user_attrs["predicted_latency_ms"] for t in skipped],
+            ax.scatter([r.latency_ms for r in skipped],
                        [0.02] * len(skipped), s=30, c="#999999", marker="|",
                        transform=ax.get_xaxis_transform(),
                        label="over budget (not finetuned)")
         if tuned:
-            ax.scatter([t.user_attrs["predicted_latency_ms"] for t in tuned],
-                       [t.user_attrs["accuracy"] for t in tuned], s=18, c="#6a8caf",
+            ax.scatter([r.latency_ms for r in tuned],
+                       [r.accuracy for r in tuned], s=18, c="#6a8caf",
                        label="finetuned trial")
         if self.members:
             ax.plot([m.predicted_latency_ms for m in self.members],
@@ -168,10 +210,9 @@ class ParetoFront:
             ax.axvline(self.budget_ms, ls="--", c="k", lw=1,
                        label=f"budget {self.budget_ms:.3g} ms")
         base = self.baseline
-        if base.get("accuracy") is not None and base.get("latency_ms") is not None:
-            ax.scatter([base["latency_ms"]], [base["accuracy"]], marker="*", s=160, c="#edae49",
-                       edgecolors="k", zorder=5,
-                       label=f"baseline ({base.get('latency_source', 'estimate')})")
+        if base is not None:
+            ax.scatter([base.latency_ms], [base.accuracy], marker="*", s=160, c="#edae49",
+                       edgecolors="k", zorder=5, label=f"baseline ({base.latency_source})")
         ax.set_xlabel("latency (ms): profile estimate, measured near the budget")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
@@ -189,11 +230,10 @@ class ParetoFront:
         lines = [f"Pareto front: {len(self.members)} member(s)"
                  + (f", budget {self.budget_ms:.3f} ms" if self.budget_ms else "")]
         base = self.baseline
-        if base:
-            lines.append(f"  baseline: accuracy {base.get('accuracy', float('nan')):.4f}, "
-                         f"latency {base.get('latency_ms', float('nan')):.3f} ms "
-                         f"({base.get('latency_source', 'estimate')}), "
-                         f"params {base.get('params', 0):,}")
+        if base is not None:
+            lines.append(f"  baseline: accuracy {base.accuracy:.4f}, latency "
+                         f"{base.latency_ms:.3f} ms ({base.latency_source}), "
+                         f"params {base.params:,}")
         lines.append(f"  {'trial':>5} {'kind':>10} {'prec':>5} {'accuracy':>8} {'latency_ms':>10} "
                      f"{'±':>6} {'source':>8} {'params':>9} {'MFLOPs':>8} {'size_kB':>8} "
                      f"{'sparsity':>8}")

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from autocompress.data import DataSplit, load_data
 from autocompress.evaluation import TrainSettings, model_stats
 from autocompress.exceptions import CheckpointError, RunError
 from autocompress.models import resolve_model
@@ -23,14 +22,8 @@ from autocompress.space import SearchSpace
 from autocompress.study._baseline import prepare_baseline
 from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import FrontMember
-from autocompress.study._objective import (
-    Deployed,
-    build_structure,
-    calibration_inputs,
-    deploy_candidate,
-    teacher_logits_once,
-    train_candidate,
-)
+from autocompress.study._prepare import calibration_inputs, load_search_data
+from autocompress.transforms import Deployed, compress
 
 __all__ = ["Refined", "finetune_member"]
 
@@ -49,9 +42,10 @@ class Refined:
 def _checkpoint(folder: RunFolder, given: str | Path | None) -> Path | None:
     """The baseline checkpoint the run searched from: ``given``, else the one recorded in
     run.json; checked against the sha256 the run recorded."""
-    expected = folder.info.get("identity", {}).get("checkpoint_sha256")
-    if given is None and folder.info.get("checkpoint"):
-        given = folder.info["checkpoint"]
+    info = folder.run
+    expected = info.identity.checkpoint_sha256
+    if given is None and info.checkpoint:
+        given = info.checkpoint
     if expected is None:
         if given is not None:
             raise RunError(f"{folder.path} searched from a baseline trained by autocompress, "
@@ -70,19 +64,6 @@ def _checkpoint(folder: RunFolder, given: str | Path | None) -> Path | None:
     return path
 
 
-def _data(folder: RunFolder) -> DataSplit:
-    from autocompress.study._search import _input_shape_check
-
-    info = folder.info
-    identity = info.get("identity", {})
-    spec = resolve_model(info["model"])
-    data = load_data(info["data"], seed=int(identity.get("seed", 0)))
-    if spec.fixed_in_channels is not None:
-        data = data.with_channels(spec.fixed_in_channels)
-    shape = identity.get("input_shape")
-    return _input_shape_check(data, tuple(shape) if shape else None)
-
-
 def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
                     checkpoint: str | Path | None = None) -> Refined:
     """Rebuild ``member`` from the baseline of the run in ``folder``, train it for ``steps``
@@ -93,29 +74,24 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
     """
     if steps < 1:
         raise RunError(f"--finetune-steps must be at least 1, got {steps}")
-    info = folder.info
-    identity = info.get("identity", {})
-    if "model" not in info or "data" not in info:
-        raise RunError(f"{folder.run_json} does not say which model and data were searched")
+    info = folder.run
+    ident = info.identity
     path = _checkpoint(folder, checkpoint)
-    data = _data(folder)
-    baseline = prepare_baseline(resolve_model(info["model"]), data, checkpoint=path,
-                                seed=int(identity.get("seed", 0)))
-    candidate = member.candidate
-    module, _ = build_structure(baseline.module, candidate, data)
-    settings = TrainSettings(steps=steps, batch_size=int(identity.get("batch_size", 64)),
-                             lr=float(identity.get("finetune_lr", 0.01)), seed=member.trial)
-    logits = (teacher_logits_once(baseline.module, data, candidate)
-              if candidate.student is not None else None)
+    data = load_search_data(info.model, info.data, seed=ident.seed,
+                            input_shape=ident.input_shape)
+    baseline = prepare_baseline(resolve_model(info.model), data, checkpoint=path,
+                                seed=ident.seed)
+    space = SearchSpace.from_yaml(folder.path / "space.yaml")
+    samples = space.precision.calibration_samples if space.precision else 128
+    x = torch.zeros(data.input_shape)
+    compressed = compress(baseline.module, member.candidate, x, num_classes=data.num_classes)
+    settings = TrainSettings(steps=steps, batch_size=ident.batch_size, lr=ident.finetune_lr,
+                             seed=member.trial)
     _logger.info("trial %d: finetuning for %d steps before export", member.trial, steps)
-    outcome = train_candidate(module, candidate, data, settings, teacher=baseline.module,
-                              teacher_logits=logits)
+    outcome = compressed.train(data, settings)
     if outcome.stopped_early:
         _logger.info("trial %d: distillation stopped early after %d steps", member.trial,
                      outcome.steps)
-    space = SearchSpace.from_yaml(folder.path / "space.yaml")
-    samples = space.precision.calibration_samples if space.precision else 128
-    deployed = deploy_candidate(module, candidate, data,
-                                lambda: calibration_inputs(data, samples))
-    stats = model_stats(module, torch.zeros(data.input_shape), deployed.onnx).to_dict()
+    deployed = compressed.deploy(data, lambda: calibration_inputs(data, samples))
+    stats = model_stats(compressed.module, x, deployed.onnx).to_dict()
     return Refined(deployed, outcome.steps, stats)

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 
 from autocompress._io import write_text_atomic
 from autocompress.study._config import RunFolder
 from autocompress.study._front import FrontMember, ParetoFront
-from autocompress.study._search import load_front
+from autocompress.study._pick import load_front, load_study
+from autocompress.study._records import TrialRecord
 
 __all__ = ["write_report"]
 
@@ -71,16 +73,14 @@ def write_report(run: str | Path, out: str | Path | None = None, *,
     """
     folder = RunFolder.open(run)
     front = load_front(folder.path, storage=storage)
-    study = optuna.load_study(study_name=folder.info.get("study", "autocompress"),
-                              storage=folder.storage_url(storage))
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trials = load_study(folder, storage).get_trials(deepcopy=False)
     picked = _from_export(folder) or _from_front(front)
-    attrs = trials[picked.trial].user_attrs if picked and picked.trial in trials else {}
+    record = front.records.get(picked.trial) if picked is not None else None
     out_path = Path(out) if out is not None else folder.path / "report.html"
-    sections = [_header(folder, list(trials.values())), _front_section(front, picked),
-                _picked_section(front, picked, attrs)]
+    sections = [_header(folder, trials, front), _front_section(front, picked),
+                _picked_section(front, picked, record)]
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>autocompress report: {escape(str(folder.info.get('model', '?')))}</title>"
+            f"<title>autocompress report: {escape(folder.run.model)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
     write_text_atomic(out_path, page)
     _logger.info("report written to %s", out_path)
@@ -127,35 +127,32 @@ def _from_export(folder: RunFolder) -> _Picked | None:
 
 # ------------------------------------------------------------------------------ sections
 
-def _header(folder: RunFolder, trials: Sequence[optuna.trial.FrozenTrial]) -> str:
-    info = folder.info
-    base = info.get("baseline", {})
-    cal = info.get("calibration", {})
-    budget = info.get("budget", {})
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    tuned = sum(1 for t in complete if t.user_attrs.get("finetuned"))
+def _header(folder: RunFolder, trials: Sequence[optuna.trial.FrozenTrial],
+            front: ParetoFront) -> str:
+    info = folder.run
+    base, cal, budget = info.baseline, info.calibration, info.budget
+    complete = sum(1 for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    tuned = sum(1 for r in front.records.values() if r.finetuned)
     failed = sum(1 for t in trials if t.state == optuna.trial.TrialState.FAIL)
-    fitted = (f"fitted on {len(cal.get('points', []))} measured point(s)" if cal.get("applied")
-              else "not applied")
+    fitted = f"fitted on {len(cal.points)} measured point(s)" if cal.applied else "not applied"
     rows = [
-        ("model", info.get("model")), ("data", info.get("data")),
-        ("latency budget", f"{_ms(budget.get('latency_ms'))} ({budget.get('source', '?')})"),
-        ("baseline accuracy", _num(base.get("accuracy"), ".4f")),
-        ("baseline latency",
-         f"{_ms(base.get('latency_ms'))} ({base.get('latency_source', 'estimate')})"),
-        ("baseline size", f"{_int(base.get('params'))} params, "
-                          f"{_num(_div(base.get('flops'), 1e6), '.2f')} MFLOPs"),
-        ("trials", f"{len(trials)}: {tuned} finetuned, {len(complete) - tuned} over budget, "
+        ("model", info.model), ("data", info.data),
+        ("latency budget", f"{_ms(budget.latency_ms)} ({budget.source})"),
+        ("baseline accuracy", _num(base.accuracy, ".4f")),
+        ("baseline latency", f"{_ms(base.latency_ms)} ({base.latency_source})"),
+        ("baseline size", f"{_int(base.params)} params, "
+                          f"{_num(_div(base.flops, 1e6), '.2f')} MFLOPs"),
+        ("trials", f"{len(trials)}: {tuned} finetuned, {complete - tuned} over budget, "
                    f"{failed} failed"),
-        ("profile", info.get("profile", {}).get("describe", "?")),
-        ("calibration", f"measured = {_num(cal.get('offset_ms'), '+.4f')} ms + "
-                        f"{_num(cal.get('scale'), '.4f')} × estimate ({fitted})"),
-        ("run", f"{folder.path} (created {info.get('created', '?')}, "
-                f"autocompress {info.get('autocompress_version', '?')})"),
+        ("profile", info.profile.describe),
+        ("calibration", f"measured = {_num(cal.offset_ms, '+.4f')} ms + "
+                        f"{_num(cal.scale, '.4f')} × estimate ({fitted})"),
+        ("run", f"{folder.path} (created {info.created}, "
+                f"autocompress {info.autocompress_version})"),
         ("report date", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")),
     ]
-    return (f"<h1>autocompress report: {escape(str(info.get('model', '?')))} on "
-            f"{escape(str(info.get('data', '?')))}</h1>\n" + _kv_table(rows))
+    return (f"<h1>autocompress report: {escape(info.model)} on {escape(info.data)}</h1>\n"
+            + _kv_table(rows))
 
 
 def _front_section(front: ParetoFront, picked: _Picked | None) -> str:
@@ -165,37 +162,41 @@ def _front_section(front: ParetoFront, picked: _Picked | None) -> str:
     if not front.members:
         parts.append("<p class='note'>No finetuned trial within budget yet.</p>")
         return "\n".join(parts)
-    frame = front.to_frame().drop(columns=["config", "artifact"])
-    frame.insert(0, "picked", ["★" if picked and t == picked.trial else ""
-                               for t in frame["trial"]])
-    formats = {"accuracy": ".4f", "predicted_latency_ms": ".4g", "predicted_latency_std_ms": ".2g",
-               "sparsity": ".1%"}
-    head = "".join(f"<th>{escape(c)}</th>" for c in
-                   ["", "trial", "kind", "precision", "accuracy", "latency (ms)", "± (ms)",
-                    "source", "size (kB)", "compressed (kB)", "params", "non-zero params",
-                    "MFLOPs", "sparsity"])
-    body = []
-    for row in frame.to_dict("records"):
-        kind = row["kind"] + (f" ({row['family']})" if row["family"] else "")
-        cells = [row["picked"], str(row["trial"]), kind, row["precision"]]
-        cells += [format(row[k], formats[k]) for k in ("accuracy", "predicted_latency_ms",
-                                                       "predicted_latency_std_ms")]
-        cells += [row["latency_source"], f"{row['size_bytes'] / 1e3:,.1f}",
-                  f"{row['compressed_size_bytes'] / 1e3:,.1f}", f"{row['params']:,}",
-                  f"{row['nonzero_params']:,}", f"{row['flops'] / 1e6:,.2f}",
-                  format(row["sparsity"], formats["sparsity"])]
-        cls = " class='picked'" if row["picked"] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
-    parts.append(f"<table class='front'><thead><tr>{head}</tr></thead><tbody>"
-                 + "".join(body) + "</tbody></table>")
+    parts.append(_front_table(front, picked))
     parts.append("<p class='note'>latency: profile estimate, calibrated; 'measured' where the "
                  "candidate was near the budget and the profile is of the search machine. "
                  "accuracy: of the exported model (quantized models: run in ONNX Runtime).</p>")
     return "\n".join(parts)
 
 
+def _front_table(front: ParetoFront, picked: _Picked | None) -> str:
+    """The front as an HTML table (pandas), the picked member marked."""
+    frame = front.to_frame()
+    picked_trial = picked.trial if picked is not None else None
+    table = pd.DataFrame({
+        "": ["★" if t == picked_trial else "" for t in frame["trial"]],
+        "trial": frame["trial"],
+        "kind": [k + (f" ({f})" if f else "") for k, f in zip(frame["kind"], frame["family"],
+                                                             strict=True)],
+        "precision": frame["precision"],
+        "accuracy": frame["accuracy"].map("{:.4f}".format),
+        "latency (ms)": frame["predicted_latency_ms"].map("{:.4g}".format),
+        "± (ms)": frame["predicted_latency_std_ms"].map("{:.2g}".format),
+        "source": frame["latency_source"],
+        "size (kB)": (frame["size_bytes"] / 1e3).map("{:,.1f}".format),
+        "compressed (kB)": (frame["compressed_size_bytes"] / 1e3).map("{:,.1f}".format),
+        "params": frame["params"].map("{:,}".format),
+        "non-zero params": frame["nonzero_params"].map("{:,}".format),
+        "MFLOPs": (frame["flops"] / 1e6).map("{:,.2f}".format),
+        "sparsity": frame["sparsity"].map("{:.1%}".format),
+    })
+    html = table.to_html(index=False, classes="front", border=0, escape=True)
+    # the picked row stands out
+    return html.replace("<tr>\n      <td>★</td>", "<tr class='picked'>\n      <td>★</td>")
+
+
 def _picked_section(front: ParetoFront, picked: _Picked | None,
-                    attrs: Mapping[str, Any]) -> str:
+                    record: TrialRecord | None) -> str:
     if picked is None:
         return "<h2>Picked model</h2><p>No front member fits the budget.</p>"
     origin = (f"exported by autocompress pick to {picked.export.parent}" if picked.export
@@ -215,12 +216,11 @@ def _picked_section(front: ParetoFront, picked: _Picked | None,
                 f" after {picked.finetune_steps} finetune steps at pick "
                 f"({_num(picked.search_accuracy, '.4f')} in the search)")),
             ("predicted latency", f"{_ms(picked.predicted_latency_ms)} ({picked.latency_source})"),
-            ("profile estimate", _ms(attrs.get("estimated_latency_ms",
-                                               attrs.get("predicted_latency_ms")))),
+            ("profile estimate", _ms(record.estimated_latency_ms if record else None)),
             ("measured latency", measured),
             ("budget", _ms(picked.budget_ms if picked.budget_ms is not None
                            else front.budget_ms))]
-    channels = {k: (int(v[0]), int(v[1])) for k, v in attrs.get("channels", {}).items()}
+    channels = dict(record.channels) if record else {}
     png = _layer_chart(channels, picked.candidate)
     return ("<h2>Picked model</h2>\n" + _kv_table(rows) + "\n<h3>Per layer</h3>\n"
             + _img(png, "channels, sparsity and precision per layer"))

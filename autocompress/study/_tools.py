@@ -6,12 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import torch
 
 from autocompress.exceptions import AutocompressError
 from autocompress.hardware import HardwareProfile, LatencyEstimate, LatencyModel
-from autocompress.hardware.export import export_onnx
 from autocompress.models import create_model, load_checkpoint, resolve_model
 from autocompress.space import Candidate
 from autocompress.transforms import compress
@@ -71,19 +69,7 @@ def estimate_latency(
     module = create_model(model, num_classes=num_classes, in_channels=shape[1]).eval()
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
-    x = torch.zeros(shape)
-    if chosen is not None and chosen.student is not None:
-        from autocompress.space._students import StudentPlan
-
-        module = StudentPlan.from_dict(chosen.student).student.build(num_classes, shape[1]).eval()
-    elif chosen is not None:
-        module = compress(module, chosen, x).finalize()
+    compressed = compress(module, chosen or Candidate(), torch.zeros(shape),
+                          num_classes=num_classes)
     what = model + (f" compressed as {candidate}" if chosen is not None else "")
-    structure = onnx.load_from_string(export_onnx(module, x))
-    precisions = None
-    if chosen is not None and chosen.quantized_layers:
-        from autocompress.transforms import node_precisions
-
-        precisions = node_precisions(structure, chosen.precision)
-    estimate = LatencyModel(loaded).estimate(structure, precisions=precisions)
-    return ModelEstimate(estimate, loaded, shape, what)
+    return ModelEstimate(compressed.estimate(LatencyModel(loaded)), loaded, shape, what)

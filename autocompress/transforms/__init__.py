@@ -1,20 +1,26 @@
-"""Compression transforms: channel pruning, unstructured sparsity and mixed precision."""
+"""Compression transforms: students, channel pruning, sparsity and mixed precision, each a
+config type with one handler, applied by one pipeline (:func:`compress`)."""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-
-import torch
-from torch import nn
-
-from autocompress.space import Candidate
+from autocompress.transforms import _handlers  # noqa: F401  (registers the built-in handlers)
 from autocompress.transforms._channels import (
     ChannelGroup,
     classifier_layer,
     find_channel_groups,
     kept_channels,
     prune_channels,
+)
+from autocompress.transforms._handlers import QAT_LR_FACTOR
+from autocompress.transforms._pipeline import (
+    CompressedModel,
+    Deployed,
+    TrainingHooks,
+    TrainOutcome,
+    TransformHandler,
+    compress,
+    handler_for,
+    register_transform,
 )
 from autocompress.transforms._qat import QatHandle, finish_qat, fold_batchnorms, prepare_qat
 from autocompress.transforms._quantize import (
@@ -35,8 +41,10 @@ from autocompress.transforms._sparsity import (
 
 __all__ = [
     "PRECISIONS",
+    "QAT_LR_FACTOR",
     "ChannelGroup",
     "CompressedModel",
+    "Deployed",
     "Precision",
     "QatHandle",
     "apply_sparsity",
@@ -46,6 +54,7 @@ __all__ = [
     "find_channel_groups",
     "finish_qat",
     "fold_batchnorms",
+    "handler_for",
     "kept_channels",
     "make_sparsity_permanent",
     "node_precisions",
@@ -54,29 +63,11 @@ __all__ = [
     "prepare_qat",
     "prune_channels",
     "quantize_onnx",
+    "register_transform",
     "sparsifiable_layers",
+    "TrainingHooks",
+    "TrainOutcome",
+    "TransformHandler",
     "weight_sparsity",
 ]
 
-
-@dataclass
-class CompressedModel:
-    """A compressed copy of a model; sparsity masks stay attached until :meth:`finalize`."""
-
-    module: nn.Module
-    candidate: Candidate
-    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def finalize(self) -> nn.Module:
-        make_sparsity_permanent(self.module)
-        return self.module
-
-
-def compress(
-    model: nn.Module, candidate: Candidate, example_input: torch.Tensor
-) -> CompressedModel:
-    """Apply ``candidate`` to a deep copy of ``model``: prune channels, then attach sparsity."""
-    module = copy.deepcopy(model).eval()
-    channels = prune_channels(module, candidate, example_input)
-    apply_sparsity(module, candidate.sparsity)
-    return CompressedModel(module=module, candidate=candidate, channels=channels)

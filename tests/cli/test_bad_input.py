@@ -105,10 +105,10 @@ CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_gives_one_actionable_line(name: str, tmp_path: Path, small_profile: Path,
+def test_bad_input_gives_one_actionable_line(name: str, tmp_path: Path, synthetic_profile: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     make_args, expected = CASES[name]
-    code = main(make_args(tmp_path, small_profile))
+    code = main(make_args(tmp_path, synthetic_profile))
     captured = capsys.readouterr()
     lines = [line for line in captured.err.strip().splitlines() if line.strip()]
     assert code == 2

@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.evaluation import (
+    NO_AUGMENTATION,
+    STANDARD_AUGMENTATION,
+    DistillationLoss,
     DistillSettings,
     EarlyStopping,
     TrainSettings,
@@ -19,6 +22,7 @@ from autocompress.evaluation import (
     hint_loss,
     kd_kl_loss,
     kd_mse_loss,
+    split_holdout,
     teacher_logits_for,
     train,
 )
@@ -259,8 +263,80 @@ def test_distill_raises_when_the_loss_diverges(data, teacher, hint_weight: float
     x, y = data
     settings = _settings(hint_weight=hint_weight, early_stopping=None,
                          training=TrainSettings(steps=30, batch_size=32, lr=1e9))
-    with pytest.raises(FinetuneDivergedError, match="lower the learning rate"):
+    with pytest.raises(FinetuneDivergedError, match="distillation diverged at step") as info:
         distill(_tiny(5), teacher, x, y, settings)
+    assert "lower the learning rate (now 1e+09)" in str(info.value)
+    assert ("or the hint weight (now 1)" in str(info.value)) == (hint_weight > 0)
+
+
+class _Inputs:
+    """Records the inputs ``model`` receives (in training mode only, unless ``every``)."""
+
+    def __init__(self, model: nn.Module, every: bool = False) -> None:
+        self.seen: list[torch.Tensor] = []
+        self.every = every
+        self._handle = model.register_forward_pre_hook(self._record)
+
+    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if self.every or module.training:
+            self.seen.append(inputs[0].clone())
+
+    def __enter__(self) -> list[torch.Tensor]:
+        return self.seen
+
+    def __exit__(self, *_exc: object) -> None:
+        self._handle.remove()
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+@pytest.mark.parametrize(("alpha", "hint_weight", "stopping"), [
+    (0.5, 0.0, None),
+    (0.3, 1.0, EarlyStopping(eval_every=2, patience=100, holdout_fraction=0.2)),
+])
+def test_distill_and_train_draw_identical_batches(data, teacher, augmented: bool, alpha: float,
+                                                  hint_weight: float,
+                                                  stopping: EarlyStopping | None) -> None:
+    """The student sees exactly the (augmented) batches train() draws for the same settings
+    (from the pool left by the early-stopping holdout), and the teacher sees them too."""
+    x, y = data
+    training = TrainSettings(steps=5, batch_size=32, lr=0.05, seed=3,
+                             augmentation=STANDARD_AUGMENTATION if augmented
+                             else NO_AUGMENTATION)
+    settings = DistillSettings(alpha=alpha, hint_weight=hint_weight, training=training,
+                               early_stopping=stopping)
+    student, plain = _tiny(1), _tiny(1)
+    with _Inputs(student) as distilled, _Inputs(teacher, every=True) as taught:
+        distill(student, teacher, x, y, settings)
+    pool = None if stopping is None else split_holdout(len(x), stopping, training.seed + 1)[1]
+    with _Inputs(plain) as trained:
+        train(plain, x, y, training, pool=pool)
+    assert len(distilled) == len(trained) == 5
+    assert all(torch.equal(a, b) for a, b in zip(distilled, trained, strict=True))
+    if augmented or hint_weight > 0:  # the teacher runs on the student's batches
+        assert all(torch.equal(a, b) for a, b in zip(taught[-5:], distilled, strict=True))
+
+
+def test_with_augmentation_cached_teacher_outputs_are_not_used(data, teacher) -> None:
+    """Cached outputs are of the un-augmented images: the teacher runs on every batch."""
+    x, y = data
+    training = TrainSettings(steps=4, batch_size=32, lr=0.05, augmentation=STANDARD_AUGMENTATION)
+    settings = DistillSettings(alpha=0.0, training=training, early_stopping=None)
+    assert settings.needs_teacher_per_batch
+    wrong = torch.full((len(x), CLASSES), 50.0)  # would make any use visible
+    a, b = _tiny(1), _tiny(1)
+    with _Inputs(teacher, every=True) as taught:
+        distill(a, teacher, x, y, settings, teacher_logits=wrong)
+    assert len(taught) == 1 + 4  # the class check's probe, then one run per batch
+    distill(b, teacher, x, y, settings)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_the_distillation_loss_needs_hints_exactly_when_they_are_weighted(teacher) -> None:
+    with pytest.raises(ModelError, match="needs Hints exactly when hint_weight > 0"):
+        DistillationLoss(teacher, DistillSettings(hint_weight=1.0))
+    loss = DistillationLoss(teacher, DistillSettings(), teacher_logits=torch.zeros(4, CLASSES))
+    assert loss.parameters() == [] and loss.divergence_advice() == ""
+    assert loss.teacher_logits is not None
 
 
 def test_distill_refuses_mismatched_classes_and_cached_logits(data, teacher) -> None:

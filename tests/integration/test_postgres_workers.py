@@ -16,12 +16,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+
+from autocompress.study import RunInfo, TrialRecord
+from autocompress.study._storage import KILL_AT_TRIAL_ENV
 
 STUDY = "shared"
 TRIALS = 4
@@ -73,32 +75,24 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def test_two_workers_one_killed_finish_the_study(postgres_url: str, small_profile: Path,
+def test_two_workers_one_killed_finish_the_study(postgres_url: str, synthetic_profile: Path,
                                                  tmp_path: Path) -> None:
     run = tmp_path / "shared-run"   # a folder both workers reach (one machine here)
     argv = [sys.executable, "-m", "autocompress", "search", "--data", "digits", "--trials",
             str(TRIALS), "--finetune-steps", "150", "--latency-budget-ms", "1000",
-            "--profile", str(small_profile), "--storage", postgres_url, "--study", STUDY,
+            "--profile", str(synthetic_profile), "--storage", postgres_url, "--study", STUDY,
             "--out", str(run)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the second worker dies mid-trial (trained, heartbeat running, not complete): the
+    # storage's fault hook kills it at that point on any host
+    envs = [env, {**env, KILL_AT_TRIAL_ENV: "*:trained"}]
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115
-    workers = [subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True) for log in logs]
-    victim = workers[1]
+    workers = [subprocess.Popen(argv, env=e, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True) for e, log in zip(envs, logs, strict=True)]
     try:
-        deadline = time.monotonic() + 400
-        killed = False
-        while time.monotonic() < deadline and workers[0].poll() is None:
-            trials = _trials(postgres_url)
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-            done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-            if not killed and done and len(running) >= 2:   # both workers mid-trial
-                os.killpg(victim.pid, signal.SIGKILL)
-                victim.wait()
-                killed = True
-            time.sleep(0.2)
-        assert killed, "never saw both workers mid-trial"
-        assert workers[0].wait(timeout=max(1, deadline - time.monotonic())) == 0, (
+        assert workers[1].wait(timeout=1800) == -signal.SIGKILL, (
+            (tmp_path / "worker1.log").read_text()[-3000:])
+        assert workers[0].wait(timeout=1800) == 0, (
             (tmp_path / "worker0.log").read_text()[-3000:])
     finally:
         for worker in workers:
@@ -110,9 +104,10 @@ def test_two_workers_one_killed_finish_the_study(postgres_url: str, small_profil
 
     trials = _trials(postgres_url)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    finetuned = [t for t in complete if t.user_attrs["finetuned"]]
+    records = [TrialRecord.of(t) for t in complete]
+    finetuned = [r for r in records if r is not None and r.finetuned]
     assert len(finetuned) == TRIALS
-    artifacts = [t.user_attrs["artifact"] for t in finetuned]
+    artifacts = [r.artifact for r in finetuned]
     assert len(set(artifacts)) == len(artifacts)
     assert all((run / a).is_file() for a in artifacts)
     # the killed worker's trial was failed by the heartbeat check, not left running
@@ -120,4 +115,4 @@ def test_two_workers_one_killed_finish_the_study(postgres_url: str, small_profil
     assert [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     # every worker used the settings stored in the study
     run_attr = optuna.load_study(study_name=STUDY, storage=postgres_url).user_attrs
-    assert run_attr["autocompress_run"]["budget"]["latency_ms"] == 1000
+    assert RunInfo.from_dict(run_attr["autocompress_run"]).budget.latency_ms == 1000

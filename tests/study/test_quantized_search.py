@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -32,41 +33,42 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @pytest.fixture(scope="module")
-def mixed_run(small_int8_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_run(synthetic_int8_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-trial mixed-precision search with a budget every candidate meets, so that the
     uniform all-int8 seed trial is finetuned and quantized."""
     out = tmp_path_factory.mktemp("mixed") / "run"
     search(SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
-                        profile=small_int8_profile, space=MIXED_SPACE, out=out,
+                        profile=synthetic_int8_profile, space=MIXED_SPACE, out=out,
                         latency_budget_ms=1000.0))
     return out
 
 
-def _finetuned(run: Path) -> list[optuna.trial.FrozenTrial]:
+def _finetuned(run: Path) -> list[FrontMember]:
     folder = RunFolder.open(run)
     study = optuna.load_study(study_name="autocompress", storage=folder.storage_url())
-    return [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs["finetuned"]]
+    members = [FrontMember.from_trial(t)
+               for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    return [m for m in members if m is not None and m.record.finetuned]
 
 
-def _int8_trial(run: Path) -> optuna.trial.FrozenTrial:
-    int8 = [t for t in _finetuned(run) if t.user_attrs["precision"] == "int8"]
+def _int8_trial(run: Path) -> FrontMember:
+    int8 = [m for m in _finetuned(run) if m.precision == "int8"]
     assert int8, "the uniform all-int8 seed trial was not finetuned"
     return int8[0]
 
 
 def test_an_int8_trial_records_the_accuracy_of_its_quantized_onnx_model(mixed_run) -> None:
-    trial = _int8_trial(mixed_run)
-    model = (mixed_run / trial.user_attrs["artifact"]).read_bytes()
+    record = _int8_trial(mixed_run).record
+    model = (mixed_run / record.artifact).read_bytes()
     ops = Counter(n.op_type for n in onnx.load_from_string(model).graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
     assert set(exported_precisions(model).values()) == {"int8"}
-    assert trial.user_attrs["accuracy_source"] == "onnxruntime"
-    assert "float_accuracy" in trial.user_attrs
+    assert record.accuracy_source == "onnxruntime"
+    assert record.float_accuracy is not None
     data = load_data("digits", seed=0)
-    assert trial.user_attrs["accuracy"] == pytest.approx(
+    assert record.accuracy == pytest.approx(
         onnx_accuracy(model, data.val_x.numpy(), data.val_y.numpy()))
-    assert trial.user_attrs["size_bytes"] == len(model)
+    assert record.size_bytes == len(model)
 
 
 def test_front_says_which_members_are_quantized(mixed_run) -> None:
@@ -77,7 +79,7 @@ def test_front_says_which_members_are_quantized(mixed_run) -> None:
 
 
 def test_a_quantized_member_finetuned_again_is_still_int8(mixed_run) -> None:
-    member = FrontMember.from_trial(_int8_trial(mixed_run))
+    member = _int8_trial(mixed_run)
     refined = finetune_member(RunFolder.open(mixed_run), member, 15)
     assert refined.steps == 15
     assert refined.deployed.accuracy_source == "onnxruntime"
@@ -114,7 +116,7 @@ def test_pick_refuses_negative_finetune_steps(mixed_run, tmp_path) -> None:
 
 
 def test_finetune_needs_the_checkpoint_the_run_searched_from(mixed_run, tmp_path) -> None:
-    member = FrontMember.from_trial(_finetuned(mixed_run)[0])
+    member = _finetuned(mixed_run)[0]
     folder = RunFolder.open(mixed_run)
     # this run trained its own baseline: a checkpoint is refused
     stray = tmp_path / "other.pt"
@@ -122,7 +124,8 @@ def test_finetune_needs_the_checkpoint_the_run_searched_from(mixed_run, tmp_path
     with pytest.raises(RunError, match="not from a checkpoint"):
         finetune_member(folder, member, 5, checkpoint=stray)
     # a run searched from a checkpoint: it must be that very file
-    folder.info["identity"] = {**folder.info["identity"], "checkpoint_sha256": "0" * 64}
+    folder.info = replace(folder.run, identity=replace(folder.run.identity,
+                                                       checkpoint_sha256="0" * 64))
     with pytest.raises(RunError, match="--checkpoint"):
         finetune_member(folder, member, 5)
     with pytest.raises(CheckpointError, match="sha256 differs"):

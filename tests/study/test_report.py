@@ -35,19 +35,21 @@ def test_report_is_one_self_contained_page(run: Path, front: ParetoFront, report
     assert "<link" not in text and "<script" not in text and "http://" not in text
     assert f"{front.budget_ms:.4g} ms" in text
     assert "resnet20" in text and "digits" in text
-    table = text[text.index("<table class='front'>"):]
+    table = text[text.index('<table class="dataframe front">'):]
     table = table[:table.index("</table>")]
     assert front.members
     for member in front.members:
         assert f"<td>{member.trial}</td>" in table
     assert "not measured; run autocompress pick" in text
+    picked = front.pick(front.budget_ms)
+    assert f"<tr class='picked'>\n      <td>★</td>\n      <td>{picked.trial}</td>" in table
 
 
 def test_report_shows_the_exported_pick_and_its_measurement(run: Path, front: ParetoFront,
                                                             tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    budget = 10 * float(front.baseline["latency_ms"])   # generous: the pick always fits
+    budget = 10 * front.baseline.latency_ms   # generous: the pick always fits
     result = pick(copy, budget, tmp_path / "picked")
     assert result.member is not None and result.measured_latency_ms is not None
     text = write_report(copy, tmp_path / "r.html").read_text()

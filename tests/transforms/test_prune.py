@@ -211,9 +211,12 @@ def test_identity_candidate_changes_nothing(resnet20: tuple[nn.Module, torch.Ten
         torch.testing.assert_close(compressed.module(x), expected)
 
 
-def test_compress_works_on_a_copy_and_attaches_sparsity(
+def test_compress_works_on_a_copy_and_sparsity_holds_through_training(
     resnet20: tuple[nn.Module, torch.Tensor],
 ) -> None:
+    from autocompress.data import load_data
+    from autocompress.evaluation import TrainSettings
+
     model, x = resnet20
     before = _params(model)
     candidate = Candidate(channel_keep={"layer2.0.conv1": 0.5}, sparsity={"fc": 0.5})
@@ -223,11 +226,12 @@ def test_compress_works_on_a_copy_and_attaches_sparsity(
     assert compressed.module is not model and _params(model) == before
     assert compressed.channels["layer2.0.conv1"] == (32, 16)
     assert compressed.module.layer2[0].conv1.out_channels == 16
-    assert hasattr(compressed.module.fc, "weight_orig")  # mask attached for the finetune
-    finished = compressed.finalize()
-    assert not hasattr(finished.fc, "weight_orig")
-    assert float((finished.fc.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
-    assert finished(x).shape == (1, 10)
+    data = load_data("digits", seed=0).resized(*x.shape[2:])
+    compressed.train(data, TrainSettings(steps=3, batch_size=16, lr=0.05))
+    fc = compressed.module.fc
+    assert not hasattr(fc, "weight_orig")   # nothing attached is left behind
+    assert float((fc.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert compressed.module(x).shape == (1, 10)
 
 
 # --- classifier detection --------------------------------------------------------------------

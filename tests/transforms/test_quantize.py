@@ -399,3 +399,64 @@ def test_bad_requests_raise_clear_errors(resnet, resnet_onnx, resnet_calibration
     with pytest.raises(ExportError, match="not an ONNX model"):
         exported_precisions(b"not a model")
     assert PRECISIONS == ("fp32", "fp16", "int8")
+
+
+# ------------------------------------------------------------- shared with hardware/
+
+def _fixed_batch_classifier(batch: int) -> tuple[bytes, np.ndarray]:
+    """logits = x @ w.T for 6 features and 3 classes, a fixed batch of ``batch``."""
+    w = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]
+                             ).SerializeToString(), w
+
+
+def test_onnx_accuracy_runs_through_a_backend_and_pads_a_fixed_batch() -> None:
+    from autocompress.hardware.backends.synthetic import SyntheticBackend
+
+    model, w = _fixed_batch_classifier(4)
+    x = np.random.default_rng(1).standard_normal((10, 6)).astype(np.float32)
+    labels = (x @ w.T).argmax(axis=1)
+    labels[:3] = (labels[:3] + 1) % 3  # three wrong on purpose
+    assert onnx_accuracy(model, x, labels) == pytest.approx(0.7)  # 4 + 4 + 2 (padded)
+    runs: list[int] = []
+
+    class Counting(SyntheticBackend):
+        def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256
+                ) -> np.ndarray:
+            runs.append(len(inputs))
+            return super().run(onnx_model, inputs, batch_size)
+
+    assert onnx_accuracy(model, x, labels, backend=Counting(scale=1.0)) == pytest.approx(0.7)
+    assert runs == [10]
+
+
+def test_deployment_and_profiling_quantize_with_one_routine(
+        resnet, resnet_onnx, resnet_calibration, monkeypatch) -> None:
+    from autocompress.hardware import _qdq, quantization
+    from autocompress.hardware.kernels import Kernel, kernel_graph
+    from autocompress.transforms import _int8
+
+    calls: list[dict] = []
+
+    def spy(model, calibration, **options):
+        calls.append(options)
+        return quantization.quantize_static_int8(model, calibration, **options)
+
+    monkeypatch.setattr(_int8, "quantize_static_int8", spy)
+    monkeypatch.setattr(_qdq, "quantize_static_int8", spy)
+    deployed = quantize_onnx(resnet_onnx, dict.fromkeys(_layer_names(resnet), "int8"),
+                             resnet_calibration)
+    profiled = kernel_graph(Kernel("conv", 8, 16, 8, 8, kernel=3, precision="int8"))
+    assert len(calls) == 2
+    assert calls[0]["reduce_range"] and not calls[0].get("quantize_latent_ops", False)
+    assert calls[1].get("quantize_latent_ops") and calls[1].get("reduce_range", True)
+    for model in (deployed, profiled):  # 7-bit weights in both
+        weights = [numpy_helper.to_array(init) for init in onnx.load_from_string(model)
+                   .graph.initializer if init.data_type == TensorProto.INT8
+                   and len(init.dims) == 4]
+        assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) <= 64

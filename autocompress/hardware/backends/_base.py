@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Backend", "LatencyMeasurement", "MeasureSettings", "time_callable", "time_rounds"]
+from autocompress.hardware._device import describe_device
+from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
+
+__all__ = ["Backend", "LatencyMeasurement", "MeasureSettings", "median_of_rounds",
+           "run_in_batches", "time_callable", "time_rounds"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,23 @@ class LatencyMeasurement:
                    stable=bool(data["stable"]))
 
 
+def median_of_rounds(results: Sequence[LatencyMeasurement]) -> LatencyMeasurement:
+    """One measurement from several rounds of the same model: the median of the rounds'
+    medians, the lowest first quartile and the highest third quartile (so the spread covers
+    drift between rounds), all runs, and stable only if every round was."""
+    if not results:
+        raise ValueError("median_of_rounds needs at least one measurement")
+    if len(results) == 1:
+        return results[0]
+    return LatencyMeasurement(
+        median_ms=float(statistics.median(m.median_ms for m in results)),
+        p25_ms=min(m.p25_ms for m in results),
+        p75_ms=max(m.p75_ms for m in results),
+        runs=sum(m.runs for m in results),
+        stable=all(m.stable for m in results),
+    )
+
+
 def time_rounds(run_round: Callable[[], list[float]],
                 settings: MeasureSettings) -> LatencyMeasurement:
     """Call ``run_round()`` (it returns one round of single-run times in ms) until
@@ -99,11 +121,55 @@ def time_callable(run: Callable[[], object], settings: MeasureSettings) -> Laten
     return time_rounds(one_round, settings)
 
 
-class Backend(ABC):
-    """Runs ONNX models on one device with fixed settings (threads, provider...)."""
+def run_in_batches(run_batch: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
+                   step: int, *, pad: bool = True) -> np.ndarray:
+    """``run_batch`` over ``inputs`` in batches of ``step`` rows, concatenated. With
+    ``pad``, a short last batch is padded with zeros to ``step`` rows (a graph with a fixed
+    batch size takes no other) and its padding dropped from the output."""
+    if step < 1:
+        raise ValueError(f"batch size must be at least 1, not {step}")
+    outs = []
+    for start in range(0, len(inputs), step):
+        chunk = np.asarray(inputs[start:start + step])
+        rows = len(chunk)
+        if pad and rows < step:
+            padding = np.zeros((step - rows, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, padding])
+        outs.append(np.asarray(run_batch(chunk))[:rows])
+    return np.concatenate(outs)
 
-    #: Short name used in profiles and on the command line, e.g. ``"onnxruntime"``.
-    name: str = ""
+
+class Backend(ABC):
+    """Runs ONNX models on one device with fixed settings (threads, provider...).
+
+    A backend is registered under its name with
+    :func:`~autocompress.hardware.backends.register_backend`; its options are the keyword
+    arguments of its constructor, which validates them. Importing its module must not import
+    its runtime library (do that in methods), so that the registry, and the
+    :attr:`cost_rules` a latency model needs, are available on any machine.
+    """
+
+    #: Short name used in profiles and on the command line, e.g. ``"onnxruntime"``; set by
+    #: :func:`~autocompress.hardware.backends.register_backend`.
+    name: ClassVar[str] = ""
+    #: What the backend does to a graph that decides what its nodes cost.
+    cost_rules: ClassVar[CostRules] = NEUTRAL_RULES
+    #: One phrase for messages: what and where the backend measures.
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The options the backend takes: its constructor's keyword arguments."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in parameters if p.name != "self"
+                     and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Backend:
+        """The backend configured as recorded by :meth:`settings` (keys that are not
+        options, such as derived values, are ignored)."""
+        names = cls.options()
+        return cls(**{k: v for k, v in settings.items() if k in names})
 
     @abstractmethod
     def version(self) -> str:
@@ -115,9 +181,20 @@ class Backend(ABC):
         can be profiled. A precision it would run by converting back to fp32 is not one."""
         return ("fp32",)
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether it measures on this machine (not on a device behind RPC)."""
+        return True
+
+    def describe_device(self) -> dict[str, Any]:
+        """What identifies the device it measures, as a profile records it (default: this
+        machine's CPU, :func:`autocompress.hardware.profile.describe_device`)."""
+        return describe_device()
+
     @abstractmethod
     def settings(self) -> dict[str, Any]:
-        """Settings that change latency (threads, provider, optimization level...)."""
+        """Settings that change latency (threads, provider, optimization level...), JSON
+        serializable; :meth:`from_settings` rebuilds the backend from them."""
 
     @abstractmethod
     def measure(
@@ -125,26 +202,20 @@ class Backend(ABC):
     ) -> LatencyMeasurement:
         """Run a serialized ONNX model on random inputs and return its measured latency."""
 
+    @abstractmethod
+    def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's first output for ``inputs`` fed to its first input (other inputs, if
+        any, get zeros), run ``batch_size`` rows at a time, or at the graph's fixed batch
+        size, the last batch padded (see :func:`run_in_batches`). For accuracy checks."""
+
     def measure_many(
         self, onnx_models: list[bytes], settings: MeasureSettings | None = None, rounds: int = 1
     ) -> list[LatencyMeasurement]:
         """Measure several models interleaved (round robin), so that slow drifts of the
-        machine hit them alike; with ``rounds > 1`` each model's median is the median of
-        its per-round medians."""
+        machine hit them alike; with ``rounds > 1`` each model's result is
+        :func:`median_of_rounds` of its rounds."""
         per_model: list[list[LatencyMeasurement]] = [[] for _ in onnx_models]
         for _ in range(rounds):
             for i, model in enumerate(onnx_models):
                 per_model[i].append(self.measure(model, settings))
-        out = []
-        for results in per_model:
-            if len(results) == 1:
-                out.append(results[0])
-                continue
-            out.append(LatencyMeasurement(
-                median_ms=statistics.median(r.median_ms for r in results),
-                p25_ms=statistics.median(r.p25_ms for r in results),
-                p75_ms=statistics.median(r.p75_ms for r in results),
-                runs=sum(r.runs for r in results),
-                stable=all(r.stable for r in results),
-            ))
-        return out
+        return [median_of_rounds(results) for results in per_model]

@@ -1,4 +1,14 @@
-"""ONNX Runtime backend (CPU, or CUDA where a GPU and onnxruntime-gpu are present)."""
+"""ONNX Runtime backend (CPU, or CUDA where a GPU and onnxruntime-gpu are present).
+
+Cost rules (:data:`ONNXRUNTIME_RULES`): with full graph optimization ONNX Runtime fuses an
+activation (ReLU, Clip, LeakyRelu, HardSigmoid, Sigmoid, Tanh) into the Conv it directly
+follows (FusedConv, NCHWc Conv); its QDQ quantizer removes a ReLU/Clip after a quantized
+producer. Its int8 (and fp16) kernels get two more regressors than the neutral ones: a cost
+per output pixel of convolutions and gemm whatever the channel count, which dominates narrow
+layers (CPU QLinearConv: ~30 ns per output pixel of an 8-channel 3x3 convolution, 6x the
+fp32 cost), and separate work terms for global average and windowed max pooling (uint8
+MaxPool costs 10x more per element than QLinearGlobalAveragePool).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +17,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from autocompress.exceptions import ExportError, MissingDependencyError
+from autocompress.exceptions import ExportError, MissingDependencyError, ProfileError
+from autocompress.hardware._kernel import Kernel
 from autocompress.hardware.backends._base import (
     Backend,
     LatencyMeasurement,
     MeasureSettings,
+    run_in_batches,
     time_callable,
 )
+from autocompress.hardware.backends._registry import register_backend
+from autocompress.hardware.rules import CostRules, neutral_features
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["ONNXRUNTIME_RULES", "OnnxRuntimeBackend"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +44,30 @@ _ELEM_TYPES = {
 }
 
 
+def _features(kernel: Kernel) -> np.ndarray:
+    """The neutral regressors; in int8 (and fp16) also ONNX Runtime's per-output-pixel term
+    of convolutions and gemm, and separate global and windowed work terms of pooling."""
+    if kernel.precision == "fp32" or kernel.kind not in ("conv", "conv1x1", "dwconv", "gemm",
+                                                         "pool"):
+        return neutral_features(kernel)
+    if kernel.kind == "pool":
+        windowed = kernel.kernel > 0
+        window_work = kernel.out_elements * kernel.kernel**2 if windowed else 0
+        return np.array([1.0, 0 if windowed else kernel.in_elements, window_work],
+                        dtype=float)
+    return np.append(neutral_features(kernel), float(kernel.out_height * kernel.out_width))
+
+
+#: What ONNX Runtime does to a graph that decides what its nodes cost (module docstring).
+ONNXRUNTIME_RULES = CostRules(
+    fused_ops=frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "Tanh"}),
+    fusing_ops=frozenset({"Conv"}),
+    fuse_chains=False,
+    int8_removed_ops=frozenset({"Relu", "Clip"}),
+    features=_features,
+)
+
+
 def _ort() -> Any:
     try:
         import onnxruntime
@@ -40,14 +78,19 @@ def _ort() -> Any:
     return onnxruntime
 
 
+@register_backend("onnxruntime")
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime with ``threads`` intra-op threads and full graph optimization."""
+    """ONNX Runtime with ``threads`` intra-op threads and full graph optimization, on this
+    machine's CPU or (``device="cuda"``) its NVIDIA GPU."""
 
-    name = "onnxruntime"
+    cost_rules = ONNXRUNTIME_RULES
+    summary = "measures on this machine"
 
     def __init__(self, threads: int = 1, device: Literal["cpu", "cuda"] = "cpu") -> None:
-        if threads < 1:
-            raise ValueError("threads must be at least 1")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads!r}")
+        if device not in ("cpu", "cuda"):
+            raise ProfileError(f"unknown device {device!r} for onnxruntime; use cpu or cuda")
         self.threads = threads
         self.device = device
         ort = _ort()
@@ -116,11 +159,17 @@ class OnnxRuntimeBackend(Backend):
         return time_callable(lambda: session.run(None, feeds), settings or MeasureSettings())
 
     def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Run the model's first input on ``inputs`` in batches (for accuracy checks)."""
         session = self.session(onnx_model)
-        name = session.get_inputs()[0].name
-        fixed = session.get_inputs()[0].shape[0]
-        step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
-        outs = [session.run(None, {name: inputs[i:i + step]})[0]
-                for i in range(0, len(inputs), step)]
-        return np.concatenate(outs)
+        first, *others = session.get_inputs()
+        fixed = first.shape[0] if first.shape else None
+        static = isinstance(fixed, int) and fixed > 0
+        step = int(fixed) if static else batch_size
+        dtype = _ELEM_TYPES.get(first.type, np.float32)
+        rest = {arg.name: np.zeros([d if isinstance(d, int) and d > 0 else 1
+                                    for d in arg.shape], _ELEM_TYPES.get(arg.type, np.float32))
+                for arg in others}
+
+        def run_batch(chunk: np.ndarray) -> np.ndarray:
+            return session.run(None, {first.name: chunk, **rest})[0]
+
+        return run_in_batches(run_batch, np.asarray(inputs, dtype=dtype), step, pad=static)

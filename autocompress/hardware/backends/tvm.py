@@ -23,6 +23,12 @@ Over RPC the compiled model travels as a ``.tar`` of object files, which the dev
 when it loads it: the device needs TVM's runtime (``python -m tvm.exec.rpc_server``) and a C
 compiler.
 
+Cost rules (:data:`TVM_RULES`): Relax's ``FuseOps`` (in ``tvm.compile``'s default pipeline)
+fuses elementwise and broadcast operators into the convolution or matrix product they follow,
+and chains of them into one another, as long as each intermediate tensor has one reader: a
+residual Add and the ReLU after it cost nothing beside their convolution. TVM runs fp32 only
+here, so the int8 rules do not apply; regressors are the neutral ones.
+
 Threads: ``TVM_NUM_THREADS`` is set to the number of usable cores (unless set already) before
 TVM's thread pool starts, since TVM otherwise caps itself at half the cores; every measurement
 then configures the runtime for ``threads`` and checks that it took.
@@ -50,15 +56,19 @@ import onnx
 from onnx import helper
 
 from autocompress.exceptions import ExportError, MissingDependencyError, ProfileError
+from autocompress.hardware._device import describe_device
 from autocompress.hardware.backends._base import (
     Backend,
     LatencyMeasurement,
     MeasureSettings,
+    run_in_batches,
     time_callable,
     time_rounds,
 )
+from autocompress.hardware.backends._registry import register_backend
+from autocompress.hardware.rules import CostRules
 
-__all__ = ["TARGET_ALIASES", "TvmBackend", "resolve_target"]
+__all__ = ["TARGET_ALIASES", "TVM_RULES", "TvmBackend", "resolve_target"]
 
 _logger = logging.getLogger(__name__)
 
@@ -75,6 +85,13 @@ _DEVICE_OF_KIND = {"llvm": "cpu", "cuda": "cuda"}
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 # Mode argument of TVM's runtime.config_threadpool: pin workers to the fastest cores (default).
 _BIG_CORES = 1
+# Operators Relax legalizes to elementwise or broadcast TIR, which FuseOps fuses.
+_ELEMENTWISE = frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid",
+                          "Tanh", "Add", "Sub", "Mul", "Div", "Neg", "Exp", "Max", "Min",
+                          "Sqrt", "Erf", "BatchNormalization"})
+#: What TVM (Relax, default pipeline) does to a graph that decides what its nodes cost.
+TVM_RULES = CostRules(fused_ops=_ELEMENTWISE, fusing_ops=frozenset({"Conv", "Gemm", "MatMul"}),
+                      fuse_chains=True)
 
 
 def _require_tvm() -> None:
@@ -211,10 +228,29 @@ def _first_output(vm: Any, args: list[Any]) -> np.ndarray:
     return np.asarray(out.numpy())
 
 
-class TvmBackend(Backend):
-    """Apache TVM (Relax) on one target: this CPU, a GPU, or a device behind TVM RPC."""
+def _target_for_device(target: str | dict[str, Any] | None, device: str | None
+                       ) -> str | dict[str, Any] | None:
+    """The target, given the ``device`` option (``cuda`` implies the cuda target)."""
+    if device is None or device == "cpu":
+        return target
+    if device != "cuda":
+        raise ProfileError(f"unknown device {device!r} for tvm; use cpu or cuda")
+    if target is None:
+        return "cuda"
+    if resolve_target(target)["kind"] != "cuda":
+        raise ProfileError(f"device 'cuda' does not fit TVM target {target!r}; drop one")
+    return target
 
-    name = "tvm"
+
+@register_backend("tvm")
+class TvmBackend(Backend):
+    """Apache TVM (Relax) on one target: this CPU, a GPU, or a device behind TVM RPC.
+
+    ``device`` (``cpu`` or ``cuda``) is a shorthand: ``cuda`` means the ``cuda`` target.
+    """
+
+    cost_rules = TVM_RULES
+    summary = "compiles with Apache TVM for a target, here or on a device behind rpc"
 
     def __init__(
         self,
@@ -222,13 +258,16 @@ class TvmBackend(Backend):
         threads: int = 1,
         rpc: str | None = None,
         tuning_trials: int = 0,
+        device: str | None = None,
     ) -> None:
-        if threads < 1:
-            raise ValueError("threads must be at least 1")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads!r}")
         if tuning_trials < 0:
             raise ValueError("tuning_trials must be 0 (no tuning) or more")
         self.threads = threads
-        self.target = resolve_target(target, threads)
+        self.target = resolve_target(_target_for_device(target, device), threads)
+        if device == "cpu" and self.target["kind"] != "llvm":
+            raise ProfileError(f"device 'cpu' does not fit TVM target {target!r}; drop one")
         self.rpc_address = _parse_rpc(rpc)
         self.tuning_trials = tuning_trials
         kind = self.target["kind"]
@@ -264,6 +303,17 @@ class TvmBackend(Backend):
 
     def version(self) -> str:
         return str(_tvm().__version__)
+
+    def describe_device(self) -> dict[str, Any]:
+        """This machine's CPU (with a GPU target, its kind), or, over RPC, the target and
+        the server's address: the profile then describes the remote device."""
+        if self.rpc_address is None and self.runs_here:
+            here = describe_device()
+            return here if self.target["kind"] == "llvm" else {**here, "accelerator": "cuda"}
+        target = self.target
+        name = target.get("mcpu") or target.get("mtriple") or target["kind"]
+        rpc = None if self.rpc_address is None else "{}:{}".format(*self.rpc_address)
+        return {"cpu": f"TVM target {name}", "target": copy.deepcopy(target), "rpc": rpc}
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -465,8 +515,6 @@ class TvmBackend(Backend):
         return time_callable(run_and_wait, settings)
 
     def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Run the model's first input on ``inputs`` in batches and return its first output
-        (for checks against ONNX Runtime); other inputs get zeros."""
         tvm = _tvm()
         if _batch_is_dynamic(_load_onnx(onnx_model)):
             step = max(1, min(batch_size, len(inputs)))
@@ -477,16 +525,12 @@ class TvmBackend(Backend):
         first = program.inputs[0]
         rest = [tvm.runtime.tensor(np.zeros(i.shape, i.dtype), program.device)
                 for i in program.inputs[1:]]
-        outs = []
-        for start in range(0, len(inputs), step):
-            chunk = np.asarray(inputs[start:start + step], dtype=first.dtype)
-            rows = len(chunk)
-            if rows < step:  # static shapes: pad the last batch, then drop the padding
-                pad = np.zeros((step - rows, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            out = _first_output(program.vm, [tvm.runtime.tensor(chunk, program.device), *rest])
-            outs.append(out[:rows])
-        return np.concatenate(outs)
+
+        def run_batch(chunk: np.ndarray) -> np.ndarray:
+            return _first_output(program.vm, [tvm.runtime.tensor(chunk, program.device), *rest])
+
+        # static shapes: the last batch is padded, then its padding dropped
+        return run_in_batches(run_batch, np.asarray(inputs, dtype=first.dtype), step)
 
 
 def _time_remote(program: _Program, args: list[Any], settings: MeasureSettings

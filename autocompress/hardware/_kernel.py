@@ -1,0 +1,122 @@
+"""The :class:`Kernel` record: one operator instance by kind, shapes and precision."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FLAT_KINDS", "KINDS", "PRECISIONS", "Kernel",
+           "KernelKind", "Precision", "boundary_kind", "classify_conv"]
+
+KernelKind = Literal["conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise", "quantize",
+                     "dequantize", "to_fp16", "from_fp16", "chain", "island"]
+#: Kinds of the operators of a model.
+KINDS: tuple[KernelKind, ...] = ("conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise")
+#: Kinds of the conversions at an edge where precision changes (elementwise on one tensor).
+BOUNDARY_KINDS: tuple[KernelKind, ...] = ("quantize", "dequantize", "to_fp16", "from_fp16")
+#: Kinds measured to see conversions in context: three 1x1 convolutions (``in_channels`` to
+#: ``in_channels`` over ``height x width``) in a row, all in ``precision`` (``chain``), or
+#: with only the middle one in ``precision`` and the others fp32 (``island``).
+CONTEXT_KINDS: tuple[KernelKind, ...] = ("chain", "island")
+#: Kinds over one tensor (or a matrix), whose output has the input's height and width.
+FLAT_KINDS: tuple[KernelKind, ...] = ("gemm", "elementwise", *BOUNDARY_KINDS, *CONTEXT_KINDS)
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+# The conversion kernel for each direct change of precision (others go through fp32).
+_BOUNDARY_OF: dict[tuple[str, str], KernelKind] = {
+    ("fp32", "int8"): "quantize", ("int8", "fp32"): "dequantize",
+    ("fp32", "fp16"): "to_fp16", ("fp16", "fp32"): "from_fp16",
+}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One operator instance at batch size 1.
+
+    conv/conv1x1/dwconv: ``in_channels x height x width`` input, ``out_channels`` outputs.
+    gemm: ``in_channels`` (K) -> ``out_channels`` (N), ``height`` rows (M).
+    pool: ``kernel == 0`` means global pooling. elementwise, the boundary kinds
+    (:data:`BOUNDARY_KINDS`) and the context kinds (:data:`CONTEXT_KINDS`): a tensor of
+    ``in_channels x height x width`` elements.
+    ``precision`` is the precision the operator computes in (``fp32``, ``fp16``, ``int8``);
+    a boundary kernel has the precision of the profile part that measures it (``int8`` for
+    ``quantize``/``dequantize``, ``fp16`` for the casts).
+    """
+
+    kind: KernelKind
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    precision: str = "fp32"
+
+    def _out_size(self, size: int) -> int:
+        if self.kind in FLAT_KINDS:
+            return size
+        if self.kind == "pool" and self.kernel == 0:
+            return 1
+        pad = self.kernel // 2 if self.kind != "pool" else 0
+        return (size + 2 * pad - self.kernel) // self.stride + 1
+
+    @property
+    def out_height(self) -> int:
+        return self._out_size(self.height)
+
+    @property
+    def out_width(self) -> int:
+        return self._out_size(self.width)
+
+    @property
+    def macs(self) -> int:
+        if self.kind in ("conv", "conv1x1", "dwconv"):
+            return (self.out_channels * self.out_height * self.out_width
+                    * (self.in_channels // self.groups) * self.kernel * self.kernel)
+        if self.kind == "gemm":
+            return self.height * self.in_channels * self.out_channels
+        return 0
+
+    @property
+    def in_elements(self) -> int:
+        return self.in_channels * self.height * self.width
+
+    @property
+    def out_elements(self) -> int:
+        if self.kind == "gemm":
+            return self.height * self.out_channels
+        return self.out_channels * self.out_height * self.out_width
+
+    @property
+    def weight_elements(self) -> int:
+        if self.kind in ("conv", "conv1x1", "dwconv"):
+            return self.out_channels * (self.in_channels // self.groups) * self.kernel**2
+        if self.kind == "gemm":
+            return self.in_channels * self.out_channels
+        return 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Kernel:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def classify_conv(in_channels: int, out_channels: int, kernel: int, groups: int) -> KernelKind:
+    if groups > 1 and groups == in_channels:
+        return "dwconv"
+    if kernel == 1:
+        return "conv1x1"
+    return "conv"
+
+
+def boundary_kind(source: str, target: str) -> KernelKind:
+    """The conversion kernel for a direct change of precision ``source`` -> ``target``."""
+    try:
+        return _BOUNDARY_OF[(source, target)]
+    except KeyError:
+        raise ValueError(f"no single conversion from {source} to {target}; "
+                         f"direct ones: {sorted(_BOUNDARY_OF)}") from None

@@ -1,0 +1,73 @@
+"""Cost rules: what a backend does to a graph that decides what each node costs.
+
+A latency model is fitted from a profile file, possibly on a machine without the backend
+that measured it, so every backend declares its :class:`CostRules` as plain data on its
+class (:attr:`Backend.cost_rules <autocompress.hardware.backends.Backend.cost_rules>`),
+reachable by the backend's name without importing its runtime
+(:func:`autocompress.hardware.backends.rules_for`). The rules say
+
+* which operators cost nothing because the backend fuses them into the node before them
+  (``fused_ops`` after one of ``fusing_ops``; with ``fuse_chains``, also after a node that is
+  itself fused or fusable, as compilers fuse chains of elementwise operators);
+* which activations cost nothing after an int8 producer (the QDQ quantizer folds their
+  range into the producer's output quantization);
+* which regressors (:attr:`CostRules.features`) a kernel's fitted latency is linear in.
+
+Every feature function must return regressors that never decrease with channel counts, so
+that a fit with non-negative weights is monotone in channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from autocompress.hardware._kernel import BOUNDARY_KINDS, CONTEXT_KINDS, Kernel
+
+__all__ = ["NEUTRAL_RULES", "CostRules", "FeatureFn", "neutral_features"]
+
+FeatureFn = Callable[[Kernel], np.ndarray]
+
+
+def neutral_features(kernel: Kernel) -> np.ndarray:
+    """Regressors that suit any backend, in every precision: a constant, and for
+    convolutions and gemm the multiply-adds, input, output and weight elements; for pooling
+    the input and output elements; for one-tensor kinds (elementwise, conversions) the
+    elements. All are non-decreasing in the channel counts."""
+    if kernel.kind == "elementwise" or kernel.kind in (*BOUNDARY_KINDS, *CONTEXT_KINDS):
+        return np.array([1.0, kernel.out_elements], dtype=float)
+    if kernel.kind == "pool":
+        return np.array([1.0, kernel.in_elements, kernel.out_elements], dtype=float)
+    return np.array([1.0, kernel.macs, kernel.in_elements, kernel.out_elements,
+                     kernel.weight_elements], dtype=float)
+
+
+@dataclass(frozen=True)
+class CostRules:
+    """How one backend turns graph nodes into costed kernels (see the module docstring).
+
+    The defaults are the neutral rules: ReLU and Clip fuse into a preceding Conv (every
+    inference runtime we know does this), the same two are removed after an int8 producer
+    (ONNX Runtime's QDQ quantizer, which writes every int8 model here, removes them), and
+    :func:`neutral_features`.
+    """
+
+    #: Operators that cost nothing when they read a fusing node's output as its only reader.
+    fused_ops: frozenset[str] = frozenset({"Relu", "Clip"})
+    #: Operators that others fuse into.
+    fusing_ops: frozenset[str] = frozenset({"Conv"})
+    #: Whether fusion looks at every activation input and continues through fused and
+    #: fusable operators (compilers such as TVM), or only at the first input, directly
+    #: after a fusing operator (ONNX Runtime).
+    fuse_chains: bool = False
+    #: Activations removed after an int8 producer whose only reader they are.
+    int8_removed_ops: frozenset[str] = frozenset({"Relu", "Clip"})
+    #: Regressors of a kernel's latency, by kind and precision.
+    features: FeatureFn = neutral_features
+
+
+#: The neutral rules: what a backend without its own gets, and what estimates without a
+#: backend (``kernels_of(model)``) use.
+NEUTRAL_RULES = CostRules()

@@ -1,0 +1,157 @@
+"""Reading a run's front, and picking a model off it: re-measured, optionally finetuned
+longer, exported."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from autocompress._io import write_bytes_atomic, write_text_atomic
+from autocompress.exceptions import BudgetError, RunError
+from autocompress.hardware import HardwareProfile, MeasureSettings
+from autocompress.hardware.backends import Backend, backend_for, is_local
+from autocompress.study._config import RunFolder, redact_url
+from autocompress.study._front import FrontMember, ParetoFront, member_json
+from autocompress.study._storage import open_storage
+
+if TYPE_CHECKING:
+    from autocompress.study._refine import Refined
+
+__all__ = ["PickResult", "load_front", "pick"]
+
+_logger = logging.getLogger("autocompress")
+
+_PICK_MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
+
+
+def load_study(folder: RunFolder, storage: str | None = None) -> optuna.Study:
+    """The Optuna study of the run in ``folder``."""
+    url = folder.storage_url(storage)
+    name = folder.run.study
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError as exc:
+        raise RunError(f"no study {name!r} in {redact_url(url)}; has the search started?"
+                       ) from exc
+
+
+def load_front(run: str | Path, *, storage: str | None = None) -> ParetoFront:
+    """The Pareto front of the search in run folder ``run``."""
+    folder = RunFolder.open(run)
+    return ParetoFront.from_study(load_study(folder, storage),
+                                  budget_ms=folder.run.budget.latency_ms,
+                                  baseline=folder.run.baseline)
+
+
+@dataclass(frozen=True)
+class PickResult:
+    member: FrontMember | None
+    measured_latency_ms: float | None
+    tried: tuple[tuple[int, float, float], ...]   # (trial, predicted, measured)
+    export_dir: Path | None
+    message: str
+    #: the picked member after ``pick(..., finetune_steps=N)``'s longer finetune
+    refined: Refined | None = None
+
+
+def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
+         storage: str | None = None, finetune_steps: int = 0,
+         checkpoint: str | Path | None = None) -> PickResult:
+    """Export the most accurate front member whose latency, re-measured on the real runtime,
+    fits ``latency_budget_ms``.
+
+    Members are tried most accurate first among those whose estimate fits; each is measured
+    on the profile's backend. If the profile is of another device, the estimate is all
+    there is: the pick is exported and the result says it was not measured.
+
+    With ``finetune_steps``, the picked member is rebuilt from the run's baseline (its
+    ``checkpoint``, when run.json does not name it) and trained that many steps the way the
+    search trained it; that model is exported, with its deployed accuracy, measured again.
+    """
+    if not latency_budget_ms > 0:
+        raise BudgetError(f"--latency-budget-ms must be positive, got {latency_budget_ms}")
+    if finetune_steps < 0:
+        raise RunError(f"--finetune-steps must not be negative, got {finetune_steps}")
+    folder = RunFolder.open(run)
+    front = load_front(run, storage=storage)
+    if not front.members:
+        raise RunError(f"{run} has no front yet: no finetuned trial within budget")
+    profile = HardwareProfile.load(folder.path / "profile.json")
+    backend = backend_for(profile.backend, profile.backend_settings) if is_local(profile) \
+        else None
+    tried: list[tuple[int, float, float]] = []
+    for member in front.within(latency_budget_ms):
+        if member.artifact is None:
+            continue
+        onnx_bytes = (folder.path / member.artifact).read_bytes()
+        measured = _measure(backend, onnx_bytes)
+        if measured is not None:
+            tried.append((member.trial, member.predicted_latency_ms, measured))
+            if measured > latency_budget_ms:
+                _logger.info("trial %d: estimated %.3f ms but measured %.3f ms > budget; "
+                             "trying the next", member.trial, member.predicted_latency_ms,
+                             measured)
+                continue
+        return _export(folder, member, profile, backend, Path(export_dir), latency_budget_ms,
+                       onnx_bytes, measured, tuple(tried), finetune_steps, checkpoint)
+    fastest = front.fastest()
+    assert fastest is not None
+    why = ("every front member whose estimate fits measured over the budget" if tried
+           else "no front member's estimate fits the budget")
+    return PickResult(None, None, tuple(tried), None,
+                      f"no model within {latency_budget_ms:.3f} ms: {why}; the fastest front "
+                      f"member is trial {fastest.trial} at {fastest.predicted_latency_ms:.3f} "
+                      f"ms estimated (accuracy {fastest.accuracy:.4f})")
+
+
+def _measure(backend: Backend | None, onnx_bytes: bytes) -> float | None:
+    if backend is None:
+        return None
+    return backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
+
+
+def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
+            backend: Backend | None, out: Path, budget_ms: float, onnx_bytes: bytes,
+            measured: float | None, tried: tuple[tuple[int, float, float], ...],
+            finetune_steps: int, checkpoint: str | Path | None) -> PickResult:
+    """Write the pick (finetuned longer first, when asked) and say what was done."""
+    extra: dict[str, Any] = {}
+    refined = None
+    if finetune_steps:
+        from autocompress.study._refine import finetune_member
+
+        refined = finetune_member(folder, member, finetune_steps, checkpoint=checkpoint)
+        onnx_bytes = refined.deployed.onnx
+        measured = _measure(backend, onnx_bytes)   # the same graph: measured again
+        extra.update(refined.stats)
+        extra.update(accuracy=refined.deployed.accuracy,
+                     accuracy_source=refined.deployed.accuracy_source,
+                     search_accuracy=member.accuracy, finetune_steps=refined.steps)
+    if member.candidate.quantized_layers:
+        from autocompress.transforms import exported_precisions
+
+        # what the exported graph really runs, read back from it
+        extra["exported_precisions"] = exported_precisions(onnx_bytes)
+    info = folder.run
+    write_bytes_atomic(out / "model.onnx", onnx_bytes)
+    write_text_atomic(out / "candidate.json", member_json(
+        member, measured_latency_ms=measured,
+        latency_measured_on=profile.describe() if measured is not None else None,
+        latency_budget_ms=budget_ms, run=str(folder.path), model=info.model,
+        input_shape=list(info.input_shape), num_classes=info.num_classes, **extra) + "\n")
+    note = (f"measured {measured:.3f} ms" if measured is not None
+            else "not measured: the profile is of another device")
+    if refined is not None and measured is not None and measured > budget_ms:
+        note += " (over the budget on this re-measurement of the same graph)"
+    what = member.kind + (f" {member.family}" if member.family else "")
+    accuracy = (f"accuracy {member.accuracy:.4f}" if refined is None else
+                f"accuracy {refined.deployed.accuracy:.4f} after a {refined.steps}-step "
+                f"finetune at pick ({member.accuracy:.4f} in the search)")
+    return PickResult(member, measured, tried, out,
+                      f"picked trial {member.trial} ({what}, {member.precision}): {accuracy}, "
+                      f"predicted {member.predicted_latency_ms:.3f} ms, {note} (budget "
+                      f"{budget_ms:.3f} ms)", refined)

@@ -1,0 +1,302 @@
+"""What a search needs before its first trial: data, baseline, space, profile, and, on the
+first run, the baseline's measured latency, the estimate's calibration and the budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autocompress._io import write_bytes_atomic
+from autocompress.data import DataSplit, load_data
+from autocompress.evaluation import EarlyStopping, TrainSettings, model_stats
+from autocompress.exceptions import DataError, ProfileError
+from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware.backends import backend_for, is_local
+from autocompress.hardware.latency import fit_calibration
+from autocompress.hardware.profile import describe_device
+from autocompress.hardware.profiler import GRID_NAME, profile_backend
+from autocompress.models import resolve_model
+from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
+from autocompress.space._space import KIND_PARAM
+from autocompress.study._baseline import BASELINE_TRAINING, Baseline
+from autocompress.study._cache import cache_dir
+from autocompress.study._config import SearchConfig, redact_url
+from autocompress.study._records import (
+    BaselineRecord,
+    Budget,
+    Calibration,
+    CalibrationPoint,
+    ProfileRef,
+    RunIdentity,
+    RunInfo,
+)
+from autocompress.transforms import CompressedModel, compress
+
+__all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "first_run_info",
+           "load_search_data", "load_space", "local_profile", "seed_params"]
+
+_logger = logging.getLogger("autocompress")
+
+#: Candidates whose estimate lies within this fraction of the budget are measured, when the
+#: profile is of this machine: there the estimate's error would decide.
+NEAR_BUDGET_MARGIN = 0.1
+_BASELINE_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
+_NEAR_BUDGET_MEASURE = MeasureSettings(max_time_s=1.0, min_runs=60, round_runs=30)
+_CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
+
+
+def calibration_inputs(data: DataSplit, samples: int) -> np.ndarray:
+    """The training images that calibrate activation ranges for int8 (a fixed subset)."""
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(data.train_x), generator=generator)[:samples]
+    return data.train_x[order].numpy().astype(np.float32)
+
+
+@dataclass
+class Prepared:
+    """The data, the baseline, the space bound to it, and the (calibrated) latency model."""
+
+    data: DataSplit
+    baseline: Baseline
+    bound: BoundSpace
+    latency_model: LatencyModel
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(self.data.input_shape)
+
+    def compress(self, candidate: Candidate) -> CompressedModel:
+        return compress(self.baseline.module, candidate, self.example_input,
+                        num_classes=self.data.num_classes)
+
+    def estimate_ms(self, candidate: Candidate) -> float:
+        return self.compress(candidate).estimate(self.latency_model).latency_ms
+
+    def calibration(self) -> np.ndarray:
+        precision = self.bound.space.precision
+        return calibration_inputs(self.data, precision.calibration_samples if precision else 128)
+
+    def with_latency_model(self, latency_model: LatencyModel) -> Prepared:
+        return dataclasses.replace(self, latency_model=latency_model)
+
+    def fastest_estimate_ms(self) -> float:
+        """The lowest estimate the space allows: smallest keep ratios at each offered
+        precision, and the smallest student."""
+        estimates = []
+        if self.bound.compresses or self.bound.student_space is None:
+            estimates += [self.estimate_ms(self.bound.extreme("min", precision))
+                          for precision in sorted(self.bound.space.precisions)]
+        if self.bound.student_space is not None:
+            estimates += [self.estimate_ms(Candidate(student=plan))
+                          for plan in self.bound.student_space.smallest()]
+        return min(estimates)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+def load_space(path: Path | None, config: SearchConfig) -> tuple[SearchSpace, Path]:
+    """The search space (default: the shipped one); students train from scratch with the
+    finetune's steps and batch, the baseline's learning rate with a warm-up, and early
+    stopping on a holdout of the training data."""
+    source = Path(path) if path else DEFAULT_SPACE_PATH
+    space = SearchSpace.from_yaml(source)
+    if space.students is not None:
+        space = dataclasses.replace(space, students=space.students.with_training(
+            TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
+                          lr=BASELINE_TRAINING.lr, warmup_steps=config.finetune_steps // 10,
+                          weight_decay=BASELINE_TRAINING.weight_decay),
+            EarlyStopping()))
+    return space, source
+
+
+def load_search_data(model: str, data: str, *, seed: int,
+                     input_shape: tuple[int, ...] | None) -> DataSplit:
+    """The data a search of ``model`` trains and validates on, in the input shape it uses."""
+    spec = resolve_model(model)
+    split = load_data(data, seed=seed)
+    if spec.fixed_in_channels is not None:
+        split = split.with_channels(spec.fixed_in_channels)
+    if input_shape is None:
+        return split
+    if input_shape[0] != 1 or len(input_shape) != 4:
+        raise DataError(f"--input-shape must be 1,C,H,W with batch 1, got {input_shape}")
+    if input_shape[1] != split.input_shape[1]:
+        raise DataError(f"--input-shape has {input_shape[1]} channels but the data "
+                        f"({split.name}) has {split.input_shape[1]} for this model")
+    return split.resized(input_shape[2], input_shape[3])
+
+
+def local_profile(threads: int, precisions: tuple[str, ...] = ("fp32",)) -> Path:
+    """This CPU's ONNX Runtime profile (kernels at ``precisions``), measured once and
+    cached."""
+    backend = get_backend("onnxruntime", threads=threads)
+    precisions = tuple(sorted(set(precisions) | {"fp32"}))
+    material: tuple[Any, ...] = (describe_device(), backend.version(), backend.settings(),
+                                 GRID_NAME)
+    if precisions != ("fp32",):
+        material += (precisions,)
+    key = hashlib.sha256(repr(material).encode()).hexdigest()[:12]
+    path = cache_dir("profiles") / f"onnxruntime-t{threads}-{key}.json"
+    if path.is_file():
+        return path
+    _logger.info("profiling this CPU with ONNX Runtime (%d thread(s), %s); done once, cached "
+                 "at %s", threads, "+".join(precisions), path)
+    start = time.perf_counter()
+    profile_backend(backend, path, precisions=precisions)
+    _logger.info("profiled in %.0f s", time.perf_counter() - start)
+    return path
+
+
+def load_profile(source: Path, space: SearchSpace) -> HardwareProfile:
+    profile = HardwareProfile.load(source)
+    if profile.batch_size != 1:
+        raise ProfileError(f"{source} was measured at batch size {profile.batch_size}; "
+                           "searches estimate batch size 1")
+    space.check_precisions(profile.precisions, f"the profile {source} ({profile.describe()})")
+    return profile
+
+
+def measurer(profile: HardwareProfile) -> Callable[[bytes], float] | None:
+    """Measures a serialized model on the profiled device, when that device is this
+    machine (``None`` otherwise)."""
+    if not is_local(profile):
+        return None
+    backend = backend_for(profile.backend, profile.backend_settings)
+
+    def measure(onnx_bytes: bytes) -> float:
+        return backend.measure_many([onnx_bytes], _NEAR_BUDGET_MEASURE, rounds=2)[0].median_ms
+
+    return measure
+
+
+# ------------------------------------------------------------------------------ first run
+
+def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwareProfile,
+                   profile_src: Path, ident: RunIdentity, space_src: Path,
+                   baseline_onnx: Path) -> RunInfo:
+    """Measure the baseline, calibrate the estimate, settle the budget (first run only).
+
+    When the profile is of this machine, the baseline and uniformly pruned copies of it
+    (keep ratios 1, 0.75, 0.5, 0.25) are exported and measured, interleaved, on the
+    profile's backend; ``measured = offset + scale * estimate`` fitted over them corrects
+    what the kernel-level estimate misses for this model family.
+    """
+    baseline = prepared.baseline
+    onnx_bytes = prepared.compress(Candidate()).structure_onnx()
+    write_bytes_atomic(baseline_onnx, onnx_bytes)
+    raw_ms = prepared.latency_model.estimate(onnx_bytes).latency_ms
+    local = is_local(profile)
+    measured = None
+    calibration = Calibration(raw_estimate_ms=raw_ms)
+    if local:
+        measured, calibration = _measure_and_calibrate(config, prepared, profile, onnx_bytes,
+                                                       raw_ms)
+        _logger.info("baseline: accuracy %.4f, measured %.3f ms on %s; profile estimate "
+                     "%.3f ms, calibrated as %.3f ms + %.3f x estimate", baseline.accuracy,
+                     measured.median_ms, profile.backend, raw_ms, calibration.offset_ms,
+                     calibration.scale)
+    else:
+        _logger.info("baseline: accuracy %.4f, profile estimate %.3f ms (the profile is of "
+                     "another device, so nothing is measured here)", baseline.accuracy, raw_ms)
+    latency_ms = measured.median_ms if measured else raw_ms
+    if config.latency_budget_ms is not None:
+        budget = Budget(config.latency_budget_ms, "given")
+    else:
+        budget = Budget(latency_ms / 2, "half the baseline's "
+                        + ("measured" if measured else "estimated") + " latency")
+    stats = model_stats(baseline.module, prepared.example_input, onnx_bytes)
+    record = BaselineRecord(
+        accuracy=baseline.accuracy, source=baseline.source, latency_ms=latency_ms,
+        latency_source="measured" if measured else "estimate",
+        predicted_latency_ms=calibration.offset_ms + calibration.scale * raw_ms,
+        measured_latency=measured, **stats.to_dict())
+    calibrated = prepared.with_latency_model(prepared.latency_model.calibrated(
+        calibration.scale, calibration.offset_ms))
+    return RunInfo(
+        identity=ident, model=config.model, data=config.data,
+        checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
+        input_shape=tuple(prepared.data.input_shape), num_classes=prepared.data.num_classes,
+        storage=redact_url(config.storage) if config.storage else None, study=config.study,
+        trials=config.trials, space=str(space_src),
+        profile=ProfileRef(str(profile_src), profile.describe(), local),
+        calibration=calibration, budget=budget, baseline=record,
+        fastest_estimate_ms=calibrated.fastest_estimate_ms())
+
+
+def _measure_and_calibrate(config: SearchConfig, prepared: Prepared, profile: HardwareProfile,
+                           onnx_bytes: bytes, raw_ms: float) -> tuple[Any, Calibration]:
+    backend = backend_for(profile.backend, profile.backend_settings)
+    models, keeps = [onnx_bytes], [1.0]
+    if config.calibrate:
+        for ratio in _CALIBRATION_RATIOS[1:]:
+            models.append(prepared.compress(prepared.bound.uniform(ratio)).structure_onnx())
+            keeps.append(ratio)
+    results = backend.measure_many(models, _BASELINE_MEASURE, rounds=3)
+    calibration = Calibration(raw_estimate_ms=raw_ms)
+    if config.calibrate:
+        raws = [prepared.latency_model.estimate(m).latency_ms for m in models]
+        measured = [r.median_ms for r in results]
+        scale, offset = fit_calibration(raws, measured)
+        calibration = Calibration(
+            scale=scale, offset_ms=offset, applied=True, raw_estimate_ms=raw_ms,
+            points=tuple(CalibrationPoint(k, e, m)
+                         for k, e, m in zip(keeps, raws, measured, strict=True)))
+    return results[0], calibration
+
+
+# ------------------------------------------------------------------------------ seeding
+
+def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> dict[str, Any]:
+    """Parameters putting every channel group at the allowed value nearest below ``ratio``,
+    every sparsity at its smallest allowed value and every layer at ``precision`` where
+    allowed (post-training quantization)."""
+    params: dict[str, Any] = {}
+    if bound.student_space is not None:
+        params[KIND_PARAM] = "compressed"
+    for c in bound.precision_params:
+        if c.param is not None:
+            params[c.param] = precision if precision in c.choices else c.choices[0]
+    if bound.method_param is not None and bound.method_param.param is not None:
+        params[bound.method_param.param] = "ptq"
+    for p in bound.channel_params:
+        if p.param is None:
+            continue
+        values = sorted(p.value.grid())
+        below = [v for v in values if v <= ratio + 1e-9]
+        params[p.param] = below[-1] if below else values[0]
+    for p in bound.sparsity_params:
+        if p.param is not None:
+            params[p.param] = min(p.value.grid())
+    return params
+
+
+def seed_params(prepared: Prepared, budget_ms: float,
+                measure: Callable[[bytes], float] | None = None,
+                precision: str = "fp32") -> dict[str, Any] | None:
+    """Parameters of the uniform pruning (same keep ratio everywhere, every layer at
+    ``precision``) that fits closest below the budget: what a user would try by hand, as a
+    first trial. As in the objective, a candidate whose estimate is within
+    :data:`NEAR_BUDGET_MARGIN` of the budget is measured when ``measure`` is given."""
+    channel = [p for p in prepared.bound.channel_params if p.param is not None]
+    if not channel:
+        return None
+    ratios = sorted({v for p in channel for v in p.value.grid()}, reverse=True)
+    for ratio in ratios:
+        params = uniform_params(prepared.bound, ratio, precision)
+        compressed = prepared.compress(prepared.bound.candidate_from_params(params))
+        latency = compressed.estimate(prepared.latency_model).latency_ms
+        if measure is not None and abs(latency - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms:
+            latency = measure(compressed.rewrite(compressed.structure_onnx(),
+                                                 prepared.calibration))
+        if latency <= budget_ms:
+            return params
+    return None

@@ -1,0 +1,243 @@
+"""Typed, versioned records of a search: one :class:`TrialRecord` per trial (kept in the
+Optuna study as one user attribute), and :class:`RunInfo`, the run's ``run.json``.
+
+The objective writes a trial's record once; the front, ``pick``, the report and the
+benchmarks read it back with :meth:`TrialRecord.of`. Records of another format version are
+refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+
+from autocompress._records import RecordError, fields_to_jsonable, from_jsonable
+from autocompress._version import __version__
+from autocompress.exceptions import RunError, SearchSpaceError
+from autocompress.hardware import LatencyMeasurement
+from autocompress.space import Candidate
+
+__all__ = ["RECORD_ATTR", "RUN_FORMAT_VERSION", "TRIAL_RECORD_VERSION", "BaselineRecord",
+           "Budget", "Calibration", "CalibrationPoint", "ProfileRef", "RunIdentity",
+           "RunInfo", "TrialRecord"]
+
+#: The Optuna user attribute that holds a trial's record.
+RECORD_ATTR = "record"
+TRIAL_RECORD_VERSION = 1
+RUN_FORMAT_VERSION = 2
+
+LatencySource = Literal["estimate", "measured"]
+AccuracySource = Literal["torch", "onnxruntime"]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything the search learnt about one candidate.
+
+    ``estimated_latency_ms`` is the (calibrated) profile estimate; ``latency_ms`` is what
+    the budget was checked against: the estimate, or a measurement on this machine when the
+    estimate was near the budget (``latency_source``). A candidate over the budget is not
+    trained (``finetuned`` is false) and its accuracy is that of the untrained network.
+    """
+
+    candidate: Candidate
+    channels: Mapping[str, tuple[int, int]]
+    estimated_latency_ms: float
+    latency_ms: float
+    latency_std_ms: float
+    latency_source: LatencySource
+    finetuned: bool
+    accuracy: float
+    accuracy_source: AccuracySource
+    finetune_steps: int
+    sparsity: float
+    params: int
+    nonzero_params: int
+    flops: int
+    size_bytes: int
+    compressed_size_bytes: int
+    seconds: float
+    artifact: str | None = None
+    float_accuracy: float | None = None
+    stopped_early: bool | None = None
+    format_version: int = TRIAL_RECORD_VERSION
+
+    @property
+    def kind(self) -> str:
+        return self.candidate.kind
+
+    @property
+    def precision(self) -> str:
+        return self.candidate.precision_summary
+
+    @property
+    def family(self) -> str:
+        """A student's family and distillation, e.g. ``cifar_resnet d(1,1,1) ... kl T4``."""
+        return self.candidate.student.describe() if self.candidate.student else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return fields_to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrialRecord:
+        version = data.get("format_version") if isinstance(data, Mapping) else None
+        if version != TRIAL_RECORD_VERSION:
+            raise RunError(
+                f"a trial record has format_version {version!r}; this autocompress reads "
+                f"{TRIAL_RECORD_VERSION}. The run was written by another autocompress version: "
+                f"read it with that version, or search again into a new --out folder")
+        try:
+            return from_jsonable(cls, data)
+        except (RecordError, SearchSpaceError) as exc:
+            raise RunError(f"malformed trial record: {exc}") from exc
+
+    def save(self, trial: optuna.Trial) -> None:
+        """Write the record into ``trial`` (one user attribute)."""
+        trial.set_user_attr(RECORD_ATTR, self.to_dict())
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord | None:
+        """The record of ``trial``; ``None`` when it has none (failed, or still running).
+
+        Raises:
+            RunError: the trial was recorded by an autocompress whose records this one cannot
+                read (the message says what to do).
+        """
+        data = trial.user_attrs.get(RECORD_ATTR)
+        if data is None:
+            if "accuracy" in trial.user_attrs:  # written before records were versioned
+                raise RunError(
+                    f"trial {trial.number} was recorded by autocompress 0.1 (no versioned "
+                    "record); read the run with autocompress 0.1, or search again into a new "
+                    "--out folder")
+            return None
+        return cls.from_dict(data)
+
+
+# ------------------------------------------------------------------------------- run.json
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The settings a resumed run (or another worker) must share with the run it joins."""
+
+    model: str
+    data: str
+    finetune_steps: int
+    finetune_lr: float
+    batch_size: int
+    seed: int
+    threads: int
+    study: str
+    calibrate: bool
+    sampler: str
+    input_shape: tuple[int, ...] | None
+    space_sha256: str
+    profile_sha256: str
+    checkpoint_sha256: str | None
+
+    def differences(self, other: RunIdentity) -> list[str]:
+        """``name: old -> new`` for every setting that differs."""
+        return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}"
+                for name in self.__dataclass_fields__
+                if getattr(self, name) != getattr(other, name)]
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    keep_ratio: float
+    estimate_ms: float
+    measured_ms: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``measured = offset_ms + scale * estimate``, fitted on measured reference models
+    (uniformly pruned copies of the baseline); identity when not ``applied``."""
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    applied: bool = False
+    points: tuple[CalibrationPoint, ...] = ()
+    raw_estimate_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    latency_ms: float
+    source: str          # "given", or how it was derived from the baseline
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    """The model the search compresses: its accuracy, latency and size."""
+
+    accuracy: float
+    source: str
+    latency_ms: float
+    latency_source: LatencySource
+    predicted_latency_ms: float
+    params: int
+    nonzero_params: int
+    flops: int
+    size_bytes: int
+    compressed_size_bytes: int
+    measured_latency: LatencyMeasurement | None = None
+
+
+@dataclass(frozen=True)
+class ProfileRef:
+    source: str
+    describe: str
+    local: bool
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """``run.json``: what a search was, and what it settled before its first trial."""
+
+    identity: RunIdentity
+    model: str
+    data: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    study: str
+    trials: int
+    space: str
+    profile: ProfileRef
+    calibration: Calibration
+    budget: Budget
+    baseline: BaselineRecord
+    fastest_estimate_ms: float
+    checkpoint: str | None = None
+    storage: str | None = None
+    format_version: int = RUN_FORMAT_VERSION
+    autocompress_version: str = __version__
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(
+        timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return fields_to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "run.json") -> RunInfo:
+        """Read a run's record; another format version is refused with what to do.
+
+        Raises:
+            RunError: another format version, or a malformed record.
+        """
+        data = data if isinstance(data, Mapping) else {}
+        version = data.get("format_version")
+        if version != RUN_FORMAT_VERSION:
+            raise RunError(
+                f"{where} has run format_version {version!r}; this autocompress reads "
+                f"{RUN_FORMAT_VERSION}. Read that run with the autocompress version that wrote "
+                f"it ({data.get('autocompress_version', 'unknown')}), or search again into a "
+                "new --out folder")
+        try:
+            return from_jsonable(cls, data, where)
+        except RecordError as exc:
+            raise RunError(f"{where} is malformed: {exc}") from exc

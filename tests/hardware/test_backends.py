@@ -1,0 +1,260 @@
+"""The backend registry, cost rules per backend, the shared rules of measuring (median of
+rounds, non-negative least squares) and the one int8 quantization routine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from autocompress.cli.main import _parser
+from autocompress.exceptions import ProfileError
+from autocompress.hardware import HardwareProfile, LatencyMeasurement, backends
+from autocompress.hardware._nnls import nnls
+from autocompress.hardware.backends import (
+    BACKENDS,
+    Backend,
+    MeasureSettings,
+    _registry,
+    available_backends,
+    get_backend,
+    is_local,
+    median_of_rounds,
+    register_backend,
+    rules_for,
+)
+from autocompress.hardware.backends.onnxruntime import ONNXRUNTIME_RULES
+from autocompress.hardware.backends.tvm import TVM_RULES
+from autocompress.hardware.kernels import KINDS, PRECISIONS, Kernel, kernel_graph, kernels_of
+from autocompress.hardware.profiler import profile_backend
+from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
+
+FAST = MeasureSettings(warmup_runs=1, warmup_s=0.0, max_time_s=0.02, min_runs=5,
+                       round_runs=5)
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Registrations in a test are undone after it."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    yield
+
+
+def test_builtin_backends_are_registered_and_offered_on_the_command_line() -> None:
+    assert {"onnxruntime", "tvm", "synthetic"} <= set(available_backends())
+    assert BACKENDS == available_backends()
+    for name in available_backends():
+        args = _parser().parse_args(["measure", "--onnx", "m.onnx", "--backend", name])
+        assert args.backend == name
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["measure", "--onnx", "m.onnx", "--backend", "nope"])
+
+
+def test_a_registered_backend_is_built_by_name_with_its_options(scratch_registry: None
+                                                                ) -> None:
+    rules = CostRules(fused_ops=frozenset({"Relu"}))
+
+    @register_backend("toy")
+    class Toy(Backend):
+        cost_rules = rules
+        summary = "is a toy"
+
+        def __init__(self, speed: float = 1.0) -> None:
+            self.speed = speed
+
+        def version(self) -> str:
+            return "toy-1"
+
+        def settings(self) -> dict[str, Any]:
+            return {"speed": self.speed}
+
+        def measure(self, onnx_model: bytes, settings: MeasureSettings | None = None
+                    ) -> LatencyMeasurement:
+            return LatencyMeasurement(self.speed, self.speed, self.speed, 1, True)
+
+        def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256
+                ) -> np.ndarray:
+            return inputs
+
+    assert Toy.name == "toy" and "toy" in backends.BACKENDS  # read from the registry
+    made = get_backend("toy", speed=2.0, threads=None)  # None: not given
+    assert isinstance(made, Toy) and made.speed == 2.0
+    assert rules_for("toy") is rules
+    with pytest.raises(ProfileError, match="speed is an option of the toy backend"):
+        get_backend("onnxruntime", speed=2.0)
+    with pytest.raises(ProfileError, match="toy has no option colour; toy is a toy"):
+        get_backend("toy", colour="red")
+    with pytest.raises(ValueError, match="registered already"):
+        register_backend("onnxruntime")(Toy)
+
+
+def test_options_of_another_backend_are_refused_with_what_to_do() -> None:
+    with pytest.raises(ProfileError) as info:
+        get_backend("onnxruntime", target="llvm", rpc="device:9090")
+    message = str(info.value)
+    assert message.startswith("target and rpc are options of the tvm backend; onnxruntime "
+                              "measures on this machine")
+    assert "drop them, or use backend 'tvm'" in message
+    with pytest.raises(ProfileError, match="threads is an option of the onnxruntime and tvm"):
+        get_backend("synthetic", threads=2)
+    with pytest.raises(ProfileError, match="unknown backend 'nope'; available: onnxruntime"):
+        get_backend("nope")
+
+
+def test_importing_hardware_loads_no_runtime_and_no_search_dependency() -> None:
+    code = ("import sys, autocompress.hardware, autocompress.hardware.backends; "
+            "print([m for m in ('onnxruntime', 'tvm', 'torch', 'scipy') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# --- cost rules ------------------------------------------------------------------------------
+
+
+def test_rules_are_found_by_backend_name() -> None:
+    assert rules_for("onnxruntime") is ONNXRUNTIME_RULES
+    assert rules_for("tvm") is TVM_RULES
+    assert rules_for("no-such-backend") is NEUTRAL_RULES
+
+
+def _kernel(kind: str, c_in: int, c_out: int, precision: str) -> Kernel:
+    if kind in ("dwconv", "pool", "elementwise", "quantize", "dequantize", "chain", "island"):
+        c_in = c_out
+    return Kernel(kind, c_in, c_out, 14, 14,  # type: ignore[arg-type]
+                  kernel=3 if kind in ("conv", "dwconv", "pool") else 1,
+                  groups=c_out if kind == "dwconv" else 1, precision=precision)
+
+
+@pytest.mark.parametrize("name", available_backends())
+def test_every_backends_features_never_fall_with_more_channels(name: str) -> None:
+    """So that a fit with non-negative weights is monotone in channel counts."""
+    features = rules_for(name).features
+    widths = list(range(8, 200, 16))
+    for kind in (*KINDS, "quantize", "dequantize", "chain", "island"):
+        for precision in PRECISIONS:
+            for fewer, more in zip(widths, widths[1:], strict=False):
+                for c_in, c_out in (((64, fewer), (64, more)), ((fewer, 64), (more, 64))):
+                    assert (features(_kernel(kind, *c_out, precision))
+                            >= features(_kernel(kind, *c_in, precision))).all(), (kind,
+                                                                                  precision)
+
+
+def test_onnxruntime_int8_features_add_a_per_pixel_term() -> None:
+    conv = Kernel("conv", 8, 8, 14, 14, kernel=3)
+    assert np.array_equal(ONNXRUNTIME_RULES.features(conv), NEUTRAL_RULES.features(conv))
+    int8 = replace(conv, precision="int8")
+    assert len(ONNXRUNTIME_RULES.features(int8)) == len(NEUTRAL_RULES.features(int8)) + 1
+    assert ONNXRUNTIME_RULES.features(int8)[-1] == 14 * 14
+    assert TVM_RULES.features(int8).tolist() == NEUTRAL_RULES.features(int8).tolist()
+
+
+def _residual_block() -> onnx.ModelProto:
+    """x -> conv -> relu_a -> add(x) -> relu_b -> y (8 channels at 8x8)."""
+    weight = numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"], name="relu_a"),
+             helper.make_node("Add", ["r", "x"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu_b")]
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 8, 8]) for n in "xy"]
+    return helper.make_model(helper.make_graph(nodes, "block", value[:1], value[1:], [weight]),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_tvm_fuses_the_residual_add_and_relu_into_the_conv_onnxruntime_does_not() -> None:
+    model = _residual_block()
+    ort = {n.node: n for n in kernels_of(model, rules=ONNXRUNTIME_RULES)}
+    assert ort["relu_a"].note == "fused into Conv"
+    assert ort["add"].kernel is not None and ort["relu_b"].kernel is not None
+    tvm = {n.node: n for n in kernels_of(model, rules=TVM_RULES)}
+    assert [tvm[n].kernel for n in ("relu_a", "add", "relu_b")] == [None] * 3
+    assert {tvm[n].note for n in ("relu_a", "add", "relu_b")} == {"fused into Conv"}
+    assert tvm["conv"].kernel == ort["conv"].kernel
+    assert kernels_of(model) == kernels_of(model, rules=NEUTRAL_RULES)
+
+
+# --- local profiles --------------------------------------------------------------------------
+
+
+def test_is_local_needs_this_device_and_the_installed_backend(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    profile = profile_backend(get_backend("onnxruntime"), path, grid=[Kernel("conv", 8, 8, 4,
+                                                                              4, kernel=3)],
+                              settings=FAST, rounds=1, adaptive=0)
+    assert is_local(HardwareProfile.load(path))
+    other_cpu = replace(profile, device={**profile.device, "cpu": "another CPU"})
+    assert not is_local(other_cpu)
+    assert not is_local(replace(profile, backend_version="0.0.1"))
+    assert not is_local(replace(profile, backend="no-such-backend"))
+    assert not is_local(replace(profile, backend_settings={"threads": 0}))
+    pytest.importorskip("tvm")
+    remote = replace(profile, backend="tvm", backend_settings={"rpc": "device:9090"})
+    assert not is_local(remote)
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def test_median_of_rounds_keeps_the_spread_of_all_rounds() -> None:
+    rounds = [LatencyMeasurement(1.0, 0.9, 1.2, 10, True),
+              LatencyMeasurement(3.0, 2.5, 3.5, 10, False),
+              LatencyMeasurement(2.0, 1.9, 2.1, 20, True)]
+    m = median_of_rounds(rounds)
+    assert (m.median_ms, m.p25_ms, m.p75_ms, m.runs, m.stable) == (2.0, 0.9, 3.5, 40, False)
+    assert median_of_rounds(rounds[:1]) == rounds[0]
+    assert median_of_rounds(rounds[:2]).median_ms == 2.0
+    with pytest.raises(ValueError, match="at least one"):
+        median_of_rounds([])
+
+
+def test_nnls_solves_a_known_problem() -> None:
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    x, residual = nnls(a, a @ np.array([2.0, 3.0]))
+    assert x == pytest.approx([2.0, 3.0]) and residual == pytest.approx(0.0, abs=1e-12)
+    x, _ = nnls(a, np.array([-1.0, 2.0, 1.0]))  # unconstrained: x0 < 0
+    assert x[0] == 0.0 and x[1] > 0
+
+
+def test_nnls_agrees_with_scipy() -> None:
+    scipy_nnls = pytest.importorskip("scipy.optimize").nnls
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        rows, columns = int(rng.integers(2, 30)), int(rng.integers(1, 7))
+        a = rng.standard_normal((rows, columns))
+        if columns > 1 and rng.random() < 0.3:
+            a[:, -1] = a[:, 0]  # collinear columns, as gemm's MACs and weights at M=1
+        b = rng.standard_normal(rows)
+        ours, residual = nnls(a, b)
+        theirs, expected = scipy_nnls(a, b)
+        assert (ours >= 0).all()
+        assert residual == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        if np.linalg.matrix_rank(a) == columns:
+            np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
+
+
+# --- int8 ------------------------------------------------------------------------------------
+
+
+def _int8_weights(model: bytes) -> np.ndarray:
+    proto = onnx.load_from_string(model)
+    return np.concatenate([numpy_helper.to_array(init).ravel() for init in
+                           proto.graph.initializer
+                           if init.data_type == TensorProto.INT8 and len(init.dims) == 4])
+
+
+def test_profiled_int8_kernels_have_the_7_bit_weights_of_deployed_models() -> None:
+    weights = _int8_weights(kernel_graph(Kernel("conv", 8, 16, 8, 8, kernel=3,
+                                                precision="int8")))
+    assert weights.size == 16 * 8 * 9
+    assert np.abs(weights.astype(int)).max() == 64  # reduce_range, as quantize_onnx
