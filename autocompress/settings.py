@@ -74,6 +74,12 @@ class Augmentation:
         parts += ["hflip"] if self.horizontal_flip else []
         return "+".join(parts) or "none"
 
+    def spec(self) -> str:
+        """The text :meth:`parse` reads back: ``none`` or e.g. ``crop=4,flip``."""
+        parts = [f"crop={self.crop_padding}"] if self.crop_padding else []
+        parts += ["flip"] if self.horizontal_flip else []
+        return ",".join(parts) or "none"
+
     @classmethod
     def parse(cls, text: str) -> Augmentation:
         """``"none"``, ``"standard"`` (crop with 4 px padding and flip), or ``"crop=P,flip"``.

@@ -1,66 +1,84 @@
-"""CIFAR-10: autocompress against what a user would do instead, at 50% and 30% budgets.
+"""CIFAR-10: does the search beat what a user would do by hand, at equal training steps?
 
-On the CIFAR-10 training split shipped next to the checkout (../shared/data/cifar10, split
-45,000 / 5,000 with seed 0; unpacked under ~/.cache/autocompress/data, never into the repo),
-a resnet20 baseline is trained once (cached), its ONNX Runtime latency is measured, and at
-each budget (a fraction of that latency) these approaches are compared:
+One cell (model, budget fraction) and one seed per invocation, so that the hours of CPU it
+takes can run in the background a piece at a time; each invocation appends its rows to
+``benchmarks/results/cifar10_search.csv`` and ``--report`` turns the file into
+``cifar10_search.md`` (mean and standard deviation over seeds).
 
-  (a) autocompress search (multivariate TPE, trials x finetune-steps), then
-      `pick --finetune-steps final-steps`: the picked model is trained again for the final
-      finetune before export;
-  (b) uniform channel pruning with Torch-Pruning at the largest keep ratio whose measured
-      latency meets the budget (what a user would do by hand), finetuned for final-steps
-      (the same final finetune as the picks) and, separately, for final-steps + trials x
-      finetune-steps (the same total finetune steps as a search and its final finetune);
-  (c) the same search as (a) with Optuna's RandomSampler and the same trial count.
+Setup: the CIFAR-10 training split shipped next to the checkout (unpacked under
+~/.cache/autocompress/data, never into the repo), split 45,000 / 5,000 with seed 0, exactly as
+``--data imagefolder:PATH`` splits it; the baseline is the committed checkpoint
+``benchmarks/checkpoints/cifar10-<model>.pt`` (trained by ``benchmarks/train_baseline.py``).
+The budget is a fraction of the baseline's latency measured at the start of the run; every
+exported model and the baseline are measured again at the end, interleaved, in ONNX Runtime
+(1 thread). Every measurement waits until no other process uses the CPU
+(``AUTOCOMPRESS_WAIT_FOR_QUIET``), so training may share the machine but timing does not.
 
-Reported per approach: validation accuracy and measured latency of the exported model, the
-accuracy the pick had in the search, and the hypervolume of the search's front (accuracy vs
-latency, reference point: accuracy 0 at the budget; Optuna's own hypervolume). Results with
-date and machine go to benchmarks/results/cifar10.*.
+Approaches, each given the same total training steps ``--total-steps`` (T):
 
-    python benchmarks/cifar10.py                 # the full run: 49 min on 2 cores from an
-                                                 # empty cache, 31 min with the baseline cached
-    python benchmarks/cifar10.py --smoke         # a few minutes, to check it works
+  search      ``autocompress search`` as shipped: screening (adaptive BatchNorm, no
+              training: free), the latency-aware allocation and uniform pruning as seeds,
+              ``--trials`` K finetuned trials of ``--finetune-steps`` S steps, then
+              ``pick --finetune-steps T - K*S``;
+  random      Optuna's RandomSampler, no screening and no allocation, the same K x S and the
+              same final finetune;
+  uniform     the uniform channel pruning closest below the budget (the search's first seed
+              trial), trained T steps;
+  allocation  the latency-aware allocation alone, trained T steps.
+
+All training uses the search's finetune settings (batch 64, learning rate 0.01, cosine decay,
+random crop and flip). Reported per row: validation accuracy of the exported model, its
+measured latency and whether it fits, the front's hypervolume (search and random; accuracy x
+ms dominated up to the budget), and for the search the rank correlation (Spearman) of the
+screening score, and of the accuracy right after pruning, with the finetuned accuracy.
+
+    python benchmarks/cifar10.py --model resnet20 --budget 0.5 --seed 0
+    python benchmarks/cifar10.py --report
+    python benchmarks/cifar10.py --smoke --budget 0.5 --seed 0    # minutes: checks it runs
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import sys
 import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import optuna
 import pandas as pd
+import scipy.stats
 import torch
-from optuna._hypervolume import compute_hypervolume
 
 from autocompress.data import load_data
-from autocompress.evaluation import TrainSettings, evaluate_accuracy, train
-from autocompress.hardware import MeasureSettings, get_backend
-from autocompress.hardware.backends import Backend
-from autocompress.hardware.export import export_onnx
+from autocompress.evaluation import evaluate_accuracy
+from autocompress.hardware import HardwareProfile, MeasureSettings, get_backend
 from autocompress.hardware.profile import describe_device
 from autocompress.models import create_model
-from autocompress.space import SearchSpace
-from autocompress.study import SearchConfig, load_front, pick, search
+from autocompress.space import Candidate
+from autocompress.study import FrontMember, RunFolder, SearchConfig, load_front, pick, search
 from autocompress.study._cache import cache_dir
-from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
+from autocompress.study._prepare import local_profile
+from autocompress.study._refine import finetune_member
+from autocompress.transforms import compress
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10" / "train-jpeg.tar.gz"
 SHA256 = "539a2defbe73f0e301e27c4ad6d0e5710c50a675f4bba542b3bc662ae55ed329"
-PROFILE = ROOT / "hw_profiles" / "onnxruntime-cpu-t1.json"
+CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
+RESULTS = ROOT / "benchmarks" / "results"
 MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
-BASELINE_STEPS = 3000
+APPROACHES = ("search", "random", "uniform", "allocation")
+#: percent of one core other processes may use while this benchmark measures latency
+QUIET_PERCENT = "15"
+
+_logger = logging.getLogger("benchmark")
 
 
 def unpack(archive: Path, limit: int | None) -> Path:
@@ -85,171 +103,235 @@ def unpack(archive: Path, limit: int | None) -> Path:
     return subset
 
 
-def baseline_checkpoint(spec: str, steps: int) -> tuple[Path, float, dict[str, object]]:
-    """The trained baseline (cached), its validation accuracy, and how long training took
-    when it was trained (kept beside the checkpoint, since a cached run does not train)."""
-    data = load_data(spec, seed=0)
-    settings = TrainSettings(steps=steps, batch_size=128, lr=0.1, warmup_steps=steps // 20)
-    key = hashlib.sha256(json.dumps([spec, steps, data.fingerprint]).encode()).hexdigest()[:16]
-    path = cache_dir("benchmarks") / f"cifar10-resnet20-{key}.pt"
-    record = path.with_suffix(".json")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
-        cached = path.is_file()
-        if cached:
-            model.load_state_dict(torch.load(path, weights_only=True))
-        else:
-            start = time.perf_counter()
-            train(model, data.train_x, data.train_y, settings)
-            torch.save(model.state_dict(), path)
-            seconds = time.perf_counter() - start
-            record.write_text(json.dumps({
-                "train_seconds": round(seconds), "steps": steps,
-                "trained": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
-            print(f"baseline trained in {seconds:.0f} s", file=sys.stderr)
-    info = {**(json.loads(record.read_text()) if record.is_file() else {}), "cached": cached}
-    return path, evaluate_accuracy(model, data.val_x, data.val_y), info
+def checkpoint_of(model: str) -> tuple[Path, dict[str, Any]]:
+    """The committed baseline checkpoint and its record, checked against its sha256."""
+    path = CHECKPOINTS / f"cifar10-{model}.pt"
+    record_path = path.with_suffix(".json")
+    if not path.is_file() or not record_path.is_file():
+        raise SystemExit(f"{path} is missing: train it with benchmarks/train_baseline.py "
+                         f"--model {model}")
+    record = json.loads(record_path.read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != record["sha256"]:
+        raise SystemExit(f"{path}: sha256 {digest} is not the recorded {record['sha256']}")
+    return path, record
 
 
-def baseline_note(trained: dict[str, object]) -> str:
-    """How the baseline's training time enters the total: trained in this run, or cached
-    (its training time was recorded when it was trained)."""
-    if not isinstance(trained.get("train_seconds"), int | float):
-        return ""
-    seconds = float(trained["train_seconds"])  # type: ignore[arg-type]
-    if not trained.get("cached"):
-        return f", of which training the baseline {seconds:.0f} s"
-    note = f"; {trained['note']}" if trained.get("note") else ""
-    return (f" with the baseline cached; training it took {seconds:.0f} s when it was trained "
-            f"({trained.get('trained', '?')}{note})")
+@dataclass
+class Outcome:
+    """One approach's exported model and what it cost."""
+
+    approach: str
+    onnx: bytes
+    accuracy: float
+    steps: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def hypervolume(points: list[tuple[float, float]], budget_ms: float) -> float:
-    """Area dominated by (accuracy, latency) points within budget, up to accuracy 0 and the
-    budget: Optuna's hypervolume of (-accuracy, latency) with reference (0, budget)."""
-    inside = [(-a, lat) for a, lat in points if lat <= budget_ms]
-    if not inside:
-        return 0.0
-    return float(compute_hypervolume(np.array(inside), np.array([0.0, budget_ms])))
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    fraction: float
+    seed: int
+    spec: str
+    checkpoint: Path
+    profile: Path
+    budget_ms: float
+    total_steps: int
+    trials: int
+    finetune_steps: int
+    screen: int
+
+    def run_dir(self, approach: str) -> Path:
+        return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}-"
+                         f"seed{self.seed}-{approach}")
 
 
-def uniform_pruning(spec: str, checkpoint: Path, budget_ms: float, backend: Backend
-                    ) -> tuple[float, torch.nn.Module | None, float]:
-    """The baseline pruned uniformly at the largest keep ratio (steps of 1/8) whose measured
-    latency meets the budget: (ratio, untrained pruned model, measured ms)."""
-    data = load_data(spec, seed=0)
-    model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
-    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+def _search(cell: Cell, approach: str, **options: Any) -> Path:
+    out = cell.run_dir(approach)
+    config = dict(model=cell.model, data=cell.spec, checkpoint=cell.checkpoint,
+                  latency_budget_ms=cell.budget_ms, trials=cell.trials,
+                  finetune_steps=cell.finetune_steps, profile=cell.profile, out=out,
+                  seed=cell.seed, screen=cell.screen)
+    search(SearchConfig(**{**config, **options}))
+    return out
+
+
+def run_search(cell: Cell, approach: str) -> Outcome:
+    """The search (or random search) and its pick, trained ``T - K*S`` more steps."""
+    start = time.perf_counter()
+    options: dict[str, Any] = ({} if approach == "search" else
+                               {"sampler": "random", "screen": 0, "allocate": False})
+    out = _search(cell, approach, **options)
+    final = cell.total_steps - cell.trials * cell.finetune_steps
+    result = pick(out, cell.budget_ms, out / "export", finetune_steps=final,
+                  checkpoint=cell.checkpoint)
+    if result.member is None or result.refined is None:
+        raise SystemExit(f"{approach}: {result.message}")
+    front = load_front(out)
+    extra = {"search_accuracy": result.member.accuracy, "hypervolume": front.hypervolume(),
+             "front_size": len(front), "picked_trial": result.member.trial}
+    if approach == "search":
+        extra.update(screening_correlations(cell, out))
+    return Outcome(approach, result.refined.deployed.onnx, result.refined.deployed.accuracy,
+                   cell.total_steps, time.perf_counter() - start, extra)
+
+
+def run_seed_trial(cell: Cell, approach: str) -> Outcome:
+    """Uniform pruning (the search's first seed trial) or the latency-aware allocation (its
+    second), trained for all ``T`` steps."""
+    start = time.perf_counter()
+    out = _search(cell, approach, trials=2 if approach == "allocation" else 1,
+                  finetune_steps=0, screen=0, allocate=approach == "allocation")
+    folder = RunFolder.open(out)
+    seeded = "latency-aware allocation" if approach == "allocation" else "uniform keep ratio"
+    front = load_front(out)
+    study_trials = {t.number: t for t in _study(folder).get_trials()}
+    number = next(n for n, t in study_trials.items()
+                  if str(t.user_attrs.get("seeded", "")).startswith(seeded))
+    member = FrontMember(number, front.records[number])
+    refined = finetune_member(folder, member, cell.total_steps, checkpoint=cell.checkpoint)
+    keep = sorted(set(member.candidate.channel_keep.values()))
+    return Outcome(approach, refined.deployed.onnx, refined.deployed.accuracy,
+                   cell.total_steps, time.perf_counter() - start,
+                   {"keep_ratios": " ".join(f"{k:g}" for k in keep)})
+
+
+def _study(folder: RunFolder) -> Any:
+    from autocompress.study._pick import load_study
+
+    return load_study(folder)
+
+
+def screening_correlations(cell: Cell, out: Path) -> dict[str, Any]:
+    """Spearman correlation of the finetuned accuracy of the search's trials with their
+    screening score, and with their accuracy right after pruning (no BatchNorm update)."""
+    front = load_front(out)
+    records = [(n, r) for n, r in front.records.items() if r.finetuned]
+    if len(records) < 3:
+        return {}
+    data = load_data(cell.spec, seed=0)
+    baseline = create_model(cell.model, num_classes=data.num_classes, in_channels=3)
+    baseline.load_state_dict(torch.load(cell.checkpoint, weights_only=True))
     x = torch.zeros(data.input_shape)
-    bound = SearchSpace.default().bind([g.name for g in find_channel_groups(model, x)],
-                                       sparsifiable_layers(model))
-    for ratio in np.arange(1.0, 0.0, -0.125):
-        pruned = copy.deepcopy(model).eval()
-        prune_channels(pruned, bound.uniform(float(ratio)), x)
-        measured = backend.measure_many([export_onnx(pruned, x)], MEASURE, rounds=3)[0]
-        if measured.median_ms <= budget_ms:
-            return float(ratio), pruned, measured.median_ms
-    return float("nan"), None, float("nan")
+    pruned = [evaluate_accuracy(compress(baseline, r.candidate, x).module,
+                                data.val_x[:500], data.val_y[:500]) for _, r in records]
+    finetuned = [r.accuracy for _, r in records]
+    scores = [r.screening_score for _, r in records]
+    return {"spearman_screening": float(scipy.stats.spearmanr(scores, finetuned)[0]),
+            "spearman_pruned": float(scipy.stats.spearmanr(pruned, finetuned)[0]),
+            "finetuned_trials": len(records)}
 
 
-def finetuned_accuracy(spec: str, model: torch.nn.Module, steps: int) -> float:
-    """Accuracy of a copy of ``model`` after ``steps`` finetune steps at the search's
-    settings (batch 64, learning rate 0.01, cosine decay)."""
+def measure_all(onnx_models: list[bytes]) -> list[float]:
+    backend = get_backend("onnxruntime", threads=1)
+    return [m.median_ms for m in backend.measure_many(onnx_models, MEASURE, rounds=5)]
+
+
+def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
+    spec = f"imagefolder:{unpack(args.archive, 100 if args.smoke else None)}"
+    checkpoint, record = checkpoint_of(args.model)
     data = load_data(spec, seed=0)
-    model = copy.deepcopy(model)
-    train(model, data.train_x, data.train_y, TrainSettings(steps=steps, batch_size=64, lr=0.01))
-    return evaluate_accuracy(model, data.val_x, data.val_y)
+    baseline = create_model(args.model, num_classes=data.num_classes, in_channels=3)
+    baseline.load_state_dict(torch.load(checkpoint, weights_only=True))
+    base_onnx = compress(baseline, Candidate(), torch.zeros(data.input_shape)).structure_onnx()
+    base_ms = measure_all([base_onnx])[0]
+    cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
+                local_profile(threads=1), args.budget * base_ms, args.total_steps,
+                args.trials, args.finetune_steps, args.screen)
+    _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
+                 100 * args.budget, cell.budget_ms, base_ms, args.seed)
+    outcomes = []
+    for approach in args.approaches:
+        runner = run_search if approach in ("search", "random") else run_seed_trial
+        outcomes.append(runner(cell, approach))
+        _logger.info("%s: accuracy %.4f", approach, outcomes[-1].accuracy)
+    measured = measure_all([base_onnx] + [o.onnx for o in outcomes])
+    profile = HardwareProfile.load(cell.profile)
+    rows = []
+    for outcome, latency in zip(outcomes, measured[1:], strict=True):
+        rows.append({
+            "model": args.model, "budget_fraction": args.budget, "approach": outcome.approach,
+            "seed": args.seed, "accuracy": outcome.accuracy, "measured_latency_ms": latency,
+            "budget_ms": cell.budget_ms, "within_budget": latency <= cell.budget_ms,
+            "baseline_accuracy": record["val_accuracy"], "baseline_ms": measured[0],
+            "total_steps": outcome.steps, "seconds": round(outcome.seconds),
+            **outcome.extra,
+            "trials": args.trials, "finetune_steps": args.finetune_steps,
+            "screen": args.screen, "smoke": args.smoke,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} "
+                       f"cores; {profile.backend} {profile.backend_version}"})
+    return rows
+
+
+def report(csv: Path, md: Path) -> str:
+    """Mean and standard deviation per cell and approach, and what wins."""
+    frame = pd.read_csv(csv)
+    frame = frame[~frame["smoke"].astype(bool)]
+    stats = (frame.groupby(["model", "budget_fraction", "approach"])
+             .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
+                  accuracy_std=("accuracy", "std"),
+                  latency_ms=("measured_latency_ms", "mean"),
+                  within_budget=("within_budget", "mean"),
+                  hypervolume_mean=("hypervolume", "mean"))
+             .reset_index())
+    lines = ["# CIFAR-10: the search against uniform pruning, random search and the "
+             "allocation alone", "",
+             f"Rows: {csv.name} (one per approach and seed). Regenerate with "
+             "`python benchmarks/cifar10.py --report`.", "",
+             stats.to_markdown(index=False, floatfmt=".4f"), ""]
+    verdicts = []
+    for (model, fraction), cell in stats.groupby(["model", "budget_fraction"]):
+        by = cell.set_index("approach")
+        if {"search", "uniform"} <= set(by.index):
+            gap = by.loc["search", "accuracy_mean"] - by.loc["uniform", "accuracy_mean"]
+            noise = max(by.loc["search", "accuracy_std"], by.loc["uniform", "accuracy_std"])
+            verdicts.append(f"- {model} at {fraction:.0%}: search - uniform = {gap:+.4f} "
+                            f"(larger std {noise:.4f}): "
+                            + ("the search wins beyond the noise" if gap > noise else
+                               "not beyond the noise" if gap > 0 else "uniform is ahead"))
+        if {"search", "random"} <= set(by.index) and by.loc["random", "hypervolume_mean"] > 0:
+            ratio = by.loc["search", "hypervolume_mean"] / by.loc["random", "hypervolume_mean"]
+            verdicts.append(f"  - front hypervolume search / random: {ratio:.2f}")
+    lines += ["## What wins", "", *verdicts, ""]
+    text = "\n".join(lines)
+    md.write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archive", type=Path, default=ARCHIVE)
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--budget", type=float, default=0.5, help="fraction of the baseline")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--approaches", default=",".join(APPROACHES))
+    parser.add_argument("--total-steps", type=int, default=2400)
+    parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--finetune-steps", type=int, default=150)
-    parser.add_argument("--final-steps", type=int, default=1500,
-                        help="finetune of the exported model (pick --finetune-steps)")
-    parser.add_argument("--baseline-steps", type=int, default=BASELINE_STEPS)
-    parser.add_argument("--budgets", default="0.5,0.3", help="fractions of the baseline")
+    parser.add_argument("--screen", type=int, default=100)
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--report", action="store_true", help="only write the .md from the CSV")
     parser.add_argument("--smoke", action="store_true",
-                        help="200 images per class, 2 trials, 10 steps: checks it runs")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+                        help="100 images per class, few steps: checks that it runs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.approaches = [a for a in args.approaches.split(",") if a]
+    csv, md = args.out / "cifar10_search.csv", args.out / "cifar10_search.md"
+    if args.report:
+        print(report(csv, md))
+        return 0
+    os.environ.setdefault("AUTOCOMPRESS_WAIT_FOR_QUIET", QUIET_PERCENT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    limit = None
     if args.smoke:
-        limit, args.trials, args.finetune_steps, args.baseline_steps = 200, 2, 10, 100
-        args.final_steps = 20
-    start = time.perf_counter()
-    spec = f"imagefolder:{unpack(args.archive, limit)}"
-    checkpoint, base_accuracy, trained = baseline_checkpoint(spec, args.baseline_steps)
-    backend = get_backend("onnxruntime", threads=1)
-    data = load_data(spec, seed=0)
-    base_model = create_model("resnet20", num_classes=data.num_classes, in_channels=3)
-    base_model.load_state_dict(torch.load(checkpoint, weights_only=True))
-    base_ms = backend.measure_many([export_onnx(base_model, torch.zeros(data.input_shape))],
-                                   MEASURE, rounds=3)[0].median_ms
-    runs = cache_dir("benchmarks", "cifar10-runs" + ("-smoke" if args.smoke else ""))
-    rows = []
-    search_steps = args.trials * args.finetune_steps
-    for fraction in (float(f) for f in args.budgets.split(",")):
-        budget = fraction * base_ms
-        for approach, sampler in (("autocompress (TPE)", "tpe"), ("random search", "random")):
-            out = runs / f"{sampler}-{fraction}"
-            search(SearchConfig(model="resnet20", data=spec, checkpoint=checkpoint,
-                                latency_budget_ms=budget, trials=args.trials,
-                                finetune_steps=args.finetune_steps, profile=PROFILE,
-                                out=out, sampler=sampler))  # type: ignore[arg-type]
-            front = load_front(out)
-            result = pick(out, budget, out / "export", finetune_steps=args.final_steps,
-                          checkpoint=checkpoint)
-            refined = result.refined
-            rows.append({
-                "budget_fraction": fraction, "budget_ms": budget, "approach": approach,
-                "finetune_steps": f"{args.trials}x{args.finetune_steps} + {args.final_steps}",
-                "search_accuracy": result.member.accuracy if result.member else float("nan"),
-                "accuracy": refined.deployed.accuracy if refined else float("nan"),
-                "measured_latency_ms": result.measured_latency_ms,
-                "hypervolume": hypervolume([(m.accuracy, m.predicted_latency_ms)
-                                            for m in front], budget),
-                "front_size": len(front)})
-        ratio, pruned, measured = uniform_pruning(spec, checkpoint, budget, backend)
-        for steps, what in ((args.final_steps, "same final finetune"),
-                            (args.final_steps + search_steps, "same total steps")):
-            accuracy = (finetuned_accuracy(spec, pruned, steps) if pruned is not None
-                        else float("nan"))
-            rows.append({"budget_fraction": fraction, "budget_ms": budget,
-                         "approach": f"uniform pruning (keep {ratio:.3g}), {what}",
-                         "finetune_steps": str(steps), "search_accuracy": float("nan"),
-                         "accuracy": accuracy, "measured_latency_ms": measured,
-                         "hypervolume": hypervolume([(accuracy, measured)], budget),
-                         "front_size": 1})
-    frame = pd.DataFrame(rows)
-    name = "cifar10-smoke" if args.smoke else "cifar10"
+        args.total_steps, args.trials, args.finetune_steps, args.screen = 40, 2, 10, 6
+        csv = args.out / "cifar10_search_smoke.csv"
+    rows = run_cell(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out / f"{name}.csv", index=False)
-    lines = ["# CIFAR-10 resnet20: autocompress vs uniform pruning vs random search", "",
-             f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
-             f"- machine: {describe_device()}",
-             f"- baseline: accuracy {base_accuracy:.4f}, {base_ms:.3f} ms measured on "
-             f"{backend.name} {backend.version()} (1 thread), {args.baseline_steps} steps",
-             f"- searches: {args.trials} finetuned trials x {args.finetune_steps} steps, then "
-             f"the pick finetuned {args.final_steps} steps from the baseline's weights "
-             "(`pick --finetune-steps`); uniform pruning: the same final finetune, and the "
-             "same total steps",
-             f"- total time {time.perf_counter() - start:.0f} s{baseline_note(trained)}",
-             "- accuracy and latency: the exported model, latency measured in this run; "
-             "search_accuracy: the pick's accuracy after the search's short finetune; "
-             "hypervolume: over each search front's accuracy and latency figures (the search's "
-             "estimates, measured near the budget; uniform pruning: its one measured point)",
-             "",
-             "| " + " | ".join(frame.columns) + " |",
-             "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
-                                for v in row) + " |" for row in frame.itertuples(index=False)]
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    pd.DataFrame(rows).to_csv(csv, mode="a", header=not csv.is_file(), index=False)
+    print(pd.DataFrame(rows)[["approach", "accuracy", "measured_latency_ms",
+                              "within_budget"]].to_string(index=False))
     return 0
 
 

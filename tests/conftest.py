@@ -77,7 +77,8 @@ def digits_config(synthetic_profile: Path, tmp_path_factory: pytest.TempPathFact
     from autocompress.study import SearchConfig
 
     return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
-                        profile=synthetic_profile, out=tmp_path_factory.mktemp("run") / "r1")
+                        screen=8, profile=synthetic_profile,
+                        out=tmp_path_factory.mktemp("run") / "r1")
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,10 @@ def _precisions(text: str) -> tuple[str, ...]:
     return names
 
 
+def _objectives(text: str) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in text.split(",") if p.strip())
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -83,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="Optuna sampler (default: multivariate TPE)")
     s.add_argument("--no-calibrate", action="store_true",
                    help="do not scale estimates by the baseline's measured/estimated ratio")
+    s.add_argument("--augment", default="auto",
+                   help="training augmentation: auto (crop and flip for image folders, none "
+                        "for mnist/digits), none, standard, or e.g. crop=4,flip")
+    s.add_argument("--screen", type=int, default=None,
+                   help="candidates scored without training (adaptive BatchNorm) before the "
+                        "best are finetuned (default: 10 per trial; 0: off)")
+    s.add_argument("--objectives", type=_objectives, default=("accuracy", "latency"),
+                   help="accuracy,latency (default) or accuracy,latency,size (also searches "
+                        "unstructured sparsity, which only shrinks the model)")
+    s.add_argument("--no-allocation", action="store_true",
+                   help="do not seed the search with a latency-aware allocation of channels")
 
     f = sub.add_parser("front", help="print a run's Pareto front; write front.csv, front.png")
     f.add_argument("run", type=Path)
@@ -182,6 +197,8 @@ def _search(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
         storage=args.storage, study=args.study, seed=args.seed, threads=args.threads,
         input_shape=args.input_shape, calibrate=not args.no_calibrate, sampler=args.sampler,
+        augment=args.augment, screen=args.screen, objectives=args.objectives,
+        allocate=not args.no_allocation,
     )
     front = search(config)
     _write_front(front, args.out)

@@ -178,9 +178,12 @@ class SearchSpace:
                 "`autocompress profile --precisions fp32,int8` for int8 on ONNX Runtime)"
             )
 
-    def bind(self, groups: Sequence[str], layers: Sequence[str]) -> BoundSpace:
+    def bind(self, groups: Sequence[str], layers: Sequence[str], *,
+             sparsity: bool = True) -> BoundSpace:
         """Tie the rules to a model's prunable ``groups`` and sparsifiable ``layers``
-        (precision rules also match ``layers``)."""
+        (precision rules also match ``layers``). With ``sparsity=False`` the sparsity rules
+        are left out (no layer is made sparse): for searches whose objectives sparsity cannot
+        move, as latency on dense kernels."""
         precision_params: tuple[_ChoiceParam, ...] = ()
         method: _ChoiceParam | None = None
         if self.precision is not None:
@@ -190,7 +193,8 @@ class SearchSpace:
         return BoundSpace(
             space=self,
             channel_params=_assign(self.channel_rules, groups, "keep_ratio", self.source),
-            sparsity_params=_assign(self.sparsity_rules, layers, "sparsity", self.source),
+            sparsity_params=(_assign(self.sparsity_rules, layers, "sparsity", self.source)
+                             if sparsity else ()),
             precision_params=precision_params,
             method_param=method,
         )

@@ -12,8 +12,11 @@ from autocompress._io import write_json_atomic
 from autocompress.exceptions import RunError
 from autocompress.study._records import RunIdentity, RunInfo
 
-__all__ = ["RunFolder", "SearchConfig", "check_same_identity", "identity", "redact_url",
-           "sha256_file"]
+__all__ = ["OBJECTIVE_SETS", "RunFolder", "SearchConfig", "check_same_identity", "identity",
+           "redact_url", "sha256_file"]
+
+#: The objectives a search can trade off.
+OBJECTIVE_SETS = (("accuracy", "latency"), ("accuracy", "latency", "size"))
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,22 @@ class SearchConfig:
     input_shape: tuple[int, int, int, int] | None = None
     calibrate: bool = True
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    #: training-time augmentation of finetunes (and of a baseline trained here): ``auto``
+    #: (random crop and flip for image folders, none for the digit sets), ``none``,
+    #: ``standard`` or e.g. ``crop=4,flip``
+    augment: str = "auto"
+    #: candidates scored without training (adaptive BatchNorm) before the best are finetuned;
+    #: ``None``: 10 per finetuned trial; 0: no screening (the sampler proposes every trial)
+    screen: int | None = None
+    #: what the front trades off: accuracy and latency, and optionally the compressed size
+    #: (only then is unstructured sparsity searched: it does not change latency)
+    objectives: tuple[str, ...] = ("accuracy", "latency")
+    #: seed the search with a latency-aware allocation of channels (see _allocation.py)
+    allocate: bool = True
+
+    @property
+    def screen_count(self) -> int:
+        return 10 * self.trials if self.screen is None else self.screen
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -56,6 +75,19 @@ class SearchConfig:
             raise RunError(f"--threads must be at least 1, got {self.threads}")
         if self.sampler not in ("tpe", "random", "nsga2"):
             raise RunError(f"--sampler must be tpe, random or nsga2, got {self.sampler!r}")
+        if self.screen is not None and self.screen < 0:
+            raise RunError(f"--screen must be 0 or more, got {self.screen}")
+        if tuple(self.objectives) not in OBJECTIVE_SETS:
+            raise RunError(f"--objectives must be one of "
+                           f"{', '.join(','.join(o) for o in OBJECTIVE_SETS)}, got "
+                           f"{','.join(self.objectives)!r}")
+        if self.augment != "auto":
+            from autocompress.settings import Augmentation
+
+            try:
+                Augmentation.parse(self.augment)
+            except Exception as exc:
+                raise RunError(f"--augment: {exc}; or 'auto'") from exc
 
 
 def redact_url(url: str) -> str:
@@ -138,9 +170,12 @@ class RunFolder:
 
 
 def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
-             checkpoint_sha: str | None) -> RunIdentity:
-    """The settings a resumed run must share with the run it resumes."""
+             checkpoint_sha: str | None, augmentation: str) -> RunIdentity:
+    """The settings a resumed run must share with the run it resumes (``augmentation``: the
+    resolved augmentation, as :meth:`Augmentation.describe` says)."""
     return RunIdentity(
+        augmentation=augmentation, screen=config.screen,
+        objectives=tuple(config.objectives), allocate=config.allocate,
         model=config.model, data=config.data, finetune_steps=config.finetune_steps,
         finetune_lr=config.finetune_lr, batch_size=config.batch_size, seed=config.seed,
         threads=config.threads, study=config.study, calibrate=config.calibrate,

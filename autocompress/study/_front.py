@@ -110,9 +110,13 @@ class FrontMember:
                 "config": self.candidate.to_json()}
 
 
-def _dominates(a: FrontMember, b: FrontMember) -> bool:
-    return (a.accuracy >= b.accuracy and a.predicted_latency_ms <= b.predicted_latency_ms
-            and (a.accuracy > b.accuracy or a.predicted_latency_ms < b.predicted_latency_ms))
+def _dominates(a: FrontMember, b: FrontMember, size: bool = False) -> bool:
+    """Whether ``a`` is at least as good as ``b`` in every objective (accuracy, latency and,
+    with ``size``, the compressed size) and better in one."""
+    better = [a.accuracy - b.accuracy, b.predicted_latency_ms - a.predicted_latency_ms]
+    if size:
+        better.append(b.record.compressed_size_bytes - a.record.compressed_size_bytes)
+    return all(d >= 0 for d in better) and any(d > 0 for d in better)
 
 
 class ParetoFront:
@@ -124,8 +128,11 @@ class ParetoFront:
 
     def __init__(self, members: Sequence[FrontMember], *, budget_ms: float | None = None,
                  baseline: BaselineRecord | None = None,
-                 records: Mapping[int, TrialRecord] | None = None) -> None:
-        members = [m for m in members if not any(_dominates(o, m) for o in members)]
+                 records: Mapping[int, TrialRecord] | None = None,
+                 objectives: Sequence[str] = ("accuracy", "latency")) -> None:
+        size = "size" in objectives
+        members = [m for m in members if not any(_dominates(o, m, size) for o in members)]
+        self.objectives = tuple(objectives)
         self.members = tuple(sorted(members, key=lambda m: (m.predicted_latency_ms, -m.accuracy)))
         self.budget_ms = budget_ms
         self.baseline = baseline
@@ -141,7 +148,9 @@ class ParetoFront:
         records = {t.number: r for t in trials if (r := TrialRecord.of(t)) is not None}
         best = [FrontMember(t.number, records[t.number]) for t in study.best_trials
                 if t.number in records and records[t.number].artifact]
-        return cls(best, budget_ms=budget_ms, baseline=baseline, records=records)
+        objectives = ("accuracy", "latency", "size")[:len(study.directions)]
+        return cls(best, budget_ms=budget_ms, baseline=baseline, records=records,
+                   objectives=objectives)
 
     def __len__(self) -> int:
         return len(self.members)

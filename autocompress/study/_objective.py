@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,13 @@ from autocompress.exceptions import ExportError, FinetuneDivergedError
 from autocompress.hardware.export import export_onnx
 from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared
 from autocompress.study._records import TrialRecord
-from autocompress.transforms import CompressedModel, Deployed, weight_sparsity
+from autocompress.transforms import (
+    CompressedModel,
+    Deployed,
+    apply_sparsity,
+    make_sparsity_permanent,
+    weight_sparsity,
+)
 
 __all__ = ["CONSTRAINT", "TRIAL_ERRORS", "Objective"]
 
@@ -49,9 +56,13 @@ class Objective:
     #: Measures a serialized model on the profiled device, when that device is this machine.
     measure: Callable[[bytes], float] | None = None
     remeasure_margin: float = NEAR_BUDGET_MARGIN
+    #: what the trial returns: accuracy, latency, and the compressed size when asked
+    objectives: tuple[str, ...] = ("accuracy", "latency")
+    #: scores an untrained network without training it (recorded before the finetune)
+    screen: Callable[[torch.nn.Module], float] | None = None
     _teacher_logits: torch.Tensor | None = field(default=None, repr=False)
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
             return self._run(trial)
         except TRIAL_ERRORS as exc:
@@ -59,7 +70,7 @@ class Objective:
             _logger.warning("trial %d failed: %s", trial.number, exc)
             raise
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
+    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         start = time.perf_counter()
         prepared = self.prepared
         compressed = prepared.compress(prepared.bound.sample(trial))
@@ -73,8 +84,9 @@ class Objective:
             std, source = 0.0, "measured"
         trial.set_constraint(CONSTRAINT, latency - self.budget_ms)
         within = latency <= self.budget_ms
-        steps, stopped_early = 0, None
+        steps, stopped_early, score = 0, None, None
         if within:
+            score = self._score(compressed)
             outcome = compressed.train(prepared.data, replace(self.finetune, seed=trial.number),
                                        teacher_logits=self._shared_teacher_logits(compressed))
             steps = outcome.steps
@@ -90,13 +102,26 @@ class Objective:
             latency_std_ms=std, latency_source=source, finetuned=within,  # type: ignore[arg-type]
             accuracy=deployed.accuracy, accuracy_source=deployed.accuracy_source,  # type: ignore[arg-type]
             float_accuracy=deployed.float_accuracy if within else None,
-            finetune_steps=steps, stopped_early=stopped_early,
+            finetune_steps=steps, stopped_early=stopped_early, screening_score=score,
             sparsity=weight_sparsity(compressed.module), artifact=artifact,
             seconds=time.perf_counter() - start, **stats.to_dict())
         record.save(trial)
         if self.on_record is not None:
             self.on_record(trial.number, record)
+        if "size" in self.objectives:
+            return record.accuracy, record.latency_ms, float(record.compressed_size_bytes)
         return record.accuracy, record.latency_ms
+
+    def _score(self, compressed: CompressedModel) -> float | None:
+        """The untrained network's screening score (with its sparsity applied)."""
+        if self.screen is None:
+            return None
+        module = compressed.module
+        if compressed.candidate.sparsity and any(compressed.candidate.sparsity.values()):
+            module = copy.deepcopy(module)
+            apply_sparsity(module, compressed.candidate.sparsity)
+            make_sparsity_permanent(module)
+        return self.screen(module)
 
     def _shared_teacher_logits(self, compressed: CompressedModel) -> torch.Tensor | None:
         """The teacher's outputs on the training split, computed once per search for the

@@ -25,6 +25,7 @@ from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import describe_device
 from autocompress.hardware.profiler import GRID_NAME, profile_backend
 from autocompress.models import resolve_model
+from autocompress.settings import NO_AUGMENTATION, STANDARD_AUGMENTATION, Augmentation
 from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
 from autocompress.space._space import KIND_PARAM
 from autocompress.study._baseline import BASELINE_TRAINING, Baseline
@@ -103,17 +104,27 @@ class Prepared:
 
 # ------------------------------------------------------------------------------ inputs
 
-def load_space(path: Path | None, config: SearchConfig) -> tuple[SearchSpace, Path]:
+def resolve_augmentation(setting: str, data: str) -> Augmentation:
+    """``auto``: random crop (4 px) and flip for image folders, none for the built-in digit
+    sets (a flipped digit is another digit); anything else as :meth:`Augmentation.parse`."""
+    if setting == "auto":
+        return STANDARD_AUGMENTATION if data.startswith("imagefolder:") else NO_AUGMENTATION
+    return Augmentation.parse(setting)
+
+
+def load_space(path: Path | None, config: SearchConfig,
+               augmentation: Augmentation = NO_AUGMENTATION) -> tuple[SearchSpace, Path]:
     """The search space (default: the shipped one); students train from scratch with the
-    finetune's steps and batch, the baseline's learning rate with a warm-up, and early
-    stopping on a holdout of the training data."""
+    finetune's steps, batch and augmentation, the baseline's learning rate with a warm-up,
+    and early stopping on a holdout of the training data."""
     source = Path(path) if path else DEFAULT_SPACE_PATH
     space = SearchSpace.from_yaml(source)
     if space.students is not None:
         space = dataclasses.replace(space, students=space.students.with_training(
             TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
                           lr=BASELINE_TRAINING.lr, warmup_steps=config.finetune_steps // 10,
-                          weight_decay=BASELINE_TRAINING.weight_decay),
+                          weight_decay=BASELINE_TRAINING.weight_decay,
+                          augmentation=augmentation),
             EarlyStopping()))
     return space, source
 

@@ -21,7 +21,8 @@ from autocompress.exceptions import RunError, SearchSpaceError
 from autocompress.hardware import LatencyMeasurement
 from autocompress.space import Candidate
 
-__all__ = ["RECORD_ATTR", "RUN_FORMAT_VERSION", "TRIAL_RECORD_VERSION", "BaselineRecord",
+__all__ = ["RECORD_ATTR", "RUN_FORMAT_VERSION", "TRIAL_RECORD_VERSION", "AllocationRecord",
+           "BaselineRecord",
            "Budget", "Calibration", "CalibrationPoint", "ProfileRef", "RunIdentity",
            "RunInfo", "TrialRecord"]
 
@@ -64,6 +65,8 @@ class TrialRecord:
     artifact: str | None = None
     float_accuracy: float | None = None
     stopped_early: bool | None = None
+    #: adaptive-BatchNorm accuracy before training (within the budget only)
+    screening_score: float | None = None
     format_version: int = TRIAL_RECORD_VERSION
 
     @property
@@ -138,6 +141,10 @@ class RunIdentity:
     space_sha256: str
     profile_sha256: str
     checkpoint_sha256: str | None
+    augmentation: str = "none"
+    screen: int | None = 0
+    objectives: tuple[str, ...] = ("accuracy", "latency")
+    allocate: bool = False
 
     def differences(self, other: RunIdentity) -> list[str]:
         """``name: old -> new`` for every setting that differs."""
@@ -196,6 +203,19 @@ class ProfileRef:
 
 
 @dataclass(frozen=True)
+class AllocationRecord:
+    """The latency-aware allocation: keep ratio per group, its estimated latency and the
+    sensitivity it came from (score and latency per group and keep ratio)."""
+
+    keep: Mapping[str, float]
+    params: Mapping[str, float]
+    latency_ms: float
+    predicted_loss: float
+    sensitivity: Mapping[str, Mapping[str, tuple[float, float | None]]]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """``run.json``: what a search was, and what it settled before its first trial."""
 
@@ -212,6 +232,8 @@ class RunInfo:
     budget: Budget
     baseline: BaselineRecord
     fastest_estimate_ms: float
+    #: the latency-aware allocation seeded into the search (None: not computed)
+    allocation: AllocationRecord | None = None
     checkpoint: str | None = None
     storage: str | None = None
     format_version: int = RUN_FORMAT_VERSION

@@ -9,7 +9,7 @@ accuracy is then measured on the model as deployed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ import torch
 from autocompress.evaluation import TrainSettings, model_stats
 from autocompress.exceptions import CheckpointError, RunError
 from autocompress.models import resolve_model
+from autocompress.settings import Augmentation
 from autocompress.space import SearchSpace
-from autocompress.study._baseline import prepare_baseline
+from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
 from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import FrontMember
 from autocompress.study._prepare import calibration_inputs, load_search_data
@@ -80,13 +81,16 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
     data = load_search_data(info.model, info.data, seed=ident.seed,
                             input_shape=ident.input_shape)
     baseline = prepare_baseline(resolve_model(info.model), data, checkpoint=path,
-                                seed=ident.seed)
+                                seed=ident.seed, training=replace(
+                                    BASELINE_TRAINING,
+                                    augmentation=Augmentation.parse(ident.augmentation)))
     space = SearchSpace.from_yaml(folder.path / "space.yaml")
     samples = space.precision.calibration_samples if space.precision else 128
     x = torch.zeros(data.input_shape)
     compressed = compress(baseline.module, member.candidate, x, num_classes=data.num_classes)
     settings = TrainSettings(steps=steps, batch_size=ident.batch_size, lr=ident.finetune_lr,
-                             seed=member.trial)
+                             seed=member.trial,
+                             augmentation=Augmentation.parse(ident.augmentation))
     _logger.info("trial %d: finetuning for %d steps before export", member.trial, steps)
     outcome = compressed.train(data, settings)
     if outcome.stopped_early:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,13 @@ from autocompress.evaluation import TrainSettings
 from autocompress.exceptions import BudgetError, CheckpointError, RunError
 from autocompress.hardware import HardwareProfile, LatencyModel
 from autocompress.models import resolve_model
-from autocompress.study._baseline import prepare_baseline
+from autocompress.settings import Augmentation
+from autocompress.study._allocation import (
+    allocation_params,
+    compute_allocation,
+    uniform_grid_params,
+)
+from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
 from autocompress.study._config import (
     RunFolder,
     SearchConfig,
@@ -36,9 +44,11 @@ from autocompress.study._prepare import (
     load_space,
     local_profile,
     measurer,
+    resolve_augmentation,
     seed_params,
 )
-from autocompress.study._records import RunIdentity, RunInfo, TrialRecord
+from autocompress.study._records import AllocationRecord, RunIdentity, RunInfo, TrialRecord
+from autocompress.study._screen import Screening
 from autocompress.study._storage import GRACE_S, fail_stale_trials, open_storage, open_study
 from autocompress.transforms import find_channel_groups, sparsifiable_layers
 
@@ -62,6 +72,7 @@ class _Setup:
     profile: HardwareProfile
     profile_src: Path
     space_src: Path
+    augmentation: Augmentation
 
 
 def search(config: SearchConfig) -> ParetoFront:
@@ -74,15 +85,25 @@ def search(config: SearchConfig) -> ParetoFront:
     info = _shared_info(config, setup)
     prepared = setup.prepared.with_latency_model(setup.prepared.latency_model.calibrated(
         info.calibration.scale, info.calibration.offset_ms))
+    budget_ms = info.budget.latency_ms
     measure = measurer(setup.profile)
+    screening = None
+    if config.screen_count and prepared.bound.compresses:
+        screening = Screening(prepared, budget_ms,
+                              open_storage(setup.folder.storage_url(config.storage),
+                                           heartbeat=False),
+                              f"{config.study}-screening", config.seed, config.sampler)
     if not setup.study.trials:
-        _enqueue_seeds(setup.study, prepared, info.budget.latency_ms, measure)
+        _enqueue_seeds(setup.study, prepared, budget_ms, measure, info.allocation)
+    if screening is not None:
+        _screen_and_enqueue(setup.study, screening, prepared, config, info)
     objective = Objective(
-        prepared=prepared, budget_ms=info.budget.latency_ms,
+        prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
-                               lr=config.finetune_lr),
-        trial_dir=setup.folder.trial_dir, measure=measure,
-        on_record=_Progress(setup.study, config.trials, info.budget.latency_ms))
+                               lr=config.finetune_lr, augmentation=setup.augmentation),
+        trial_dir=setup.folder.trial_dir, measure=measure, objectives=config.objectives,
+        screen=screening.score if screening is not None else None,
+        on_record=_Progress(setup.study, config.trials, budget_ms))
     _optimize(setup.study, objective, config.trials)
     return load_front(setup.folder.path, storage=config.storage)
 
@@ -93,7 +114,8 @@ def _setup(config: SearchConfig) -> _Setup:
     if resuming:
         folder = RunFolder.open(config.out)
     folder.path.mkdir(parents=True, exist_ok=True)
-    space, space_src = load_space(config.space, config)
+    augmentation = resolve_augmentation(config.augment, config.data)
+    space, space_src = load_space(config.space, config, augmentation)
     data = load_search_data(config.model, config.data, seed=config.seed,
                             input_shape=config.input_shape)
     profile_copy = folder.path / "profile.json"
@@ -109,23 +131,32 @@ def _setup(config: SearchConfig) -> _Setup:
     ident = identity(config, space_sha=hashlib.sha256(space_src.read_bytes()).hexdigest(),
                      profile_sha=sha256_file(profile_src),
                      checkpoint_sha=sha256_file(Path(config.checkpoint))
-                     if config.checkpoint else None)
+                     if config.checkpoint else None, augmentation=augmentation.spec())
     storage = open_storage(folder.storage_url(config.storage))  # fail fast on a bad URL
     # Workers sharing a study must not draw the same random candidates: with an explicit
     # storage each worker's sampler seed also depends on its process id.
     worker_seed = config.seed + (os.getpid() if config.storage else 0)
-    study = open_study(storage, config.study, worker_seed, config.trials, config.sampler)
+    study = open_study(storage, config.study, worker_seed, config.trials, config.sampler,
+                       len(config.objectives))
     shared = _stored_info(study) or folder.info
     if shared is not None:
         _check_joinable(shared, ident, config, folder.path)
     baseline = prepare_baseline(resolve_model(config.model), data, checkpoint=config.checkpoint,
-                                seed=config.seed)
+                                seed=config.seed, training=dataclasses.replace(
+                                    BASELINE_TRAINING, augmentation=augmentation))
     groups = find_channel_groups(baseline.module, torch.zeros(data.input_shape))
-    bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module))
+    # sparsity makes nothing faster on dense kernels: searched only when size is an objective
+    search_sparsity = "size" in config.objectives
+    if space.sparsity_rules and not search_sparsity:
+        _logger.info("the space's sparsity rules are not searched: sparsity does not change "
+                     "latency on %s; add size to --objectives to search it", profile.backend)
+    bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module),
+                       sparsity=search_sparsity)
     if not bound.distributions and bound.student_space is None:
         raise RunError(f"the search space {space_src} leaves nothing to search for this model")
     prepared = Prepared(data, baseline, bound, LatencyModel(profile))
-    return _Setup(folder, study, storage, ident, prepared, profile, profile_src, space_src)
+    return _Setup(folder, study, storage, ident, prepared, profile, profile_src, space_src,
+                  augmentation)
 
 
 def _stored_info(study: optuna.Study) -> RunInfo | None:
@@ -158,6 +189,11 @@ def _shared_info(config: SearchConfig, setup: _Setup) -> RunInfo:
                 f"the latency budget {info.budget.latency_ms:.3f} ms is below the fastest model "
                 f"this search space can produce ({info.fastest_estimate_ms:.3f} ms estimated); "
                 f"raise --latency-budget-ms or allow smaller keep ratios in {setup.space_src}")
+        if config.allocate and setup.prepared.bound.compresses:
+            info = dataclasses.replace(info, allocation=compute_allocation(
+                setup.prepared.with_latency_model(setup.prepared.latency_model.calibrated(
+                    info.calibration.scale, info.calibration.offset_ms)),
+                info.budget.latency_ms))
         if _stored_info(setup.study) is None:
             setup.study.set_user_attr(_RUN_ATTR, info.to_dict())
         # another worker may have been first: everyone uses what the study holds
@@ -174,16 +210,43 @@ def _shared_info(config: SearchConfig, setup: _Setup) -> RunInfo:
 
 
 def _enqueue_seeds(study: optuna.Study, prepared: Prepared, budget_ms: float,
-                   measure: object) -> None:
+                   measure: Callable[[bytes], float] | None,
+                   allocation: AllocationRecord | None) -> None:
     """What a user would do by hand: uniform pruning (and, where the space quantizes,
-    uniform pruning quantized all-int8) that fits the budget, as the first trials."""
+    uniform pruning quantized all-int8) that fits the budget, as the first trials; then the
+    latency-aware allocation."""
     for precision in ("fp32", "int8"):
         if precision not in prepared.bound.space.precisions:
             continue
-        params = seed_params(prepared, budget_ms, measure, precision)  # type: ignore[arg-type]
+        params = seed_params(prepared, budget_ms, measure, precision)
         if params:  # skip_if_exists: workers starting together enqueue it once
             study.enqueue_trial(params, user_attrs={"seeded": f"uniform keep ratio, {precision}"},
                                 skip_if_exists=True)
+    if allocation is not None:
+        study.enqueue_trial(allocation_params(prepared.bound, allocation),
+                            user_attrs={"seeded": "latency-aware allocation"},
+                            skip_if_exists=True)
+
+
+def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Prepared,
+                        config: SearchConfig, info: RunInfo) -> None:
+    """Screen ``config.screen_count`` candidates (uniform prunings at every keep ratio of the
+    grid and the allocation first), then queue the best for finetuning, beside the seeds."""
+    bound = prepared.bound
+    seeds = uniform_grid_params(bound)
+    if info.allocation is not None:
+        seeds.append(allocation_params(bound, info.allocation))
+    screening.run(config.screen_count, seeds)
+    # an enqueued trial's parameters wait in its system attributes until it runs
+    queued = [t.system_attrs.get("fixed_params", t.params)
+              for t in study.get_trials(deepcopy=False)]
+    room = config.trials - len(study.get_trials(deepcopy=False,
+                                                states=(optuna.trial.TrialState.WAITING,)))
+    room -= len(_finetuned(study))
+    for chosen in screening.choose(max(room, 0), exclude=queued):
+        study.enqueue_trial(dict(chosen.params), user_attrs={
+            "seeded": f"screened (trial {chosen.number} of the screening study)"},
+            skip_if_exists=True)
 
 
 class _Progress:

@@ -82,14 +82,15 @@ class _Storage(optuna.storages.RDBStorage):
         return stale
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Optuna's RDB storage for ``url`` with heartbeats: a worker killed mid-trial stops its
     heartbeat (or never wrote one); after the grace period its trial is failed and retried
     once. Workers that start together race to create the database's tables: the loser of
-    that race tries again."""
+    that race tries again. ``heartbeat=False`` for studies driven by ask and tell (Optuna's
+    heartbeat only runs inside ``optimize``)."""
     for attempt in range(_OPEN_ATTEMPTS):
         try:
-            return _open(url)
+            return _open(url, heartbeat)
         except Exception as exc:
             if attempt + 1 < _OPEN_ATTEMPTS and _is_creation_race(exc):
                 time.sleep(0.5 + random.random())
@@ -112,10 +113,12 @@ def _is_creation_race(exc: BaseException) -> bool:
         "already exists" in str(cause) or "duplicate key" in str(cause))
 
 
-def _open(url: str) -> optuna.storages.BaseStorage:
+def _open(url: str, heartbeat: bool) -> optuna.storages.BaseStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if not heartbeat:
+                return optuna.storages.RDBStorage(url)
             return _Storage(
                 url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -156,9 +159,10 @@ def make_sampler(kind: str, seed: int, trials: int) -> optuna.samplers.BaseSampl
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, seed: int, trials: int,
-               sampler: str = "tpe") -> optuna.Study:
-    """Create or load the study ``name`` (maximise accuracy, minimise latency); the sampler's
-    seed moves on with the trials already in it, so a resumed run draws new candidates."""
+               sampler: str = "tpe", objectives: int = 2) -> optuna.Study:
+    """Create or load the study ``name`` (maximise accuracy or score, minimise latency, and
+    with three objectives also the size); the sampler's seed moves on with the trials
+    already in it, so a resumed run draws new candidates."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         existing = 0
@@ -168,7 +172,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, seed: int, trial
             pass
         return optuna.create_study(study_name=name, storage=storage,
                                    sampler=make_sampler(sampler, seed + existing, trials),
-                                   directions=["maximize", "minimize"], load_if_exists=True)
+                                   directions=["maximize"] + ["minimize"] * (objectives - 1),
+                                   load_if_exists=True)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

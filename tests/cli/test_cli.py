@@ -90,8 +90,8 @@ def test_sigkill_mid_trial_then_rerun_keeps_completed_trials(tmp_path, synthetic
 
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "autocompress", "search", "--data", "digits", "--trials", "3",
-            "--finetune-steps", "20", "--latency-budget-ms", "1000", "--profile",
-            str(synthetic_profile), "--out", str(run)]
+            "--finetune-steps", "20", "--latency-budget-ms", "1000", "--screen", "0",
+            "--no-allocation", "--profile", str(synthetic_profile), "--out", str(run)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = subprocess.run(argv, env={**env, KILL_AT_TRIAL_ENV: "1:trained"},
                             capture_output=True, text=True, timeout=1800)
@@ -126,8 +126,8 @@ def test_killed_before_the_first_heartbeat_then_rerun_finishes(tmp_path, synthet
 
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "autocompress", "search", "--data", "digits", "--trials", "3",
-            "--finetune-steps", "20", "--latency-budget-ms", "1000", "--profile",
-            str(synthetic_profile), "--out", str(run)]
+            "--finetune-steps", "20", "--latency-budget-ms", "1000", "--screen", "0",
+            "--no-allocation", "--profile", str(synthetic_profile), "--out", str(run)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = subprocess.run(argv, env={**env, KILL_AT_TRIAL_ENV: "1"}, capture_output=True,
                             text=True, timeout=1800)

@@ -79,7 +79,8 @@ def test_two_workers_one_killed_finish_the_study(postgres_url: str, synthetic_pr
                                                  tmp_path: Path) -> None:
     run = tmp_path / "shared-run"   # a folder both workers reach (one machine here)
     argv = [sys.executable, "-m", "autocompress", "search", "--data", "digits", "--trials",
-            str(TRIALS), "--finetune-steps", "150", "--latency-budget-ms", "1000",
+            str(TRIALS), "--finetune-steps", "150", "--latency-budget-ms", "1000", "--screen", "0",
+            "--no-allocation",
             "--profile", str(synthetic_profile), "--storage", postgres_url, "--study", STUDY,
             "--out", str(run)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -39,7 +39,7 @@ def mixed_run(synthetic_int8_profile: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("mixed") / "run"
     search(SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
                         profile=synthetic_int8_profile, space=MIXED_SPACE, out=out,
-                        latency_budget_ms=1000.0))
+                        latency_budget_ms=1000.0, screen=0, allocate=False))
     return out
 
 

@@ -148,7 +148,8 @@ def test_near_budget_candidates_are_measured(config: SearchConfig, finished) -> 
 def test_diverging_finetunes_fail_their_trials_with_the_reason(config, tmp_path) -> None:
     out = tmp_path / "diverge"
     with pytest.raises(RunError, match="diverged"):
-        search(replace(config, out=out, finetune_lr=1e12, latency_budget_ms=1e3, trials=2))
+        search(replace(config, out=out, finetune_lr=1e12, latency_budget_ms=1e3, trials=2,
+                       screen=0, allocate=False))
     study = optuna.load_study(study_name="autocompress",
                               storage=f"sqlite:///{(out / 'study.db').resolve()}")
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
@@ -159,11 +160,12 @@ def test_diverging_finetunes_fail_their_trials_with_the_reason(config, tmp_path)
 def test_random_sampler_search_runs_and_is_recorded(config: SearchConfig, finished,
                                                     tmp_path: Path) -> None:
     out = tmp_path / "random"
-    front = search(replace(config, out=out, sampler="random", trials=2))
+    front = search(replace(config, out=out, sampler="random", trials=2, screen=0,
+                           allocate=False))
     assert len(front) >= 1
     assert RunFolder.open(out).run.identity.sampler == "random"
     with pytest.raises(RunError, match="sampler"):
-        search(replace(config, out=out, sampler="tpe", trials=2))
+        search(replace(config, out=out, sampler="tpe", trials=2, screen=0, allocate=False))
 
 
 @pytest.mark.parametrize(("kind", "cls"), [("tpe", optuna.samplers.TPESampler),
@@ -184,3 +186,57 @@ def test_front_hypervolume_is_the_area_it_dominates_up_to_the_budget(finished) -
                for m, edge in zip(members, edges, strict=True))
     assert finished.hypervolume() == pytest.approx(area)
     assert finished.hypervolume(budget * 2) > finished.hypervolume()
+
+
+def _screening(run: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="autocompress-screening",
+                              storage=f"sqlite:///{(run / 'study.db').resolve()}")
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_the_search_screens_more_candidates_than_it_finetunes(config, finished) -> None:
+    run = Path(config.out)
+    screened = _screening(run)
+    budget = RunFolder.open(run).run.budget.latency_ms
+    scored = [t for t in screened if t.values[1] <= budget]
+    finetuned = [r for r in _records(run).values() if r.finetuned]
+    assert len(screened) == config.screen_count > len(finetuned)
+    assert scored and all(0.0 <= t.user_attrs["screening_score"] <= 1.0 for t in scored)
+    # every finetuned candidate was screened first: its score is on its record
+    assert all(r.screening_score is not None for r in finetuned)
+
+
+def test_the_allocation_is_recorded_and_seeded_beside_the_uniform_pruning(config,
+                                                                          finished) -> None:
+    run = Path(config.out)
+    info = RunFolder.open(run).run
+    assert info.allocation is not None
+    assert info.allocation.latency_ms <= info.budget.latency_ms
+    seeded = {t.user_attrs.get("seeded") for t in _complete(run)}
+    assert {"uniform keep ratio, fp32", "latency-aware allocation"} <= seeded
+    # each group's sensitivity: the score and latency measured at a few keep ratios
+    for group, table in info.allocation.sensitivity.items():
+        assert group in info.allocation.keep
+        assert table["1"][1] is not None and any(s is not None for _, s in table.values())
+
+
+def test_sparsity_is_searched_only_when_size_is_an_objective(config, finished, tmp_path) -> None:
+    assert all(not r.candidate.sparsity for r in _records(Path(config.out)).values())
+    out = tmp_path / "size"
+    front = search(replace(config, out=out, objectives=("accuracy", "latency", "size"),
+                           trials=2, screen=4, allocate=False))
+    study = optuna.load_study(study_name="autocompress",
+                              storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    assert len(study.directions) == 3
+    assert any(name.startswith("sparsity/") for t in study.trials for name in t.params)
+    assert front.objectives == ("accuracy", "latency", "size")
+
+
+def test_augmentation_is_off_for_digits_and_on_for_image_folders(config, finished) -> None:
+    from autocompress.study._prepare import resolve_augmentation
+
+    assert RunFolder.open(config.out).run.identity.augmentation == "none"
+    assert resolve_augmentation("auto", "imagefolder:/x").spec() == "crop=4,flip"
+    assert resolve_augmentation("crop=2", "digits").spec() == "crop=2"
+    with pytest.raises(RunError, match="augment"):
+        SearchConfig(augment="rotate")

@@ -103,7 +103,11 @@ def time_rounds(run_round: Callable[[], list[float]],
 
 
 def time_callable(run: Callable[[], object], settings: MeasureSettings) -> LatencyMeasurement:
-    """Time ``run()`` as :class:`MeasureSettings` describes."""
+    """Time ``run()`` as :class:`MeasureSettings` describes (on this machine: with
+    ``AUTOCOMPRESS_WAIT_FOR_QUIET`` set, first wait until no other process uses the CPU)."""
+    from autocompress.hardware._quiet import wait_for_quiet
+
+    wait_for_quiet()
     start = time.perf_counter()
     for _ in range(settings.warmup_runs):
         run()

@@ -1,0 +1,129 @@
+"""Cheap screening: many candidates scored without training, the best few finetuned.
+
+Every screened candidate is compressed, its latency estimated, and, within the budget, scored
+by adaptive BatchNorm (:func:`~autocompress.evaluation.screening_score`: BatchNorm statistics
+re-estimated on a few training batches, then accuracy on part of the validation split; no
+weight is trained). The screening study is an Optuna study of its own (``<study>-screening``,
+in the same storage: maximise the score, minimise latency, the budget as a constraint), so
+its sampler learns from hundreds of cheap trials. The candidates to finetune are then taken
+from its Pareto front: the best-scoring ones and others spread over the latency range, so the
+finetuned front covers it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from autocompress.evaluation import ScreeningSettings, screening_score
+from autocompress.study._objective import CONSTRAINT
+from autocompress.study._prepare import Prepared
+from autocompress.study._storage import open_study
+from autocompress.transforms import apply_sparsity, make_sparsity_permanent
+
+__all__ = ["SCORE_ATTR", "Screened", "Screening"]
+
+_logger = logging.getLogger("autocompress")
+
+#: User attribute of a screening trial (and of the finetuned trial enqueued from it).
+SCORE_ATTR = "screening_score"
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A screened candidate: its Optuna parameters, score and estimated latency."""
+
+    number: int
+    params: Mapping[str, Any]
+    score: float
+    latency_ms: float
+
+
+class Screening:
+    """The screening study of a search and the screening of one candidate."""
+
+    def __init__(self, prepared: Prepared, budget_ms: float, storage: optuna.storages.BaseStorage,
+                 name: str, seed: int, sampler: str,
+                 settings: ScreeningSettings | None = None) -> None:
+        self.prepared, self.budget_ms = prepared, budget_ms
+        self.settings = settings or ScreeningSettings()
+        self.study = open_study(storage, name, seed, trials=100, sampler=sampler)
+
+    def score(self, module: Any) -> float:
+        """The adaptive-BatchNorm score of ``module`` (a copy is recalibrated)."""
+        data = self.prepared.data
+        return screening_score(copy.deepcopy(module), data.train_x, data.val_x, data.val_y,
+                               self.settings)
+
+    def run(self, total: int, seeds: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Screen until the study holds ``total`` complete trials (``seeds`` first)."""
+        done = self._complete()
+        if len(done) >= total:
+            return
+        for params in seeds:
+            self.study.enqueue_trial(dict(params), skip_if_exists=True)
+        start, count = time.perf_counter(), 0
+        while len(done) + count < total:
+            self._screen_one()
+            count += 1
+        seconds = time.perf_counter() - start
+        _logger.info("screened %d candidates without training in %.0f s (%.0f per minute)",
+                     count, seconds, 60 * count / max(seconds, 1e-9))
+
+    def _screen_one(self) -> None:
+        trial = self.study.ask()
+        compressed = self.prepared.compress(self.prepared.bound.sample(trial))
+        latency = compressed.estimate(self.prepared.latency_model).latency_ms
+        trial.set_constraint(CONSTRAINT, latency - self.budget_ms)
+        score = 0.0
+        if latency <= self.budget_ms:
+            module = compressed.module
+            if any(compressed.candidate.sparsity.values()):
+                apply_sparsity(module, compressed.candidate.sparsity)
+                make_sparsity_permanent(module)
+            score = self.score(module)
+        trial.set_user_attr(SCORE_ATTR, score)
+        self.study.tell(trial, [score, latency])
+
+    def _complete(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False,
+                                     states=(optuna.trial.TrialState.COMPLETE,))
+
+    def feasible(self) -> list[Screened]:
+        """Every screened candidate within the budget."""
+        return [Screened(t.number, t.params, float(t.values[0]), float(t.values[1]))
+                for t in self._complete() if t.values[1] <= self.budget_ms]
+
+    def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = ()) -> list[Screened]:
+        """``count`` candidates to finetune: from the screening front (then the next fronts),
+        alternately the best-scoring one left and the one farthest in latency from those
+        chosen, skipping parameters in ``exclude``."""
+        skip = [dict(p) for p in exclude]
+        pool = [s for s in self.feasible() if dict(s.params) not in skip]
+        chosen: list[Screened] = []
+        while pool and len(chosen) < count:
+            front = _non_dominated(pool)
+            while front and len(chosen) < count:
+                if len(chosen) % 2 == 0 or not chosen:
+                    pick = max(front, key=lambda s: (s.score, -s.latency_ms))
+                else:
+                    pick = max(front, key=lambda s: min(abs(s.latency_ms - c.latency_ms)
+                                                        for c in chosen))
+                chosen.append(pick)
+                front.remove(pick)
+                pool.remove(pick)
+        return chosen
+
+
+def _non_dominated(items: Sequence[Screened]) -> list[Screened]:
+    def dominates(a: Screened, b: Screened) -> bool:
+        return (a.score >= b.score and a.latency_ms <= b.latency_ms
+                and (a.score > b.score or a.latency_ms < b.latency_ms))
+
+    return [s for s in items if not any(dominates(o, s) for o in items)]

@@ -1,0 +1,91 @@
+"""The latency-aware allocation: it fits the budget and prunes where latency is expensive
+and accuracy cheap (a toy model with known latencies and scores)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from autocompress.space import Candidate
+from autocompress.study._allocation import GroupSensitivity, allocate
+
+RATIOS = (0.25, 0.5, 0.75, 1.0)
+#: latency saved per unit of keep ratio removed, and score lost per unit removed
+COST = {"cheap": (1.0, 0.01), "costly": (1.0, 0.20), "slow_layer": (4.0, 0.05)}
+BASE_MS = 10.0
+BASE_SCORE = 0.9
+
+
+def _latency(keep: Mapping[str, float]) -> float:
+    """The toy device: each group's latency grows linearly with its keep ratio."""
+    return BASE_MS - sum(COST[g][0] * (1.0 - keep.get(g, 1.0)) for g in COST)
+
+
+def _estimate(candidate: Candidate) -> float:
+    return _latency(candidate.channel_keep)
+
+
+def _groups() -> list[GroupSensitivity]:
+    return [GroupSensitivity(
+        group=g, param=f"keep_ratio/{g}", ratios=RATIOS,
+        score={r: BASE_SCORE - lost * (1.0 - r) for r in (0.25, 0.5, 1.0)},
+        latency_ms={r: _latency({g: r}) for r in (0.25, 0.5, 1.0)})
+        for g, (_, lost) in COST.items()]
+
+
+@pytest.mark.parametrize("budget", [9.0, 8.0, 6.5, 5.5])
+def test_the_allocation_fits_the_budget(budget: float) -> None:
+    found = allocate(_groups(), Candidate(channel_keep=dict.fromkeys(COST, 1.0)), budget,
+                     _estimate)
+    assert found is not None
+    assert found.latency_ms <= budget
+    assert found.latency_ms == pytest.approx(_latency(found.keep))
+    assert set(found.params) == {f"keep_ratio/{g}" for g in COST}
+
+
+def test_it_prunes_cheap_groups_and_slow_layers_first() -> None:
+    found = allocate(_groups(), Candidate(channel_keep=dict.fromkeys(COST, 1.0)), 8.0,
+                     _estimate)
+    assert found is not None
+    # the slow layer saves 4 ms per unit at a small loss: it goes first; the costly group,
+    # whose pruning saves as little as the cheap one but loses 20x more, is left alone
+    assert found.keep["slow_layer"] < 1.0
+    assert found.keep["costly"] == 1.0
+    assert found.keep["cheap"] <= found.keep["costly"]
+
+
+def test_nothing_fits_returns_none() -> None:
+    assert allocate(_groups(), Candidate(channel_keep=dict.fromkeys(COST, 1.0)), 1.0,
+                    _estimate) is None
+
+
+def test_sensitivity_is_interpolated_between_measured_ratios() -> None:
+    group = GroupSensitivity("g", "p", RATIOS, {0.25: 0.5, 1.0: 0.8}, {0.25: 1.0, 1.0: 2.0})
+    assert group.score_at(0.625) == pytest.approx(0.65)
+    assert group.latency_at(0.75) == pytest.approx(5 / 3)
+
+
+def test_an_optimistic_prediction_is_corrected_by_the_whole_network_estimate() -> None:
+    # the real device costs 1 ms more than the groups' savings predict (an interaction)
+    found = allocate(_groups(), Candidate(channel_keep=dict.fromkeys(COST, 1.0)), 8.0,
+                     lambda c: _latency(c.channel_keep) + 1.0)
+    assert found is not None and found.latency_ms <= 8.0
+    assert _latency(found.keep) + 1.0 == pytest.approx(found.latency_ms)
+
+
+def test_measuring_sensitivity_prunes_one_group_at_a_time() -> None:
+    from autocompress.space import SearchSpace
+    from autocompress.study._allocation import measure_sensitivity
+
+    bound = SearchSpace.default().bind(list(COST), [], sparsity=False)
+    seen: list[dict[str, float]] = []
+
+    def evaluate(candidate: Candidate) -> tuple[float, float]:
+        seen.append(dict(candidate.channel_keep))
+        return 0.9, _latency(candidate.channel_keep)
+
+    groups = measure_sensitivity(bound, evaluate)
+    assert [g.group for g in groups] == list(COST)
+    assert all(sum(r < 1.0 for r in keep.values()) <= 1 for keep in seen)
+    assert groups[2].latency_at(0.25) == pytest.approx(_latency({"slow_layer": 0.25}))
