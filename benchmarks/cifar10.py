@@ -103,9 +103,9 @@ def unpack(archive: Path, limit: int | None) -> Path:
     return subset
 
 
-def checkpoint_of(model: str) -> tuple[Path, dict[str, Any]]:
+def checkpoint_of(model: str, folder: Path = CHECKPOINTS) -> tuple[Path, dict[str, Any]]:
     """The committed baseline checkpoint and its record, checked against its sha256."""
-    path = CHECKPOINTS / f"cifar10-{model}.pt"
+    path = folder / f"cifar10-{model}.pt"
     record_path = path.with_suffix(".json")
     if not path.is_file() or not record_path.is_file():
         raise SystemExit(f"{path} is missing: train it with benchmarks/train_baseline.py "
@@ -231,7 +231,7 @@ def measure_all(onnx_models: list[bytes]) -> list[float]:
 
 def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     spec = f"imagefolder:{unpack(args.archive, 100 if args.smoke else None)}"
-    checkpoint, record = checkpoint_of(args.model)
+    checkpoint, record = checkpoint_of(args.model, args.checkpoints)
     data = load_data(spec, seed=0)
     baseline = create_model(args.model, num_classes=data.num_classes, in_channels=3)
     baseline.load_state_dict(torch.load(checkpoint, weights_only=True))
@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--screen", type=int, default=100)
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
+                        help="folder of cifar10-<model>.pt and its .json record")
     parser.add_argument("--report", action="store_true", help="only write the .md from the CSV")
     parser.add_argument("--smoke", action="store_true",
                         help="100 images per class, few steps: checks that it runs")

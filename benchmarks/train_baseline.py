@@ -38,8 +38,6 @@ CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 
 
 def main() -> None:
-    from cifar10 import ARCHIVE, unpack  # benchmarks/ is on sys.path when run as a script
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--epochs", type=int, default=40)
@@ -48,9 +46,21 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--limit", type=int, default=None, help="images per class (smoke runs)")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS)
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="the unpacked CIFAR-10 train/ folder (default: unpack the archive "
+                             "beside the checkout into the cache, checking its sha256)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to train (cuda on a GPU machine: minutes instead of hours; "
+                             "augmentation draws stay on the CPU, so the batches are the same)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="width multiplier (mobilenet_v2 only; default 1.0)")
     args = parser.parse_args()
 
-    folder = unpack(ARCHIVE, args.limit)
+    if args.folder is None:
+        from cifar10 import ARCHIVE, unpack  # benchmarks/ is on sys.path when run as a script
+        folder = unpack(ARCHIVE, args.limit)
+    else:
+        folder = args.folder
     data = load_data(f"imagefolder:{folder}", seed=0)
     steps_per_epoch = len(data.train_y) // args.batch_size
     settings = TrainSettings(
@@ -58,7 +68,15 @@ def main() -> None:
         weight_decay=args.weight_decay, warmup_steps=steps_per_epoch, seed=0,
         augmentation=STANDARD_AUGMENTATION)
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=data.num_classes, in_channels=3)
+    if args.width is not None:
+        if args.model != "mobilenet_v2":
+            parser.error("--width applies to mobilenet_v2 only")
+        from autocompress.models.mobilenet_v2 import mobilenet_v2
+        model = mobilenet_v2(num_classes=data.num_classes, in_channels=3, width_mult=args.width)
+    else:
+        model = create_model(args.model, num_classes=data.num_classes, in_channels=3)
+    model.to(args.device)
+    torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
 
     def progress(step: int, loss: float) -> None:
@@ -76,7 +94,7 @@ def main() -> None:
     accuracy = evaluate_accuracy(model, data.val_x, data.val_y)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cifar10-{args.model}.pt"
-    torch.save(model.state_dict(), path)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
     record = {
         "model": args.model, "checkpoint": path.name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -90,7 +108,10 @@ def main() -> None:
                    "schedule": "linear warm-up, cosine to zero",
                    "augmentation": settings.augmentation.describe(), "seed": 0},
         "val_accuracy": round(accuracy, 4), "train_seconds": round(seconds),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                   else "cpu"),
+        "width_mult": args.width,
         "machine": describe_machine(),
         "trained": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
