@@ -142,10 +142,11 @@ class Cell:
     trials: int
     finetune_steps: int
     screen: int
+    smoke: bool = False
 
     def run_dir(self, approach: str) -> Path:
         return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}-"
-                         f"seed{self.seed}-{approach}")
+                         f"seed{self.seed}-{approach}{'-smoke' if self.smoke else ''}")
 
 
 def _search(cell: Cell, approach: str, **options: Any) -> Path:
@@ -239,7 +240,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     base_ms = measure_all([base_onnx])[0]
     cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
                 local_profile(threads=1), args.budget * base_ms, args.total_steps,
-                args.trials, args.finetune_steps, args.screen)
+                args.trials, args.finetune_steps, args.screen, args.smoke)
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
     outcomes = []

@@ -4,13 +4,47 @@ of this CPU (for what only a real runtime can show)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autocompress.hardware import MeasureSettings, get_backend
 from autocompress.hardware.kernels import KINDS
 from autocompress.hardware.profiler import default_grid, profile_backend
+
+
+def write_image_folder(root: Path, count: int, *, classes: int = 4,
+                       size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
+    """``count`` RGB PNGs of ``size`` (height, width) in ``root/class<k>/``, classes in turn.
+
+    Class ``k`` has a hue of its own (the same for every seed); each image gets a random
+    colour shift and pixel noise drawn from ``seed``, so the classes overlap a little and a
+    small model scores neither 0 nor 1 on them after a short training.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    angles = [2 * math.pi * k / classes for k in range(classes)]
+    centers = np.array([[128 + 45 * math.cos(a - shift) for shift in (0, 2.1, 4.2)]
+                        for a in angles])
+    for k in range(classes):
+        (root / f"class{k}").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        k = index % classes
+        color = centers[k] + rng.normal(0.0, 22.0, size=3)
+        pixels = color + rng.normal(0.0, 30.0, size=(*size, 3))
+        image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"class{k}" / f"{index:06d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder() -> Callable[..., Path]:
+    """:func:`write_image_folder`: writes a synthetic image folder where a test asks."""
+    return write_image_folder
 
 
 @pytest.fixture(autouse=True, scope="session")

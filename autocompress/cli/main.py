@@ -61,8 +61,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="resnet20",
                    help="builtin name (resnet20/32/56, mobilenet_v2), a torchvision classifier "
                         "name, or path/file.py:factory (default: resnet20)")
-    s.add_argument("--data", default="mnist",
-                   help="mnist, digits or imagefolder:PATH (default: mnist)")
+    s.add_argument("--data", default=None,
+                   help="mnist, digits or imagefolder:PATH (PATH/<class>/<image>, split into "
+                        "training and validation data; a PATH/train + PATH/val layout is used "
+                        "as both) (default: mnist)")
+    s.add_argument("--train-data", help="the training data (a spec as --data), with --val-data")
+    s.add_argument("--val-data", help="separate validation data (a spec as --data): the front's "
+                   "accuracies are measured on it only")
+    s.add_argument("--normalize", default="dataset",
+                   help="input normalization: dataset (mean/std of the training data), "
+                        "imagenet, none, or MEAN,STD on the 0-1 scale (one each, or one per "
+                        "channel, means first) (default: dataset)")
+    s.add_argument("--resize", type=int, help="image folders: resize the shorter side to this "
+                   "many pixels (bilinear, as torchvision's Resize on PIL images)")
+    s.add_argument("--center-crop", help="image folders: crop SIZE or H,W from the center "
+                   "(after --resize)")
+    s.add_argument("--embed-preprocessing", action="store_true",
+                   help="exported models normalize their input themselves (take 0-1 images)")
+    s.add_argument("--data-cache", choices=["auto", "memory", "stream"], default="auto",
+                   help="image folders: decode into memory, or stream from the files with "
+                        "worker processes (default: auto, memory up to 1 GiB of pixels)")
+    s.add_argument("--data-workers", type=int, help="processes decoding streamed images "
+                   "(default: half the CPUs, 1 to 4)")
     s.add_argument("--latency-budget-ms", type=_positive_float, default=None,
                    help="latency budget (default: half the baseline's measured latency)")
     s.add_argument("--trials", type=int, default=12,
@@ -188,10 +208,17 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from autocompress.exceptions import DataError
     from autocompress.study import SearchConfig, search
 
+    if args.data is not None and args.train_data is not None:
+        raise DataError("give the training data once: --data (split, or with --val-data) or "
+                        "--train-data with --val-data")
     config = SearchConfig(
-        model=args.model, data=args.data, out=args.out,
+        model=args.model, data=args.train_data or args.data or "mnist", out=args.out,
+        val_data=args.val_data, normalize=args.normalize, resize=args.resize,
+        center_crop=args.center_crop, embed_preprocessing=args.embed_preprocessing,
+        data_cache=args.data_cache, data_workers=args.data_workers,
         latency_budget_ms=args.latency_budget_ms, trials=args.trials,
         checkpoint=args.checkpoint, space=args.space, profile=args.profile,
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,

@@ -1,7 +1,6 @@
-"""Where images come from: the small built-in data sets and image folders.
-
-Each source returns :class:`RawImages`, unsplit and unnormalized; ``_load.py`` splits and
-normalizes them the same way for every source.
+"""Where images come from: the small built-in data sets (:class:`RawImages`, in memory)
+and image folders (:class:`~autocompress.data._stream.FileItems`, decoded when read), all
+unsplit and unnormalized; ``_load.py`` splits and normalizes them the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autocompress.data._stream import Decoder, FileItems
 from autocompress.exceptions import DataError
 
-__all__ = ["RawImages", "load_digits", "load_image_folder", "load_mnist"]
+__all__ = ["RawImages", "load_digits", "load_mnist", "scan_image_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +72,15 @@ def load_digits() -> RawImages:
     )
 
 
-def load_image_folder(root: Path, image_size: tuple[int, int] | None) -> RawImages:
-    """Every image of a ``root/<class>/<image>`` folder, decoded to RGB uint8.
-
-    Args:
-        root: the folder, laid out as ``torchvision.datasets.ImageFolder`` expects.
-        image_size: ``(height, width)`` to resize every image to while loading; ``None``
-            requires all images to have the same size.
+def scan_image_folder(root: Path, decoder: Decoder) -> tuple[FileItems, tuple[str, ...]]:
+    """The image files of a ``root/<class>/<image>`` folder (nothing decoded but the first)
+    and the class names, sorted as ``torchvision.datasets.ImageFolder`` sorts them.
 
     Raises:
-        DataError: the folder is missing or empty, has no class subfolders or images, an
-            image cannot be decoded (the file is named), or sizes differ without
-            ``image_size``.
+        DataError: the folder is missing or empty, has no class subfolders or images, or its
+            first image cannot be decoded (the file is named).
     """
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     if not root.exists():
         raise DataError(
@@ -103,7 +97,8 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None) -> RawImag
             f"{root}/<class>/<image>"
         )
     try:
-        dataset = ImageFolder(str(root))
+        classes, class_to_idx = find_classes(str(root))
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as error:
         if not any(entry.is_dir() for entry in root.iterdir()):
             raise DataError(
@@ -114,57 +109,7 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None) -> RawImag
             f"a class folder in {root} has no image files ({error}); every class folder "
             f"needs at least one image with an extension among {', '.join(IMG_EXTENSIONS)}"
         ) from error
-    samples: list[tuple[str, int]] = list(dataset.samples)
-    images = _decode_all([path for path, _ in samples], root, image_size)
-    logger.info("loaded %d images of %d classes from %s", len(samples), len(dataset.classes), root)
-    return RawImages(
-        images=images,
-        labels=torch.tensor([label for _, label in samples], dtype=torch.int64),
-        class_names=tuple(dataset.classes),
-        identity={"folder": str(root.resolve()), "files": len(samples)},
-    )
-
-
-def _decode_all(paths: list[str], root: Path, image_size: tuple[int, int] | None) -> torch.Tensor:
-    """Decode ``paths`` into one N x 3 x H x W uint8 tensor."""
-    from torchvision.transforms.v2 import functional as TF
-
-    first = _decode(paths[0])
-    height, width = image_size if image_size is not None else tuple(first.shape[1:])
-    images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
-    for index, path in enumerate(paths):
-        image = first if index == 0 else _decode(path)
-        if tuple(image.shape[1:]) != (height, width):
-            if image_size is None:
-                raise DataError(
-                    f"images in {root} differ in size: {paths[0]} is {height}x{width} (HxW), "
-                    f"{path} is {image.shape[1]}x{image.shape[2]}; pass "
-                    "image_size=(height, width) to load_data to resize every image on load"
-                )
-            image = TF.resize(image, [height, width], antialias=True)
-        images[index] = image
-    return images
-
-
-def _decode(path: str) -> torch.Tensor:
-    """One image file as a 3 x H x W RGB uint8 tensor (torchvision's decoder, PIL fallback)."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-    except OSError as error:
-        raise DataError(f"cannot read image file {path}: {error}") from error
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        pass  # formats torchvision cannot decode (BMP, TIFF, ...): try PIL below
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as opened:
-            array = np.asarray(opened.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise DataError(
-            f"cannot decode image file {path} ({error}); remove or replace it"
-        ) from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    items = FileItems(root, [path for path, _ in samples], [label for _, label in samples],
+                      decoder)
+    logger.info("found %d images of %d classes in %s", len(samples), len(classes), root)
+    return items, tuple(classes)

@@ -27,16 +27,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autocompress.data._source import ImageSource, as_source
 from autocompress.evaluation._early_stop import EarlyStopper, split_holdout
 from autocompress.evaluation._features import FeatureTap, eval_mode, find_feature_layer
 from autocompress.evaluation._train import BatchLoss, TrainCallback, train
 from autocompress.exceptions import ModelError
 from autocompress.settings import DistillSettings
 
-__all__ = ["DistillResult", "DistillationLoss", "Hints", "distill", "hint_loss",
-           "kd_kl_loss", "kd_mse_loss", "teacher_logits_for"]
+__all__ = ["TEACHER_LOGITS_MAX_BYTES", "DistillResult", "DistillationLoss", "Hints",
+           "caches_teacher_logits", "distill", "hint_loss", "kd_kl_loss", "kd_mse_loss",
+           "teacher_logits_for"]
 
 _logger = logging.getLogger(__name__)
+
+#: The teacher's outputs are computed once for every training sample only when the samples
+#: are in memory and the outputs take at most this many bytes; otherwise the teacher runs on
+#: every batch (a streamed data set would be decoded whole for one finetune).
+TEACHER_LOGITS_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -110,13 +117,23 @@ def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
 # --- teacher -------------------------------------------------------------------------------
 
 
+def caches_teacher_logits(source: torch.Tensor | ImageSource, num_classes: int) -> bool:
+    """Whether the teacher's outputs for every sample of ``source`` are worth computing once:
+    the samples are in memory and the outputs fit :data:`TEACHER_LOGITS_MAX_BYTES`."""
+    in_memory = not isinstance(source, ImageSource) or source.in_memory
+    return in_memory and len(source) * num_classes * 4 <= TEACHER_LOGITS_MAX_BYTES
+
+
 @torch.no_grad()
-def teacher_logits_for(teacher: nn.Module, x: torch.Tensor, batch_size: int = 500
-                       ) -> torch.Tensor:
-    """The teacher's outputs (eval mode, no gradients) for every sample of ``x``, to compute
-    once and reuse across students trained without hints or augmentation (these are the
-    outputs for the un-augmented images)."""
+def teacher_logits_for(teacher: nn.Module, x: torch.Tensor | ImageSource,
+                       batch_size: int = 500) -> torch.Tensor:
+    """The teacher's outputs (eval mode, no gradients) for every sample of ``x`` (inputs, or
+    an :class:`~autocompress.data.ImageSource`), to compute once and reuse across students
+    trained without hints or augmentation (these are the outputs for the un-augmented
+    images)."""
     with eval_mode(teacher):
+        if isinstance(x, ImageSource):
+            return torch.cat([teacher(inputs) for inputs, _ in x.batches(batch_size)])
         return torch.cat([teacher(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
@@ -238,8 +255,8 @@ def _num_classes(student: nn.Module, teacher: nn.Module, probe: torch.Tensor) ->
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | ImageSource,
+    y: torch.Tensor | None,
     settings: DistillSettings,
     *,
     teacher_logits: torch.Tensor | None = None,
@@ -255,12 +272,14 @@ def distill(
             stopping is on).
         teacher: the trained network to learn from; run in eval mode without gradients and
             left unchanged.
-        x, y: the training data; the early-stopping holdout is carved from it.
+        x, y: the training data (an :class:`~autocompress.data.ImageSource` with ``y``
+            ``None``, or tensors); the early-stopping holdout is carved from it.
         settings: losses, schedule, budget, augmentation and early stopping.
         teacher_logits: the teacher's outputs for every sample of ``x``
             (:func:`teacher_logits_for`), to share across students; computed here when
-            needed and not given. Unused when ``settings.needs_teacher_per_batch`` (hints or
-            augmentation: the teacher runs on every batch).
+            needed and not given (and :func:`caches_teacher_logits` allows it; else the
+            teacher runs on every batch). Unused when ``settings.needs_teacher_per_batch``
+            (hints or augmentation: the teacher runs on every batch).
         on_step: called with ``(step, loss)`` after every step.
 
     Raises:
@@ -271,7 +290,8 @@ def distill(
     training = settings.training
     if training.steps <= 0:
         return DistillResult(0, False, None, None, float("nan"))
-    n, probe = len(x), x[:2]
+    source = as_source(x, y)
+    n, probe = len(source), source.head(2)
     classes = _num_classes(student, teacher, probe)
     if teacher_logits is not None and teacher_logits.shape != (n, classes):
         raise ModelError(
@@ -280,8 +300,9 @@ def distill(
         )
     hints = (Hints.between(student, teacher, probe, training.seed)
              if settings.hint_weight > 0 else None)
-    if settings.alpha < 1.0 and not settings.needs_teacher_per_batch and teacher_logits is None:
-        teacher_logits = teacher_logits_for(teacher, x)
+    if (settings.alpha < 1.0 and not settings.needs_teacher_per_batch and teacher_logits is None
+            and caches_teacher_logits(source, classes)):
+        teacher_logits = teacher_logits_for(teacher, source)
     loss = DistillationLoss(teacher, settings, teacher_logits=teacher_logits, hints=hints)
 
     pool: torch.Tensor | None = None
@@ -289,9 +310,10 @@ def distill(
     stopper: EarlyStopper | None = None
     if settings.early_stopping is not None:
         holdout, pool = split_holdout(n, settings.early_stopping, training.seed + 1)
-        stopper = EarlyStopper(settings.early_stopping, x[holdout], y[holdout])
+        stopper = EarlyStopper(settings.early_stopping, *source.fetch(holdout))
         callbacks.append(stopper)
-    result = train(student, x, y, training, loss=loss, extra_parameters=loss.parameters(),
+    result = train(student, source, None, training, loss=loss,
+                   extra_parameters=loss.parameters(),
                    pool=pool, on_step=on_step, callbacks=callbacks)
     return DistillResult(
         steps=result.steps, stopped_early=result.stopped_early,

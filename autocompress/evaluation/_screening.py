@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autocompress.data._source import ImageSource, as_source
 from autocompress.evaluation._train import evaluate_accuracy
 
 __all__ = ["ScreeningSettings", "recalibrate_batchnorm", "screening_score"]
@@ -34,10 +35,11 @@ class ScreeningSettings:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, *, batches: int = 8,
-                          batch_size: int = 64, seed: int = 0) -> int:
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor | ImageSource, *,
+                          batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
     """Re-estimate the running mean and variance of every BatchNorm layer of ``model`` on
-    ``batches`` random batches of ``x`` (a cumulative average, as if the statistics had been
+    ``batches`` random batches of ``x`` (inputs, or an
+    :class:`~autocompress.data.ImageSource`; a cumulative average, as if the statistics had been
     computed on those samples alone). Nothing else changes: weights, biases and the affine
     parameters stay as they are. Returns the number of BatchNorm layers recalibrated; the
     model is left in eval mode."""
@@ -52,25 +54,38 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, *, batches: int = 8
     model.eval()
     for m in norms:
         m.train()                  # only the BatchNorm layers see training-mode batches
+    source = x if isinstance(x, ImageSource) else None
+    count = len(x)
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator)
+    order = torch.randperm(count, generator=generator)
+    chunks = []
     for i in range(batches):
-        idx = order[(i * batch_size) % len(x):][:batch_size]
+        idx = order[(i * batch_size) % count:][:batch_size]
         if len(idx) == 0:
             break
-        model(x[idx])
+        chunks.append(idx)
+    if source is None:
+        for idx in chunks:
+            model(x[idx])
+    else:
+        for inputs, _ in source.stream(chunks):
+            model(inputs)
     for m, (momentum, _) in zip(norms, saved, strict=True):
         m.momentum = momentum
     model.eval()
     return len(norms)
 
 
-def screening_score(model: nn.Module, train_x: torch.Tensor, val_x: torch.Tensor,
-                    val_y: torch.Tensor, settings: ScreeningSettings = ScreeningSettings()
-                    ) -> float:
+def screening_score(model: nn.Module, train_x: torch.Tensor | ImageSource,
+                    val_x: torch.Tensor | ImageSource, val_y: torch.Tensor | None = None,
+                    settings: ScreeningSettings = ScreeningSettings()) -> float:
     """Validation accuracy of ``model`` after :func:`recalibrate_batchnorm` (in place): a
-    training-free estimate of how well the compressed network will do once finetuned."""
+    training-free estimate of how well the compressed network will do once finetuned.
+
+    ``train_x`` and ``val_x`` are :class:`~autocompress.data.ImageSource` objects (then
+    ``val_y`` is ``None``) or tensors."""
     recalibrate_batchnorm(model, train_x, batches=settings.batches,
                           batch_size=settings.batch_size, seed=settings.seed)
-    n = settings.val_samples
-    return evaluate_accuracy(model, val_x[:n], val_y[:n])
+    val = as_source(val_x, val_y)
+    n = min(settings.val_samples, len(val))
+    return evaluate_accuracy(model, val.subset(torch.arange(n)))

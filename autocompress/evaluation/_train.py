@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.data._augment import augment
+from autocompress.data._source import ImageSource, as_source
 from autocompress.exceptions import DataError, FinetuneDivergedError
 from autocompress.settings import TrainSettings
 
@@ -120,20 +121,32 @@ def _optimizer(params: list[torch.Tensor], settings: TrainSettings
     return optimizer, scheduler
 
 
-def _batch_indices(n: int, pool: torch.Tensor | None, batch_size: int,
-                   generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless batches of sample indices: each pass a fresh permutation of ``pool`` (default
-    all ``n``), cut into ``batch_size`` chunks; an incomplete last chunk is skipped."""
-    m = n if pool is None else len(pool)
-    order = torch.randperm(m, generator=generator)
-    cursor = 0
-    while True:
-        if cursor + batch_size > m:
-            order = torch.randperm(m, generator=generator)
-            cursor = 0
-        chunk = order[cursor:cursor + batch_size]
-        cursor += batch_size
-        yield chunk if pool is None else pool[chunk]
+def _batches(source: ImageSource, pool: torch.Tensor | None, batch_size: int,
+             generator: torch.Generator, steps: int
+             ) -> Generator[tuple[torch.Tensor, torch.Tensor, torch.Tensor], None, None]:
+    """``(indices, inputs, labels)`` of ``steps`` batches: each pass a fresh permutation of
+    ``pool`` (default all samples), cut into ``batch_size`` chunks; an incomplete last chunk
+    is skipped. A permutation is drawn from ``generator`` when its pass's first batch is
+    needed (between the augmentation draws of the batches before it); the pass's chunks are
+    then known, so a streamed source decodes them ahead while the model trains."""
+    m = len(source) if pool is None else len(pool)
+    left = steps
+    while left > 0:
+        order = torch.randperm(m, generator=generator)
+        per_pass = min(max(m // batch_size, 1), left)
+        chunks = [order[i * batch_size:(i + 1) * batch_size] for i in range(per_pass)]
+        if pool is not None:
+            chunks = [pool[chunk] for chunk in chunks]
+        for idx, (x, y) in zip(chunks, source.stream(chunks), strict=True):
+            yield idx, x, y
+        left -= per_pass
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live: batches are moved there (after augmentation, which
+    runs on the CPU so that a seed gives the same batches on every device)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _check_finite(value: float, step: int, settings: TrainSettings, loss: BatchLoss) -> None:
@@ -146,8 +159,8 @@ def _check_finite(value: float, step: int, settings: TrainSettings, loss: BatchL
 
 def train(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | ImageSource,
+    y: torch.Tensor | None,
     settings: TrainSettings,
     *,
     loss: BatchLoss | None = None,
@@ -165,7 +178,8 @@ def train(
 
     Args:
         model: trained in place; left in eval mode.
-        x, y: the training data.
+        x, y: the training data: an :class:`~autocompress.data.ImageSource` (in memory or
+            streamed; ``y`` is then ``None``), or tensors of inputs and labels.
         settings: optimiser, schedule, step budget, seed and augmentation.
         loss: the loss of one batch; :class:`CrossEntropy` by default.
         extra_parameters: optimised together with the model's parameters.
@@ -182,11 +196,13 @@ def train(
         return TrainResult(0, float("nan"))
     if pool is not None and len(pool) == 0:
         raise DataError("train() was given an empty pool of sample indices to draw from")
+    source = as_source(x, y)
+    device = _device_of(model)
     loss_fn = loss if loss is not None else CrossEntropy()
     generator = torch.Generator().manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     optimizer, scheduler = _optimizer(params, settings)
-    batches = _batch_indices(len(x), pool, settings.batch_size, generator)
+    batches = _batches(source, pool, settings.batch_size, generator, settings.steps)
     loss_value, steps_run, stop = float("nan"), 0, False
     for callback in callbacks:
         callback.before_training(model, settings)
@@ -194,9 +210,9 @@ def train(
     try:
         with loss_fn.active():
             while steps_run < settings.steps and not stop:
-                idx = next(batches)
-                batch = augment(x[idx], settings.augmentation, generator)
-                value = loss_fn(model, batch, y[idx], idx)
+                idx, inputs, labels = next(batches)
+                batch = augment(inputs, settings.augmentation, generator).to(device)
+                value = loss_fn(model, batch, labels.to(device), idx)
                 loss_value = float(value.detach())
                 _check_finite(loss_value, steps_run, settings, loss_fn)
                 optimizer.zero_grad(set_to_none=True)
@@ -209,6 +225,7 @@ def train(
                 # every callback sees every step, even when an earlier one asks to stop
                 stop = any([c.after_step(model, steps_run - 1, loss_value) for c in callbacks])
     finally:
+        batches.close()  # stops a streamed source's workers when training stops early
         model.eval()
     for callback in callbacks:
         callback.after_training(model, steps_run)
@@ -216,11 +233,14 @@ def train(
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` on (x, y), in [0, 1]."""
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor | ImageSource,
+                      y: torch.Tensor | None = None, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on an :class:`~autocompress.data.ImageSource` ``x`` (then
+    ``y`` is ``None``) or on tensors (x, y), in [0, 1]."""
+    source = as_source(x, y)
     model.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(dim=1) == y[i:i + batch_size]).sum())
-    return correct / max(len(x), 1)
+    device = _device_of(model)
+    for inputs, labels in source.batches(batch_size):
+        correct += int((model(inputs.to(device)).argmax(dim=1).cpu() == labels).sum())
+    return correct / max(len(source), 1)

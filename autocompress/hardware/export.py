@@ -6,6 +6,9 @@ about 2 s. It is deprecated in torch 2.14 but still supported and pinned with to
 models it cannot export are retried with the dynamo exporter. Both fold BatchNorm into the
 preceding Conv. Node names keep the module path (``/layer1/layer1.0/conv1/Conv``; dynamo:
 ``metadata_props["namespace"]``).
+
+:func:`add_metadata` and :func:`embed_normalization` finish an exported model for deployment:
+the preprocessing it expects in its ``metadata_props``, or the normalization in its graph.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from autocompress.exceptions import ExportError
 
-__all__ = ["OPSET", "export_onnx"]
+__all__ = ["OPSET", "add_metadata", "embed_normalization", "export_onnx"]
 
 _logger = logging.getLogger(__name__)
 
@@ -77,3 +81,56 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor) -> bytes:
         ) from exc
     finally:
         module.train(was_training)
+
+
+def add_metadata(onnx_bytes: bytes, props: Mapping[str, str]) -> bytes:
+    """``onnx_bytes`` with ``props`` in the model's ``metadata_props`` (a key already there
+    takes the new value); the graph is untouched."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    existing = {entry.key: entry for entry in model.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = str(value)
+        else:
+            model.metadata_props.add(key=key, value=str(value))
+    return model.SerializeToString()
+
+
+def embed_normalization(onnx_bytes: bytes, mean: Sequence[float],
+                        std: Sequence[float]) -> bytes:
+    """``onnx_bytes`` with ``(x - mean) / std`` (per channel, float32) as its first two nodes,
+    so that the model takes the 0-1 image itself: the same arithmetic as autocompress's
+    normalization (std clamped to at least 1e-6), so the outputs do not change.
+
+    Raises:
+        ExportError: the graph has no float input to put the normalization in front of.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if not inputs or inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise ExportError("the model has no float input to embed the normalization in")
+    name = inputs[0].name
+    inner = f"{name}__normalized"
+    for node in graph.node:
+        node.input[:] = [inner if value == name else value for value in node.input]
+    shape = (1, len(mean), 1, 1)
+    mean_array = np.asarray(mean, dtype=np.float32).reshape(shape)
+    std_array = np.maximum(np.asarray(std, dtype=np.float32), np.float32(1e-6)).reshape(shape)
+    graph.initializer.extend([numpy_helper.from_array(mean_array, f"{name}__mean"),
+                              numpy_helper.from_array(std_array, f"{name}__std")])
+    centered = f"{name}__centered"
+    nodes = [helper.make_node("Sub", [name, f"{name}__mean"], [centered],
+                              name="autocompress_normalize/Sub"),
+             helper.make_node("Div", [centered, f"{name}__std"], [inner],
+                              name="autocompress_normalize/Div")]
+    for index, node in enumerate(nodes):
+        graph.node.insert(index, node)
+    return model.SerializeToString()

@@ -209,7 +209,7 @@ def compute_allocation(prepared: Prepared, budget_ms: float) -> AllocationRecord
     def evaluate(candidate: Candidate) -> tuple[float, float]:
         compressed = prepared.compress(candidate)
         latency = compressed.estimate(prepared.latency_model).latency_ms
-        return screening_score(compressed.module, data.train_x, data.val_x, data.val_y), latency
+        return screening_score(compressed.module, data.train, data.val), latency
 
     groups = measure_sensitivity(prepared.bound, evaluate)
     if not groups:

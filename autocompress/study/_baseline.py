@@ -57,7 +57,7 @@ def prepare_baseline(
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
         module.eval()
-        accuracy = evaluate_accuracy(module, data.val_x, data.val_y)
+        accuracy = evaluate_accuracy(module, data.val)
         return Baseline(module, accuracy, f"checkpoint {checkpoint}")
 
     settings = dataclasses.replace(training, seed=seed)
@@ -72,7 +72,7 @@ def prepare_baseline(
         try:
             load_checkpoint(module, weights)
             module.eval()
-            accuracy = evaluate_accuracy(module, data.val_x, data.val_y)
+            accuracy = evaluate_accuracy(module, data.val)
             _logger.info("baseline loaded from cache %s (accuracy %.4f)", weights, accuracy)
             return Baseline(module, accuracy, f"cache {weights}")
         except Exception as exc:  # a broken cache entry is retrained, not fatal
@@ -84,8 +84,8 @@ def prepare_baseline(
     with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
         torch.manual_seed(seed)
         module = create_model(spec.name, num_classes=data.num_classes, in_channels=in_channels)
-        train(module, data.train_x, data.train_y, settings)
-    accuracy = evaluate_accuracy(module, data.val_x, data.val_y)
+        train(module, data.train, None, settings)
+    accuracy = evaluate_accuracy(module, data.val)
     buffer = _serialize(module)
     write_bytes_atomic(weights, buffer)
     write_json_atomic(weights.with_suffix(".json"), {

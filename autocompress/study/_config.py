@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from autocompress._io import write_json_atomic
 from autocompress.exceptions import RunError
@@ -29,7 +29,10 @@ class SearchConfig:
     """
 
     model: str = "resnet20"
-    data: str = "mnist"
+    #: ``mnist``, ``digits``, ``imagefolder:PATH`` (a ``PATH/train`` + ``PATH/val`` layout
+    #: gives both sides) or, through the Python API, a ``torch.utils.data.Dataset``; split
+    #: into training and validation data unless ``val_data`` is given
+    data: str | Any = "mnist"
     out: Path = Path("runs/default")
     latency_budget_ms: float | None = None
     trials: int = 12
@@ -58,6 +61,23 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("accuracy", "latency")
     #: seed the search with a latency-aware allocation of channels (see _allocation.py)
     allocate: bool = True
+    #: the training data, as ``data`` (an alias of it; given, it replaces ``data``)
+    train_data: str | Any | None = None
+    #: separate validation data (a spec or a Dataset): ``data`` is then all training data
+    val_data: str | Any | None = None
+    #: ``dataset`` (the training data's per-channel mean and std), ``imagenet``, ``none`` or
+    #: ``MEAN,STD`` numbers on the 0-1 scale (one each, or one per channel, means first)
+    normalize: str = "dataset"
+    #: image folders: resize the shorter side to this many pixels, then ``center_crop``
+    #: ``(height, width)``
+    resize: int | None = None
+    center_crop: tuple[int, int] | None = None
+    #: exported models (``pick``) normalize their input themselves: they take 0-1 images
+    embed_preprocessing: bool = False
+    #: image folders: ``auto`` (in memory when the decoded pixels take at most 1 GiB),
+    #: ``memory`` or ``stream`` (decoded on the fly by ``data_workers`` processes)
+    data_cache: Literal["auto", "memory", "stream"] = "auto"
+    data_workers: int | None = None
 
     @property
     def screen_count(self) -> int:
@@ -88,6 +108,27 @@ class SearchConfig:
                 Augmentation.parse(self.augment)
             except Exception as exc:
                 raise RunError(f"--augment: {exc}; or 'auto'") from exc
+        self._check_data()
+
+    def _check_data(self) -> None:
+        """Data settings: checked before anything is loaded (raise :class:`DataError`)."""
+        from autocompress.data import CACHE_MODES, parse_center_crop, parse_normalize
+        from autocompress.data._preprocess import check_resize
+        from autocompress.exceptions import DataError
+
+        if self.train_data is not None:
+            object.__setattr__(self, "data", self.train_data)
+            object.__setattr__(self, "train_data", None)
+        parse_normalize(self.normalize)
+        check_resize(self.resize)
+        object.__setattr__(self, "center_crop", parse_center_crop(self.center_crop))
+        if self.data_cache not in CACHE_MODES:
+            raise DataError(f"--data-cache must be one of {', '.join(CACHE_MODES)}, got "
+                            f"{self.data_cache!r}")
+        if self.data_workers is not None and (isinstance(self.data_workers, bool) or not
+                                              isinstance(self.data_workers, int)
+                                              or self.data_workers < 0):
+            raise DataError(f"--data-workers must be 0 or more, got {self.data_workers!r}")
 
 
 def redact_url(url: str) -> str:
@@ -173,10 +214,15 @@ def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
              checkpoint_sha: str | None, augmentation: str) -> RunIdentity:
     """The settings a resumed run must share with the run it resumes (``augmentation``: the
     resolved augmentation, as :meth:`Augmentation.describe` says)."""
+    from autocompress.data import spec_name
+
     return RunIdentity(
         augmentation=augmentation, screen=config.screen,
         objectives=tuple(config.objectives), allocate=config.allocate,
-        model=config.model, data=config.data, finetune_steps=config.finetune_steps,
+        val_data=spec_name(config.val_data) if config.val_data is not None else None,
+        normalize=config.normalize.strip().lower(), resize=config.resize,
+        center_crop=config.center_crop, embed_preprocessing=config.embed_preprocessing,
+        model=config.model, data=spec_name(config.data), finetune_steps=config.finetune_steps,
         finetune_lr=config.finetune_lr, batch_size=config.batch_size, seed=config.seed,
         threads=config.threads, study=config.study, calibrate=config.calibrate,
         sampler=config.sampler,

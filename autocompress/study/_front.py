@@ -129,7 +129,8 @@ class ParetoFront:
     def __init__(self, members: Sequence[FrontMember], *, budget_ms: float | None = None,
                  baseline: BaselineRecord | None = None,
                  records: Mapping[int, TrialRecord] | None = None,
-                 objectives: Sequence[str] = ("accuracy", "latency")) -> None:
+                 objectives: Sequence[str] = ("accuracy", "latency"),
+                 validation_note: str | None = None) -> None:
         size = "size" in objectives
         members = [m for m in members if not any(_dominates(o, m, size) for o in members)]
         self.objectives = tuple(objectives)
@@ -138,10 +139,13 @@ class ParetoFront:
         self.baseline = baseline
         #: every completed trial's record, by trial number
         self.records: Mapping[int, TrialRecord] = dict(records or {})
+        #: where the validation accuracies come from (e.g. the same folder as training)
+        self.validation_note = validation_note
 
     @classmethod
     def from_study(cls, study: optuna.Study, *, budget_ms: float | None = None,
-                   baseline: BaselineRecord | None = None) -> ParetoFront:
+                   baseline: BaselineRecord | None = None,
+                   validation_note: str | None = None) -> ParetoFront:
         """Optuna's front (feasible trials only), restricted to trials that produced a
         model."""
         trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -150,7 +154,7 @@ class ParetoFront:
                 if t.number in records and records[t.number].artifact]
         objectives = ("accuracy", "latency", "size")[:len(study.directions)]
         return cls(best, budget_ms=budget_ms, baseline=baseline, records=records,
-                   objectives=objectives)
+                   objectives=objectives, validation_note=validation_note)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -254,6 +258,8 @@ class ParetoFront:
                          + (f"  {m.family}" if m.family else ""))
         lines.append("  (latency: estimate from the hardware profile, measured for candidates near "
                      "the budget when the profile is of this machine; 'pick' re-measures)")
+        if self.validation_note:
+            lines.append(f"  ({self.validation_note})")
         return "\n".join(lines)
 
 

@@ -129,16 +129,18 @@ class Objective:
         student = compressed.candidate.student
         if student is None or student.distill.needs_teacher_per_batch:
             return None
-        if self._teacher_logits is None:
-            from autocompress.evaluation import teacher_logits_for
+        from autocompress.evaluation._distill import caches_teacher_logits, teacher_logits_for
 
-            self._teacher_logits = teacher_logits_for(compressed.teacher,
-                                                      self.prepared.data.train_x)
+        train = self.prepared.data.train
+        if not caches_teacher_logits(train, self.prepared.data.num_classes):
+            return None   # streamed data: the teacher runs on every batch
+        if self._teacher_logits is None:
+            self._teacher_logits = teacher_logits_for(compressed.teacher, train)
         return self._teacher_logits
 
     def _untrained(self, compressed: CompressedModel) -> Deployed:
         data = self.prepared.data
-        accuracy = evaluate_accuracy(compressed.module, data.val_x, data.val_y)
+        accuracy = evaluate_accuracy(compressed.module, data.val)
         onnx_bytes = export_onnx(compressed.module, self.prepared.example_input)
         return Deployed(onnx_bytes, accuracy, accuracy, "torch")
 

@@ -4,6 +4,7 @@ longer, exported."""
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from autocompress.hardware import HardwareProfile, MeasureSettings
 from autocompress.hardware.backends import Backend, backend_for, is_local
 from autocompress.study._config import RunFolder, redact_url
 from autocompress.study._front import FrontMember, ParetoFront, member_json
+from autocompress.study._records import RunInfo
 from autocompress.study._storage import open_storage
 
 if TYPE_CHECKING:
@@ -42,9 +44,11 @@ def load_study(folder: RunFolder, storage: str | None = None) -> optuna.Study:
 def load_front(run: str | Path, *, storage: str | None = None) -> ParetoFront:
     """The Pareto front of the search in run folder ``run``."""
     folder = RunFolder.open(run)
+    record = folder.run.data_record
     return ParetoFront.from_study(load_study(folder, storage),
                                   budget_ms=folder.run.budget.latency_ms,
-                                  baseline=folder.run.baseline)
+                                  baseline=folder.run.baseline,
+                                  validation_note=record.validation_note() if record else None)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,32 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                       f"ms estimated (accuracy {fastest.accuracy:.4f})")
 
 
+def _with_preprocessing(info: RunInfo, onnx_bytes: bytes, accuracy: float
+                        ) -> tuple[bytes, dict[str, Any]]:
+    """The exported graph with the run's preprocessing in its ``metadata_props`` (and, when
+    the run asked, its normalization embedded), and what ``candidate.json`` says of it."""
+    from autocompress._records import to_jsonable
+    from autocompress.hardware.export import add_metadata, embed_normalization
+
+    record = info.data_record
+    if record is None:  # a run written before preprocessing was recorded
+        return onnx_bytes, {}
+    preprocessing = record.preprocessing
+    if preprocessing.embedded and preprocessing.mean:
+        onnx_bytes = embed_normalization(onnx_bytes, preprocessing.mean, preprocessing.std)
+    props = {**preprocessing.metadata(record.class_names),
+             "autocompress.validation": record.validation_note(),
+             "autocompress.accuracy": f"{accuracy:.6f}",
+             "autocompress.model": info.model}
+    extra = {"preprocessing": to_jsonable(preprocessing),
+             "class_names": list(record.class_names),
+             "validation": record.validation_note(),
+             "data": {"train": record.train, "val": record.val,
+                      "train_samples": record.train_samples,
+                      "val_samples": record.val_samples}}
+    return add_metadata(onnx_bytes, props), extra
+
+
 def _measure(backend: Backend | None, onnx_bytes: bytes) -> float | None:
     if backend is None:
         return None
@@ -137,6 +167,14 @@ def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
         # what the exported graph really runs, read back from it
         extra["exported_precisions"] = exported_precisions(onnx_bytes)
     info = folder.run
+    exported_accuracy = refined.deployed.accuracy if refined is not None else member.accuracy
+    onnx_bytes, data_extra = _with_preprocessing(info, onnx_bytes, exported_accuracy)
+    if data_extra.get("preprocessing", {}).get("embedded") and backend is not None:
+        measured = _measure(backend, onnx_bytes)   # the graph now normalizes its input
+    extra.update(data_extra)
+    if data_extra:   # the file as written, with its metadata (and embedded normalization)
+        extra.update(size_bytes=len(onnx_bytes),
+                     compressed_size_bytes=len(zlib.compress(onnx_bytes, 9)))
     write_bytes_atomic(out / "model.onnx", onnx_bytes)
     write_text_atomic(out / "candidate.json", member_json(
         member, measured_latency_ms=measured,

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from autocompress._io import write_bytes_atomic
-from autocompress.data import DataSplit, load_data
+from autocompress.data import DataSplit, load_data, spec_name
 from autocompress.evaluation import EarlyStopping, TrainSettings, model_stats
-from autocompress.exceptions import DataError, ProfileError
+from autocompress.exceptions import DataError, ProfileError, RunError
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
 from autocompress.hardware.backends import backend_for, is_local
 from autocompress.hardware.latency import fit_calibration
@@ -43,7 +43,8 @@ from autocompress.study._records import (
 from autocompress.transforms import CompressedModel, compress
 
 __all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "first_run_info",
-           "load_search_data", "load_space", "local_profile", "seed_params"]
+           "load_search_data", "load_space", "local_profile", "run_data", "search_data",
+           "seed_params"]
 
 _logger = logging.getLogger("autocompress")
 
@@ -58,8 +59,8 @@ _CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
 def calibration_inputs(data: DataSplit, samples: int) -> np.ndarray:
     """The training images that calibrate activation ranges for int8 (a fixed subset)."""
     generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(data.train_x), generator=generator)[:samples]
-    return data.train_x[order].numpy().astype(np.float32)
+    order = torch.randperm(len(data.train), generator=generator)[:samples]
+    return data.train.fetch(order)[0].numpy().astype(np.float32)
 
 
 @dataclass
@@ -104,11 +105,13 @@ class Prepared:
 
 # ------------------------------------------------------------------------------ inputs
 
-def resolve_augmentation(setting: str, data: str) -> Augmentation:
-    """``auto``: random crop (4 px) and flip for image folders, none for the built-in digit
-    sets (a flipped digit is another digit); anything else as :meth:`Augmentation.parse`."""
+def resolve_augmentation(setting: str, data: str | Any) -> Augmentation:
+    """``auto``: random crop (4 px) and flip for image folders (and Datasets), none for the
+    built-in digit sets (a flipped digit is another digit); anything else as
+    :meth:`Augmentation.parse`."""
     if setting == "auto":
-        return STANDARD_AUGMENTATION if data.startswith("imagefolder:") else NO_AUGMENTATION
+        images = not isinstance(data, str) or data.startswith("imagefolder:")
+        return STANDARD_AUGMENTATION if images else NO_AUGMENTATION
     return Augmentation.parse(setting)
 
 
@@ -129,11 +132,55 @@ def load_space(path: Path | None, config: SearchConfig,
     return space, source
 
 
-def load_search_data(model: str, data: str, *, seed: int,
-                     input_shape: tuple[int, ...] | None) -> DataSplit:
-    """The data a search of ``model`` trains and validates on, in the input shape it uses."""
+def search_data(config: SearchConfig, resumed: RunInfo | None = None) -> DataSplit:
+    """The data of the search ``config`` (a resumed run's ``dataset`` statistics are reused:
+    the trials so far saw inputs normalized with them)."""
+    return load_search_data(
+        config.model, config.data, seed=config.seed, input_shape=config.input_shape,
+        val=config.val_data, normalize=config.normalize, resize=config.resize,
+        center_crop=config.center_crop, cache=config.data_cache, workers=config.data_workers,
+        stats=recorded_stats(resumed))
+
+
+def run_data(info: RunInfo) -> DataSplit:
+    """The data the run ``info`` searched on, prepared as it was (for ``pick``)."""
+    ident = info.identity
+    for spec in (info.data, ident.val_data):
+        if spec is not None and spec.startswith("dataset:"):
+            raise RunError(f"{spec} was given to the search as a Python object, which "
+                           "autocompress cannot load again; a finetune at pick needs data "
+                           "given as a spec (mnist, digits, imagefolder:PATH): export without "
+                           "--finetune-steps")
+    return load_search_data(
+        info.model, info.data, seed=ident.seed, input_shape=ident.input_shape,
+        val=ident.val_data,
+        normalize=ident.normalize, resize=ident.resize, center_crop=ident.center_crop,
+        stats=recorded_stats(info))
+
+
+def recorded_stats(info: RunInfo | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std a run's ``dataset`` normalization came to, if recorded."""
+    if info is None or info.data_record is None:
+        return None
+    preprocessing = info.data_record.preprocessing
+    if preprocessing.normalize != "dataset" or not preprocessing.mean:
+        return None
+    return preprocessing.mean, preprocessing.std
+
+
+def load_search_data(model: str, data: str | Any, *, seed: int,
+                     input_shape: tuple[int, ...] | None, val: str | Any | None = None,
+                     normalize: str = "dataset", resize: int | None = None,
+                     center_crop: tuple[int, int] | None = None, cache: str = "auto",
+                     workers: int | None = None,
+                     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+                     ) -> DataSplit:
+    """The data a search of ``model`` trains and validates on, in the input shape it uses
+    (the options as :func:`~autocompress.data.load_data` takes them)."""
     spec = resolve_model(model)
-    split = load_data(data, seed=seed)
+    split = load_data(data, seed=seed, val=val, normalize=normalize, resize=resize,
+                      center_crop=center_crop, cache=cache, workers=workers,  # type: ignore[arg-type]
+                      stats=stats)
     if spec.fixed_in_channels is not None:
         split = split.with_channels(spec.fixed_in_channels)
     if input_shape is None:
@@ -232,8 +279,11 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
         measured_latency=measured, **stats.to_dict())
     calibrated = prepared.with_latency_model(prepared.latency_model.calibrated(
         calibration.scale, calibration.offset_ms))
+    data = prepared.data
+    data_record = dataclasses.replace(data.record, preprocessing=dataclasses.replace(
+        data.record.preprocessing, embedded=config.embed_preprocessing))
     return RunInfo(
-        identity=ident, model=config.model, data=config.data,
+        identity=ident, model=config.model, data=spec_name(config.data), data_record=data_record,
         checkpoint=str(Path(config.checkpoint).resolve()) if config.checkpoint else None,
         input_shape=tuple(prepared.data.input_shape), num_classes=prepared.data.num_classes,
         storage=redact_url(config.storage) if config.storage else None, study=config.study,

@@ -17,6 +17,7 @@ import optuna
 
 from autocompress._records import RecordError, fields_to_jsonable, from_jsonable
 from autocompress._version import __version__
+from autocompress.data._preprocess import DataRecord
 from autocompress.exceptions import RunError, SearchSpaceError
 from autocompress.hardware import LatencyMeasurement
 from autocompress.space import Candidate
@@ -145,6 +146,12 @@ class RunIdentity:
     screen: int | None = 0
     objectives: tuple[str, ...] = ("accuracy", "latency")
     allocate: bool = False
+    #: separate validation data (None: a share of ``data``) and the preprocessing settings
+    val_data: str | None = None
+    normalize: str = "dataset"
+    resize: int | None = None
+    center_crop: tuple[int, int] | None = None
+    embed_preprocessing: bool = False
 
     def differences(self, other: RunIdentity) -> list[str]:
         """``name: old -> new`` for every setting that differs."""
@@ -236,6 +243,9 @@ class RunInfo:
     allocation: AllocationRecord | None = None
     checkpoint: str | None = None
     storage: str | None = None
+    #: where training and validation samples come from, and the preprocessing (resolved:
+    #: the numbers ``dataset`` normalization came to); None in runs written before it was recorded
+    data_record: DataRecord | None = None
     format_version: int = RUN_FORMAT_VERSION
     autocompress_version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(

@@ -23,7 +23,7 @@ from autocompress.space import SearchSpace
 from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
 from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import FrontMember
-from autocompress.study._prepare import calibration_inputs, load_search_data
+from autocompress.study._prepare import calibration_inputs, run_data
 from autocompress.transforms import Deployed, compress
 
 __all__ = ["Refined", "finetune_member"]
@@ -78,8 +78,7 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
     info = folder.run
     ident = info.identity
     path = _checkpoint(folder, checkpoint)
-    data = load_search_data(info.model, info.data, seed=ident.seed,
-                            input_shape=ident.input_shape)
+    data = run_data(info)
     baseline = prepare_baseline(resolve_model(info.model), data, checkpoint=path,
                                 seed=ident.seed, training=replace(
                                     BASELINE_TRAINING,

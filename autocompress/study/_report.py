@@ -25,7 +25,7 @@ from autocompress._io import write_text_atomic
 from autocompress.study._config import RunFolder
 from autocompress.study._front import FrontMember, ParetoFront
 from autocompress.study._pick import load_front, load_study
-from autocompress.study._records import TrialRecord
+from autocompress.study._records import RunInfo, TrialRecord
 
 __all__ = ["write_report"]
 
@@ -137,6 +137,7 @@ def _header(folder: RunFolder, trials: Sequence[optuna.trial.FrozenTrial],
     fitted = f"fitted on {len(cal.points)} measured point(s)" if cal.applied else "not applied"
     rows = [
         ("model", info.model), ("data", info.data),
+        *_data_rows(info),
         ("latency budget", f"{_ms(budget.latency_ms)} ({budget.source})"),
         ("baseline accuracy", _num(base.accuracy, ".4f")),
         ("baseline latency", f"{_ms(base.latency_ms)} ({base.latency_source})"),
@@ -153,6 +154,16 @@ def _header(folder: RunFolder, trials: Sequence[optuna.trial.FrozenTrial],
     ]
     return (f"<h1>autocompress report: {escape(info.model)} on {escape(info.data)}</h1>\n"
             + _kv_table(rows))
+
+
+def _data_rows(info: RunInfo) -> list[tuple[str, str]]:
+    """Where the validation accuracies come from, and the preprocessing."""
+    record = info.data_record
+    if record is None:
+        return []
+    return [("validation", record.validation_note()),
+            ("preprocessing", record.preprocessing.describe()
+             + (" (embedded in exported models)" if record.preprocessing.embedded else ""))]
 
 
 def _front_section(front: ParetoFront, picked: _Picked | None) -> str:

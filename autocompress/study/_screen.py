@@ -58,8 +58,8 @@ class Screening:
     def score(self, module: Any) -> float:
         """The adaptive-BatchNorm score of ``module`` (a copy is recalibrated)."""
         data = self.prepared.data
-        return screening_score(copy.deepcopy(module), data.train_x, data.val_x, data.val_y,
-                               self.settings)
+        return screening_score(copy.deepcopy(module), data.train, data.val,
+                               settings=self.settings)
 
     def run(self, total: int, seeds: Sequence[Mapping[str, Any]] = ()) -> None:
         """Screen until the study holds ``total`` complete trials (``seeds`` first)."""

@@ -40,11 +40,11 @@ from autocompress.study._prepare import (
     Prepared,
     first_run_info,
     load_profile,
-    load_search_data,
     load_space,
     local_profile,
     measurer,
     resolve_augmentation,
+    search_data,
     seed_params,
 )
 from autocompress.study._records import AllocationRecord, RunIdentity, RunInfo, TrialRecord
@@ -116,8 +116,7 @@ def _setup(config: SearchConfig) -> _Setup:
     folder.path.mkdir(parents=True, exist_ok=True)
     augmentation = resolve_augmentation(config.augment, config.data)
     space, space_src = load_space(config.space, config, augmentation)
-    data = load_search_data(config.model, config.data, seed=config.seed,
-                            input_shape=config.input_shape)
+    data = search_data(config, resumed=folder.info)
     profile_copy = folder.path / "profile.json"
     if config.profile is not None:
         profile_src = Path(config.profile)
@@ -144,7 +143,9 @@ def _setup(config: SearchConfig) -> _Setup:
     baseline = prepare_baseline(resolve_model(config.model), data, checkpoint=config.checkpoint,
                                 seed=config.seed, training=dataclasses.replace(
                                     BASELINE_TRAINING, augmentation=augmentation))
-    groups = find_channel_groups(baseline.module, torch.zeros(data.input_shape))
+    # a space without channel rules needs no dependency tracing (which some models refuse)
+    groups = (find_channel_groups(baseline.module, torch.zeros(data.input_shape))
+              if space.channel_rules else [])
     # sparsity makes nothing faster on dense kernels: searched only when size is an objective
     search_sparsity = "size" in config.objectives
     if space.sparsity_rules and not search_sparsity:

@@ -4,13 +4,26 @@ Torch-Pruning's :class:`DependencyGraph` groups layers whose channels are couple
 adds, depthwise convolutions, concatenations, BatchNorm); pruning a group removes the same
 channels from every member, so the model stays consistent. A group is named after its root
 layer, the layer whose output channels start the coupling.
+
+Grouped convolutions (ResNeXt, RegNet) and GroupNorm split a group's channels into equal
+blocks that must stay equal: such a group keeps a multiple of its block count and loses the
+same positions in every block (ranked by importance averaged over the blocks), as
+Torch-Pruning's own pruners do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -23,6 +36,10 @@ __all__ = ["ChannelGroup", "classifier_layer", "find_channel_groups", "prune_cha
 
 _logger = logging.getLogger(__name__)
 
+#: Seconds the dependency tracing of one model may take (``AUTOCOMPRESS_TRACE_TIMEOUT_S``);
+#: Torch-Pruning's tracing of some attention models (Swin, MaxViT) runs for many minutes.
+TRACE_TIMEOUT_S = 120.0
+
 
 @dataclass(frozen=True)
 class ChannelGroup:
@@ -31,6 +48,7 @@ class ChannelGroup:
     name: str                     # root layer, e.g. "layer1.0.conv1"
     channels: int                 # output channels of the root layer
     members: tuple[str, ...]      # every layer the group touches
+    blocks: int = 1               # equal blocks the channels fall into (grouped convolutions)
 
 
 def classifier_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
@@ -50,13 +68,83 @@ def classifier_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module
     return order[-1]
 
 
+class _TraceTimeout(BaseException):
+    """Not an Exception: no ``except Exception`` inside Torch-Pruning may swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TraceTimeout` in the block after ``seconds`` (a SIGALRM timer: only in
+    the main thread of a POSIX process; elsewhere the block runs unbounded). A timer already
+    running (pytest-timeout's, say) is left alone when it fires first, and re-armed with its
+    remaining time afterwards otherwise."""
+    if (seconds <= 0 or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    outer_delay, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    if 0 < outer_delay <= seconds:
+        yield
+        return
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise _TraceTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay > 0:
+            left = max(outer_delay - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
+
+
+def _trace_timeout() -> float:
+    text = os.environ.get("AUTOCOMPRESS_TRACE_TIMEOUT_S")
+    try:
+        return float(text) if text else TRACE_TIMEOUT_S
+    except ValueError:
+        raise ModelError(f"AUTOCOMPRESS_TRACE_TIMEOUT_S must be a number of seconds, got "
+                         f"{text!r}") from None
+
+
+@contextlib.contextmanager
+def _bounded() -> Iterator[None]:
+    """Bounds the dependency analysis of a model (tracing and grouping) in time."""
+    limit = _trace_timeout()
+    try:
+        with _time_limit(limit):
+            yield
+    except _TraceTimeout:
+        raise ModelError(
+            f"tracing the model's channel dependencies took more than {limit:g} s and was "
+            f"stopped (Torch-Pruning follows every tensor operation; for some attention "
+            f"models, such as Swin and MaxViT, it takes many minutes). Channel pruning is not "
+            f"available for this model: search a space without channel rules (bit widths, "
+            f"students), or raise AUTOCOMPRESS_TRACE_TIMEOUT_S") from None
+
+
 def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    shape = tuple(example_input.shape)
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     except Exception as exc:  # Torch-Pruning traces the model; any failure is the model's
+        frames = traceback.extract_tb(exc.__traceback__)
+        if any(f.filename.endswith("index_mapping.py") for f in frames):
+            raise ModelError(
+                f"cannot trace the model's channel dependencies: Torch-Pruning cannot follow "
+                f"how a reshape, concatenation or split regroups channels here (for example "
+                f"the channel shuffle of ShuffleNet, the window partitions of Swin) "
+                f"({type(exc).__name__} in {frames[-1].name}: {exc}). Channel pruning is not "
+                f"available for this model: search a space without channel rules (bit widths, "
+                f"students)") from exc
         raise ModelError(
             f"cannot trace the model's channel dependencies with an input of shape "
-            f"{tuple(example_input.shape)}: {exc}. Check --input-shape."
+            f"{shape}: {exc}. Check --input-shape."
         ) from exc
 
 
@@ -73,7 +161,17 @@ def _root_groups(
 
 
 def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """The model's prunable channel groups, in a stable order."""
+    """The model's prunable channel groups, in a stable order.
+
+    Raises:
+        ModelError: the model cannot be traced, or tracing takes longer than
+            ``AUTOCOMPRESS_TRACE_TIMEOUT_S`` (default :data:`TRACE_TIMEOUT_S`).
+    """
+    with _bounded():
+        return _find_channel_groups(model, example_input)
+
+
+def _find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
     graph = _graph(model, example_input)
     out = []
     for name, module, handler in _root_groups(graph, model, example_input):
@@ -81,24 +179,73 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[C
         group = graph.get_pruning_group(module, handler, list(range(channels)))
         members = sorted({graph._module2name.get(item.dep.target.module, "")
                           for item in group} - {""})
-        out.append(ChannelGroup(name=name, channels=channels, members=tuple(members)))
+        out.append(ChannelGroup(name=name, channels=channels, members=tuple(members),
+                                blocks=_blocks(graph, group)))
     return out
 
 
-def kept_channels(channels: int, keep_ratio: float, round_to: int, min_channels: int) -> int:
-    """How many of ``channels`` a keep ratio leaves, rounded to ``round_to``."""
+def _blocks(graph: tp.DependencyGraph, group: Any) -> int:
+    """How many equal blocks a pruning group's channels fall into: the largest channel-group
+    count of a grouped convolution or GroupNorm in it (a depthwise convolution follows its
+    input channel by channel and imposes none); 1 when there is none."""
+    counts = [1]
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, nn.Conv2d) and module.groups == module.out_channels:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            counts.append(int(pruner.get_out_channel_groups(module)))
+        else:
+            counts.append(int(pruner.get_in_channel_groups(module)))
+    return max(counts)
+
+
+def kept_channels(channels: int, keep_ratio: float, round_to: int, min_channels: int,
+                  blocks: int = 1) -> int:
+    """How many of ``channels`` a keep ratio leaves, rounded to ``round_to``; with ``blocks``
+    equal blocks (a grouped convolution's groups), a multiple of ``blocks`` too."""
     if keep_ratio >= 1.0:
         return channels
-    step = round_to if channels >= 2 * round_to else 1
+    if blocks > 1:
+        if channels % blocks:
+            raise ModelError(f"{channels} channels do not split into {blocks} equal groups")
+        unit = math.lcm(round_to, blocks)
+        step = unit if channels >= 2 * unit and channels % unit == 0 else blocks
+    else:
+        step = round_to if channels >= 2 * round_to else 1
     keep = max(math.floor(channels * keep_ratio / step + 0.5), 1) * step  # half rounds up
     floor = math.ceil(min(min_channels, channels) / step) * step
     return int(min(channels, max(keep, floor)))
 
 
+def _drop_indices(scores: torch.Tensor, channels: int, keep: int, blocks: int) -> list[int]:
+    """The ``channels - keep`` least important channels; with ``blocks`` equal blocks, the
+    same positions in every block, ranked by importance averaged over the blocks."""
+    if blocks == 1:
+        return sorted(torch.argsort(scores)[: channels - keep].tolist())
+    size = channels // blocks
+    local = torch.argsort(scores.reshape(blocks, size).mean(dim=0))[: size - keep // blocks]
+    return sorted(int(b * size + j) for b in range(blocks) for j in local.tolist())
+
+
 def prune_channels(
     model: nn.Module, candidate: Candidate, example_input: torch.Tensor
 ) -> dict[str, tuple[int, int]]:
-    """Prune ``model`` in place as ``candidate`` says; returns group -> (before, after)."""
+    """Prune ``model`` in place as ``candidate`` says; returns group -> (before, after).
+
+    Raises:
+        ModelError: as :func:`find_channel_groups`.
+    """
+    with _bounded():
+        return _prune_channels(model, candidate, example_input)
+
+
+def _prune_channels(
+    model: nn.Module, candidate: Candidate, example_input: torch.Tensor
+) -> dict[str, tuple[int, int]]:
     graph = _graph(model, example_input)
     roots = {name: (module, handler)
              for name, module, handler in _root_groups(graph, model, example_input)}
@@ -113,18 +260,22 @@ def prune_channels(
     for name, (module, handler) in roots.items():
         channels = graph.get_out_channels(module)
         ratio = candidate.channel_keep.get(name, 1.0)
-        keep = kept_channels(channels, ratio, candidate.round_to, candidate.min_channels)
+        if ratio >= 1.0:
+            result[name] = (channels, channels)
+            continue
+        group = graph.get_pruning_group(module, handler, list(range(channels)))
+        blocks = _blocks(graph, group)
+        keep = kept_channels(channels, ratio, candidate.round_to, candidate.min_channels, blocks)
         result[name] = (channels, keep)
         if keep >= channels:
             continue
-        group = graph.get_pruning_group(module, handler, list(range(channels)))
         scores = importance(group)
         if scores is None:
             _logger.warning("no importance for group %s; left unpruned", name)
             result[name] = (channels, channels)
             continue
-        drop = torch.argsort(scores)[: channels - keep].tolist()
-        group = graph.get_pruning_group(module, handler, sorted(drop))
+        group = graph.get_pruning_group(module, handler,
+                                        _drop_indices(scores, channels, keep, blocks))
         if not graph.check_pruning_group(group):
             _logger.warning("pruning group %s to %d channels is not allowed; left unpruned",
                             name, keep)

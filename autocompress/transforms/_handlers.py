@@ -84,7 +84,7 @@ class QuantizationHandler(TransformHandler[Quantization]):
             return None
         from autocompress.transforms._qat import prepare_qat
 
-        model.state["qat"] = prepare_qat(model.module, int8, data.train_x[:_QAT_EXAMPLES])
+        model.state["qat"] = prepare_qat(model.module, int8, data.train.head(_QAT_EXAMPLES))
         return TrainingHooks(lr_factor=QAT_LR_FACTOR)
 
     def after_training(self, model: CompressedModel, config: Quantization) -> None:

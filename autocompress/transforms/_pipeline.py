@@ -33,7 +33,6 @@ from autocompress.evaluation import (
     TrainSettings,
     distill,
     evaluate_accuracy,
-    teacher_logits_for,
     train,
 )
 from autocompress.exceptions import SearchSpaceError
@@ -45,6 +44,9 @@ __all__ = ["CompressedModel", "Deployed", "TrainOutcome", "TrainingHooks", "Tran
            "compress", "handler_for", "register_transform"]
 
 _logger = logging.getLogger(__name__)
+
+#: Validation samples per ONNX Runtime accuracy run (read from the data source in chunks).
+_ONNX_EVAL_CHUNK = 10_000
 
 C = TypeVar("C")
 
@@ -175,22 +177,23 @@ class CompressedModel:
               teacher_logits: torch.Tensor | None = None) -> TrainOutcome:
         """Train the module in place the way the search does: a finetune (with the hooks the
         transforms add), or a distillation from the teacher when the candidate is a student.
-        ``teacher_logits`` (the teacher's outputs on ``data.train_x``) may be shared."""
+        ``teacher_logits`` (the teacher's outputs on ``data.train``) may be shared."""
         self._structure = None  # the weights change; the structure export is rebuilt
         return _run_training(self, data, settings, teacher_logits)
 
     def deploy(self, data: DataSplit, calibration: Callable[[], np.ndarray]) -> Deployed:
         """Export the trained module as the device runs it and measure its validation
         accuracy: in torch when the graph is the float one, else in ONNX Runtime."""
-        float_accuracy = evaluate_accuracy(self.module, data.val_x, data.val_y)
+        float_accuracy = evaluate_accuracy(self.module, data.val)
         fp32 = export_onnx(self.module, self.example_input)
         deployed = self.rewrite(fp32, calibration)
         if deployed == fp32:
             return Deployed(fp32, float_accuracy, float_accuracy, "torch")
         from autocompress.transforms._quantize import onnx_accuracy
 
-        accuracy = onnx_accuracy(deployed, data.val_x.numpy(), data.val_y.numpy())
-        return Deployed(deployed, accuracy, float_accuracy, "onnxruntime")
+        correct = sum(round(onnx_accuracy(deployed, x.numpy(), y.numpy()) * len(y))
+                      for x, y in data.val.batches(_ONNX_EVAL_CHUNK))
+        return Deployed(deployed, correct / len(data.val), float_accuracy, "onnxruntime")
 
 
 def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettings,
@@ -211,7 +214,7 @@ def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettin
     student = next((c for c, _ in steps if isinstance(c, Student)), None)
     if student is None:
         settings = replace(settings, lr=settings.lr * lr_factor)
-        train(model.module, data.train_x, data.train_y, settings, on_step=on_step)
+        train(model.module, data.train, None, settings, on_step=on_step)
         outcome = TrainOutcome(settings.steps)
     else:
         plan = student.plan
@@ -220,9 +223,8 @@ def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettin
             lr=plan.distill.training.lr * lr_factor))
         logits = None
         if not distill_settings.needs_teacher_per_batch:
-            logits = (teacher_logits if teacher_logits is not None
-                      else teacher_logits_for(model.teacher, data.train_x))
-        result = distill(model.module, model.teacher, data.train_x, data.train_y,
+            logits = teacher_logits  # None: distill computes them when they fit in memory
+        result = distill(model.module, model.teacher, data.train, None,
                          distill_settings, teacher_logits=logits, on_step=on_step)
         outcome = TrainOutcome(int(result.steps), bool(result.stopped_early))
     for config, handler in steps:

@@ -99,7 +99,11 @@ def test_pick_with_finetune_steps_exports_the_retrained_model(mixed_run, tmp_pat
     assert record["search_accuracy"] == pytest.approx(result.member.accuracy)
     assert record["accuracy"] == pytest.approx(result.refined.deployed.accuracy)
     model = (export / "model.onnx").read_bytes()
-    assert model == result.refined.deployed.onnx
+    # the retrained graph, the run's preprocessing added to its metadata_props
+    exported = onnx.load_from_string(model)
+    assert exported.graph == onnx.load_from_string(result.refined.deployed.onnx).graph
+    props = {p.key: p.value for p in exported.metadata_props}
+    assert props["autocompress.accuracy"] == f"{record['accuracy']:.6f}"
     assert record["size_bytes"] == len(model)
     # the accuracy written is the exported model's, whatever its precision
     data = load_data("digits", seed=0)

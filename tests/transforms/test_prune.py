@@ -346,3 +346,89 @@ def test_unknown_sparsity_layer_raises(resnet20: tuple[nn.Module, torch.Tensor],
     with pytest.raises(SearchSpaceError, match="does not have"):
         apply_sparsity(model, {layer: 0.5})
     assert not any(hasattr(m, "weight_orig") for m in model.modules())
+
+
+# --- grouped convolutions, channel shuffles, bounded tracing -------------------------------
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt-like block: 1x1, grouped 3x3 (4 groups), GroupNorm, 1x1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(32)
+        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4, bias=False)
+        self.norm = nn.GroupNorm(4, 32)
+        self.expand = nn.Conv2d(32, 48, 1)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(self.norm(self.grouped(x)))
+        x = F.relu(self.expand(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_grouped_convolutions_keep_whole_equal_groups_and_export() -> None:
+    torch.manual_seed(0)
+    model = GroupedNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    groups = {g.name: g for g in find_channel_groups(model, x)}
+    assert groups["stem"].blocks == 4
+    compressed = compress(model, Candidate(channel_keep={"stem": 0.3, "grouped": 0.5},
+                                           round_to=8), x)
+    pruned = compressed.module
+    assert pruned.grouped.groups == 4
+    assert pruned.stem.out_channels % 4 == 0 and pruned.stem.out_channels < 32
+    assert pruned.grouped.in_channels == pruned.stem.out_channels
+    assert pruned.grouped.out_channels % 4 == 0 and pruned.grouped.out_channels < 32
+    assert pruned.norm.num_groups == 4 and pruned.norm.num_channels == pruned.grouped.out_channels
+    onnx_bytes = compressed.structure_onnx()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, pruned(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_pruning_drops_the_same_positions_in_every_block() -> None:
+    from autocompress.transforms._channels import _drop_indices
+
+    scores = torch.tensor([5.0, 1.0, 4.0, 3.0,   # block 0
+                           6.0, 2.0, 0.5, 7.0])  # block 1: mean per position 5.5 1.5 2.25 5
+    assert _drop_indices(scores, 8, 4, 2) == [1, 2, 5, 6]
+    assert _drop_indices(scores, 8, 6, 1) == [1, 6]
+
+
+@pytest.mark.parametrize(("channels", "ratio", "round_to", "blocks", "expected"), [
+    (128, 0.5, 8, 32, 64),   # ResNeXt 32x4d: multiples of lcm(8, 32)
+    (128, 0.1, 8, 32, 32),   # at least one channel per group
+    (32, 0.3, 8, 4, 8),      # lcm(8, 4) = 8
+    (24, 0.5, 8, 6, 12),     # 24 is no multiple of lcm(8, 6) = 24 twice: multiples of 6
+    (48, 1.0, 8, 16, 48),
+])
+def test_kept_channels_with_blocks(channels: int, ratio: float, round_to: int, blocks: int,
+                                   expected: int) -> None:
+    kept = kept_channels(channels, ratio, round_to, 1, blocks)
+    assert kept == expected and kept % blocks == 0
+
+
+def test_channel_shuffle_is_refused_with_a_message_that_names_it() -> None:
+    import torchvision
+
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    with pytest.raises(ModelError, match="channel shuffle .* without channel rules"):
+        find_channel_groups(model, torch.zeros(1, 3, 64, 64))
+
+
+def test_dependency_tracing_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = create_model("resnet20", num_classes=10, in_channels=3)
+    monkeypatch.setenv("AUTOCOMPRESS_TRACE_TIMEOUT_S", "0.0001")
+    with pytest.raises(ModelError, match="took more than 0.0001 s and was stopped"):
+        find_channel_groups(model, torch.zeros(1, 3, 32, 32))
+    monkeypatch.setenv("AUTOCOMPRESS_TRACE_TIMEOUT_S", "soon")
+    with pytest.raises(ModelError, match="AUTOCOMPRESS_TRACE_TIMEOUT_S must be a number"):
+        find_channel_groups(model, torch.zeros(1, 3, 32, 32))
+    monkeypatch.setenv("AUTOCOMPRESS_TRACE_TIMEOUT_S", "0")   # 0: unbounded
+    assert find_channel_groups(model, torch.zeros(1, 3, 32, 32))
