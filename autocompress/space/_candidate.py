@@ -16,12 +16,19 @@ from autocompress.hardware.kernels import PRECISIONS, Precision
 if TYPE_CHECKING:
     from autocompress.space._students import StudentPlan
 
-__all__ = ["CANDIDATE_FORMAT_VERSION", "PRECISIONS", "Candidate", "ChannelPruning", "Importance",
+__all__ = ["CANDIDATE_FORMAT_VERSION", "GRADIENT_IMPORTANCES", "IMPORTANCES", "PRECISIONS",
+           "Candidate", "ChannelPruning", "Importance",
            "Precision", "Quantization", "QuantizationMethod", "Sparsity", "Student",
            "TransformConfig"]
 
 CANDIDATE_FORMAT_VERSION = 1
-Importance = Literal["l1", "l2"]
+Importance = Literal["l1", "l2", "taylor", "obd"]
+#: Channel importance criteria: L1/L2 weight magnitude, first-order Taylor (|weight x
+#: gradient|) and Optimal Brain Damage (weight^2 x diagonal Fisher estimate of the Hessian);
+#: the last two need gradient statistics from a few training samples.
+IMPORTANCES: tuple[str, ...] = ("l1", "l2", "taylor", "obd")
+#: Criteria that need gradient statistics (:class:`autocompress.transforms.GradientStatistics`).
+GRADIENT_IMPORTANCES: tuple[str, ...] = ("taylor", "obd")
 #: How a quantized candidate gets its accuracy back: post-training calibration only, or a
 #: quantization-aware finetune (fake quantization, straight-through estimator) first.
 QuantizationMethod = Literal["ptq", "qat"]
@@ -183,8 +190,9 @@ class Candidate:
             )
         try:
             importance = data.get("importance", "l2")
-            if importance not in ("l1", "l2"):
-                raise ValueError(f"importance must be 'l1' or 'l2', got {importance!r}")
+            if importance not in IMPORTANCES:
+                raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got "
+                                 f"{importance!r}")
             student = data.get("student")
             if student is not None:
                 from autocompress.space._students import StudentPlan

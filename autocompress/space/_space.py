@@ -13,7 +13,7 @@ import optuna
 import yaml
 
 from autocompress.exceptions import SearchSpaceError
-from autocompress.space._candidate import PRECISIONS, Candidate, Importance
+from autocompress.space._candidate import IMPORTANCES, PRECISIONS, Candidate, Importance
 from autocompress.space._distributions import ValueSpec, parse_value_spec
 from autocompress.space._distributions import check_keys as _check_keys
 
@@ -84,6 +84,8 @@ class SearchSpace:
     source: str = "<memory>"
     precision: PrecisionSpace | None = None
     students: Any = None   # autocompress.space._students.StudentSpace (imports torch)
+    #: the importance criteria searched (``importance`` is the first: uniform seeds use it)
+    importance_choices: tuple[str, ...] = ()
 
     @classmethod
     def default(cls) -> SearchSpace:
@@ -121,11 +123,8 @@ class SearchSpace:
         _check_keys(channels, _CHANNEL_KEYS, f"{source}: channels")
         _check_keys(sparsity, _SPARSITY_KEYS, f"{source}: sparsity")
 
-        importance = channels.get("importance", "l2")
-        if importance not in ("l1", "l2"):
-            raise SearchSpaceError(
-                f"{source}: channels.importance must be 'l1' or 'l2', got {importance!r}"
-            )
+        importances = _parse_choices(channels.get("importance", "l2"),
+                                     f"{source}: channels.importance", IMPORTANCES)
         round_to = _positive_int(channels.get("round_to", 1), f"{source}: channels.round_to")
         min_channels = _positive_int(
             channels.get("min_channels", 1), f"{source}: channels.min_channels"
@@ -156,7 +155,8 @@ class SearchSpace:
                 "students to search over"
             )
         return cls(
-            channel_rules=channel_rules, sparsity_rules=sparsity_rules, importance=importance,
+            channel_rules=channel_rules, sparsity_rules=sparsity_rules,
+            importance=importances[0], importance_choices=importances,  # type: ignore[arg-type]
             round_to=round_to, min_channels=min_channels, source=source,
             precision=precision, students=students,
         )
@@ -190,13 +190,19 @@ class SearchSpace:
             precision_params = _assign_choices(self.precision.rules, layers, self.source)
             methods = self.precision.methods
             method = _ChoiceParam("*", "quantization" if len(methods) > 1 else None, methods)
+        channel_params = _assign(self.channel_rules, groups, "keep_ratio", self.source)
+        importance: _ChoiceParam | None = None
+        choices = self.importance_choices or (self.importance,)
+        if len(choices) > 1 and any(p.param is not None for p in channel_params):
+            importance = _ChoiceParam("*", IMPORTANCE_PARAM, choices)
         return BoundSpace(
             space=self,
-            channel_params=_assign(self.channel_rules, groups, "keep_ratio", self.source),
+            channel_params=channel_params,
             sparsity_params=(_assign(self.sparsity_rules, layers, "sparsity", self.source)
                              if sparsity else ()),
             precision_params=precision_params,
             method_param=method,
+            importance_param=importance,
         )
 
 
@@ -215,6 +221,8 @@ class _ChoiceParam:
 
 
 KIND_PARAM = "kind"
+#: The Optuna parameter of the channel importance criterion, when the space offers several.
+IMPORTANCE_PARAM = "importance"
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,7 @@ class BoundSpace:
     sparsity_params: tuple[_Param, ...]
     precision_params: tuple[_ChoiceParam, ...] = ()
     method_param: _ChoiceParam | None = None
+    importance_param: _ChoiceParam | None = None
 
     @property
     def compresses(self) -> bool:
@@ -240,8 +249,8 @@ class BoundSpace:
 
     @property
     def _choice_params(self) -> tuple[_ChoiceParam, ...]:
-        method = (self.method_param,) if self.method_param is not None else ()
-        return (*self.precision_params, *method)
+        extra = tuple(c for c in (self.method_param, self.importance_param) if c is not None)
+        return (*self.precision_params, *extra)
 
     @property
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -321,10 +330,12 @@ class BoundSpace:
             return c.choices[0] if c.param is None else str(values[c.param])
 
         method = choose(self.method_param) if self.method_param is not None else "ptq"
+        importance = (choose(self.importance_param) if self.importance_param is not None
+                      else self.space.importance)
         return Candidate(
             channel_keep={p.target: resolve(p) for p in self.channel_params},
             sparsity={p.target: resolve(p) for p in self.sparsity_params},
-            importance=self.space.importance,
+            importance=importance,  # type: ignore[arg-type]
             round_to=self.space.round_to,
             min_channels=self.space.min_channels,
             precision={c.target: choose(c) for c in self.precision_params},

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from autocompress.hardware.profiler import GRID_NAME, profile_backend
 from autocompress.models import resolve_model
 from autocompress.settings import NO_AUGMENTATION, STANDARD_AUGMENTATION, Augmentation
 from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
+from autocompress.space._candidate import GRADIENT_IMPORTANCES
 from autocompress.space._space import KIND_PARAM
 from autocompress.study._baseline import BASELINE_TRAINING, Baseline
 from autocompress.study._cache import cache_dir
@@ -40,9 +41,16 @@ from autocompress.study._records import (
     RunIdentity,
     RunInfo,
 )
-from autocompress.transforms import CompressedModel, compress
+from autocompress.transforms import (
+    CompressedModel,
+    GradientStatistics,
+    compress,
+    gradient_statistics,
+)
+from autocompress.transforms._importance import GRADIENT_SAMPLES
 
 __all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "first_run_info",
+           "importance_statistics",
            "load_search_data", "load_space", "local_profile", "run_data", "search_data",
            "seed_params"]
 
@@ -63,6 +71,15 @@ def calibration_inputs(data: DataSplit, samples: int) -> np.ndarray:
     return data.train.fetch(order)[0].numpy().astype(np.float32)
 
 
+def importance_statistics(module: torch.nn.Module, data: DataSplit) -> GradientStatistics:
+    """The gradient statistics of ``module`` for the taylor and obd channel criteria, on a
+    fixed, seeded subset of the training samples (the same in the search and in ``pick``)."""
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(data.train), generator=generator)[:GRADIENT_SAMPLES]
+    inputs, labels = data.train.fetch(order)
+    return gradient_statistics(module, inputs, labels)
+
+
 @dataclass
 class Prepared:
     """The data, the baseline, the space bound to it, and the (calibrated) latency model."""
@@ -71,14 +88,25 @@ class Prepared:
     baseline: Baseline
     bound: BoundSpace
     latency_model: LatencyModel
+    _gradients: GradientStatistics | None = field(default=None, init=False, repr=False)
 
     @property
     def example_input(self) -> torch.Tensor:
         return torch.zeros(self.data.input_shape)
 
+    def gradients_for(self, candidate: Candidate) -> GradientStatistics | None:
+        """The baseline's gradient statistics when ``candidate``'s criterion needs them
+        (computed once)."""
+        if candidate.importance not in GRADIENT_IMPORTANCES or not candidate.channel_keep:
+            return None
+        if self._gradients is None:
+            self._gradients = importance_statistics(self.baseline.module, self.data)
+        return self._gradients
+
     def compress(self, candidate: Candidate) -> CompressedModel:
         return compress(self.baseline.module, candidate, self.example_input,
-                        num_classes=self.data.num_classes)
+                        num_classes=self.data.num_classes,
+                        gradients=self.gradients_for(candidate))
 
     def estimate_ms(self, candidate: Candidate) -> float:
         return self.compress(candidate).estimate(self.latency_model).latency_ms
@@ -328,6 +356,8 @@ def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> 
             params[c.param] = precision if precision in c.choices else c.choices[0]
     if bound.method_param is not None and bound.method_param.param is not None:
         params[bound.method_param.param] = "ptq"
+    if bound.importance_param is not None and bound.importance_param.param is not None:
+        params[bound.importance_param.param] = bound.space.importance  # the first choice
     for p in bound.channel_params:
         if p.param is None:
             continue

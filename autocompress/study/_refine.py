@@ -20,10 +20,11 @@ from autocompress.exceptions import CheckpointError, RunError
 from autocompress.models import resolve_model
 from autocompress.settings import Augmentation
 from autocompress.space import SearchSpace
+from autocompress.space._candidate import GRADIENT_IMPORTANCES
 from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
 from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import FrontMember
-from autocompress.study._prepare import calibration_inputs, run_data
+from autocompress.study._prepare import calibration_inputs, importance_statistics, run_data
 from autocompress.transforms import Deployed, compress
 
 __all__ = ["Refined", "finetune_member"]
@@ -86,7 +87,10 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
     space = SearchSpace.from_yaml(folder.path / "space.yaml")
     samples = space.precision.calibration_samples if space.precision else 128
     x = torch.zeros(data.input_shape)
-    compressed = compress(baseline.module, member.candidate, x, num_classes=data.num_classes)
+    gradients = (importance_statistics(baseline.module, data)
+                 if member.candidate.importance in GRADIENT_IMPORTANCES else None)
+    compressed = compress(baseline.module, member.candidate, x, num_classes=data.num_classes,
+                          gradients=gradients)
     settings = TrainSettings(steps=steps, batch_size=ident.batch_size, lr=ident.finetune_lr,
                              seed=member.trial,
                              augmentation=Augmentation.parse(ident.augmentation))

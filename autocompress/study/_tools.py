@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from autocompress.exceptions import AutocompressError
 from autocompress.hardware import HardwareProfile, LatencyEstimate, LatencyModel
 from autocompress.models import create_model, load_checkpoint, resolve_model
 from autocompress.space import Candidate
+from autocompress.space._candidate import GRADIENT_IMPORTANCES
 from autocompress.transforms import compress
 
 __all__ = ["ModelEstimate", "estimate_latency"]
@@ -69,7 +71,10 @@ def estimate_latency(
     module = create_model(model, num_classes=num_classes, in_channels=shape[1]).eval()
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
-    compressed = compress(module, chosen or Candidate(), torch.zeros(shape),
-                          num_classes=num_classes)
+    candidate = chosen or Candidate()
+    if candidate.importance in GRADIENT_IMPORTANCES:
+        # which channels go depends on data; how many (all a latency estimate sees) does not
+        candidate = dataclasses.replace(candidate, importance="l2")
+    compressed = compress(module, candidate, torch.zeros(shape), num_classes=num_classes)
     what = model + (f" compressed as {candidate}" if chosen is not None else "")
     return ModelEstimate(compressed.estimate(LatencyModel(loaded)), loaded, shape, what)

@@ -12,6 +12,7 @@ from autocompress.transforms._channels import (
     prune_channels,
 )
 from autocompress.transforms._handlers import QAT_LR_FACTOR
+from autocompress.transforms._importance import GradientStatistics, gradient_statistics
 from autocompress.transforms._pipeline import (
     CompressedModel,
     Deployed,
@@ -40,6 +41,7 @@ from autocompress.transforms._sparsity import (
 )
 
 __all__ = [
+    "GradientStatistics",
     "PRECISIONS",
     "QAT_LR_FACTOR",
     "ChannelGroup",
@@ -52,6 +54,7 @@ __all__ = [
     "compress",
     "exported_precisions",
     "find_channel_groups",
+    "gradient_statistics",
     "finish_qat",
     "fold_batchnorms",
     "handler_for",

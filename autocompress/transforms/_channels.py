@@ -31,6 +31,8 @@ from torch import nn
 
 from autocompress.exceptions import ModelError, SearchSpaceError
 from autocompress.space import Candidate
+from autocompress.space._candidate import GRADIENT_IMPORTANCES
+from autocompress.transforms._importance import GradientStatistics
 
 __all__ = ["ChannelGroup", "classifier_layer", "find_channel_groups", "prune_channels"]
 
@@ -231,20 +233,44 @@ def _drop_indices(scores: torch.Tensor, channels: int, keep: int, blocks: int) -
     return sorted(int(b * size + j) for b in range(blocks) for j in local.tolist())
 
 
+def _importance(candidate: Candidate, model: nn.Module,
+                gradients: GradientStatistics | None) -> tp.importance.Importance:
+    """Torch-Pruning's importance for the candidate's criterion (gradients installed)."""
+    criterion = candidate.importance
+    if criterion in GRADIENT_IMPORTANCES:
+        if gradients is None:
+            raise SearchSpaceError(
+                f"channel importance {criterion!r} needs gradient statistics of the model on "
+                f"training samples (autocompress.transforms.gradient_statistics), and none "
+                f"were given; use l1 or l2 where no data is at hand")
+        gradients.install(model, criterion)
+        if criterion == "taylor":
+            return tp.importance.GroupTaylorImportance()
+        return tp.importance.GroupHessianImportance()  # reads the Fisher from .grad
+    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+
+
 def prune_channels(
-    model: nn.Module, candidate: Candidate, example_input: torch.Tensor
+    model: nn.Module, candidate: Candidate, example_input: torch.Tensor,
+    gradients: GradientStatistics | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Prune ``model`` in place as ``candidate`` says; returns group -> (before, after).
+    ``gradients`` (of the unpruned ``model``) serve the ``taylor`` and ``obd`` criteria.
 
     Raises:
         ModelError: as :func:`find_channel_groups`.
+        SearchSpaceError: a gradient criterion without ``gradients``.
     """
-    with _bounded():
-        return _prune_channels(model, candidate, example_input)
+    try:
+        with _bounded():
+            return _prune_channels(model, candidate, example_input, gradients)
+    finally:
+        model.zero_grad(set_to_none=True)   # installed statistics are no training state
 
 
 def _prune_channels(
-    model: nn.Module, candidate: Candidate, example_input: torch.Tensor
+    model: nn.Module, candidate: Candidate, example_input: torch.Tensor,
+    gradients: GradientStatistics | None,
 ) -> dict[str, tuple[int, int]]:
     graph = _graph(model, example_input)
     roots = {name: (module, handler)
@@ -255,7 +281,7 @@ def _prune_channels(
             f"the candidate names channel groups this model does not have: {unknown[:5]}; "
             f"its groups are {sorted(roots)[:10]}{' ...' if len(roots) > 10 else ''}"
         )
-    importance = tp.importance.GroupMagnitudeImportance(p=1 if candidate.importance == "l1" else 2)
+    importance = _importance(candidate, model, gradients)
     result: dict[str, tuple[int, int]] = {}
     for name, (module, handler) in roots.items():
         channels = graph.get_out_channels(module)

@@ -51,7 +51,7 @@ class ChannelPruningHandler(TransformHandler[ChannelPruning]):
 
     def build(self, model: CompressedModel, config: ChannelPruning) -> None:
         model.channels.update(prune_channels(model.module, model.candidate,
-                                             model.example_input))
+                                             model.example_input, model.gradients))
 
 
 @register_transform(Sparsity)

@@ -39,6 +39,7 @@ from autocompress.exceptions import SearchSpaceError
 from autocompress.hardware import LatencyEstimate, LatencyModel
 from autocompress.hardware.export import export_onnx
 from autocompress.space import Candidate, Student, TransformConfig
+from autocompress.transforms._importance import GradientStatistics
 
 __all__ = ["CompressedModel", "Deployed", "TrainOutcome", "TrainingHooks", "TransformHandler",
            "compress", "handler_for", "register_transform"]
@@ -143,6 +144,8 @@ class CompressedModel:
     teacher: nn.Module
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    #: the unpruned model's gradient statistics, for the taylor and obd criteria
+    gradients: GradientStatistics | None = None
     _structure: bytes | None = field(default=None, repr=False)
 
     def _steps(self) -> Iterator[tuple[TransformHandler[Any], TransformConfig]]:
@@ -234,15 +237,19 @@ def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettin
 
 
 def compress(model: nn.Module, candidate: Candidate, example_input: torch.Tensor, *,
-             num_classes: int | None = None) -> CompressedModel:
+             num_classes: int | None = None,
+             gradients: GradientStatistics | None = None) -> CompressedModel:
     """Build ``candidate``'s untrained network from ``model`` (left untouched): a pruned copy,
-    or a fresh student. ``num_classes`` (for students) defaults to ``model``'s outputs."""
+    or a fresh student. ``num_classes`` (for students) defaults to ``model``'s outputs;
+    ``gradients`` (:func:`gradient_statistics` of ``model``) serve the ``taylor`` and ``obd``
+    channel criteria."""
     if num_classes is None:
         with torch.no_grad():
             num_classes = int(model.eval()(example_input).shape[-1])
     # a student replaces the network first: the model is not copied for it
     start = model if candidate.student is not None else copy.deepcopy(model)
-    result = CompressedModel(start.eval(), candidate, example_input, num_classes, teacher=model)
+    result = CompressedModel(start.eval(), candidate, example_input, num_classes, teacher=model,
+                             gradients=gradients)
     for handler, config in result._steps():
         handler.build(result, config)
     result.module.eval()

@@ -421,3 +421,35 @@ def test_value_spec_grid_lists_what_a_sweep_tries() -> None:
     assert ValueSpec(fixed=0.3).grid() == [0.3]
     free = ValueSpec(low=0.0, high=1.0).grid()
     assert len(free) == 17 and free[0] == 0.0 and free[-1] == 1.0
+
+
+# --- channel importance criteria -------------------------------------------------------------
+
+
+def test_importance_choices_become_one_searched_parameter() -> None:
+    space = _space([{"match": "*", "keep_ratio": {"low": 0.25, "high": 1.0, "step": 0.25}}],
+                   importance={"choices": ["l2", "taylor", "obd"]})
+    assert space.importance == "l2"   # the first choice: what the uniform seeds use
+    bound = space.bind(["a", "b"], [])
+    assert bound.distributions["importance"].choices == ("l2", "taylor", "obd")
+    seen = {bound.sample(_trial(seed)).importance for seed in range(30)}
+    assert seen == {"l2", "taylor", "obd"}
+    assert bound.uniform(0.5).importance == "l2"
+    params = {"importance": "obd", **{p: 0.5 for p in bound.distributions if p != "importance"}}
+    assert bound.candidate_from_params(params).importance == "obd"
+
+
+def test_one_importance_or_no_channel_search_adds_no_parameter() -> None:
+    fixed = _space([{"match": "*", "keep_ratio": {"low": 0.25, "high": 1.0, "step": 0.25}}],
+                   importance="taylor")
+    assert "importance" not in fixed.bind(["a"], []).distributions
+    assert fixed.bind(["a"], []).sample(_trial()).importance == "taylor"
+    unsearched = _space([{"match": "*", "keep_ratio": 0.5}],
+                        importance={"choices": ["l1", "taylor"]})
+    assert "importance" not in unsearched.bind(["a"], []).distributions
+
+
+def test_unknown_importance_lists_the_criteria() -> None:
+    with pytest.raises(SearchSpaceError, match="channels.importance.*activation.*l1, l2, "
+                                               "taylor, obd"):
+        _space([{"match": "*", "keep_ratio": 0.5}], importance={"choices": ["activation"]})

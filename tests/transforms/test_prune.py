@@ -432,3 +432,69 @@ def test_dependency_tracing_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) 
         find_channel_groups(model, torch.zeros(1, 3, 32, 32))
     monkeypatch.setenv("AUTOCOMPRESS_TRACE_TIMEOUT_S", "0")   # 0: unbounded
     assert find_channel_groups(model, torch.zeros(1, 3, 32, 32))
+
+
+# --- gradient criteria: first-order Taylor and Optimal Brain Damage --------------------------
+
+
+def _two_convs() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with torch.no_grad():
+        for c in range(8):   # channel c of the first conv: magnitude grows with c
+            model[0].weight[c].fill_(float(c + 1))
+        model[2].weight.fill_(1.0)
+    return model.eval()
+
+
+def _kept_rows(model: nn.Module, pruned: nn.Module) -> list[int]:
+    original = model[0].weight.detach()
+    return [next(c for c in range(8) if torch.equal(row, original[c]))
+            for row in pruned[0].weight.detach()]
+
+
+def test_gradient_criteria_rank_channels_by_weight_and_gradient() -> None:
+    from autocompress.transforms import GradientStatistics
+
+    model = _two_convs()
+    x = torch.zeros(1, 3, 8, 8)
+    scale = torch.tensor([1.0 / (c + 1) ** 2 for c in range(8)]).view(8, 1, 1, 1)
+    grad = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    grad["0.weight"] = torch.ones_like(model[0].weight) * scale          # |w g| ~ 1/(c+1)
+    fisher["0.weight"] = torch.ones_like(model[0].weight) * scale ** 2   # w^2 h ~ 1/(c+1)^2
+    stats = GradientStatistics(grad, fisher, samples=1)
+    keep = {"0": 0.5}
+    by_l2 = compress(model, Candidate(channel_keep=keep, importance="l2"), x)
+    assert _kept_rows(model, by_l2.module) == [4, 5, 6, 7]   # the largest weights
+    for criterion in ("taylor", "obd"):
+        pruned = compress(model, Candidate(channel_keep=keep, importance=criterion), x,
+                          gradients=stats)
+        assert _kept_rows(model, pruned.module) == [0, 1, 2, 3], criterion
+        assert all(p.grad is None for p in pruned.module.parameters())
+    assert all(p.grad is None for p in model.parameters())   # the model is left untouched
+
+
+def test_a_gradient_criterion_without_statistics_says_what_it_needs() -> None:
+    model = _two_convs()
+    with pytest.raises(SearchSpaceError, match="'taylor' needs gradient statistics"):
+        compress(model, Candidate(channel_keep={"0": 0.5}, importance="taylor"),
+                 torch.zeros(1, 3, 8, 8))
+
+
+def test_gradient_statistics_are_deterministic_and_leave_the_model_clean() -> None:
+    from autocompress.transforms import gradient_statistics
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=3).train()
+    x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
+    first = gradient_statistics(model, x, y, batch_size=4)
+    second = gradient_statistics(model, x, y, batch_size=4)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert first.samples == 6 and set(first.grad) == {n for n, _ in model.named_parameters()}
+    for name, g in first.grad.items():
+        assert torch.equal(g, second.grad[name])
+        # the mean of squares is at least the square of the mean
+        assert bool((first.fisher[name] >= g.square() - 1e-12).all())
+    assert any(float(g.abs().sum()) > 0 for g in first.grad.values())
