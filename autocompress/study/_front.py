@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,27 @@ class ParetoFront:
         objectives = ("accuracy", "latency", "size")[:len(study.directions)]
         return cls(best, budget_ms=budget_ms, baseline=baseline, records=records,
                    objectives=objectives, validation_note=validation_note)
+
+    def with_measured(self, latencies: Mapping[int, float]) -> ParetoFront:
+        """The front again, with the latency of the trials in ``latencies`` replaced by a
+        measurement: a member measured slower than its estimate stops dominating the
+        members it beat only through that estimate, and they come back.
+
+        Candidates are every finetuned trial with an exported model (within the search's
+        budget, when it is known)."""
+        members = []
+        for number, record in self.records.items():
+            if not record.finetuned or not record.artifact:
+                continue
+            if number in latencies:
+                record = dataclasses.replace(record, latency_ms=float(latencies[number]),
+                                             latency_std_ms=0.0, latency_source="measured")
+            if self.budget_ms is not None and record.latency_ms > self.budget_ms:
+                continue
+            members.append(FrontMember(number, record))
+        return ParetoFront(members, budget_ms=self.budget_ms, baseline=self.baseline,
+                           records=self.records, objectives=self.objectives,
+                           validation_note=self.validation_note)
 
     def __len__(self) -> int:
         return len(self.members)

@@ -88,9 +88,12 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
     backend = backend_for(profile.backend, profile.backend_settings) if is_local(profile) \
         else None
     tried: list[tuple[int, float, float]] = []
-    for member in front.within(latency_budget_ms):
-        if member.artifact is None:
-            continue
+    measured_at_pick: dict[int, float] = {}
+    while True:
+        member = next((m for m in front.within(latency_budget_ms)
+                       if m.artifact is not None and m.trial not in measured_at_pick), None)
+        if member is None:
+            break
         onnx_bytes = (folder.path / member.artifact).read_bytes()
         measured = _measure(backend, onnx_bytes)
         if measured is not None:
@@ -99,6 +102,9 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                 _logger.info("trial %d: estimated %.3f ms but measured %.3f ms > budget; "
                              "trying the next", member.trial, member.predicted_latency_ms,
                              measured)
+                # the trials it dominated only through its estimate rejoin the front
+                measured_at_pick[member.trial] = measured
+                front = front.with_measured(measured_at_pick)
                 continue
         return _export(folder, member, profile, backend, Path(export_dir), latency_budget_ms,
                        onnx_bytes, measured, tuple(tried), finetune_steps, checkpoint)
