@@ -40,7 +40,7 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds the dependency tracing of one model may take (``AUTOCOMPRESS_TRACE_TIMEOUT_S``);
 #: Torch-Pruning's tracing of some attention models (Swin, MaxViT) runs for many minutes.
-TRACE_TIMEOUT_S = 120.0
+TRACE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
