@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_ONLY = ("torch", "torchvision", "optuna", "scipy", "pandas", "matplotlib", "sklearn",
-               "mlxtend", "torch_pruning", "yaml", "onnxscript")
+               "mlxtend", "torch_pruning", "yaml", "onnxscript", "timm")
 
 _SCRIPT = f"""
 import importlib.abc, sys

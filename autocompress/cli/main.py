@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=_EPILOG)
     s.add_argument("--model", default="resnet20",
                    help="builtin name (resnet20/32/56, mobilenet_v2), a torchvision classifier "
-                        "name, or path/file.py:factory (default: resnet20)")
+                        "name, timm:NAME (a timm model, random weights), or "
+                        "path/file.py:factory (default: resnet20)")
     s.add_argument("--data", default=None,
                    help="mnist, digits or imagefolder:PATH (PATH/<class>/<image>, split into "
                         "training and validation data; a PATH/train + PATH/val layout is used "
@@ -136,6 +137,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path,
                    help="the baseline checkpoint the run searched from, for --finetune-steps "
                         "(default: the one run.json names)")
+    p.add_argument("--trial", type=int,
+                   help="export this front member (its trial number, as `front` lists it) "
+                        "instead of the most accurate within the budget")
+
+    t = sub.add_parser("retarget", help="re-estimate a finished search's finetuned trials on "
+                       "another device's profile into a new run folder (nothing is trained)",
+                       epilog=_EPILOG)
+    t.add_argument("run", type=Path)
+    t.add_argument("--profile", type=Path, required=True,
+                   help="hardware profile JSON of the new device")
+    t.add_argument("--out", type=Path, required=True,
+                   help="new run folder (must not exist, or be empty); `autocompress search "
+                        "--out` it with the new --profile continues the search there")
+    t.add_argument("--latency-budget-ms", type=_positive_float, default=None,
+                   help="the new device's budget (default: the same share of the baseline's "
+                        "latency on the new profile as the run's budget was)")
+    t.add_argument("--storage", help="storage URL of RUN's study, if it used one (the new "
+                   "run's study is an SQLite file in --out)")
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run")
     r.add_argument("run", type=Path)
@@ -154,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("estimate", help="estimate a model's latency from a hardware profile")
     what = e.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", help="model name or path/file.py:factory")
+    what.add_argument("--model", help="model name, timm:NAME or path/file.py:factory")
     what.add_argument("--onnx", type=Path, help="an ONNX file (needs no torch)")
     e.add_argument("--profile", type=Path, required=True)
     e.add_argument("--checkpoint", type=Path)
@@ -252,13 +271,25 @@ def _pick(args: argparse.Namespace) -> int:
     from autocompress.study import pick
 
     result = pick(args.run, args.latency_budget_ms, args.export, storage=args.storage,
-                  finetune_steps=args.finetune_steps, checkpoint=args.checkpoint)
+                  finetune_steps=args.finetune_steps, checkpoint=args.checkpoint,
+                  trial=args.trial)
     for trial, predicted, measured in result.tried:
         print(f"trial {trial}: predicted {predicted:.3f} ms, measured {measured:.3f} ms")
     print(result.message)
     if result.export_dir is None:
         return 1
     print(f"wrote {result.export_dir / 'model.onnx'} and {result.export_dir / 'candidate.json'}")
+    return 0
+
+
+def _retarget(args: argparse.Namespace) -> int:
+    from autocompress.study import retarget
+
+    result = retarget(args.run, args.profile, args.out,
+                      latency_budget_ms=args.latency_budget_ms, storage=args.storage)
+    print(result.front.summary())
+    print(result.summary())
+    print(f"wrote {args.out} (front.csv, front.png, run.json, study.db)")
     return 0
 
 
@@ -373,8 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     commands = {"search": _search, "front": _front, "pick": _pick, "profile": _profile,
-                "estimate": _estimate, "measure": _measure, "report": _report}
-    if args.command in ("search", "front", "pick", "report"):
+                "estimate": _estimate, "measure": _measure, "report": _report,
+                "retarget": _retarget}
+    if args.command in ("search", "front", "pick", "report", "retarget"):
         try:
             _need_search_extra()
         except AutocompressError as exc:

@@ -21,6 +21,7 @@ from autocompress.models._loading import (
     resolve_model,
 )
 from autocompress.models._registry import list_models, register_model
+from autocompress.models._zoo import ZOO_MAX_PARAMS, ZOO_MIN_INPUT_PX, ZooModel, torchvision_zoo
 from autocompress.models.students import (
     TORCHVISION_STUDENTS,
     CifarResNetStudent,
@@ -35,6 +36,8 @@ from autocompress.models.students import (
 
 __all__ = [
     "TORCHVISION_STUDENTS",
+    "ZOO_MAX_PARAMS",
+    "ZOO_MIN_INPUT_PX",
     "CifarResNetStudent",
     "MobileNetV2Student",
     "ModelSource",
@@ -45,9 +48,11 @@ __all__ = [
     "register_model",
     "StudentSpec",
     "TorchvisionStudent",
+    "ZooModel",
     "get_student_family",
     "list_student_families",
     "register_student",
     "resolve_model",
     "student_from_dict",
+    "torchvision_zoo",
 ]

@@ -5,6 +5,9 @@ A model name is one of:
 - a builtin registry name (``resnet20``; see :func:`list_models`);
 - a torchvision classification model, ``torchvision:resnet18`` or plainly ``resnet18`` when
   the name is not a builtin; always created with random weights (``weights=None``);
+- a timm model, ``timm:resnet18`` (an architecture name as ``timm.list_models()`` gives it);
+  always created with random weights (``pretrained=False``) for the data's class and channel
+  counts; nothing is downloaded;
 - a factory in a Python file, ``path/to/file.py:factory``.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)`` only, so a checkpoint can
@@ -30,19 +33,21 @@ from typing import Literal
 import torch
 from torch import nn
 
-from autocompress.exceptions import CheckpointError, ModelError
+from autocompress.exceptions import CheckpointError, MissingDependencyError, ModelError
 from autocompress.models._registry import get_registered, list_models
 
 __all__ = ["ModelSource", "ModelSpec", "create_model", "load_checkpoint", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Literal["builtin", "torchvision", "file"]
+ModelSource = Literal["builtin", "torchvision", "timm", "file"]
 
 _TORCHVISION_PREFIX = "torchvision:"
+_TIMM_PREFIX = "timm:"
 _FILE_MARKER = ".py:"
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MAX_KEYS_SHOWN = 5
+_MAX_CLOSE_MATCHES = 5
 
 
 @dataclass(frozen=True)
@@ -50,15 +55,15 @@ class ModelSpec:
     """What the rest of autocompress needs to know about a model source.
 
     Attributes:
-        name: the name as given, e.g. ``"resnet20"``, ``"torchvision:resnet18"`` or
-            ``"path/file.py:factory"``.
+        name: the name as given, e.g. ``"resnet20"``, ``"torchvision:resnet18"``,
+            ``"timm:resnet18"`` or ``"path/file.py:factory"``.
         source: where the architecture comes from.
         fixed_in_channels: ``None`` when the model is built for the data's channel count;
             otherwise the only channel count the model accepts (3 for torchvision), and the
             data must be adapted to it (``DataSplit.with_channels``).
         fingerprint: stable identifier of the architecture code, for cache keys:
-            ``builtin:resnet20:v1``, ``torchvision:0.29.1:resnet18`` or
-            ``file:<sha256 of the file>:<factory>``.
+            ``builtin:resnet20:v1``, ``torchvision:0.29.1:resnet18``,
+            ``timm:1.0.31:resnet18`` or ``file:<sha256 of the file>:<factory>``.
     """
 
     name: str
@@ -83,11 +88,18 @@ def resolve_model(name: str) -> ModelSpec:
     Raises:
         ModelError: the name is unknown (the message lists the valid names), or the file or
             factory cannot be loaded.
+        MissingDependencyError: a ``timm:NAME`` model without timm installed.
     """
     return _resolve(name).spec
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    input_size: tuple[int, int] | None = None,
+) -> nn.Module:
     """Build a fresh, randomly initialised model.
 
     Args:
@@ -95,10 +107,16 @@ def create_model(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
         num_classes: size of the classifier's output.
         in_channels: channels of the input images. Models with a fixed channel count
             (``ModelSpec.fixed_in_channels``) accept only that count.
+        input_size: (height, width) of the inputs the model will get. When given, the model
+            is run once on one input of that size (in eval mode, without gradients), so that
+            a model that cannot take it (too small for its downsampling, or a transformer
+            built for one size) is refused here with a clear error rather than inside
+            training.
 
     Raises:
-        ModelError: unknown name, invalid counts, a channel count the model cannot take, or
-            a factory that fails or does not return an ``nn.Module``.
+        ModelError: unknown name, invalid counts, a channel count the model cannot take, a
+            factory that fails or does not return an ``nn.Module``, or a model that fails on
+            an input of ``input_size``.
     """
     _check_count("num_classes", num_classes)
     _check_count("in_channels", in_channels)
@@ -111,8 +129,30 @@ def create_model(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
             "adapts to any channel count"
         )
     model = resolved.build(num_classes, in_channels)
+    if input_size is not None:
+        _check_runs_on(model, name, (1, in_channels, *input_size))
     logger.debug("created model %s (%s) with %d classes", name, resolved.spec.source, num_classes)
     return model
+
+
+def _check_runs_on(model: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(shape))
+    except Exception as error:  # a model may raise anything on a shape it cannot take
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        side = max(64, 2 * max(shape[2:]))
+        raise ModelError(
+            f"model {name!r} fails on an input of shape {'x'.join(map(str, shape))} "
+            f"({type(error).__name__}: {reason}). If the images are too small for it (its "
+            f"downsampling, or a transformer built for one input size), give larger inputs "
+            f"(--input-shape 1,{shape[1]},{side},{side}, or --resize N for an image folder; "
+            "a ViT needs the size it was built for, usually 224) or choose a model made for "
+            "small images (resnet20, mobilenet_v2)"
+        ) from error
+    finally:
+        model.train(was_training)
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -169,6 +209,8 @@ def _resolve(name: str) -> _Resolved:
         return _Resolved(
             spec, lambda classes, channels: factory(num_classes=classes, in_channels=channels)
         )
+    if name.startswith(_TIMM_PREFIX):
+        return _resolve_timm(name, name.removeprefix(_TIMM_PREFIX))
     if _FILE_MARKER in name:
         return _resolve_file(name)
     torchvision_name = name.removeprefix(_TORCHVISION_PREFIX)
@@ -211,8 +253,75 @@ def _unknown_name_message(name: str, torchvision_name: str) -> str:
     return (
         f"unknown model {name!r}.{hint} Valid names: a builtin ({', '.join(builtins)}); a "
         f"torchvision classification model, by name or as 'torchvision:NAME' "
-        f"({len(torchvision_names)} available, e.g. resnet18, mobilenet_v3_small); or a "
-        "factory in a Python file, 'path/to/file.py:factory'."
+        f"({len(torchvision_names)} available, e.g. resnet18, mobilenet_v3_small); a timm "
+        "model as 'timm:NAME' (e.g. timm:resnet10t); or a factory in a Python file, "
+        "'path/to/file.py:factory'."
+    )
+
+
+# --- timm -----------------------------------------------------------------------------------
+
+
+def _import_timm() -> ModuleType:
+    try:
+        import timm
+    except ImportError as error:
+        raise MissingDependencyError(
+            "'timm:NAME' models need timm, which is not installed: pip install "
+            "'autocompress[search]' (or pip install timm)"
+        ) from error
+    return timm
+
+
+def _resolve_timm(name: str, timm_name: str) -> _Resolved:
+    timm = _import_timm()
+    if not timm_name.strip():
+        raise ModelError(
+            f"model {name!r} names no timm model; write 'timm:NAME' with an architecture "
+            "from timm.list_models(), e.g. 'timm:resnet10t'"
+        )
+    if not timm.is_model(timm_name):
+        raise ModelError(_unknown_timm_message(timm, name, timm_name))
+    if "." in timm_name:
+        architecture, _, tag = timm_name.partition(".")
+        raise ModelError(
+            f"model {name!r} carries a pretrained-weights tag ({tag!r}), but autocompress "
+            f"never downloads weights; write 'timm:{architecture}' (random weights) and pass "
+            "trained weights with --checkpoint"
+        )
+    version = timm.__version__.split("+", 1)[0]
+    spec = ModelSpec(name, "timm", None, f"timm:{version}:{timm_name}")
+
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        try:
+            return timm.create_model(
+                timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels
+            )
+        except Exception as error:
+            raise ModelError(
+                f"timm could not build {timm_name!r} with {num_classes} classes and "
+                f"{in_channels} input channels: {error}"
+            ) from error
+
+    return _Resolved(spec, build)
+
+
+def _unknown_timm_message(timm: ModuleType, name: str, timm_name: str) -> str:
+    available = timm.list_models()
+    close = difflib.get_close_matches(timm_name, available, n=_MAX_CLOSE_MATCHES, cutoff=0.7)
+    containing = timm.list_models(f"*{timm_name}*") if timm_name.isidentifier() else []
+    suggestions = list(dict.fromkeys(close + containing))[:_MAX_CLOSE_MATCHES]
+    hint = f" Close matches: {', '.join('timm:' + c for c in suggestions)}." if suggestions else ""
+    remote = (
+        " Hugging Face Hub and local-directory names are refused: autocompress never downloads "
+        "a model; pass trained weights with --checkpoint."
+        if ":" in timm_name or "/" in timm_name
+        else ""
+    )
+    return (
+        f"unknown timm model {name!r}.{hint}{remote} timm {timm.__version__} has "
+        f"{len(available)} architectures; list them with python -c \"import timm; "
+        "print(timm.list_models('resnet*'))\" (a pattern narrows the list)."
     )
 
 

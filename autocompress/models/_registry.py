@@ -46,8 +46,8 @@ def register_model(name: str, *, version: int = 1) -> Callable[[_F], _F]:
 
     Raises:
         ModelError: ``name`` is already registered, or is not a plain identifier-like name
-            (it must not contain ``:`` which is reserved for ``torchvision:NAME`` and
-            ``file.py:factory`` model names).
+            (it must not contain ``:`` which is reserved for ``torchvision:NAME``,
+            ``timm:NAME`` and ``file.py:factory`` model names).
     """
     if not name or ":" in name or name != name.strip():
         raise ModelError(

@@ -8,7 +8,9 @@ from autocompress.space._candidate import (
     CANDIDATE_FORMAT_VERSION,
     Candidate,
     ChannelPruning,
+    LowRank,
     Quantization,
+    Schedule,
     Sparsity,
     Student,
     TransformConfig,
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
     from autocompress.space._students import StudentPlan
 
 __all__ = ["CANDIDATE_FORMAT_VERSION", "DEFAULT_SPACE_PATH", "BoundSpace", "Candidate",
-           "ChannelPruning", "Quantization", "SearchSpace", "Sparsity", "Student",
+           "ChannelPruning", "LowRank", "Quantization", "Schedule", "SearchSpace", "Sparsity",
+           "Student",
            "StudentPlan", "TransformConfig"]
 
 

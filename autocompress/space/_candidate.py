@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,22 +16,128 @@ from autocompress.hardware.kernels import PRECISIONS, Precision
 if TYPE_CHECKING:
     from autocompress.space._students import StudentPlan
 
-__all__ = ["CANDIDATE_FORMAT_VERSION", "GRADIENT_IMPORTANCES", "IMPORTANCES", "PRECISIONS",
-           "Candidate", "ChannelPruning", "Importance",
+__all__ = ["CANDIDATE_FORMAT_VERSION", "DATA_IMPORTANCES", "EVERY", "IMPORTANCES", "PRECISIONS",
+           "SCHEDULES", "Candidate", "ChannelPruning", "Importance", "LowRank", "Schedule",
+           "ScheduleKind",
            "Precision", "Quantization", "QuantizationMethod", "Sparsity", "Student",
            "TransformConfig"]
 
 CANDIDATE_FORMAT_VERSION = 1
-Importance = Literal["l1", "l2", "taylor", "obd"]
+Importance = Literal["l1", "l2", "taylor", "obd", "activation"]
 #: Channel importance criteria: L1/L2 weight magnitude, first-order Taylor (|weight x
-#: gradient|) and Optimal Brain Damage (weight^2 x diagonal Fisher estimate of the Hessian);
-#: the last two need gradient statistics from a few training samples.
-IMPORTANCES: tuple[str, ...] = ("l1", "l2", "taylor", "obd")
-#: Criteria that need gradient statistics (:class:`autocompress.transforms.GradientStatistics`).
-GRADIENT_IMPORTANCES: tuple[str, ...] = ("taylor", "obd")
+#: gradient|), Optimal Brain Damage (weight^2 x diagonal Fisher estimate of the Hessian) and
+#: activation (mean activation after a ReLU); the last three need statistics of the model on
+#: a few training samples.
+IMPORTANCES: tuple[str, ...] = ("l1", "l2", "taylor", "obd", "activation")
+#: Criteria that need statistics of the model on training samples
+#: (:class:`autocompress.transforms.GradientStatistics`).
+DATA_IMPORTANCES: tuple[str, ...] = ("taylor", "obd", "activation")
 #: How a quantized candidate gets its accuracy back: post-training calibration only, or a
 #: quantization-aware finetune (fake quantization, straight-through estimator) first.
 QuantizationMethod = Literal["ptq", "qat"]
+ScheduleKind = Literal["oneshot", "polynomial"]
+#: How pruning reaches its targets: all at once before training, or step by step during it.
+SCHEDULES: tuple[str, ...] = ("oneshot", "polynomial")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When channel pruning and sparsity reach their targets during training.
+
+    ``oneshot``: everything is pruned before training starts. ``polynomial``: pruning starts
+    at ``begin`` and ends at ``end`` (fractions of the training steps) in ``stages`` pruning
+    steps spread evenly between them, each layer's (or channel group's) pruned share
+    following TF Model Optimization's ``PolynomialDecay``:
+    ``s(t) = s_f + (s_i - s_f) * (1 - (t - t_b) / (t_e - t_b)) ** power``, from ``s_i``
+    (``initial_sparsity``, at most the layer's own target ``s_f``) at step ``t_b`` to ``s_f``
+    at step ``t_e``; nothing is pruned before ``t_b``. The training steps are those of the
+    finetune (or distillation): a schedule adds none.
+    """
+
+    kind: ScheduleKind = "oneshot"
+    stages: int = 4
+    power: float = 3.0
+    begin: float = 0.0
+    end: float = 0.5
+    initial_sparsity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise SearchSpaceError(f"schedule kind must be one of {', '.join(SCHEDULES)}, got "
+                                   f"{self.kind!r}")
+        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 1:
+            raise SearchSpaceError(f"schedule stages must be a positive integer, got "
+                                   f"{self.stages!r}")
+        if not 0.0 <= self.begin <= self.end <= 1.0:
+            raise SearchSpaceError(f"schedule begin and end are fractions of the training "
+                                   f"steps with 0 <= begin <= end <= 1, got {self.begin!r} and "
+                                   f"{self.end!r}")
+        if not self.power > 0.0:
+            raise SearchSpaceError(f"schedule power must be positive, got {self.power!r}")
+        if not 0.0 <= self.initial_sparsity < 1.0:
+            raise SearchSpaceError(f"schedule initial_sparsity must lie in [0, 1), got "
+                                   f"{self.initial_sparsity!r}")
+
+    @property
+    def gradual(self) -> bool:
+        return self.kind != "oneshot"
+
+    def steps(self, total: int) -> tuple[int, int]:
+        """The begin and end steps for ``total`` training steps."""
+        return round(self.begin * total), round(self.end * total)
+
+    def pruning_steps(self, total: int) -> tuple[int, ...]:
+        """The steps (optimizer steps done) at which pruning advances: ``stages`` steps
+        spread evenly from the begin step to the end step."""
+        begin, end = self.steps(total)
+        if self.stages == 1 or begin == end:
+            return (end,)
+        return tuple(sorted({round(begin + i * (end - begin) / (self.stages - 1))
+                             for i in range(self.stages)}))
+
+    def sparsity(self, final: float, step: int, total: int) -> float:
+        """The pruned share at ``step`` (optimizer steps done) of a target pruned to
+        ``final``: its value at the last pruning step at or before ``step``."""
+        if not self.gradual:
+            return final
+        done = [s for s in self.pruning_steps(total) if s <= step]
+        if not done:
+            return 0.0
+        return self.sparsity_at(final, done[-1], total)
+
+    def sparsity_at(self, final: float, step: int, total: int) -> float:
+        """The polynomial decay itself at ``step`` (0 before the begin step)."""
+        begin, end = self.steps(total)
+        if step < begin:
+            return 0.0
+        if step >= end:
+            return final
+        initial = min(self.initial_sparsity, final)
+        progress = (step - begin) / (end - begin)
+        return final + (initial - final) * (1.0 - progress) ** self.power
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "stages": self.stages, "power": self.power,
+                "begin": self.begin, "end": self.end,
+                "initial_sparsity": self.initial_sparsity}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        unknown = sorted(set(data) - {"kind", "stages", "power", "begin", "end",
+                                      "initial_sparsity"})
+        if unknown:
+            raise SearchSpaceError(f"schedule: unknown keys {unknown}")
+        try:
+            return cls(kind=data.get("kind", "oneshot"), stages=int(data.get("stages", 4)),
+                       power=float(data.get("power", 3.0)), begin=float(data.get("begin", 0.0)),
+                       end=float(data.get("end", 0.5)),
+                       initial_sparsity=float(data.get("initial_sparsity", 0.0)))
+        except (TypeError, ValueError) as exc:
+            raise SearchSpaceError(f"malformed schedule: {exc}") from exc
+
+
+#: A name in ``channel_keep`` or ``precision`` that stands for every group or layer.
+EVERY = "*"
 
 
 def _frozen(mapping: Mapping[str, float]) -> Mapping[str, float]:
@@ -56,14 +162,25 @@ class ChannelPruning:
     importance: Importance = "l2"
     round_to: int = 1
     min_channels: int = 1
+    schedule: Schedule = Schedule()
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """Replace each named Conv2d/Linear by two smaller layers from the truncated SVD of its
+    weight, at the rank ratio ``ranks[layer]`` in (0, 1] of its full rank (layers not named,
+    or at 1.0, stay whole)."""
+
+    ranks: Mapping[str, float]
 
 
 @dataclass(frozen=True)
 class Sparsity:
     """Zero the smallest-magnitude fraction ``amounts[layer]`` of each named layer's weight,
-    and keep it zero while the model trains."""
+    and keep it zero while the model trains (reached as ``schedule`` says)."""
 
     amounts: Mapping[str, float]
+    schedule: Schedule = Schedule()
 
 
 @dataclass(frozen=True)
@@ -76,7 +193,7 @@ class Quantization:
     method: QuantizationMethod = "ptq"
 
 
-TransformConfig = Student | ChannelPruning | Sparsity | Quantization
+TransformConfig = Student | ChannelPruning | LowRank | Sparsity | Quantization
 
 
 @dataclass(frozen=True)
@@ -86,6 +203,8 @@ class Candidate:
     ``channel_keep`` maps the name of a dependency group's root layer (as Torch-Pruning
     finds it) to the fraction of its output channels kept; groups not named keep all.
     ``sparsity`` maps a layer name to the fraction of its weights zeroed by magnitude.
+    ``rank`` maps a Conv2d/Linear layer name to the rank ratio in (0, 1] it is factorized at
+    (two layers from a truncated SVD; layers not named, or at 1.0, stay whole).
     ``precision`` maps a layer name to ``fp32``, ``fp16`` or ``int8`` (layers not named stay
     fp32); ``quantization`` says how quantized layers regain accuracy.
     ``student``, when set, is a :class:`~autocompress.space.StudentPlan` (family spec and
@@ -104,10 +223,17 @@ class Candidate:
     precision: Mapping[str, str] = field(default_factory=dict)
     quantization: QuantizationMethod = "ptq"
     student: StudentPlan | None = None
+    rank: Mapping[str, float] = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_keep", _frozen(self.channel_keep))
         object.__setattr__(self, "sparsity", _frozen(self.sparsity))
+        object.__setattr__(self, "rank", _frozen(self.rank))
+        bad = sorted(k for k, v in self.rank.items() if not 0.0 < v <= 1.0)
+        if bad:
+            raise SearchSpaceError(f"rank ratios must lie in (0, 1]; layers {bad[:5]} have "
+                                   f"{[self.rank[k] for k in bad[:5]]}")
         unknown = sorted({str(p) for p in self.precision.values()} - set(PRECISIONS))
         if unknown:
             raise SearchSpaceError(f"unknown precision(s) {unknown}; known: {list(PRECISIONS)}")
@@ -116,6 +242,12 @@ class Candidate:
                 f"quantization must be 'ptq' or 'qat', got {self.quantization!r}")
         object.__setattr__(self, "precision", MappingProxyType(
             {str(k): str(v) for k, v in self.precision.items()}))
+        if self.schedule.gradual and (self.quantization == "qat" and self.quantized_layers
+                                      or any(r < 1.0 for r in self.rank.values())):
+            raise SearchSpaceError(
+                "a gradual pruning schedule cannot be combined with quantization-aware "
+                "training or low-rank factorization yet: both change the layers the "
+                "schedule prunes during training; use schedule kind 'oneshot' with them")
         if self.student is not None and not hasattr(self.student, "distill"):
             raise SearchSpaceError(
                 f"a candidate's student must be a StudentPlan, not {type(self.student).__name__}"
@@ -126,19 +258,49 @@ class Candidate:
 
     def transforms(self) -> tuple[TransformConfig, ...]:
         """The plan as typed transform configs, in the order they apply: the student (if any)
-        replaces the model, then channels are pruned, sparsity is attached for training, and
-        layers are quantized at export."""
+        replaces the model, then channels are pruned, layers are factorized (low rank, on the
+        pruned shapes), sparsity is attached for training, and layers are quantized at
+        export."""
         found: list[TransformConfig] = []
         if self.student is not None:
             found.append(Student(self.student))
         if any(r < 1.0 for r in self.channel_keep.values()):
             found.append(ChannelPruning(self.channel_keep, self.importance, self.round_to,
-                                        self.min_channels))
+                                        self.min_channels, self.schedule))
+        if any(r < 1.0 for r in self.rank.values()):
+            found.append(LowRank(self.rank))
         if any(a > 0.0 for a in self.sparsity.values()):
-            found.append(Sparsity(self.sparsity))
+            found.append(Sparsity(self.sparsity, self.schedule))
         if self.quantized_layers:
             found.append(Quantization(self.precision, self.quantization))
         return tuple(found)
+
+    @property
+    def unresolved(self) -> bool:
+        """Whether ``channel_keep`` or ``precision`` name every group or layer with
+        :data:`EVERY` (a student's compression: its names are known once it is built)."""
+        return EVERY in self.channel_keep or EVERY in self.precision
+
+    def resolved(self, groups: Sequence[str], layers: Sequence[str]) -> Candidate:
+        """This candidate with :data:`EVERY` replaced by the names of ``groups`` (channel
+        groups) and ``layers`` (Conv2d/Linear layers) of the network it compresses."""
+        keep = dict(self.channel_keep)
+        if EVERY in keep:
+            ratio = keep.pop(EVERY)
+            keep.update({g: ratio for g in groups if g not in keep})
+        precision = dict(self.precision)
+        if EVERY in precision:
+            chosen = precision.pop(EVERY)
+            precision.update({layer: chosen for layer in layers if layer not in precision})
+        return replace(self, channel_keep=keep, precision=precision)
+
+    @property
+    def combines(self) -> str:
+        """What the candidate combines, in application order: ``student`` (distilled),
+        ``channels``, ``lowrank``, ``sparsity``, ``bits`` (int8/fp16 layers); ``none``."""
+        names = {Student: "student", ChannelPruning: "channels", LowRank: "lowrank",
+                 Sparsity: "sparsity", Quantization: "bits"}
+        return "+".join(names[type(c)] for c in self.transforms()) or "none"
 
     @property
     def kind(self) -> Literal["compressed", "student"]:
@@ -160,7 +322,8 @@ class Candidate:
     def is_identity(self) -> bool:
         return (self.student is None and not self.quantized_layers
                 and all(r >= 1.0 for r in self.channel_keep.values())
-                and all(s <= 0.0 for s in self.sparsity.values()))
+                and all(s <= 0.0 for s in self.sparsity.values())
+                and all(r >= 1.0 for r in self.rank.values()))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -175,6 +338,10 @@ class Candidate:
         }
         if self.student is not None:
             out["student"] = self.student.to_dict()
+        if self.rank:  # only when set: candidates without it keep their JSON (and hash)
+            out["rank"] = dict(self.rank)
+        if self.schedule != Schedule():  # likewise
+            out["schedule"] = self.schedule.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -207,6 +374,8 @@ class Candidate:
                 precision=dict(data.get("precision", {})),
                 quantization=data.get("quantization", "ptq"),
                 student=student,
+                rank=dict(data.get("rank", {})),
+                schedule=Schedule.from_dict(data.get("schedule", {})),
             )
         except (TypeError, ValueError) as exc:
             raise SearchSpaceError(f"malformed candidate: {exc}") from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,15 @@ import optuna
 import yaml
 
 from autocompress.exceptions import SearchSpaceError
-from autocompress.space._candidate import IMPORTANCES, PRECISIONS, Candidate, Importance
+from autocompress.space._candidate import (
+    EVERY,
+    IMPORTANCES,
+    PRECISIONS,
+    SCHEDULES,
+    Candidate,
+    Importance,
+    Schedule,
+)
 from autocompress.space._distributions import ValueSpec, parse_value_spec
 from autocompress.space._distributions import check_keys as _check_keys
 
@@ -26,11 +34,13 @@ SPACE_FORMAT_VERSION = 1
 DEFAULT_SPACE_PATH = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
 _TOP_KEYS = {"format_version", "description", "channels", "sparsity", "precision",
-             "students"}
+             "students", "lowrank", "schedule"}
 _CHANNEL_KEYS = {"importance", "round_to", "min_channels", "rules"}
 _SPARSITY_KEYS = {"rules"}
+_LOWRANK_KEYS = {"rules"}
 _PRECISION_KEYS = {"method", "calibration_samples", "rules"}
 _METHODS = ("ptq", "qat")
+_SCHEDULE_KEYS = {"kind", "stages", "power", "begin", "end", "initial_sparsity"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,11 @@ class SearchSpace:
     students: Any = None   # autocompress.space._students.StudentSpace (imports torch)
     #: the importance criteria searched (``importance`` is the first: uniform seeds use it)
     importance_choices: tuple[str, ...] = ()
+    #: rank ratios of low-rank factorization, matched against Conv2d/Linear layer names
+    lowrank_rules: tuple[Rule, ...] = ()
+    #: how pruning reaches its targets (its kind is the first of ``schedule_choices``)
+    schedule: Schedule = Schedule()
+    schedule_choices: tuple[str, ...] = ()
 
     @classmethod
     def default(cls) -> SearchSpace:
@@ -143,28 +158,45 @@ class SearchSpace:
                     f"{source}: sparsity.rules ({rule.match!r}): amount must stay below 1.0 "
                     "(1.0 would zero the whole layer)"
                 )
+        lowrank = raw.get("lowrank") or {}
+        if not isinstance(lowrank, dict):
+            raise SearchSpaceError(f"{source}: lowrank must be a mapping with 'rules'")
+        _check_keys(lowrank, _LOWRANK_KEYS, f"{source}: lowrank")
+        lowrank_rules = _parse_rules(
+            lowrank.get("rules", []), f"{source}: lowrank.rules", "rank_ratio",
+            minimum=0.0, include_minimum=False,
+        )
         precision = _parse_precision(raw.get("precision"), f"{source}: precision")
+        schedule, schedules = _parse_schedule(raw.get("schedule"), f"{source}: schedule")
+        if "polynomial" in schedules and (lowrank_rules or (
+                precision is not None and "qat" in precision.methods)):
+            raise SearchSpaceError(
+                f"{source}: schedule offers 'polynomial', which cannot be combined with "
+                f"lowrank.rules or precision.method qat yet; offer only 'oneshot' with them")
         students = None
         if raw.get("students") is not None:
             from autocompress.space._students import parse_students_section
 
             students = parse_students_section(raw["students"], f"{source}: students")
-        if not channel_rules and not sparsity_rules and precision is None and students is None:
+        if (not channel_rules and not sparsity_rules and not lowrank_rules
+                and precision is None and students is None):
             raise SearchSpaceError(
-                f"{source}: no rules; add channels.rules, sparsity.rules, precision.rules or "
-                "students to search over"
+                f"{source}: no rules; add channels.rules, sparsity.rules, lowrank.rules, "
+                "precision.rules or students to search over"
             )
         return cls(
             channel_rules=channel_rules, sparsity_rules=sparsity_rules,
             importance=importances[0], importance_choices=importances,  # type: ignore[arg-type]
             round_to=round_to, min_channels=min_channels, source=source,
-            precision=precision, students=students,
+            precision=precision, students=students, lowrank_rules=lowrank_rules,
+            schedule=schedule, schedule_choices=schedules,
         )
 
     @property
     def precisions(self) -> set[str]:
         """Every precision this space may give a layer (fp32 included)."""
-        return {"fp32"} | (self.precision.offered if self.precision else set())
+        students = self.students.precisions if self.students is not None else set()
+        return {"fp32"} | (self.precision.offered if self.precision else set()) | students
 
     def check_precisions(self, runs: Sequence[str], device: str) -> None:
         """Refuse precisions the target does not run (``runs``: what its backend executes
@@ -181,9 +213,9 @@ class SearchSpace:
     def bind(self, groups: Sequence[str], layers: Sequence[str], *,
              sparsity: bool = True) -> BoundSpace:
         """Tie the rules to a model's prunable ``groups`` and sparsifiable ``layers``
-        (precision rules also match ``layers``). With ``sparsity=False`` the sparsity rules
-        are left out (no layer is made sparse): for searches whose objectives sparsity cannot
-        move, as latency on dense kernels."""
+        (precision and low-rank rules also match ``layers``, its Conv2d/Linear layers). With
+        ``sparsity=False`` the sparsity rules are left out (no layer is made sparse): for
+        searches whose objectives sparsity cannot move, as latency on dense kernels."""
         precision_params: tuple[_ChoiceParam, ...] = ()
         method: _ChoiceParam | None = None
         if self.precision is not None:
@@ -195,14 +227,20 @@ class SearchSpace:
         choices = self.importance_choices or (self.importance,)
         if len(choices) > 1 and any(p.param is not None for p in channel_params):
             importance = _ChoiceParam("*", IMPORTANCE_PARAM, choices)
+        sparsity_params = (_assign(self.sparsity_rules, layers, "sparsity", self.source)
+                           if sparsity else ())
+        schedule: _ChoiceParam | None = None
+        if len(self.schedule_choices) > 1 and (channel_params or sparsity_params):
+            schedule = _ChoiceParam("*", SCHEDULE_PARAM, self.schedule_choices)
         return BoundSpace(
             space=self,
             channel_params=channel_params,
-            sparsity_params=(_assign(self.sparsity_rules, layers, "sparsity", self.source)
-                             if sparsity else ()),
+            sparsity_params=sparsity_params,
             precision_params=precision_params,
             method_param=method,
             importance_param=importance,
+            schedule_param=schedule,
+            lowrank_params=_assign(self.lowrank_rules, layers, "lowrank", self.source),
         )
 
 
@@ -223,6 +261,8 @@ class _ChoiceParam:
 KIND_PARAM = "kind"
 #: The Optuna parameter of the channel importance criterion, when the space offers several.
 IMPORTANCE_PARAM = "importance"
+#: The Optuna parameter of the pruning schedule's kind, when the space offers several.
+SCHEDULE_PARAM = "schedule"
 
 
 @dataclass(frozen=True)
@@ -240,23 +280,30 @@ class BoundSpace:
     precision_params: tuple[_ChoiceParam, ...] = ()
     method_param: _ChoiceParam | None = None
     importance_param: _ChoiceParam | None = None
+    lowrank_params: tuple[_Param, ...] = ()
+    schedule_param: _ChoiceParam | None = None
+
+    @property
+    def _numeric_params(self) -> tuple[_Param, ...]:
+        return (*self.channel_params, *self.sparsity_params, *self.lowrank_params)
 
     @property
     def compresses(self) -> bool:
         """Whether the space searches over compressions of the model (not only students)."""
         return any(p.param is not None for p in self._choice_params) or any(
-            p.param is not None for p in (*self.channel_params, *self.sparsity_params))
+            p.param is not None for p in self._numeric_params)
 
     @property
     def _choice_params(self) -> tuple[_ChoiceParam, ...]:
-        extra = tuple(c for c in (self.method_param, self.importance_param) if c is not None)
+        extra = tuple(c for c in (self.method_param, self.importance_param,
+                                  self.schedule_param) if c is not None)
         return (*self.precision_params, *extra)
 
     @property
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Distributions of the compression parameters (students: ``student_space``)."""
         out: dict[str, optuna.distributions.BaseDistribution] = {}
-        for p in (*self.channel_params, *self.sparsity_params):
+        for p in self._numeric_params:
             if p.param is not None:
                 out[p.param] = p.value.distribution()
         for c in self._choice_params:
@@ -275,7 +322,12 @@ class BoundSpace:
                 kind = str(trial.suggest_categorical(KIND_PARAM, ["compressed", "student"]))
             if kind == "student":
                 plan = self.space.students.sample(trial)
-                return Candidate(student=plan)
+                keep, precision = self.space.students.sample_compression(trial)
+                schedule = self.space.schedule
+                if self.schedule_param is not None and keep < 1.0:
+                    schedule = replace(schedule, kind=str(trial.suggest_categorical(  # type: ignore[arg-type]
+                        SCHEDULE_PARAM, self.schedule_param.choices)))
+                return self._student(plan, keep, precision, schedule)
         sampled: dict[str, Any] = {}
         for name, dist in self.distributions.items():
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -289,7 +341,12 @@ class BoundSpace:
     def candidate_from_params(self, params: dict[str, Any]) -> Candidate:
         if self.space.students is not None and (
                 params.get(KIND_PARAM) == "student" or not self.compresses):
-            return Candidate(student=self.space.students.plan_from_params(params))
+            students = self.space.students
+            keep, precision = students.compression_from_params(params)
+            schedule = self.space.schedule
+            if self.schedule_param is not None and SCHEDULE_PARAM in params:
+                schedule = replace(schedule, kind=str(params[SCHEDULE_PARAM]))  # type: ignore[arg-type]
+            return self._student(students.plan_from_params(params), keep, precision, schedule)
         missing = set(self.distributions) - set(params)
         if missing:
             raise SearchSpaceError(f"parameters missing for this space: {sorted(missing)}")
@@ -301,7 +358,7 @@ class BoundSpace:
         pick = min if which == "min" else max
         values: dict[str, Any] = {
             p.param: pick(p.value.values())
-            for p in (*self.channel_params, *self.sparsity_params) if p.param is not None
+            for p in self._numeric_params if p.param is not None
         }
         for c in self._choice_params:
             if c.param is not None:
@@ -309,15 +366,26 @@ class BoundSpace:
         return self._candidate(values)
 
     def uniform(self, keep_ratio: float, precision: str = "fp32") -> Candidate:
-        """Every searched channel group at the same keep ratio; no sparsity; every layer
-        with a precision rule at ``precision``."""
+        """Every searched channel group at the same keep ratio; no sparsity and no low-rank
+        factorization; every layer with a precision rule at ``precision``."""
         return Candidate(
             channel_keep={p.target: keep_ratio for p in self.channel_params},
             importance=self.space.importance, round_to=self.space.round_to,
-            min_channels=self.space.min_channels,
+            min_channels=self.space.min_channels, schedule=self.space.schedule,
             precision={c.target: precision for c in self.precision_params
                        if precision in c.choices or precision == "fp32"},
         )
+
+    def _student(self, plan: Any, keep: float, precision: str, schedule: Schedule
+                 ) -> Candidate:
+        """A student candidate, compressed as its sampled keep ratio (every channel group of
+        the student) and precision (every layer) say."""
+        return Candidate(
+            student=plan, channel_keep={EVERY: keep} if keep < 1.0 else {},
+            precision={EVERY: precision} if precision != "fp32" else {},
+            importance=self.space.importance, round_to=self.space.round_to,
+            min_channels=self.space.min_channels,
+            schedule=schedule if keep < 1.0 else Schedule())
 
     def _candidate(self, values: dict[str, Any]) -> Candidate:
         def resolve(p: _Param) -> float:
@@ -332,6 +400,9 @@ class BoundSpace:
         method = choose(self.method_param) if self.method_param is not None else "ptq"
         importance = (choose(self.importance_param) if self.importance_param is not None
                       else self.space.importance)
+        schedule = self.space.schedule
+        if self.schedule_param is not None:
+            schedule = replace(schedule, kind=choose(self.schedule_param))  # type: ignore[arg-type]
         return Candidate(
             channel_keep={p.target: resolve(p) for p in self.channel_params},
             sparsity={p.target: resolve(p) for p in self.sparsity_params},
@@ -340,6 +411,8 @@ class BoundSpace:
             min_channels=self.space.min_channels,
             precision={c.target: choose(c) for c in self.precision_params},
             quantization=method,  # type: ignore[arg-type]
+            rank={p.target: resolve(p) for p in self.lowrank_params},
+            schedule=schedule,
         )
 
 
@@ -401,6 +474,31 @@ def _parse_choices(raw: Any, where: str, allowed: Sequence[str]) -> tuple[str, .
             raise SearchSpaceError(f"{where}: {value!r} is listed twice")
         out.append(value)
     return tuple(out)
+
+
+def _parse_schedule(raw: Any, where: str) -> tuple[Schedule, tuple[str, ...]]:
+    """``schedule: {kind: polynomial | {choices: [oneshot, polynomial]}, stages, power,
+    begin, end, initial_sparsity}``: the schedule (of the first kind) and the kinds offered."""
+    if raw is None:
+        return Schedule(), ("oneshot",)
+    if not isinstance(raw, dict):
+        raise SearchSpaceError(f"{where}: must be a mapping such as {{kind: polynomial}}")
+    _check_keys(raw, _SCHEDULE_KEYS, where)
+    kinds = _parse_choices(raw.get("kind", "oneshot"), f"{where}.kind", SCHEDULES)
+    numbers: dict[str, Any] = {}
+    for key, kind in (("stages", int), ("power", float), ("begin", float), ("end", float),
+                      ("initial_sparsity", float)):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or (
+                    kind is int and not isinstance(value, int)):
+                raise SearchSpaceError(f"{where}.{key}: expected a number, got {value!r}")
+            numbers[key] = kind(value)
+    try:
+        schedule = Schedule(kind=kinds[0], **numbers)  # type: ignore[arg-type]
+    except SearchSpaceError as exc:
+        raise SearchSpaceError(f"{where}: {exc}") from None
+    return schedule, kinds
 
 
 def _parse_precision(raw: Any, where: str) -> PrecisionSpace | None:

@@ -17,12 +17,24 @@
         temperature: {low: 2, high: 8}
         alpha: {choices: [0.0, 0.5]}
         hint_weight: {choices: [0.0, 1.0]}
+      compress:                               # optional: the student is compressed too
+        keep_ratio: {choices: [0.5, 0.75, 1.0]}   # of every channel group of the student
+        precision: {choices: [fp32, int8]}        # of every Conv/Linear layer of the student
 
 Every value is a number or name (fixed), ``{low, high[, step]}`` (numbers) or
 ``{choices: [...]}``. Optuna parameters are prefixed ``student/``: ``student/family``, then
 the chosen family's own (``student/cifar_resnet/depth1``, ``student/mobilenet_v2/width_mult``,
 ``student/torchvision/name``; sampled only when that family is chosen) and
-``student/distill/loss``, ``.../temperature``, ``.../alpha``, ``.../hint_weight``.
+``student/distill/loss``, ``.../temperature``, ``.../alpha``, ``.../hint_weight``, and
+``student/keep_ratio``, ``student/precision`` for ``compress``.
+
+With ``compress``, a student candidate is also channel-pruned (every dependency group of the
+student at the sampled keep ratio, ranked and rounded as the ``channels`` section says) and
+quantized (every Conv/Linear layer at the sampled precision) by the same pipeline as a
+compressed model: student, channels, bits and distillation in one candidate. Its channels
+are pruned as the space's ``schedule`` says: a ``polynomial`` schedule prunes the student
+while it is distilled, after ``begin`` of the steps; ``oneshot`` prunes it before training,
+which is a smaller student from the start.
 """
 
 from __future__ import annotations
@@ -64,13 +76,17 @@ from autocompress.settings import (
 from autocompress.space._distributions import check_keys as _check_keys
 from autocompress.space._distributions import parse_value_spec
 
-__all__ = ["PLAN_FORMAT_VERSION", "STUDENT_PARAM_PREFIX", "StudentPlan", "StudentSpace",
-           "parse_students_section"]
+__all__ = ["PLAN_FORMAT_VERSION", "STUDENT_KEEP_PARAM", "STUDENT_PARAM_PREFIX",
+           "STUDENT_PRECISION_PARAM", "StudentPlan", "StudentSpace", "parse_students_section"]
 
 PLAN_FORMAT_VERSION = 1
 STUDENT_PARAM_PREFIX = "student/"
 _FAMILY_PARAM = "student/family"
-_SECTION_KEYS = {"families", "distillation"}
+_SECTION_KEYS = {"families", "distillation", "compress"}
+_COMPRESS_KEYS = {"keep_ratio", "precision"}
+#: Optuna parameters of a student's own compression (uniform over its groups and layers).
+STUDENT_KEEP_PARAM = f"{STUDENT_PARAM_PREFIX}keep_ratio"
+STUDENT_PRECISION_PARAM = f"{STUDENT_PARAM_PREFIX}precision"
 _DISTILL_KEYS = {"loss", "temperature", "alpha", "hint_weight"}
 _STAGES = 3
 
@@ -345,6 +361,27 @@ class StudentSpace:
     distillation: _DistillDims
     training: TrainSettings = field(default_factory=TrainSettings)
     early_stopping: EarlyStopping | None = field(default_factory=EarlyStopping)
+    #: the student's own compression: keep ratio of its channel groups, precision of its layers
+    keep: _Dim = field(default_factory=lambda: _Dim(STUDENT_KEEP_PARAM, fixed=1.0))
+    precision: _Dim = field(default_factory=lambda: _Dim(STUDENT_PRECISION_PARAM,
+                                                         fixed="fp32"))
+
+    @property
+    def precisions(self) -> set[str]:
+        """Every precision a student's layers may take."""
+        return {str(v) for v in self.precision.values()}
+
+    def sample_compression(self, trial: optuna.Trial) -> tuple[float, str]:
+        """The sampled keep ratio of the student's channel groups and its layers' precision."""
+        return float(self.keep.sample(trial)), str(self.precision.sample(trial))
+
+    def compression_from_params(self, params: Mapping[str, Any]) -> tuple[float, str]:
+        """What :meth:`sample_compression` gives for these parameter values."""
+        missing = sorted(d.param for d in (self.keep, self.precision)
+                         if d.distribution is not None and d.param not in params)
+        if missing:
+            raise SearchSpaceError(f"student parameters missing: {missing}")
+        return float(self.keep.read(params)), str(self.precision.read(params))
 
     @property
     def family_names(self) -> tuple[str, ...]:
@@ -362,7 +399,7 @@ class StudentSpace:
         """Every searched parameter (family-specific ones are sampled only for their
         family)."""
         dims = (self._family_dim, *(d for f in self.families for d in f.dims),
-                *self.distillation.all())
+                *self.distillation.all(), self.keep, self.precision)
         return {d.param: d.distribution for d in dims if d.distribution is not None}
 
     def with_training(self, training: TrainSettings,
@@ -476,8 +513,24 @@ def parse_students_section(raw: Any, where: str) -> StudentSpace:
             raise SearchSpaceError(f"{here}.family: {item['family']!r} is listed twice; merge the "
                                    "two entries (list several values with {choices: [...]})")
         families.append(parser(item, here))
+    keep, precision = _parse_compress(raw.get("compress"), f"{where}.compress")
     return StudentSpace(tuple(families), _parse_distillation(raw.get("distillation"),
-                                                             f"{where}.distillation"))
+                                                             f"{where}.distillation"),
+                        keep=keep, precision=precision)
+
+
+def _parse_compress(raw: Any, where: str) -> tuple[_Dim, _Dim]:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise SearchSpaceError(f"{where}: must be a mapping with keys {sorted(_COMPRESS_KEYS)}")
+    _check_keys(raw, _COMPRESS_KEYS, where)
+    from autocompress.space._candidate import PRECISIONS
+
+    keep = _number_dim(raw.get("keep_ratio", 1.0), f"{where}.keep_ratio", STUDENT_KEEP_PARAM,
+                       (0.0, 1.0), integer=False, include_minimum=False)
+    precision = _name_dim(raw.get("precision", "fp32"), f"{where}.precision",
+                          STUDENT_PRECISION_PARAM, PRECISIONS)
+    return keep, precision
 
 
 def _parse_distillation(raw: Any, where: str) -> _DistillDims:

@@ -7,9 +7,10 @@ from autocompress.study._front import FrontMember, ParetoFront
 from autocompress.study._pick import PickResult, load_front, pick
 from autocompress.study._records import RunInfo, TrialRecord
 from autocompress.study._report import write_report
+from autocompress.study._retarget import RetargetedTrial, RetargetResult, retarget
 from autocompress.study._search import search
 from autocompress.study._tools import ModelEstimate, estimate_latency
 
-__all__ = ["FrontMember", "ModelEstimate", "ParetoFront", "PickResult", "RunFolder", "RunInfo",
-           "SearchConfig", "TrialRecord", "estimate_latency", "load_front", "pick", "search",
-           "write_report"]
+__all__ = ["FrontMember", "ModelEstimate", "ParetoFront", "PickResult", "RetargetResult",
+           "RetargetedTrial", "RunFolder", "RunInfo", "SearchConfig", "TrialRecord",
+           "estimate_latency", "load_front", "pick", "retarget", "search", "write_report"]

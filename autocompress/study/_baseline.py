@@ -53,7 +53,8 @@ def prepare_baseline(
 ) -> Baseline:
     """Build the model; load ``checkpoint``, or train it on ``data`` (cached by settings)."""
     in_channels = data.input_shape[1]
-    module = create_model(spec.name, num_classes=data.num_classes, in_channels=in_channels)
+    module = create_model(spec.name, num_classes=data.num_classes, in_channels=in_channels,
+                          input_size=data.input_shape[2:])
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
         module.eval()

@@ -19,7 +19,7 @@ from autocompress.study._records import BaselineRecord, TrialRecord
 
 __all__ = ["FrontMember", "ParetoFront"]
 
-FRONT_COLUMNS = ["trial", "kind", "family", "precision", "accuracy", "accuracy_source",
+FRONT_COLUMNS = ["trial", "kind", "combines", "family", "precision", "accuracy", "accuracy_source",
                  "predicted_latency_ms", "predicted_latency_std_ms", "latency_source",
                  "size_bytes", "compressed_size_bytes", "params", "nonzero_params", "flops",
                  "sparsity", "artifact", "config"]
@@ -99,7 +99,8 @@ class FrontMember:
 
     def row(self) -> dict[str, Any]:
         r = self.record
-        return {"trial": self.trial, "kind": self.kind, "family": self.family,
+        return {"trial": self.trial, "kind": self.kind,
+                "combines": self.candidate.combines, "family": self.family,
                 "precision": self.precision, "accuracy": r.accuracy,
                 "accuracy_source": r.accuracy_source,
                 "predicted_latency_ms": r.latency_ms,

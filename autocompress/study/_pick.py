@@ -64,13 +64,14 @@ class PickResult:
 
 def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
          storage: str | None = None, finetune_steps: int = 0,
-         checkpoint: str | Path | None = None) -> PickResult:
+         checkpoint: str | Path | None = None, trial: int | None = None) -> PickResult:
     """Export the most accurate front member whose latency, re-measured on the real runtime,
     fits ``latency_budget_ms``.
 
     Members are tried most accurate first among those whose estimate fits; each is measured
     on the profile's backend. If the profile is of another device, the estimate is all
-    there is: the pick is exported and the result says it was not measured.
+    there is: the pick is exported and the result says it was not measured. With ``trial``,
+    only that front member is considered.
 
     With ``finetune_steps``, the picked member is rebuilt from the run's baseline (its
     ``checkpoint``, when run.json does not name it) and trained that many steps the way the
@@ -84,6 +85,10 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
     front = load_front(run, storage=storage)
     if not front.members:
         raise RunError(f"{run} has no front yet: no finetuned trial within budget")
+    if trial is not None and all(m.trial != trial for m in front.members):
+        raise RunError(f"trial {trial} is not on the front of {run}; its members are trials "
+                       f"{', '.join(str(m.trial) for m in front.members)} "
+                       f"(`autocompress front {run}` lists them)")
     profile = HardwareProfile.load(folder.path / "profile.json")
     backend = backend_for(profile.backend, profile.backend_settings) if is_local(profile) \
         else None
@@ -91,7 +96,8 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
     measured_at_pick: dict[int, float] = {}
     while True:
         member = next((m for m in front.within(latency_budget_ms)
-                       if m.artifact is not None and m.trial not in measured_at_pick), None)
+                       if m.artifact is not None and m.trial not in measured_at_pick
+                       and (trial is None or m.trial == trial)), None)
         if member is None:
             break
         onnx_bytes = (folder.path / member.artifact).read_bytes()

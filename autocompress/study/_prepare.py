@@ -27,7 +27,7 @@ from autocompress.hardware.profiler import GRID_NAME, profile_backend
 from autocompress.models import resolve_model
 from autocompress.settings import NO_AUGMENTATION, STANDARD_AUGMENTATION, Augmentation
 from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
-from autocompress.space._candidate import GRADIENT_IMPORTANCES
+from autocompress.space._candidate import DATA_IMPORTANCES
 from autocompress.space._space import KIND_PARAM
 from autocompress.study._baseline import BASELINE_TRAINING, Baseline
 from autocompress.study._cache import cache_dir
@@ -45,12 +45,11 @@ from autocompress.transforms import (
     CompressedModel,
     GradientStatistics,
     compress,
-    gradient_statistics,
 )
-from autocompress.transforms._importance import GRADIENT_SAMPLES
+from autocompress.transforms._importance import training_statistics
 
-__all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "first_run_info",
-           "importance_statistics",
+__all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "fastest_estimate_ms",
+           "first_run_info", "importance_statistics", "measure_and_calibrate",
            "load_search_data", "load_space", "local_profile", "run_data", "search_data",
            "seed_params"]
 
@@ -72,12 +71,9 @@ def calibration_inputs(data: DataSplit, samples: int) -> np.ndarray:
 
 
 def importance_statistics(module: torch.nn.Module, data: DataSplit) -> GradientStatistics:
-    """The gradient statistics of ``module`` for the taylor and obd channel criteria, on a
+    """The statistics of ``module`` for the taylor, obd and activation channel criteria, on a
     fixed, seeded subset of the training samples (the same in the search and in ``pick``)."""
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(data.train), generator=generator)[:GRADIENT_SAMPLES]
-    inputs, labels = data.train.fetch(order)
-    return gradient_statistics(module, inputs, labels)
+    return training_statistics(module, data.train)
 
 
 @dataclass
@@ -97,7 +93,8 @@ class Prepared:
     def gradients_for(self, candidate: Candidate) -> GradientStatistics | None:
         """The baseline's gradient statistics when ``candidate``'s criterion needs them
         (computed once)."""
-        if candidate.importance not in GRADIENT_IMPORTANCES or not candidate.channel_keep:
+        if (candidate.importance not in DATA_IMPORTANCES or not candidate.channel_keep
+                or candidate.student is not None):
             return None
         if self._gradients is None:
             self._gradients = importance_statistics(self.baseline.module, self.data)
@@ -119,16 +116,21 @@ class Prepared:
         return dataclasses.replace(self, latency_model=latency_model)
 
     def fastest_estimate_ms(self) -> float:
-        """The lowest estimate the space allows: smallest keep ratios at each offered
-        precision, and the smallest student."""
-        estimates = []
-        if self.bound.compresses or self.bound.student_space is None:
-            estimates += [self.estimate_ms(self.bound.extreme("min", precision))
-                          for precision in sorted(self.bound.space.precisions)]
-        if self.bound.student_space is not None:
-            estimates += [self.estimate_ms(Candidate(student=plan))
-                          for plan in self.bound.student_space.smallest()]
-        return min(estimates)
+        """The lowest estimate the space allows (:func:`fastest_estimate_ms`)."""
+        return fastest_estimate_ms(self.bound, self.estimate_ms)
+
+
+def fastest_estimate_ms(bound: BoundSpace, estimate_ms: Callable[[Candidate], float]) -> float:
+    """The lowest estimate ``bound`` allows: smallest keep ratios at each offered precision,
+    and the smallest student."""
+    estimates = []
+    if bound.compresses or bound.student_space is None:
+        estimates += [estimate_ms(bound.extreme("min", precision))
+                      for precision in sorted(bound.space.precisions)]
+    if bound.student_space is not None:
+        estimates += [estimate_ms(Candidate(student=plan))
+                      for plan in bound.student_space.smallest()]
+    return min(estimates)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -284,8 +286,9 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
     measured = None
     calibration = Calibration(raw_estimate_ms=raw_ms)
     if local:
-        measured, calibration = _measure_and_calibrate(config, prepared, profile, onnx_bytes,
-                                                       raw_ms)
+        measured, calibration = measure_and_calibrate(
+            profile, prepared.latency_model, prepared.compress, prepared.bound, onnx_bytes,
+            calibrate=config.calibrate)
         _logger.info("baseline: accuracy %.4f, measured %.3f ms on %s; profile estimate "
                      "%.3f ms, calibrated as %.3f ms + %.3f x estimate", baseline.accuracy,
                      measured.median_ms, profile.backend, raw_ms, calibration.offset_ms,
@@ -321,18 +324,25 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
         fastest_estimate_ms=calibrated.fastest_estimate_ms())
 
 
-def _measure_and_calibrate(config: SearchConfig, prepared: Prepared, profile: HardwareProfile,
-                           onnx_bytes: bytes, raw_ms: float) -> tuple[Any, Calibration]:
+def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
+                          compress: Callable[[Candidate], CompressedModel], bound: BoundSpace,
+                          onnx_bytes: bytes, *, calibrate: bool) -> tuple[Any, Calibration]:
+    """Measure the baseline's graph ``onnx_bytes`` on ``profile``'s backend (this machine)
+    and, with ``calibrate``, uniformly pruned copies of it (built by ``compress`` from
+    ``bound``), interleaved; fit ``measured = offset + scale * estimate`` over them, the
+    estimate being ``latency_model``'s (uncalibrated). Returns the baseline's measurement
+    and the calibration."""
     backend = backend_for(profile.backend, profile.backend_settings)
+    raw_ms = latency_model.estimate(onnx_bytes).latency_ms
     models, keeps = [onnx_bytes], [1.0]
-    if config.calibrate:
+    if calibrate:
         for ratio in _CALIBRATION_RATIOS[1:]:
-            models.append(prepared.compress(prepared.bound.uniform(ratio)).structure_onnx())
+            models.append(compress(bound.uniform(ratio)).structure_onnx())
             keeps.append(ratio)
     results = backend.measure_many(models, _BASELINE_MEASURE, rounds=3)
     calibration = Calibration(raw_estimate_ms=raw_ms)
-    if config.calibrate:
-        raws = [prepared.latency_model.estimate(m).latency_ms for m in models]
+    if calibrate:
+        raws = [latency_model.estimate(m).latency_ms for m in models]
         measured = [r.median_ms for r in results]
         scale, offset = fit_calibration(raws, measured)
         calibration = Calibration(

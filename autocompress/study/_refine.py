@@ -20,7 +20,7 @@ from autocompress.exceptions import CheckpointError, RunError
 from autocompress.models import resolve_model
 from autocompress.settings import Augmentation
 from autocompress.space import SearchSpace
-from autocompress.space._candidate import GRADIENT_IMPORTANCES
+from autocompress.space._candidate import DATA_IMPORTANCES
 from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
 from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import FrontMember
@@ -88,7 +88,7 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
     samples = space.precision.calibration_samples if space.precision else 128
     x = torch.zeros(data.input_shape)
     gradients = (importance_statistics(baseline.module, data)
-                 if member.candidate.importance in GRADIENT_IMPORTANCES else None)
+                 if member.candidate.importance in DATA_IMPORTANCES else None)
     compressed = compress(baseline.module, member.candidate, x, num_classes=data.num_classes,
                           gradients=gradients)
     settings = TrainSettings(steps=steps, batch_size=ident.batch_size, lr=ident.finetune_lr,

@@ -275,8 +275,16 @@ class _Progress:
 
 
 def _finetuned(study: optuna.Study) -> list[TrialRecord]:
+    """The records of the finetuned trials within budget."""
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [r for t in trials if (r := TrialRecord.of(t)) is not None and r.finetuned]
+    return [r for t in trials if (r := TrialRecord.of(t)) is not None and _within(t, r)]
+
+
+def _within(trial: optuna.trial.FrozenTrial, record: TrialRecord) -> bool:
+    """Finetuned and within budget. A trial this search ran is finetuned exactly when it is
+    within budget; one retargeted from another device's search is finetuned and may be over
+    this budget (its constraint says so)."""
+    return record.finetuned and all(v <= 0.0 for v in trial.constraints.values())
 
 
 def _optimize(study: optuna.Study, objective: Objective, trials: int) -> None:
@@ -290,13 +298,14 @@ def _optimize(study: optuna.Study, objective: Objective, trials: int) -> None:
     waiting = False
     while True:
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        records = [r for t in complete if (r := TrialRecord.of(t)) is not None]
-        finetuned = sum(1 for r in records if r.finetuned)
+        records = [(t, r) for t in complete if (r := TrialRecord.of(t)) is not None]
+        finetuned = sum(1 for t, r in records if _within(t, r))
         if finetuned >= trials:
             return
-        if len(records) - finetuned >= max_over_budget:
+        skipped = sum(1 for _, r in records if not r.finetuned)   # over budget, not trained
+        if skipped >= max_over_budget:
             _logger.warning("stopping: %d candidates were over budget; the budget leaves "
-                            "little room in this space", len(records) - finetuned)
+                            "little room in this space", skipped)
             return
         failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
         if len(failed) >= max(10, trials):

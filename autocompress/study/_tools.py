@@ -13,7 +13,7 @@ from autocompress.exceptions import AutocompressError
 from autocompress.hardware import HardwareProfile, LatencyEstimate, LatencyModel
 from autocompress.models import create_model, load_checkpoint, resolve_model
 from autocompress.space import Candidate
-from autocompress.space._candidate import GRADIENT_IMPORTANCES
+from autocompress.space._candidate import DATA_IMPORTANCES
 from autocompress.transforms import compress
 
 __all__ = ["ModelEstimate", "estimate_latency"]
@@ -72,7 +72,7 @@ def estimate_latency(
     if checkpoint is not None:
         load_checkpoint(module, checkpoint)
     candidate = chosen or Candidate()
-    if candidate.importance in GRADIENT_IMPORTANCES:
+    if candidate.importance in DATA_IMPORTANCES:
         # which channels go depends on data; how many (all a latency estimate sees) does not
         candidate = dataclasses.replace(candidate, importance="l2")
     compressed = compress(module, candidate, torch.zeros(shape), num_classes=num_classes)

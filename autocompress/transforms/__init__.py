@@ -1,5 +1,6 @@
-"""Compression transforms: students, channel pruning, sparsity and mixed precision, each a
-config type with one handler, applied by one pipeline (:func:`compress`)."""
+"""Compression transforms: students, channel pruning, low-rank factorization, sparsity and
+mixed precision, each a config type with one handler, applied by one pipeline
+(:func:`compress`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ from autocompress.transforms._channels import (
 )
 from autocompress.transforms._handlers import QAT_LR_FACTOR
 from autocompress.transforms._importance import GradientStatistics, gradient_statistics
+from autocompress.transforms._lowrank import (
+    Factorization,
+    FactorizedLayer,
+    factor_names,
+    factorize_layer,
+    full_rank,
+    low_rank,
+    rank_for,
+    rename_layers,
+)
 from autocompress.transforms._pipeline import (
     CompressedModel,
     Deployed,
@@ -47,18 +58,24 @@ __all__ = [
     "ChannelGroup",
     "CompressedModel",
     "Deployed",
+    "Factorization",
+    "FactorizedLayer",
     "Precision",
     "QatHandle",
     "apply_sparsity",
     "classifier_layer",
     "compress",
     "exported_precisions",
+    "factor_names",
+    "factorize_layer",
+    "full_rank",
     "find_channel_groups",
     "gradient_statistics",
     "finish_qat",
     "fold_batchnorms",
     "handler_for",
     "kept_channels",
+    "low_rank",
     "make_sparsity_permanent",
     "node_precisions",
     "onnx_accuracy",
@@ -66,7 +83,9 @@ __all__ = [
     "prepare_qat",
     "prune_channels",
     "quantize_onnx",
+    "rank_for",
     "register_transform",
+    "rename_layers",
     "sparsifiable_layers",
     "TrainingHooks",
     "TrainOutcome",

@@ -31,8 +31,15 @@ from torch import nn
 
 from autocompress.exceptions import ModelError, SearchSpaceError
 from autocompress.space import Candidate
-from autocompress.space._candidate import GRADIENT_IMPORTANCES
-from autocompress.transforms._importance import GradientStatistics
+from autocompress.space._candidate import DATA_IMPORTANCES
+from autocompress.transforms._importance import ActivationImportance, GradientStatistics
+from autocompress.transforms._local import (
+    LocalGroup,
+    describe_unpruned,
+    local_groups,
+    prune_local,
+    slow_attention,
+)
 
 __all__ = ["ChannelGroup", "classifier_layer", "find_channel_groups", "prune_channels"]
 
@@ -68,6 +75,15 @@ def classifier_layer(model: nn.Module, example_input: torch.Tensor) -> nn.Module
     if not order:
         raise ModelError("the model has no Linear or Conv2d layer; nothing can be compressed")
     return order[-1]
+
+
+class _Untraceable(ModelError):
+    """Torch-Pruning cannot follow the model (``reason`` says why, in a few words); local
+    channel groups may still be pruned (:mod:`autocompress.transforms._local`)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _TraceTimeout(BaseException):
@@ -122,12 +138,13 @@ def _bounded() -> Iterator[None]:
         with _time_limit(limit):
             yield
     except _TraceTimeout:
-        raise ModelError(
+        raise _Untraceable(
             f"tracing the model's channel dependencies took more than {limit:g} s and was "
             f"stopped (Torch-Pruning follows every tensor operation; for some attention "
             f"models, such as Swin and MaxViT, it takes many minutes). Channel pruning is not "
             f"available for this model: search a space without channel rules (bit widths, "
-            f"students), or raise AUTOCOMPRESS_TRACE_TIMEOUT_S") from None
+            f"students), or raise AUTOCOMPRESS_TRACE_TIMEOUT_S",
+            f"its dependency tracing ran past {limit:g} s") from None
 
 
 def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -137,13 +154,15 @@ def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     except Exception as exc:  # Torch-Pruning traces the model; any failure is the model's
         frames = traceback.extract_tb(exc.__traceback__)
         if any(f.filename.endswith("index_mapping.py") for f in frames):
-            raise ModelError(
+            raise _Untraceable(
                 f"cannot trace the model's channel dependencies: Torch-Pruning cannot follow "
                 f"how a reshape, concatenation or split regroups channels here (for example "
                 f"the channel shuffle of ShuffleNet, the window partitions of Swin) "
                 f"({type(exc).__name__} in {frames[-1].name}: {exc}). Channel pruning is not "
                 f"available for this model: search a space without channel rules (bit widths, "
-                f"students)") from exc
+                f"students)",
+                f"it cannot follow how a reshape, concatenation or split regroups channels "
+                f"({type(exc).__name__} in {frames[-1].name})") from exc
         raise ModelError(
             f"cannot trace the model's channel dependencies with an input of shape "
             f"{shape}: {exc}. Check --input-shape."
@@ -165,12 +184,52 @@ def _root_groups(
 def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
     """The model's prunable channel groups, in a stable order.
 
+    Where Torch-Pruning cannot follow the model (a channel shuffle, window partitions,
+    tracing longer than ``AUTOCOMPRESS_TRACE_TIMEOUT_S``, default :data:`TRACE_TIMEOUT_S`; or
+    attention layers it is known to trace for minutes), only its local groups are offered
+    (:mod:`autocompress.transforms._local`), and a warning names the layers left whole.
+
     Raises:
-        ModelError: the model cannot be traced, or tracing takes longer than
-            ``AUTOCOMPRESS_TRACE_TIMEOUT_S`` (default :data:`TRACE_TIMEOUT_S`).
+        ModelError: the model cannot be traced and has no local group either.
     """
-    with _bounded():
-        return _find_channel_groups(model, example_input)
+    reason = _known_untraceable(model)
+    if reason is None:
+        try:
+            with _bounded():
+                return _find_channel_groups(model, example_input)
+        except _Untraceable as exc:
+            reason = exc.reason
+            refusal = str(exc)
+    else:
+        refusal = _refusal(reason)
+    groups = _local_groups(model, example_input, refusal)
+    _logger.warning(
+        "Torch-Pruning cannot prune this model as a whole (%s): only the %d channel groups "
+        "local to one layer sequence are pruned (a layer's outputs through BatchNorm, "
+        "activations and depthwise convolutions to the next layer: MLP widths, bottlenecks); "
+        "%s", reason, len(groups), describe_unpruned(model, groups))
+    return [ChannelGroup(g.name, g.channels, g.members) for g in groups]
+
+
+def _known_untraceable(model: nn.Module) -> str | None:
+    layer = slow_attention(model)
+    return (None if layer is None else
+            f"its tracing of {layer} layers runs for many minutes and misses their weights")
+
+
+def _refusal(reason: str) -> str:
+    return (f"Torch-Pruning cannot follow this model's channel dependencies: {reason}. "
+            f"Channel pruning is not available for this model: search a space without "
+            f"channel rules (bit widths, students)")
+
+
+def _local_groups(model: nn.Module, example_input: torch.Tensor, refusal: str
+                  ) -> list[LocalGroup]:
+    groups = local_groups(model, classifier_layer(model, example_input))
+    if not groups:
+        raise ModelError(f"{refusal}; it has no local channel group either (a layer whose "
+                         f"outputs reach only the next layer of the same sequence)")
+    return groups
 
 
 def _find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
@@ -189,10 +248,16 @@ def _find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[
 def _blocks(graph: tp.DependencyGraph, group: Any) -> int:
     """How many equal blocks a pruning group's channels fall into: the largest channel-group
     count of a grouped convolution or GroupNorm in it (a depthwise convolution follows its
-    input channel by channel and imposes none); 1 when there is none."""
+    input channel by channel and imposes none), or the head count of a MultiheadAttention
+    (Torch-Pruning shrinks its embedding and keeps the heads: every head must lose the same
+    positions, or the re-split heads would mix channels of different heads); 1 when there
+    is none."""
     counts = [1]
     for item in group:
         module = item.dep.target.module
+        if isinstance(module, nn.MultiheadAttention):
+            counts.append(module.num_heads)
+            continue
         if isinstance(module, nn.Conv2d) and module.groups == module.out_channels:
             continue
         pruner = graph.get_pruner_of_module(module)
@@ -233,16 +298,18 @@ def _drop_indices(scores: torch.Tensor, channels: int, keep: int, blocks: int) -
     return sorted(int(b * size + j) for b in range(blocks) for j in local.tolist())
 
 
-def _importance(candidate: Candidate, model: nn.Module,
+def _importance(candidate: Candidate, model: nn.Module, graph: tp.DependencyGraph,
                 gradients: GradientStatistics | None) -> tp.importance.Importance:
     """Torch-Pruning's importance for the candidate's criterion (gradients installed)."""
     criterion = candidate.importance
-    if criterion in GRADIENT_IMPORTANCES:
+    if criterion in DATA_IMPORTANCES:
         if gradients is None:
             raise SearchSpaceError(
-                f"channel importance {criterion!r} needs gradient statistics of the model on "
+                f"channel importance {criterion!r} needs statistics of the model on "
                 f"training samples (autocompress.transforms.gradient_statistics), and none "
                 f"were given; use l1 or l2 where no data is at hand")
+        if criterion == "activation":
+            return ActivationImportance(gradients.activation, graph._module2name)
         gradients.install(model, criterion)
         if criterion == "taylor":
             return tp.importance.GroupTaylorImportance()
@@ -255,17 +322,46 @@ def prune_channels(
     gradients: GradientStatistics | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Prune ``model`` in place as ``candidate`` says; returns group -> (before, after).
-    ``gradients`` (of the unpruned ``model``) serve the ``taylor`` and ``obd`` criteria.
+    ``gradients`` (statistics of the unpruned ``model``) serve the ``taylor``, ``obd`` and
+    ``activation`` criteria.
 
     Raises:
         ModelError: as :func:`find_channel_groups`.
         SearchSpaceError: a gradient criterion without ``gradients``.
     """
-    try:
-        with _bounded():
-            return _prune_channels(model, candidate, example_input, gradients)
-    finally:
-        model.zero_grad(set_to_none=True)   # installed statistics are no training state
+    reason = _known_untraceable(model)
+    if reason is None:
+        try:
+            with _bounded():
+                return _prune_channels(model, candidate, example_input, gradients)
+        except _Untraceable as exc:
+            refusal = str(exc)
+        finally:
+            model.zero_grad(set_to_none=True)   # installed statistics are no training state
+    else:
+        refusal = _refusal(reason)
+    return _prune_local_groups(model, candidate, _local_groups(model, example_input, refusal))
+
+
+def _prune_local_groups(model: nn.Module, candidate: Candidate, groups: list[LocalGroup]
+                        ) -> dict[str, tuple[int, int]]:
+    """Prune local groups by weight magnitude (the data criteria need Torch-Pruning's groups:
+    ``l2`` stands in for them here)."""
+    by_name = {g.name: g for g in groups}
+    unknown = sorted(set(candidate.channel_keep) - set(by_name))
+    if unknown:
+        raise SearchSpaceError(
+            f"the candidate names channel groups this model does not have: {unknown[:5]}; "
+            f"its (local) groups are {sorted(by_name)[:10]}")
+    p = 1 if candidate.importance == "l1" else 2
+    result: dict[str, tuple[int, int]] = {}
+    for name, group in by_name.items():
+        channels = group.channels
+        keep = kept_channels(channels, candidate.channel_keep.get(name, 1.0),
+                             candidate.round_to, candidate.min_channels)
+        prune_local(group, keep, p)
+        result[name] = (channels, keep)
+    return result
 
 
 def _prune_channels(
@@ -281,7 +377,7 @@ def _prune_channels(
             f"the candidate names channel groups this model does not have: {unknown[:5]}; "
             f"its groups are {sorted(roots)[:10]}{' ...' if len(roots) > 10 else ''}"
         )
-    importance = _importance(candidate, model, gradients)
+    importance = _importance(candidate, model, graph, gradients)
     result: dict[str, tuple[int, int]] = {}
     for name, (module, handler) in roots.items():
         channels = graph.get_out_channels(module)
@@ -308,5 +404,17 @@ def _prune_channels(
             result[name] = (channels, channels)
             continue
         group.prune()
+    _sync_hidden_dims(model)
     return result
+
+
+def _sync_hidden_dims(model: nn.Module) -> None:
+    """torchvision's VisionTransformer reshapes its patches by its ``hidden_dim`` attribute,
+    which pruning leaves as it was; its class token has the pruned width (Torch-Pruning's
+    torchvision example sets it the same way)."""
+    for module in model.modules():
+        token = getattr(module, "class_token", None)
+        if isinstance(token, torch.Tensor) and isinstance(getattr(module, "hidden_dim", None),
+                                                          int):
+            setattr(module, "hidden_dim", int(token.shape[-1]))  # noqa: B010  (for mypy)
 

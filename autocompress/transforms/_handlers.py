@@ -1,7 +1,8 @@
 """The handlers of the built-in transforms, and the training phase that runs them.
 
 Order of a candidate's transforms (:meth:`~autocompress.space.Candidate.transforms`): a
-student replaces the network; channels are pruned; sparsity zeroes the smallest weights and
+student replaces the network; channels are pruned; layers are factorized into two smaller
+ones (low rank, on the pruned shapes); sparsity zeroes the smallest weights and
 keeps them zero while the network trains; quantization fake-quantizes int8 layers during a
 quantization-aware finetune (``qat``) and rewrites the exported graph with ONNX Runtime's
 tools (both ``ptq`` and ``qat``).
@@ -9,7 +10,10 @@ tools (both ``ptq`` and ``qat``).
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -17,17 +21,23 @@ import torch
 from torch import nn
 
 from autocompress.data import DataSplit
-from autocompress.space import ChannelPruning, Quantization, Sparsity, Student
+from autocompress.space import ChannelPruning, LowRank, Quantization, Sparsity, Student
+from autocompress.space._candidate import DATA_IMPORTANCES
 from autocompress.transforms._channels import prune_channels
+from autocompress.transforms._importance import training_statistics
+from autocompress.transforms._lowrank import factor_names, low_rank, rename_layers
 from autocompress.transforms._pipeline import (
     CompressedModel,
     TrainingHooks,
     TransformHandler,
     register_transform,
 )
+from autocompress.transforms._schedule import ChannelSchedule, WeightSchedule
 from autocompress.transforms._sparsity import apply_sparsity, make_sparsity_permanent
 
 __all__ = ["QAT_LR_FACTOR"]
+
+_logger = logging.getLogger(__name__)
 
 #: A quantization-aware finetune runs at this fraction of the learning rate: with BatchNorm
 #: folded into the int8 convolutions, resnet20 diverged at 5e-3 and not at 1e-3.
@@ -47,20 +57,72 @@ class StudentHandler(TransformHandler[Student]):
 
 @register_transform(ChannelPruning)
 class ChannelPruningHandler(TransformHandler[ChannelPruning]):
-    """Dependency-aware channel removal with Torch-Pruning."""
+    """Dependency-aware channel removal with Torch-Pruning. With a gradual schedule the
+    built network is the pruned one (what estimates and screening see); training then starts
+    from the unpruned network and masks channels step by step, removed when it ends."""
 
     def build(self, model: CompressedModel, config: ChannelPruning) -> None:
-        model.channels.update(prune_channels(model.module, model.candidate,
-                                             model.example_input, model.gradients))
+        candidate = model.candidate
+        if config.schedule.gradual:
+            model.state["unpruned"] = copy.deepcopy(model.module)
+        if candidate.importance in DATA_IMPORTANCES and model.gradients is None and (
+                config.schedule.gradual or candidate.student is not None):
+            # the gradual schedule ranks channels on the network as it trains, and an untrained
+            # student's channels are all alike: here only how many are kept matters
+            candidate = replace(candidate, importance="l2")
+        model.channels.update(prune_channels(model.module, candidate, model.example_input,
+                                             model.gradients))
+
+    def before_training(self, model: CompressedModel, config: ChannelPruning, data: DataSplit
+                        ) -> TrainingHooks | None:
+        unpruned = model.state.pop("unpruned", None)
+        if unpruned is None:
+            return None
+        model.module = unpruned
+        schedule = ChannelSchedule(unpruned, model.candidate, model.example_input,
+                                   lambda module: training_statistics(module, data.train))
+        model.state["channel_schedule"] = schedule
+        return TrainingHooks(after_step=schedule.reapply, at_step=schedule.advance)
+
+    def after_training(self, model: CompressedModel, config: ChannelPruning) -> None:
+        schedule = model.state.pop("channel_schedule", None)
+        if schedule is None:
+            return
+        schedule.finish()
+        removed = schedule.remove()
+        changed = {name: kept for name, kept in removed.items() if model.channels.get(name) != kept}
+        if changed:  # not expected: the last step keeps the counts one-shot pruning keeps
+            _logger.warning("the gradual schedule kept other channel counts than the built "
+                            "network: %s", changed)
+        model.channels.update(removed)
+
+
+@register_transform(LowRank)
+class LowRankHandler(TransformHandler[LowRank]):
+    """Each named Conv2d/Linear becomes two smaller layers from the truncated SVD of its
+    (pruned) weight; what was done per layer is in ``model.state["lowrank"]``
+    (:class:`~autocompress.transforms.Factorization`: rank, full rank, parameters, why a
+    layer was left whole) and the factorized layers in ``model.renamed``."""
+
+    def build(self, model: CompressedModel, config: LowRank) -> None:
+        done = low_rank(model.module, config.ranks)
+        model.state["lowrank"] = done
+        factors = factor_names(model.module)
+        model.renamed.update({name: factors[name] for name, f in done.items() if f.factorized})
 
 
 @register_transform(Sparsity)
 class SparsityHandler(TransformHandler[Sparsity]):
-    """Magnitude sparsity, fixed before training: the zeroed weights stay zero after every
-    optimizer step (also under fake quantization, which wraps the weight)."""
+    """Magnitude sparsity, fixed before training (or reached step by step by a gradual
+    schedule): the zeroed weights stay zero after every optimizer step (also under fake
+    quantization, which wraps the weight)."""
 
     def before_training(self, model: CompressedModel, config: Sparsity, data: DataSplit
                         ) -> TrainingHooks:
+        if config.schedule.gradual:
+            schedule = WeightSchedule(model.module, config.amounts, config.schedule)
+            model.state["weight_schedule"] = schedule
+            return TrainingHooks(after_step=schedule.reapply, at_step=schedule.advance)
         apply_sparsity(model.module, config.amounts)
         make_sparsity_permanent(model.module)
         masks = {name: m.weight.detach() != 0 for name, m in model.module.named_modules()
@@ -69,7 +131,14 @@ class SparsityHandler(TransformHandler[Sparsity]):
         return TrainingHooks(after_step=lambda: _reapply(model.module, masks))
 
     def after_training(self, model: CompressedModel, config: Sparsity) -> None:
+        schedule = model.state.pop("weight_schedule", None)
+        if schedule is not None:
+            schedule.finish()
         _reapply(model.module, model.state.get("sparsity_masks", {}))
+
+    def rename_layers(self, config: Sparsity, renamed: Mapping[str, tuple[str, ...]]
+                      ) -> Sparsity:
+        return replace(config, amounts=rename_layers(config.amounts, renamed))
 
 
 @register_transform(Quantization)
@@ -105,6 +174,10 @@ class QuantizationHandler(TransformHandler[Quantization]):
         from autocompress.transforms._quantize import node_precisions
 
         return node_precisions(structure, config.precision)
+
+    def rename_layers(self, config: Quantization, renamed: Mapping[str, tuple[str, ...]]
+                      ) -> Quantization:
+        return replace(config, precision=rename_layers(config.precision, renamed))
 
 
 def _reapply(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -1,14 +1,16 @@
 """The compression pipeline: ``compress -> train -> export``, one handler per transform config.
 
 A :class:`~autocompress.space.Candidate` lists its transforms as typed configs
-(:meth:`~autocompress.space.Candidate.transforms`: a student, channel pruning, sparsity,
-quantization). Each config type is mapped to one :class:`TransformHandler` by a registry
-(:func:`register_transform`, in the spirit of torchao's ``transform_module``); a handler can
-change the network's structure (:meth:`~TransformHandler.build`), take part in training
+(:meth:`~autocompress.space.Candidate.transforms`: a student, channel pruning, low-rank
+factorization, sparsity, quantization). Each config type is mapped to one
+:class:`TransformHandler` by a registry (:func:`register_transform`, in the spirit of
+torchao's ``transform_module``); a handler can change the network's structure
+(:meth:`~TransformHandler.build`), take part in training
 (:meth:`~TransformHandler.before_training` / :meth:`~TransformHandler.after_training`),
-rewrite the exported graph (:meth:`~TransformHandler.deploy`) and say at which precision each
+rewrite the exported graph (:meth:`~TransformHandler.deploy`), say at which precision each
 node of the exported graph runs, for the latency estimate
-(:meth:`~TransformHandler.node_precisions`). A new transform is a config type and a handler;
+(:meth:`~TransformHandler.node_precisions`), and follow layers an earlier transform replaced
+(:meth:`~TransformHandler.rename_layers`). A new transform is a config type and a handler;
 the search, ``pick --finetune-steps`` and ``autocompress estimate`` all go through
 :func:`compress` and :class:`CompressedModel`.
 """
@@ -39,6 +41,7 @@ from autocompress.exceptions import SearchSpaceError
 from autocompress.hardware import LatencyEstimate, LatencyModel
 from autocompress.hardware.export import export_onnx
 from autocompress.space import Candidate, Student, TransformConfig
+from autocompress.space._candidate import EVERY
 from autocompress.transforms._importance import GradientStatistics
 
 __all__ = ["CompressedModel", "Deployed", "TrainOutcome", "TrainingHooks", "TransformHandler",
@@ -54,11 +57,14 @@ C = TypeVar("C")
 
 @dataclass(frozen=True)
 class TrainingHooks:
-    """What a transform adds to the training phase: a factor on the learning rate, and a
-    function to call after every optimizer step (e.g. keep pruned weights at zero)."""
+    """What a transform adds to the training phase: a factor on the learning rate, a
+    function to call after every optimizer step (e.g. keep pruned weights at zero), and one
+    told the training's progress, ``at_step(steps_done, total_steps)``: before the first
+    step (``steps_done`` 0) and after every step, after ``after_step`` (a pruning schedule)."""
 
     lr_factor: float = 1.0
     after_step: Callable[[], None] | None = None
+    at_step: Callable[[int, int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,12 @@ class TransformHandler(ABC, Generic[C]):
         """Precision per node of the fp32 graph ``structure`` (``None``: all fp32)."""
         return None
 
+    def rename_layers(self, config: C, renamed: Mapping[str, tuple[str, ...]]) -> C:
+        """``config`` naming, instead of each layer in ``renamed`` that an earlier transform
+        replaced (low-rank factorization), the layers now in its place. Handlers whose
+        config names layers override this."""
+        return config
+
 
 _HANDLERS: dict[type, TransformHandler[Any]] = {}
 
@@ -133,8 +145,10 @@ def handler_for(config: TransformConfig) -> TransformHandler[Any]:
 class CompressedModel:
     """A candidate applied to a model: the network, and what its transforms recorded.
 
-    ``channels`` maps each pruned group to (channels before, kept); ``state`` is where
-    handlers keep what they need between hooks (QAT handles, sparsity masks).
+    ``channels`` maps each pruned group to (channels before, kept); ``renamed`` maps each
+    layer a transform replaced (low rank: by two factors) to the layers now in its place;
+    ``state`` is where handlers keep what they need between hooks (QAT handles, sparsity
+    masks, low-rank factorizations).
     """
 
     module: nn.Module
@@ -143,6 +157,7 @@ class CompressedModel:
     num_classes: int
     teacher: nn.Module
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    renamed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     #: the unpruned model's gradient statistics, for the taylor and obd criteria
     gradients: GradientStatistics | None = None
@@ -150,7 +165,9 @@ class CompressedModel:
 
     def _steps(self) -> Iterator[tuple[TransformHandler[Any], TransformConfig]]:
         for config in self.candidate.transforms():
-            yield handler_for(config), config
+            handler = handler_for(config)
+            yield handler, (handler.rename_layers(config, self.renamed) if self.renamed
+                            else config)
 
     def structure_onnx(self) -> bytes:
         """The fp32 ONNX graph of the untrained structure (exported once, then cached)."""
@@ -204,15 +221,21 @@ def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettin
     """Train ``model.module`` in place: every handler's ``before_training``, then a finetune
     (or, for a student, a distillation from ``model.teacher`` with the plan's settings and
     ``settings``' steps and seed), then every ``after_training``."""
-    steps = [(config, handler_for(config)) for config in model.candidate.transforms()]
+    steps = [(config, handler) for handler, config in model._steps()]
     hooks = [h for config, handler in steps
              if (h := handler.before_training(model, config, data)) is not None]
     lr_factor = math.prod(h.lr_factor for h in hooks)
     after = [h.after_step for h in hooks if h.after_step is not None]
+    progress = [h.at_step for h in hooks if h.at_step is not None]
+    total = settings.steps
+    for report in progress:
+        report(0, total)
 
-    def on_step(_step: int, _loss: float) -> None:
+    def on_step(step: int, _loss: float) -> None:
         for call in after:
             call()
+        for report in progress:
+            report(step + 1, total)
 
     student = next((c for c, _ in steps if isinstance(c, Student)), None)
     if student is None:
@@ -230,7 +253,7 @@ def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettin
         result = distill(model.module, model.teacher, data.train, None,
                          distill_settings, teacher_logits=logits, on_step=on_step)
         outcome = TrainOutcome(int(result.steps), bool(result.stopped_early))
-    for config, handler in steps:
+    for config, handler in reversed(steps):   # the last prepared is undone first
         handler.after_training(model, config)
     model.module.eval()
     return outcome
@@ -241,16 +264,36 @@ def compress(model: nn.Module, candidate: Candidate, example_input: torch.Tensor
              gradients: GradientStatistics | None = None) -> CompressedModel:
     """Build ``candidate``'s untrained network from ``model`` (left untouched): a pruned copy,
     or a fresh student. ``num_classes`` (for students) defaults to ``model``'s outputs;
-    ``gradients`` (:func:`gradient_statistics` of ``model``) serve the ``taylor`` and ``obd``
-    channel criteria."""
+    ``gradients`` (:func:`gradient_statistics` of ``model``) serve the ``taylor``, ``obd``
+    and ``activation`` channel criteria."""
     if num_classes is None:
         with torch.no_grad():
             num_classes = int(model.eval()(example_input).shape[-1])
     # a student replaces the network first: the model is not copied for it
     start = model if candidate.student is not None else copy.deepcopy(model)
+    # the model's statistics say nothing about a student's channels
     result = CompressedModel(start.eval(), candidate, example_input, num_classes, teacher=model,
-                             gradients=gradients)
-    for handler, config in result._steps():
+                             gradients=gradients if candidate.student is None else None)
+    built = 0
+    while built < len(configs := result.candidate.transforms()):
+        config = configs[built]
+        handler = handler_for(config)
+        if result.renamed:  # layers a low-rank factorization replaced
+            config = handler.rename_layers(config, result.renamed)
         handler.build(result, config)
+        built += 1
+        if isinstance(config, Student) and result.candidate.unresolved:
+            # the student's compression names every group and layer: now they are known
+            result.candidate = _resolve(result.candidate, result.module, example_input)
     result.module.eval()
     return result
+
+
+def _resolve(candidate: Candidate, module: nn.Module, example_input: torch.Tensor) -> Candidate:
+    """``candidate`` with "every group" and "every layer" named for ``module``."""
+    from autocompress.transforms._channels import find_channel_groups
+    from autocompress.transforms._sparsity import sparsifiable_layers
+
+    groups = ([g.name for g in find_channel_groups(module, example_input)]
+              if EVERY in candidate.channel_keep else [])
+    return candidate.resolved(groups, sparsifiable_layers(module))

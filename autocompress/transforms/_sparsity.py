@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from autocompress.exceptions import SearchSpaceError
+from autocompress.transforms._lowrank import factor_names, rename_layers
 
 __all__ = ["apply_sparsity", "make_sparsity_permanent", "sparsifiable_layers", "weight_sparsity"]
 
@@ -23,7 +24,9 @@ def sparsifiable_layers(model: nn.Module) -> list[str]:
 
 
 def apply_sparsity(model: nn.Module, amounts: Mapping[str, float]) -> None:
-    """Zero the smallest-magnitude fraction ``amounts[name]`` of each named layer's weight."""
+    """Zero the smallest-magnitude fraction ``amounts[name]`` of each named layer's weight
+    (a layer factorized into two by low rank: of both factors' weights)."""
+    amounts = rename_layers(amounts, factor_names(model))
     modules = dict(model.named_modules())
     unknown = sorted(n for n in amounts if not isinstance(modules.get(n), _KINDS))
     if unknown:

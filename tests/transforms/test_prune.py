@@ -414,12 +414,49 @@ def test_kept_channels_with_blocks(channels: int, ratio: float, round_to: int, b
     assert kept == expected and kept % blocks == 0
 
 
-def test_channel_shuffle_is_refused_with_a_message_that_names_it() -> None:
+def test_a_channel_shuffle_leaves_only_local_groups_pruned(
+        caplog: pytest.LogCaptureFixture) -> None:
     import torchvision
 
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
-    with pytest.raises(ModelError, match="channel shuffle .* without channel rules"):
-        find_channel_groups(model, torch.zeros(1, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    with caplog.at_level("WARNING"):
+        groups = find_channel_groups(model, x)
+    assert "cannot follow how a reshape" in caplog.text
+    assert "stage2.0.branch1.0" in caplog.text              # a layer left whole is named
+    # the bottleneck of each branch: 1x1 conv -> BN -> ReLU -> depthwise -> BN -> 1x1 conv
+    assert {g.name for g in groups} >= {"stage2.0.branch2.0", "stage4.3.branch2.0"}
+    group = next(g for g in groups if g.name == "stage2.0.branch2.0")
+    assert group.members == ("stage2.0.branch2.0", "stage2.0.branch2.1", "stage2.0.branch2.3",
+                             "stage2.0.branch2.4", "stage2.0.branch2.5")
+    pruned = compress(model, Candidate(channel_keep={g.name: 0.5 for g in groups}), x)
+    assert pruned.channels["stage2.0.branch2.0"] == (24, 12)
+    with torch.no_grad():
+        assert pruned.module(x).shape == (2, 10)
+
+
+class _NoSequence(nn.Module):
+    """A convolution and a classifier, not in one nn.Sequential: nothing local to prune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
+
+
+def test_a_model_neither_traceable_nor_local_is_refused_with_a_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import autocompress.transforms._channels as channels
+
+    def untraceable(*_args: object) -> None:
+        raise channels._Untraceable("Channel pruning is not available for this model", "why")
+
+    monkeypatch.setattr(channels, "_graph", untraceable)
+    with pytest.raises(ModelError, match="not available.*no local channel group either"):
+        find_channel_groups(_NoSequence().eval(), torch.zeros(1, 3, 16, 16))
 
 
 def test_dependency_tracing_is_bounded_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -478,7 +515,7 @@ def test_gradient_criteria_rank_channels_by_weight_and_gradient() -> None:
 
 def test_a_gradient_criterion_without_statistics_says_what_it_needs() -> None:
     model = _two_convs()
-    with pytest.raises(SearchSpaceError, match="'taylor' needs gradient statistics"):
+    with pytest.raises(SearchSpaceError, match="'taylor' needs statistics"):
         compress(model, Candidate(channel_keep={"0": 0.5}, importance="taylor"),
                  torch.zeros(1, 3, 8, 8))
 
@@ -489,8 +526,8 @@ def test_gradient_statistics_are_deterministic_and_leave_the_model_clean() -> No
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, in_channels=3).train()
     x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
-    first = gradient_statistics(model, x, y, batch_size=4)
-    second = gradient_statistics(model, x, y, batch_size=4)
+    first = gradient_statistics(model, x, y)
+    second = gradient_statistics(model, x, y)
     assert model.training and all(p.grad is None for p in model.parameters())
     assert first.samples == 6 and set(first.grad) == {n for n, _ in model.named_parameters()}
     for name, g in first.grad.items():
@@ -498,3 +535,44 @@ def test_gradient_statistics_are_deterministic_and_leave_the_model_clean() -> No
         # the mean of squares is at least the square of the mean
         assert bool((first.fisher[name] >= g.square() - 1e-12).all())
     assert any(float(g.abs().sum()) > 0 for g in first.grad.values())
+
+
+def test_obd_ranks_a_large_weight_without_curvature_low() -> None:
+    from autocompress.transforms import GradientStatistics
+
+    model = _two_convs()   # channel 7 has the largest weights
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    fisher["0.weight"][7] = 0.0                     # ... and no curvature at all
+    grad = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    stats = GradientStatistics(grad, fisher, samples=1)
+    pruned = compress(model, Candidate(channel_keep={"0": 0.875}, importance="obd"),
+                      torch.zeros(1, 3, 8, 8), gradients=stats)
+    assert _kept_rows(model, pruned.module) == [0, 1, 2, 3, 4, 5, 6]
+
+
+# --- activation criterion ---------------------------------------------------------------------
+
+
+def test_activation_criterion_drops_the_channels_a_relu_zeroes() -> None:
+    from autocompress.transforms import gradient_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                          nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    with torch.no_grad():
+        for c in range(8):
+            model[0].weight[c].fill_(float(c + 1))  # magnitude grows with c
+        model[1].bias.copy_(torch.tensor([5.0, 4, 3, 2, -1e3, -1e3, -1e3, -1e3]))
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 10
+    stats = gradient_statistics(model, x, y)
+    assert set(stats.activation) == {"0", "1", "3", "7"}
+    assert torch.equal(stats.activation["1"][4:], torch.zeros(4))   # the ReLU zeroes these
+    keep = {"0": 0.5}
+    by_l2 = compress(model, Candidate(channel_keep=keep, importance="l2"), x[:1])
+    assert _kept_rows(model, by_l2.module) == [4, 5, 6, 7]
+    pruned = compress(model, Candidate(channel_keep=keep, importance="activation"), x[:1],
+                      gradients=stats)
+    assert _kept_rows(model, pruned.module) == [0, 1, 2, 3]
+    with torch.no_grad():   # the channels it removed contributed nothing: outputs unchanged
+        torch.testing.assert_close(pruned.module(x), model(x))
