@@ -176,8 +176,13 @@ def report(csv: Path, md: Path) -> str:
             gap = row.accuracy_mean - reference
             verdict = ("within the noise of one seed" if abs(gap) < 0.01 else
                        "ahead" if gap > 0 else "behind")
+            latency = reference_ms = float("nan")
+            if "latency_ms" in stats:
+                latency = row.latency_ms
+                reference_ms = float(stats.loc[stats["cell"] == "l2", "latency_ms"].iloc[0])
             lines.append(f"- {row.cell}: {gap:+.4f} against l2 ({verdict}; "
-                         f"{int(row.seeds)} seed{'s' if row.seeds > 1 else ''})")
+                         f"{int(row.seeds)} seed{'s' if row.seeds > 1 else ''}); measured "
+                         f"latency {latency / reference_ms:.2f}x l2's")
         lines.append("")
     text = "\n".join(lines)
     md.write_text(text)
