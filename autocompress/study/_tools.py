@@ -33,6 +33,13 @@ def _default_shape(model: str) -> tuple[int, int, int, int] | None:
         return (1, 3, 32, 32)
     if spec.source == "torchvision":
         return (1, 3, 224, 224)
+    if spec.source == "timm":   # the architecture's own default input (metadata: no download)
+        import timm
+
+        config = timm.get_pretrained_cfg(model.removeprefix("timm:"))
+        size = getattr(config, "input_size", None) if config is not None else None
+        if size is not None and len(size) == 3:
+            return (1, int(size[0]), int(size[1]), int(size[2]))
     return None
 
 

@@ -135,3 +135,11 @@ def test_a_timm_model_searches_end_to_end_on_builtin_data(
     accuracy = float((predicted == labels).mean())
     assert accuracy == pytest.approx(record["accuracy"], abs=1.5 / len(labels))
     assert accuracy > 0.5                          # well above chance (0.1) on 10 classes
+
+
+def test_estimate_takes_a_timm_models_own_input_size(synthetic_profile) -> None:
+    from autocompress.study import estimate_latency
+
+    estimate = estimate_latency(synthetic_profile, "timm:resnet10t")
+    assert estimate.input_shape == (1, 3, 176, 176)   # timm's default for resnet10t
+    assert estimate.estimate.latency_ms > 0
