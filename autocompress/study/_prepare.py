@@ -356,8 +356,9 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
 
 def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> dict[str, Any]:
     """Parameters putting every channel group at the allowed value nearest below ``ratio``,
-    every sparsity at its smallest allowed value and every layer at ``precision`` where
-    allowed (post-training quantization)."""
+    every sparsity at its smallest allowed value, every layer at ``precision`` where allowed
+    (post-training quantization), no low-rank factorization (the largest rank ratio allowed)
+    and one-shot pruning where the schedule is searched: what a user does by hand."""
     params: dict[str, Any] = {}
     if bound.student_space is not None:
         params[KIND_PARAM] = "compressed"
@@ -377,6 +378,13 @@ def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> 
     for p in bound.sparsity_params:
         if p.param is not None:
             params[p.param] = min(p.value.grid())
+    for p in bound.lowrank_params:
+        if p.param is not None:
+            params[p.param] = max(p.value.grid())
+    schedule = bound.schedule_param
+    if schedule is not None and schedule.param is not None:
+        params[schedule.param] = "oneshot" if "oneshot" in schedule.choices else \
+            schedule.choices[0]
     return params
 
 

@@ -199,3 +199,50 @@ def test_a_gradual_schedule_with_qat_is_refused() -> None:
     with pytest.raises(SearchSpaceError, match="gradual pruning schedule cannot be combined"):
         Candidate(channel_keep={"conv1": 0.5}, precision={"conv1": "int8"},
                   quantization="qat", schedule=POLY)
+
+
+def test_a_search_samples_the_schedule_and_finishes_gradual_trials(
+        synthetic_profile, tmp_path) -> None:
+    import optuna
+    import yaml
+
+    from autocompress.study import SearchConfig, search
+    from autocompress.study._records import TrialRecord
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "format_version": 1,
+        "channels": {"importance": {"choices": ["l2", "activation"]},
+                     "rules": [{"match": "*", "keep_ratio": {"choices": [0.5, 0.75]},
+                                "shared": True}]},
+        "schedule": {"kind": {"choices": ["polynomial", "oneshot"]}, "stages": 3},
+    }))
+    out = tmp_path / "run"
+    search(SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=12,
+                        profile=synthetic_profile, space=space, out=out,
+                        latency_budget_ms=1000.0, screen=0, allocate=False))
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{out}/study.db")
+    done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            if (r := TrialRecord.of(t)) is not None and r.finetuned]
+    assert len(done) >= 3
+    assert {t.params.get("schedule") for t in done} <= {"polynomial", "oneshot"}
+    assert all(t.params.get("schedule") for t in done[1:])   # sampled beyond the seed trial
+
+
+@pytest.mark.parametrize("extra", [
+    {"schedule": {"kind": {"choices": ["polynomial", "oneshot"]}}},
+    {"lowrank": {"rules": [{"match": "*", "rank_ratio": {"choices": [0.25, 0.5]}}]}},
+])
+def test_the_uniform_seed_prunes_at_once_and_factorizes_nothing_it_need_not(
+        extra: dict[str, object]) -> None:
+    from autocompress.study._prepare import uniform_params
+
+    space = SearchSpace.from_dict({
+        "format_version": 1,
+        "channels": {"rules": [{"match": "*", "keep_ratio": {"choices": [0.5, 1.0]}}]},
+        **extra})
+    bound = space.bind(["conv1", "layer1.0.conv1"], ["conv1", "fc"])
+    candidate = bound.candidate_from_params(uniform_params(bound, 0.5))
+    assert dict(candidate.channel_keep) == {"conv1": 0.5, "layer1.0.conv1": 0.5}
+    assert candidate.schedule.kind == "oneshot"
+    assert all(r == 0.5 for r in candidate.rank.values())   # the largest ratio allowed
