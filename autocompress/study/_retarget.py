@@ -57,7 +57,7 @@ from autocompress.study._records import (
     RunInfo,
     TrialRecord,
 )
-from autocompress.study._search import _RUN_ATTR as RUN_ATTR
+from autocompress.study._search import RUN_ATTR
 from autocompress.study._storage import open_storage, open_study
 from autocompress.transforms import (
     CompressedModel,

@@ -57,7 +57,7 @@ __all__ = ["search"]
 _logger = logging.getLogger("autocompress")
 
 #: The study user attribute holding the run's :class:`RunInfo`, shared by all its workers.
-_RUN_ATTR = "autocompress_run"
+RUN_ATTR = "autocompress_run"
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _setup(config: SearchConfig) -> _Setup:
 
 
 def _stored_info(study: optuna.Study) -> RunInfo | None:
-    stored = study.user_attrs.get(_RUN_ATTR)
+    stored = study.user_attrs.get(RUN_ATTR)
     return RunInfo.from_dict(stored, "the study's run record") if stored is not None else None
 
 
@@ -196,7 +196,7 @@ def _shared_info(config: SearchConfig, setup: _Setup) -> RunInfo:
                     info.calibration.scale, info.calibration.offset_ms)),
                 info.budget.latency_ms))
         if _stored_info(setup.study) is None:
-            setup.study.set_user_attr(_RUN_ATTR, info.to_dict())
+            setup.study.set_user_attr(RUN_ATTR, info.to_dict())
         # another worker may have been first: everyone uses what the study holds
         info = _stored_info(optuna.load_study(study_name=config.study,
                                               storage=setup.storage)) or info

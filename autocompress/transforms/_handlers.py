@@ -22,8 +22,8 @@ from torch import nn
 
 from autocompress.data import DataSplit
 from autocompress.space import ChannelPruning, LowRank, Quantization, Sparsity, Student
-from autocompress.space._candidate import DATA_IMPORTANCES
-from autocompress.transforms._channels import prune_channels
+from autocompress.space._candidate import DATA_IMPORTANCES, EVERY
+from autocompress.transforms._channels import find_channel_groups, prune_channels
 from autocompress.transforms._importance import training_statistics
 from autocompress.transforms._lowrank import factor_names, low_rank, rename_layers
 from autocompress.transforms._pipeline import (
@@ -33,7 +33,12 @@ from autocompress.transforms._pipeline import (
     register_transform,
 )
 from autocompress.transforms._schedule import ChannelSchedule, WeightSchedule
-from autocompress.transforms._sparsity import apply_sparsity, make_sparsity_permanent
+from autocompress.transforms._sparsity import (
+    apply_sparsity,
+    make_sparsity_permanent,
+    sparsifiable_layers,
+    trained_tensor,
+)
 
 __all__ = ["QAT_LR_FACTOR"]
 
@@ -48,11 +53,17 @@ _QAT_EXAMPLES = 32
 
 @register_transform(Student)
 class StudentHandler(TransformHandler[Student]):
-    """Replaces the network by a freshly initialised student (trained by distillation)."""
+    """Replaces the network by a freshly initialised student (trained by distillation); a
+    compression of "every" group or layer of the student is named for it once it is built."""
 
     def build(self, model: CompressedModel, config: Student) -> None:
         in_channels = int(model.example_input.shape[1])
         model.module = config.plan.student.build(model.num_classes, in_channels).eval()
+        candidate = model.candidate
+        if candidate.unresolved:
+            groups = ([g.name for g in find_channel_groups(model.module, model.example_input)]
+                      if EVERY in candidate.channel_keep else [])
+            model.candidate = candidate.resolved(groups, sparsifiable_layers(model.module))
 
 
 @register_transform(ChannelPruning)
@@ -189,8 +200,6 @@ def _reapply(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             layer = modules.get(name)
             if layer is None:
                 continue
-            params = getattr(layer, "parametrizations", None)
-            weight = params.weight.original if params is not None and hasattr(
-                params, "weight") else layer.weight
-            if weight.shape == mask.shape:
+            weight = trained_tensor(layer, "weight")
+            if weight is not None and weight.shape == mask.shape:
                 weight.mul_(mask)

@@ -129,7 +129,7 @@ def prune_local(group: LocalGroup, keep: int, p: int) -> None:
 
 def describe_unpruned(model: nn.Module, groups: list[LocalGroup]) -> str:
     """Which Conv2d/Linear layers no local group prunes (for the log)."""
-    pruned = {name for g in groups for name in (g.name,)}
+    pruned = {g.name for g in groups}
     left = [name for name, m in model.named_modules()
             if isinstance(m, nn.Conv2d | nn.Linear) and name not in pruned]
     shown = ", ".join(left[:12]) + (f" and {len(left) - 12} more" if len(left) > 12 else "")

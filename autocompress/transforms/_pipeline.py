@@ -41,7 +41,6 @@ from autocompress.exceptions import SearchSpaceError
 from autocompress.hardware import LatencyEstimate, LatencyModel
 from autocompress.hardware.export import export_onnx
 from autocompress.space import Candidate, Student, TransformConfig
-from autocompress.space._candidate import EVERY
 from autocompress.transforms._importance import GradientStatistics
 
 __all__ = ["CompressedModel", "Deployed", "TrainOutcome", "TrainingHooks", "TransformHandler",
@@ -164,7 +163,13 @@ class CompressedModel:
     _structure: bytes | None = field(default=None, repr=False)
 
     def _steps(self) -> Iterator[tuple[TransformHandler[Any], TransformConfig]]:
-        for config in self.candidate.transforms():
+        """Each transform with its handler, its config naming the layers as they are now.
+        The candidate is read again at each step: building a student names the groups and
+        layers its compression meant as "every" one."""
+        done = 0
+        while done < len(configs := self.candidate.transforms()):
+            config = configs[done]
+            done += 1
             handler = handler_for(config)
             yield handler, (handler.rename_layers(config, self.renamed) if self.renamed
                             else config)
@@ -274,26 +279,7 @@ def compress(model: nn.Module, candidate: Candidate, example_input: torch.Tensor
     # the model's statistics say nothing about a student's channels
     result = CompressedModel(start.eval(), candidate, example_input, num_classes, teacher=model,
                              gradients=gradients if candidate.student is None else None)
-    built = 0
-    while built < len(configs := result.candidate.transforms()):
-        config = configs[built]
-        handler = handler_for(config)
-        if result.renamed:  # layers a low-rank factorization replaced
-            config = handler.rename_layers(config, result.renamed)
+    for handler, config in result._steps():
         handler.build(result, config)
-        built += 1
-        if isinstance(config, Student) and result.candidate.unresolved:
-            # the student's compression names every group and layer: now they are known
-            result.candidate = _resolve(result.candidate, result.module, example_input)
     result.module.eval()
     return result
-
-
-def _resolve(candidate: Candidate, module: nn.Module, example_input: torch.Tensor) -> Candidate:
-    """``candidate`` with "every group" and "every layer" named for ``module``."""
-    from autocompress.transforms._channels import find_channel_groups
-    from autocompress.transforms._sparsity import sparsifiable_layers
-
-    groups = ([g.name for g in find_channel_groups(module, example_input)]
-              if EVERY in candidate.channel_keep else [])
-    return candidate.resolved(groups, sparsifiable_layers(module))

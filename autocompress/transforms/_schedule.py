@@ -38,20 +38,11 @@ from autocompress.transforms._channels import (
 )
 from autocompress.transforms._importance import GradientStatistics
 from autocompress.transforms._local import slow_attention
+from autocompress.transforms._sparsity import trained_tensor
 
 __all__ = ["ChannelSchedule", "WeightSchedule"]
 
 _logger = logging.getLogger(__name__)
-
-
-def _trained_tensor(layer: nn.Module, name: str) -> torch.Tensor | None:
-    """``layer``'s parameter ``name`` as the optimizer sees it (behind a parametrization when
-    one is attached)."""
-    params = getattr(layer, "parametrizations", None)
-    if params is not None and hasattr(params, name):
-        return getattr(params, name).original
-    value = getattr(layer, name, None)
-    return value if isinstance(value, torch.Tensor) else None
 
 
 class ChannelSchedule:
@@ -73,7 +64,9 @@ class ChannelSchedule:
                 raise ModelError(f"Torch-Pruning traces its {layer} layers for many minutes")
             with _bounded():
                 self.graph = _graph(module, example_input)
-                self.roots = {name: (mod, handler) for name, mod, handler
+                # per group: its root layer, handler, channels and equal blocks (fixed: the
+                # network keeps its structure until remove())
+                self.roots = {name: self._group(mod, handler) for name, mod, handler
                               in _root_groups(self.graph, module, example_input)
                               if candidate.channel_keep.get(name, 1.0) < 1.0}
         except ModelError as exc:
@@ -85,9 +78,16 @@ class ChannelSchedule:
     def schedule(self) -> Schedule:
         return self.candidate.schedule
 
+    def _group(self, module: nn.Module, handler: object) -> tuple[nn.Module, object, int, int]:
+        channels = self.graph.get_out_channels(module)
+        group = self.graph.get_pruning_group(module, handler, list(range(channels)))
+        return module, handler, channels, _blocks(self.graph, group)
+
     def advance(self, step: int, total: int) -> None:
-        """Mask every group to its pruned share at ``step`` of ``total`` training steps."""
-        self._mask_to(lambda final: self.schedule.sparsity(final, step, total))
+        """Mask every group to its pruned share at ``step`` of ``total`` training steps (the
+        share changes at the schedule's pruning steps only)."""
+        if step in self.schedule.pruning_steps(total):
+            self._mask_to(lambda final: self.schedule.sparsity(final, step, total))
 
     def finish(self) -> None:
         """Mask every group to its target (training may have stopped before the end step)."""
@@ -95,9 +95,7 @@ class ChannelSchedule:
 
     def _mask_to(self, share: Callable[[float], float]) -> None:
         targets: dict[str, int] = {}
-        for name, (module, _handler) in self.roots.items():
-            channels = self.graph.get_out_channels(module)
-            blocks = self._blocks(name)
+        for name, (_module, _handler, channels, blocks) in self.roots.items():
             ratio = 1.0 - share(1.0 - self.candidate.channel_keep[name])
             keep = kept_channels(channels, ratio, self.candidate.round_to,
                                  self.candidate.min_channels, blocks)
@@ -113,12 +111,6 @@ class ChannelSchedule:
             self.module.zero_grad(set_to_none=True)
         self.reapply()
 
-    def _blocks(self, name: str) -> int:
-        module, handler = self.roots[name]
-        channels = self.graph.get_out_channels(module)
-        return _blocks(self.graph, self.graph.get_pruning_group(module, handler,
-                                                                list(range(channels))))
-
     def _importance(self) -> tp.importance.Importance:
         statistics = None
         if self.candidate.importance in DATA_IMPORTANCES and self.statistics is not None:
@@ -126,23 +118,21 @@ class ChannelSchedule:
         return _importance(self.candidate, self.module, self.graph, statistics)
 
     def _mask_group(self, name: str, keep: int, importance: tp.importance.Importance) -> None:
-        module, handler = self.roots[name]
-        channels = self.graph.get_out_channels(module)
-        group = self.graph.get_pruning_group(module, handler, list(range(channels)))
-        scores = importance(group)
+        module, handler, channels, blocks = self.roots[name]
+        scores = importance(self.graph.get_pruning_group(module, handler, list(range(channels))))
         if scores is None:
             _logger.warning("no importance for group %s; left unpruned", name)
             return
         scores = scores.clone().float()
         scores[self.masked.get(name, [])] = -float("inf")   # what is cut stays cut
-        drop = _drop_indices(scores, channels, keep, self._blocks(name))
+        drop = _drop_indices(scores, channels, keep, blocks)
         self.masked[name] = drop
         for item in self.graph.get_pruning_group(module, handler, drop):
             if not self.graph.is_out_channel_pruning_fn(item.dep.handler):
                 continue
             layer = item.dep.target.module
             for param in ("weight", "bias"):
-                tensor = _trained_tensor(layer, param)
+                tensor = trained_tensor(layer, param)
                 if tensor is not None and tensor.dim() >= 1 and tensor.shape[0] > max(item.idxs):
                     self._zeroed.append((tensor, list(item.idxs)))
 
@@ -192,7 +182,9 @@ class WeightSchedule:
         self.masks: dict[str, torch.Tensor] = {}
 
     def advance(self, step: int, total: int) -> None:
-        self._mask_to(lambda final: self.schedule.sparsity(final, step, total))
+        """Raise every layer to its share at ``step`` (changed at pruning steps only)."""
+        if step in self.schedule.pruning_steps(total):
+            self._mask_to(lambda final: self.schedule.sparsity(final, step, total))
 
     def finish(self) -> None:
         self._mask_to(lambda final: final)
@@ -200,7 +192,7 @@ class WeightSchedule:
     def _mask_to(self, share: Callable[[float], float]) -> None:
         with torch.no_grad():
             for name, layer in self.layers.items():
-                weight = _trained_tensor(layer, "weight")
+                weight = trained_tensor(layer, "weight")
                 assert weight is not None
                 count = round(share(self.amounts[name]) * weight.numel())
                 if count <= 0:
@@ -213,7 +205,7 @@ class WeightSchedule:
     def reapply(self) -> None:
         with torch.no_grad():
             for name, mask in self.masks.items():
-                weight = _trained_tensor(self.layers[name], "weight")
+                weight = trained_tensor(self.layers[name], "weight")
                 assert weight is not None
                 weight.mul_(mask)
 
@@ -221,7 +213,7 @@ class WeightSchedule:
         """The share of zeros in each scheduled layer's weight now."""
         out = {}
         for name, layer in self.layers.items():
-            weight = _trained_tensor(layer, "weight")
+            weight = trained_tensor(layer, "weight")
             assert weight is not None
             out[name] = float((weight == 0).float().mean())
         return out

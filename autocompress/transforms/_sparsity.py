@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from autocompress.exceptions import SearchSpaceError
 from autocompress.transforms._lowrank import factor_names, rename_layers
 
-__all__ = ["apply_sparsity", "make_sparsity_permanent", "sparsifiable_layers", "weight_sparsity"]
+__all__ = ["apply_sparsity", "make_sparsity_permanent", "sparsifiable_layers", "trained_tensor",
+           "weight_sparsity"]
 
 _KINDS = (nn.Conv2d, nn.Linear)
 
@@ -53,3 +55,13 @@ def weight_sparsity(model: nn.Module) -> float:
             total += weight.numel()
             zeros += int((weight == 0).sum())
     return zeros / total if total else 0.0
+
+
+def trained_tensor(layer: nn.Module, name: str) -> torch.Tensor | None:
+    """``layer``'s parameter ``name`` as the optimizer sees it (behind a parametrization when
+    one is attached)."""
+    params = getattr(layer, "parametrizations", None)
+    if params is not None and hasattr(params, name):
+        return getattr(params, name).original
+    value = getattr(layer, name, None)
+    return value if isinstance(value, torch.Tensor) else None
