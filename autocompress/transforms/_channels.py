@@ -90,11 +90,18 @@ class _TraceTimeout(BaseException):
     """Not an Exception: no ``except Exception`` inside Torch-Pruning may swallow it."""
 
 
+#: After its first firing, the timer fires again this often until the block ends: Python
+#: ignores an exception raised inside a garbage-collection callback (a weakref's, a
+#: ``__del__``), so a first firing that lands there would otherwise be lost.
+_REFIRE_S = 0.05
+
+
 @contextlib.contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`_TraceTimeout` in the block after ``seconds`` (a SIGALRM timer: only in
-    the main thread of a POSIX process; elsewhere the block runs unbounded). A timer already
-    running (pytest-timeout's, say) is left alone when it fires first, and re-armed with its
+    """Raise :class:`_TraceTimeout` in the block after ``seconds``, and again every
+    :data:`_REFIRE_S` until it leaves the block (a SIGALRM timer: only in the main thread of
+    a POSIX process; elsewhere the block runs unbounded). A timer already running
+    (pytest-timeout's, say) is left alone when it fires first, and re-armed with its
     remaining time afterwards otherwise."""
     if (seconds <= 0 or not hasattr(signal, "setitimer")
             or threading.current_thread() is not threading.main_thread()):
@@ -104,18 +111,28 @@ def _time_limit(seconds: float) -> Iterator[None]:
     if 0 < outer_delay <= seconds:
         yield
         return
+    armed = True
 
     def expire(_signum: int, _frame: object) -> None:
-        raise _TraceTimeout
+        if armed:
+            raise _TraceTimeout
+
+    def disarm() -> None:
+        nonlocal armed
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
     previous = signal.signal(signal.SIGALRM, expire)
     start = time.monotonic()
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, _REFIRE_S)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        try:
+            disarm()
+        except _TraceTimeout:   # it fired on the way out, before ``armed`` was cleared
+            disarm()
         if outer_delay > 0:
             left = max(outer_delay - (time.monotonic() - start), 1e-3)
             signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
