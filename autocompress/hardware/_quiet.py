@@ -4,7 +4,8 @@ A latency measured while other processes run is a measurement of the contention.
 ``AUTOCOMPRESS_WAIT_FOR_QUIET=P`` in the environment, every local measurement first waits
 until the other processes of the machine used less than ``P`` percent of one core over a
 second (read from ``/proc/stat`` and ``/proc/self/stat``: the CPU time of the whole machine
-less this process's and its threads'). Benchmarks that train in the background while
+less this process's and its threads'), and is taken again when they used more than that
+while it ran (a process that started after the wait). Benchmarks that train in the background while
 something else may run set it; interactive searches do not need it. Elsewhere than Linux it
 does nothing.
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["QUIET_ENV", "other_cpu_percent", "wait_for_quiet"]
+__all__ = ["QUIET_ENV", "measure_quietly", "other_cpu_percent", "wait_for_quiet"]
 
 _logger = logging.getLogger(__name__)
 
@@ -26,6 +29,10 @@ _BACKOFF_S = 5.0
 #: a quiet reading stands for this long (profiling measures hundreds of kernels in a row)
 _TRUST_S = 3.0
 _last_quiet = [-1e9]
+#: a measurement disturbed by other processes is taken again at most this many times
+_RETRIES = 5
+
+T = TypeVar("T")
 
 
 def _machine_busy_ticks() -> int | None:
@@ -46,18 +53,57 @@ def _own_ticks() -> int | None:
     return int(fields[11]) + int(fields[12])   # utime, stime of all this process's threads
 
 
+def _others_ticks() -> int | None:
+    """CPU ticks used so far by every process of the machine but this one."""
+    busy, own = _machine_busy_ticks(), _own_ticks()
+    return None if busy is None or own is None else busy - own
+
+
+def _percent(ticks: int, seconds: float) -> float:
+    return max(0.0, 100.0 * ticks / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-9))
+
+
 def other_cpu_percent(interval_s: float = _POLL_S) -> float | None:
     """Percent of one core the machine's other processes used over ``interval_s``
     (``None`` where ``/proc`` cannot tell)."""
-    busy0, own0 = _machine_busy_ticks(), _own_ticks()
-    if busy0 is None or own0 is None:
+    before = _others_ticks()
+    if before is None:
         return None
     time.sleep(interval_s)
-    busy1, own1 = _machine_busy_ticks(), _own_ticks()
-    if busy1 is None or own1 is None:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return max(0.0, 100.0 * ((busy1 - busy0) - (own1 - own0)) / ticks / interval_s)
+    after = _others_ticks()
+    return None if after is None else _percent(after - before, interval_s)
+
+
+def _threshold() -> float | None:
+    setting = os.environ.get(QUIET_ENV)
+    return float(setting) if setting else None
+
+
+def measure_quietly(measure: Callable[[], T]) -> T:
+    """``measure()`` on a quiet machine: with ``$AUTOCOMPRESS_WAIT_FOR_QUIET`` set, after
+    :func:`wait_for_quiet`, and taken again (up to :data:`_RETRIES` times) when other
+    processes used more than the threshold while it ran; without it, at once. A wait before
+    a measurement cannot see a process that starts during it: the check after can."""
+    threshold = _threshold()
+    if threshold is None:
+        return measure()
+    for attempt in range(_RETRIES + 1):
+        wait_for_quiet(threshold)
+        before, start = _others_ticks(), time.perf_counter()
+        result = measure()
+        after, seconds = _others_ticks(), time.perf_counter() - start
+        if before is None or after is None:
+            return result
+        used = _percent(after - before, seconds)
+        if used < threshold:
+            return result
+        _last_quiet[0] = -1e9   # the next wait really waits
+        if attempt < _RETRIES:
+            _logger.info("other processes used %.0f%% of a core during the measurement; "
+                         "measuring again once they leave", used)
+    _logger.warning("measured while other processes used %.0f%% of a core (%d tries)", used,
+                    _RETRIES + 1)
+    return result
 
 
 def wait_for_quiet(threshold_percent: float | None = None, max_wait_s: float = 6 * 3600
@@ -66,10 +112,9 @@ def wait_for_quiet(threshold_percent: float | None = None, max_wait_s: float = 6
     ``$AUTOCOMPRESS_WAIT_FOR_QUIET``; without it, return at once). Returns the seconds
     waited; gives up (with a warning) after ``max_wait_s``."""
     if threshold_percent is None:
-        setting = os.environ.get(QUIET_ENV)
-        if not setting:
+        threshold_percent = _threshold()
+        if threshold_percent is None:
             return 0.0
-        threshold_percent = float(setting)
     start = time.perf_counter()
     if start - _last_quiet[0] < _TRUST_S:
         return 0.0

@@ -162,6 +162,10 @@ def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
             finetune_steps: int, checkpoint: str | Path | None) -> PickResult:
     """Write the pick (finetuned longer first, when asked) and say what was done."""
     extra: dict[str, Any] = {}
+    rejected = [t for t in tried if t[0] != member.trial]
+    if rejected:   # more accurate members whose estimate fitted but measurement did not
+        extra["rejected_at_pick"] = [{"trial": n, "predicted_latency_ms": p,
+                                      "measured_latency_ms": m} for n, p, m in rejected]
     refined = None
     if finetune_steps:
         from autocompress.study._refine import finetune_member

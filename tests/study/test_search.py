@@ -103,6 +103,26 @@ def test_pick_exports_and_remeasures(config: SearchConfig, finished, tmp_path: P
     assert (tmp_path / "export" / "model.onnx").stat().st_size == record["size_bytes"]
 
 
+def test_a_member_measured_over_budget_at_pick_is_passed_over_and_recorded(
+        config: SearchConfig, finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import autocompress.study._pick as pick_module
+
+    front = load_front(config.out)
+    if len(front) < 2:
+        pytest.skip("the front has one member")
+    budget = max(m.predicted_latency_ms for m in front) * 1.5
+    best = max(front, key=lambda m: m.accuracy)
+    best_bytes = (Path(config.out) / best.artifact).read_bytes()
+    monkeypatch.setattr(pick_module, "_measure",
+                        lambda _backend, onnx: 2 * budget if onnx == best_bytes else budget / 2)
+    result = pick(config.out, budget, tmp_path / "export")
+    assert result.member is not None and result.member.trial != best.trial
+    record = json.loads((tmp_path / "export" / "candidate.json").read_text())
+    assert record["rejected_at_pick"] == [{"trial": best.trial,
+                                           "predicted_latency_ms": best.predicted_latency_ms,
+                                           "measured_latency_ms": 2 * budget}]
+
+
 def test_pick_with_a_budget_nothing_meets_names_the_fastest(config, finished, tmp_path) -> None:
     result = pick(config.out, 1e-6, tmp_path / "none")
     assert result.member is None and result.export_dir is None

@@ -104,15 +104,9 @@ def time_rounds(run_round: Callable[[], list[float]],
 
 def time_callable(run: Callable[[], object], settings: MeasureSettings) -> LatencyMeasurement:
     """Time ``run()`` as :class:`MeasureSettings` describes (on this machine: with
-    ``AUTOCOMPRESS_WAIT_FOR_QUIET`` set, first wait until no other process uses the CPU)."""
-    from autocompress.hardware._quiet import wait_for_quiet
-
-    wait_for_quiet()
-    start = time.perf_counter()
-    for _ in range(settings.warmup_runs):
-        run()
-    while time.perf_counter() - start < settings.warmup_s:
-        run()
+    ``AUTOCOMPRESS_WAIT_FOR_QUIET`` set, only while no other process uses the CPU: waited
+    for before, checked after, measured again when disturbed)."""
+    from autocompress.hardware._quiet import measure_quietly
 
     def one_round() -> list[float]:
         round_times = []
@@ -122,7 +116,15 @@ def time_callable(run: Callable[[], object], settings: MeasureSettings) -> Laten
             round_times.append((time.perf_counter_ns() - t0) / 1e6)
         return round_times
 
-    return time_rounds(one_round, settings)
+    def measure() -> LatencyMeasurement:
+        start = time.perf_counter()
+        for _ in range(settings.warmup_runs):
+            run()
+        while time.perf_counter() - start < settings.warmup_s:
+            run()
+        return time_rounds(one_round, settings)
+
+    return measure_quietly(measure)
 
 
 def run_in_batches(run_batch: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
