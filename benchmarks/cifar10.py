@@ -154,7 +154,7 @@ def _search(cell: Cell, approach: str, **options: Any) -> Path:
     config = dict(model=cell.model, data=cell.spec, checkpoint=cell.checkpoint,
                   latency_budget_ms=cell.budget_ms, trials=cell.trials,
                   finetune_steps=cell.finetune_steps, profile=cell.profile, out=out,
-                  seed=cell.seed, screen=cell.screen)
+                  seed=cell.seed, split_seed=0, screen=cell.screen)
     search(SearchConfig(**{**config, **options}))
     return out
 

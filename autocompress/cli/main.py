@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
     s.add_argument("--study", default="autocompress", help="study name (default: autocompress)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split-seed", type=int,
+                   help="seed of the train/validation split of --data (default: --seed); fix "
+                        "it to compare seeds of a search on one validation set, or to keep the "
+                        "split a --checkpoint was trained with")
     s.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime threads of the local profile (default: 1)")
     s.add_argument("--input-shape", type=_shape, help="1,C,H,W; resizes the data if needed")
@@ -241,7 +245,8 @@ def _search(args: argparse.Namespace) -> int:
         latency_budget_ms=args.latency_budget_ms, trials=args.trials,
         checkpoint=args.checkpoint, space=args.space, profile=args.profile,
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
-        storage=args.storage, study=args.study, seed=args.seed, threads=args.threads,
+        storage=args.storage, study=args.study, seed=args.seed, split_seed=args.split_seed,
+        threads=args.threads,
         input_shape=args.input_shape, calibrate=not args.no_calibrate, sampler=args.sampler,
         augment=args.augment, screen=args.screen, objectives=args.objectives,
         allocate=not args.no_allocation,

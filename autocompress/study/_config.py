@@ -45,6 +45,10 @@ class SearchConfig:
     storage: str | None = None
     study: str = "autocompress"
     seed: int = 0
+    #: seed of the train/validation split of ``data`` (``None``: ``seed``); fix it to compare
+    #: searches of several seeds on one validation set, or to keep the split a checkpoint
+    #: was trained with (its training images must not land in the validation split)
+    split_seed: int | None = None
     threads: int = 1
     input_shape: tuple[int, int, int, int] | None = None
     calibrate: bool = True
@@ -222,7 +226,8 @@ def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
         val_data=spec_name(config.val_data) if config.val_data is not None else None,
         normalize=config.normalize.strip().lower(), resize=config.resize,
         center_crop=config.center_crop, embed_preprocessing=config.embed_preprocessing,
-        model=config.model, data=spec_name(config.data), finetune_steps=config.finetune_steps,
+        split_seed=config.split_seed, model=config.model, data=spec_name(config.data),
+        finetune_steps=config.finetune_steps,
         finetune_lr=config.finetune_lr, batch_size=config.batch_size, seed=config.seed,
         threads=config.threads, study=config.study, calibrate=config.calibrate,
         sampler=config.sampler,

@@ -166,7 +166,9 @@ def search_data(config: SearchConfig, resumed: RunInfo | None = None) -> DataSpl
     """The data of the search ``config`` (a resumed run's ``dataset`` statistics are reused:
     the trials so far saw inputs normalized with them)."""
     return load_search_data(
-        config.model, config.data, seed=config.seed, input_shape=config.input_shape,
+        config.model, config.data,
+        seed=config.seed if config.split_seed is None else config.split_seed,
+        input_shape=config.input_shape,
         val=config.val_data, normalize=config.normalize, resize=config.resize,
         center_crop=config.center_crop, cache=config.data_cache, workers=config.data_workers,
         stats=recorded_stats(resumed))
@@ -182,7 +184,7 @@ def run_data(info: RunInfo) -> DataSplit:
                            "given as a spec (mnist, digits, imagefolder:PATH): export without "
                            "--finetune-steps")
     return load_search_data(
-        info.model, info.data, seed=ident.seed, input_shape=ident.input_shape,
+        info.model, info.data, seed=ident.data_seed, input_shape=ident.input_shape,
         val=ident.val_data,
         normalize=ident.normalize, resize=ident.resize, center_crop=ident.center_crop,
         stats=recorded_stats(info))

@@ -152,6 +152,13 @@ class RunIdentity:
     resize: int | None = None
     center_crop: tuple[int, int] | None = None
     embed_preprocessing: bool = False
+    #: seed of the train/validation split (None: ``seed``)
+    split_seed: int | None = None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed the train/validation split was drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def differences(self, other: RunIdentity) -> list[str]:
         """``name: old -> new`` for every setting that differs."""

@@ -340,3 +340,23 @@ def test_bad_data_flags_give_one_clear_line(flags: list[str], fragment: str, tmp
     assert err[-1].startswith("error: ") and fragment in err[-1], err[-1]
     assert not (tmp_path / "r" / "run.json").exists()
 
+
+
+def test_the_split_seed_fixes_the_validation_set_across_search_seeds() -> None:
+    """Searches of several seeds compare on one validation set, and a checkpoint trained on
+    one split keeps its training images out of validation (seed alone moves the split)."""
+    from autocompress.study._config import identity
+    from autocompress.study._prepare import search_data
+
+    base = SearchConfig(model="resnet20", data="digits", seed=0)
+    moved = search_data(replace(base, seed=1))
+    fixed = search_data(replace(base, seed=1, split_seed=0))
+    reference = search_data(base)
+    assert torch.equal(fixed.val_x, reference.val_x) and torch.equal(fixed.val_y, reference.val_y)
+    assert not torch.equal(moved.val_x, reference.val_x)
+    ident = identity(replace(base, seed=1, split_seed=0), space_sha="s", profile_sha="p",
+                     checkpoint_sha=None, augmentation="none")
+    assert ident.data_seed == 0 and replace(ident, split_seed=None).data_seed == 1
+    assert "--split-seed" in subprocess.run(
+        [sys.executable, "-m", "autocompress.cli.main", "search", "--help"],
+        capture_output=True, text=True, check=True).stdout
