@@ -214,6 +214,13 @@ class RunFolder:
         return str(stored)
 
 
+def trial_seed(run_seed: int, trial: int) -> int:
+    """The training seed of trial ``trial`` of a search seeded ``run_seed`` (its finetune
+    in the search and at pick): distinct across trials and across search seeds; seed 0's
+    trials train with their trial number."""
+    return run_seed * 10_007 + trial
+
+
 def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
              checkpoint_sha: str | None, augmentation: str) -> RunIdentity:
     """The settings a resumed run must share with the run it resumes (``augmentation``: the

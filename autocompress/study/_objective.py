@@ -16,6 +16,7 @@ from autocompress._io import write_bytes_atomic, write_json_atomic
 from autocompress.evaluation import TrainSettings, evaluate_accuracy, model_stats
 from autocompress.exceptions import ExportError, FinetuneDivergedError
 from autocompress.hardware.export import export_onnx
+from autocompress.study._config import trial_seed
 from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared
 from autocompress.study._records import TrialRecord
 from autocompress.transforms import (
@@ -87,7 +88,9 @@ class Objective:
         steps, stopped_early, score = 0, None, None
         if within:
             score = self._score(compressed)
-            outcome = compressed.train(prepared.data, replace(self.finetune, seed=trial.number),
+            outcome = compressed.train(prepared.data, replace(
+                                           self.finetune,
+                                           seed=trial_seed(self.finetune.seed, trial.number)),
                                        teacher_logits=self._shared_teacher_logits(compressed))
             steps = outcome.steps
             stopped_early = outcome.stopped_early if compressed.candidate.student else None

@@ -100,7 +100,8 @@ def search(config: SearchConfig) -> ParetoFront:
     objective = Objective(
         prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
-                               lr=config.finetune_lr, augmentation=setup.augmentation),
+                               lr=config.finetune_lr, augmentation=setup.augmentation,
+                               seed=config.seed),   # the run's; each trial's: trial_seed
         trial_dir=setup.folder.trial_dir, measure=measure, objectives=config.objectives,
         screen=screening.score if screening is not None else None,
         on_record=_Progress(setup.study, config.trials, budget_ms))

@@ -360,3 +360,13 @@ def test_the_split_seed_fixes_the_validation_set_across_search_seeds() -> None:
     assert "--split-seed" in subprocess.run(
         [sys.executable, "-m", "autocompress.cli.main", "search", "--help"],
         capture_output=True, text=True, check=True).stdout
+
+
+def test_trials_of_different_search_seeds_train_with_different_seeds() -> None:
+    """Two seeds of a search must not finetune trial 0 (the uniform seed) identically, or
+    their spread says nothing; seed 0's trials keep training with their trial number."""
+    from autocompress.study._config import trial_seed
+
+    assert [trial_seed(0, t) for t in range(3)] == [0, 1, 2]
+    seeds = {trial_seed(run, t) for run in range(3) for t in range(1000)}
+    assert len(seeds) == 3000
