@@ -332,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         csv = args.out / "cifar10_search_smoke.csv"
     rows = run_cell(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(csv, mode="a", header=not csv.is_file(), index=False)
+    # rows of some approaches lack other approaches' columns: align them with the file's
+    frame = pd.DataFrame(rows)
+    if csv.is_file():
+        frame = pd.concat([pd.read_csv(csv), frame], ignore_index=True)
+    frame.to_csv(csv, index=False)
     print(pd.DataFrame(rows)[["approach", "accuracy", "measured_latency_ms",
                               "within_budget"]].to_string(index=False))
     return 0
