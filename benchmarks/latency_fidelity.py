@@ -45,6 +45,8 @@ FAMILIES = (
     ("torchvision:resnet18", (1, 3, 96, 96)),
 )
 CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
+#: channel rounding of the candidates (what the committed results were measured with)
+FIDELITY_ROUND_TO = 8
 
 
 def build_models(name: str, shape: tuple[int, int, int, int], count: int, seed: int
@@ -54,8 +56,9 @@ def build_models(name: str, shape: tuple[int, int, int, int], count: int, seed: 
         torch.manual_seed(seed)
         model = create_model(name, num_classes=10, in_channels=shape[1]).eval()
     x = torch.zeros(shape)
-    bound = SearchSpace.default().bind([g.name for g in find_channel_groups(model, x)],
-                                       sparsifiable_layers(model))
+    space = SearchSpace.default().for_device(FIDELITY_ROUND_TO, "any")
+    bound = space.bind([g.name for g in find_channel_groups(model, x)],
+                       sparsifiable_layers(model))
     out = []
     for ratio in CALIBRATION_RATIOS:
         pruned = copy.deepcopy(model)

@@ -350,6 +350,9 @@ def _profile(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {profile.describe()}; {unstable} of {len(profile.kernels)} "
           f"kernels did not settle within the time cap (spread recorded); "
           f"{profile.elapsed_s:.0f} s")
+    if profile.channel_block is not None:
+        print(f"channel block: {profile.channel_block} (convolutions run fastest at multiples "
+              f"of {profile.channel_block} channels; spaces with round_to: device round to it)")
     return 0
 
 

@@ -1,6 +1,10 @@
 """Hardware profiles: measured kernel latencies of one backend on one device, as versioned
 JSON. A profile holds measurements only; the latency model is fitted from it on load.
 
+Profiles also hold a channel sweep (:mod:`autocompress.hardware.alignment`), from which the
+device's channel block is read; files written before the sweep existed have none (the
+field is an addition, like ``precisions``).
+
 A profile measures kernels in one or more precisions (each kernel records its own); files
 list them in ``precisions``. Files written before precisions existed hold fp32 kernels only
 and read as such (the format version did not change: the field is an addition).
@@ -51,6 +55,9 @@ class HardwareProfile:
     grid: str = ""
     measure_settings: Mapping[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    #: the channel sweep's convolutions (not in ``kernels``: the latency model is not fitted
+    #: on them)
+    channel_sweep: tuple[KernelMeasurement, ...] = ()
 
     @property
     def threads(self) -> int:
@@ -61,6 +68,18 @@ class HardwareProfile:
         """The precisions this profile measured kernels in, in :data:`PRECISIONS` order."""
         found = {m.kernel.precision for m in self.kernels}
         return tuple(p for p in PRECISIONS if p in found)
+
+    @property
+    def channel_block(self) -> int | None:
+        """The multiple of channels this device runs convolutions fastest at, read from the
+        channel sweep (:func:`~autocompress.hardware.alignment.channel_block`); ``None``
+        for a profile without a sweep."""
+        if not self.channel_sweep:
+            return None
+        from autocompress.hardware.alignment import channel_block
+
+        return channel_block({m.kernel.out_channels: m.latency.median_ms
+                              for m in self.channel_sweep})
 
     def describe(self) -> str:
         precisions = "" if self.precisions == ("fp32",) else f" ({'+'.join(self.precisions)})"
@@ -88,6 +107,9 @@ class HardwareProfile:
             "overhead": self.overhead.to_dict(),
             "kernels": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
                         for m in self.kernels],
+            "channel_block": self.channel_block,   # read from the sweep, for people
+            "channel_sweep": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
+                              for m in self.channel_sweep],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -128,9 +150,8 @@ class HardwareProfile:
                 backend_settings=dict(info.get("settings", {})),
                 device=dict(data["device"]),
                 overhead=LatencyMeasurement.from_dict(data["overhead"]),
-                kernels=tuple(
-                    KernelMeasurement(Kernel.from_dict(k), LatencyMeasurement.from_dict(
-                        k["latency"])) for k in data["kernels"]),
+                kernels=_measurements(data["kernels"]),
+                channel_sweep=_measurements(data.get("channel_sweep", [])),
                 created=str(data.get("created", "")),
                 autocompress_version=str(data.get("autocompress_version", "")),
                 batch_size=int(data.get("batch_size", 1)),
@@ -156,3 +177,8 @@ class HardwareProfile:
                 f"kernels in {sorted({m.kernel.precision for m in profile.kernels})} (known: "
                 f"{', '.join(PRECISIONS)}); re-run 'autocompress profile'")
         return profile
+
+
+def _measurements(items: Any) -> tuple[KernelMeasurement, ...]:
+    return tuple(KernelMeasurement(Kernel.from_dict(k), LatencyMeasurement.from_dict(
+        k["latency"])) for k in items)

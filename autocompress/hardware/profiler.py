@@ -15,6 +15,7 @@ import numpy as np
 from autocompress._io import write_json_atomic
 from autocompress._version import __version__
 from autocompress.exceptions import ProfileError
+from autocompress.hardware.alignment import SWEEP_CHANNELS, sweep_kernel
 from autocompress.hardware.backends import (
     Backend,
     LatencyMeasurement,
@@ -37,7 +38,7 @@ __all__ = ["GRID_NAME", "adaptive_kernels", "check_precisions", "default_grid",
 
 _logger = logging.getLogger(__name__)
 
-GRID_NAME = "standard-v1+adaptive"
+GRID_NAME = "standard-v1+adaptive+sweep"
 _MAX_MACS = 120_000_000  # keeps every kernel well under ~50 ms on a small CPU
 
 ProgressFn = Callable[[int, int], None]
@@ -295,6 +296,7 @@ def profile_backend(
     seed: int = 0,
     progress: ProgressFn | None = None,
     precisions: Sequence[str] = ("fp32",),
+    sweep: bool = True,
 ) -> HardwareProfile:
     """Measure ``grid`` (default: :func:`default_grid`) on ``backend`` and save to ``out``.
 
@@ -302,7 +304,11 @@ def profile_backend(
     slow drifts of a shared machine spread over all kernels; the recorded result is
     :func:`~autocompress.hardware.backends.median_of_rounds` of the rounds. Then
     ``adaptive`` more kernels are sampled around the kernels the grid's linear fit explains
-    worst (:func:`adaptive_kernels`). Finished measurements are kept in ``out`` +
+    worst (:func:`adaptive_kernels`). The channel sweep of
+    :mod:`~autocompress.hardware.alignment` is measured with the grid (shuffled in with it)
+    and kept apart, for the device's channel block (``sweep=False`` leaves it out: the
+    profile then has no block, and spaces that leave ``round_to`` to the device do not
+    round). Finished measurements are kept in ``out`` +
     ``.partial`` so an interrupted run resumes where it stopped. The profile records the
     backend's :meth:`~autocompress.hardware.backends.Backend.describe_device`.
 
@@ -317,11 +323,12 @@ def profile_backend(
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
     start = time.perf_counter()
-    total = 1 + rounds * (len(grid) + len(others) + adaptive)
+    sweep = [sweep_kernel(c) for c in SWEEP_CHANNELS] if sweep else []
+    total = 1 + rounds * (len(grid) + len(others) + len(sweep) + adaptive)
     session = _Rounds(backend, settings, rounds, seed, partial_path, progress, total)
     overhead = backend.measure(overhead_graph(), settings)
     session.tick()
-    session.measure_all(grid + others)
+    session.measure_all(grid + others + sweep)
     extra = adaptive_kernels([(k, session.result(k).median_ms) for k in grid], adaptive,
                              backend.cost_rules)
     session.measure_all(extra)
@@ -338,6 +345,7 @@ def profile_backend(
         measure_settings={**asdict(settings), "rounds": rounds, "adaptive": len(extra),
                           "precisions": list(precisions)},
         elapsed_s=time.perf_counter() - start,
+        channel_sweep=tuple(KernelMeasurement(k, session.result(k)) for k in sweep),
     )
     profile.save(out)
     partial_path.unlink(missing_ok=True)

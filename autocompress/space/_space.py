@@ -89,7 +89,11 @@ class SearchSpace:
     channel_rules: tuple[Rule, ...]
     sparsity_rules: tuple[Rule, ...]
     importance: Importance = "l2"
-    round_to: int = 1
+    #: kept channel counts are multiples of this; ``None`` (a YAML space without
+    #: ``channels.round_to``, or ``round_to: device``): the target device's channel block,
+    #: set by :meth:`for_device` (a search does it with its profile; :meth:`bind` without
+    #: it does not round)
+    round_to: int | None = 1
     min_channels: int = 1
     source: str = "<memory>"
     precision: PrecisionSpace | None = None
@@ -140,7 +144,10 @@ class SearchSpace:
 
         importances = _parse_choices(channels.get("importance", "l2"),
                                      f"{source}: channels.importance", IMPORTANCES)
-        round_to = _positive_int(channels.get("round_to", 1), f"{source}: channels.round_to")
+        round_to = channels.get("round_to", "device")
+        round_to = (None if round_to == "device" else
+                    _positive_int(round_to, f"{source}: channels.round_to (a number, or "
+                                            f"'device': the profile's channel block)"))
         min_channels = _positive_int(
             channels.get("min_channels", 1), f"{source}: channels.min_channels"
         )
@@ -198,6 +205,26 @@ class SearchSpace:
         students = self.students.precisions if self.students is not None else set()
         return {"fp32"} | (self.precision.offered if self.precision else set()) | students
 
+    def for_device(self, channel_block: int | None, device: str) -> SearchSpace:
+        """This space with ``round_to`` set from the target's ``channel_block`` (its
+        profile's :attr:`~autocompress.hardware.HardwareProfile.channel_block`) where the
+        space leaves it to the device; 1 where the profile has no channel sweep. A
+        ``round_to`` the space sets is kept."""
+        if self.round_to is not None:
+            return self
+        if channel_block is None:
+            _logger.warning("%s leaves channels.round_to to the device, but the profile of "
+                            "%s has no channel sweep (it was measured by an older "
+                            "autocompress): channel counts are not rounded; re-profile the "
+                            "device, or set channels.round_to", self.source, device)
+            return replace(self, round_to=1)
+        if self.channel_rules:
+            _logger.info("kept channel counts are multiples of %d: %s runs convolutions "
+                         "fastest at multiples of %d channels (its profile's channel sweep; "
+                         "set channels.round_to in the space to choose)", channel_block,
+                         device, channel_block)
+        return replace(self, round_to=channel_block)
+
     def check_precisions(self, runs: Sequence[str], device: str) -> None:
         """Refuse precisions the target does not run (``runs``: what its backend executes
         and its profile measured)."""
@@ -215,7 +242,11 @@ class SearchSpace:
         """Tie the rules to a model's prunable ``groups`` and sparsifiable ``layers``
         (precision and low-rank rules also match ``layers``, its Conv2d/Linear layers). With
         ``sparsity=False`` the sparsity rules are left out (no layer is made sparse): for
-        searches whose objectives sparsity cannot move, as latency on dense kernels."""
+        searches whose objectives sparsity cannot move, as latency on dense kernels. A space
+        that leaves ``round_to`` to the device and was not given one (:meth:`for_device`)
+        does not round channel counts."""
+        if self.round_to is None:   # no device given: channel counts are not rounded
+            return replace(self, round_to=1).bind(groups, layers, sparsity=sparsity)
         precision_params: tuple[_ChoiceParam, ...] = ()
         method: _ChoiceParam | None = None
         if self.precision is not None:

@@ -49,8 +49,8 @@ from autocompress.transforms import (
 from autocompress.transforms._importance import training_statistics
 
 __all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "fastest_estimate_ms",
-           "first_run_info", "importance_statistics", "measure_and_calibrate",
-           "load_search_data", "load_space", "local_profile", "run_data", "search_data",
+           "first_run_info", "for_device", "importance_statistics", "load_search_data",
+           "load_space", "local_profile", "measure_and_calibrate", "run_data", "search_data",
            "seed_params"]
 
 _logger = logging.getLogger("autocompress")
@@ -244,6 +244,13 @@ def local_profile(threads: int, precisions: tuple[str, ...] = ("fp32",)) -> Path
     profile_backend(backend, path, precisions=precisions)
     _logger.info("profiled in %.0f s", time.perf_counter() - start)
     return path
+
+
+def for_device(space: SearchSpace, profile: HardwareProfile) -> SearchSpace:
+    """``space`` with the channel rounding the profiled device asks for, where the space
+    leaves it to the device (:meth:`SearchSpace.for_device`)."""
+    device = f"{profile.backend} on {profile.device.get('cpu', '?')}"
+    return space.for_device(profile.channel_block, device)
 
 
 def load_profile(source: Path, space: SearchSpace) -> HardwareProfile:

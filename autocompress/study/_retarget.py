@@ -48,7 +48,7 @@ from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import ParetoFront
 from autocompress.study._objective import CONSTRAINT
 from autocompress.study._pick import load_study
-from autocompress.study._prepare import fastest_estimate_ms, measure_and_calibrate
+from autocompress.study._prepare import fastest_estimate_ms, for_device, measure_and_calibrate
 from autocompress.study._records import (
     RECORD_ATTR,
     Budget,
@@ -245,6 +245,8 @@ def retarget(run: str | Path, profile: str | Path, out: str | Path, *,
     new_profile = HardwareProfile.load(profile_path)
     space = SearchSpace.from_yaml(source.path / "space.yaml")
     _check_profile(new_profile, profile_path, space, trials, source.path)
+    # as the follow-up search on the new device will round channels (the trials keep theirs)
+    space = for_device(space, new_profile)
 
     structures = _Structures.of(info, space)
     new_info, model, baseline_onnx = _settle(info, structures, new_profile, profile_path,

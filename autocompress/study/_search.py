@@ -39,6 +39,7 @@ from autocompress.study._pick import load_front
 from autocompress.study._prepare import (
     Prepared,
     first_run_info,
+    for_device,
     load_profile,
     load_space,
     local_profile,
@@ -126,6 +127,7 @@ def _setup(config: SearchConfig) -> _Setup:
     else:
         profile_src = local_profile(config.threads, tuple(sorted(space.precisions)))
     profile = load_profile(profile_src, space)
+    space = for_device(space, profile)
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise CheckpointError(f"checkpoint {config.checkpoint} does not exist")
     ident = identity(config, space_sha=hashlib.sha256(space_src.read_bytes()).hexdigest(),

@@ -320,7 +320,7 @@ def test_interrupted_profiling_resumes_from_partial_file(
 
     with pytest.raises(Interrupted):
         profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
-                        progress=interrupt)
+                        progress=interrupt, sweep=False)
     first_calls = len(calls)
     assert first_calls == 12  # the overhead and 11 kernels
     assert partial.is_file() and not out.exists()
@@ -330,7 +330,7 @@ def test_interrupted_profiling_resumes_from_partial_file(
     calls.clear()
     seen: list[int] = []
     result = profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
-                             progress=lambda done, total: seen.append(done))
+                             progress=lambda done, total: seen.append(done), sweep=False)
     assert len(calls) == 1 + len(grid) - len(saved)  # overhead + what was not saved
     assert len(calls) < 1 + len(grid)
     assert seen[-1] == len(grid) + 1

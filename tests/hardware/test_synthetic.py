@@ -93,7 +93,7 @@ def test_scale_comes_from_the_option_or_the_environment(monkeypatch: pytest.Monk
     base = SyntheticBackend(scale=1.0).measure(model).median_ms
     monkeypatch.setenv(SCALE_ENV, "0.4")
     faster = get_backend("synthetic")
-    assert faster.settings() == {"scale": 0.4}
+    assert faster.settings() == {"scale": 0.4, "channel_block": 1}
     assert faster.describe_device() == {"cpu": "synthetic", "scale": 0.4}
     assert faster.measure(model).median_ms == pytest.approx(0.4 * base)
     assert get_backend("synthetic", scale=2.5).measure(model).median_ms == pytest.approx(
@@ -102,7 +102,7 @@ def test_scale_comes_from_the_option_or_the_environment(monkeypatch: pytest.Monk
     with pytest.raises(ProfileError, match=SCALE_ENV):
         get_backend("synthetic")
     monkeypatch.delenv(SCALE_ENV)
-    assert get_backend("synthetic").settings() == {"scale": 1.0}
+    assert get_backend("synthetic").settings() == {"scale": 1.0, "channel_block": 1}
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ProfileError, match="positive"):
             SyntheticBackend(scale=bad)

@@ -53,7 +53,8 @@ def test_default_space_file_loads_with_documented_settings() -> None:
     space = SearchSpace.default()
     assert space == SearchSpace.from_yaml(DEFAULT_SPACE_PATH)
     assert space.source == str(DEFAULT_SPACE_PATH)
-    assert (space.importance, space.round_to, space.min_channels) == ("l2", 8, 8)
+    assert (space.importance, space.round_to, space.min_channels) == ("l2", None, 8)
+    assert space.for_device(8, "a CPU").round_to == 8   # left to the device
     assert len(space.channel_rules) >= 1 and len(space.sparsity_rules) >= 1
     bound = space.bind(GROUPS, LAYERS)
     assert set(bound.distributions) == (
@@ -230,7 +231,7 @@ def test_valid_file_parses_rules_in_order(tmp_path: Path) -> None:
 
 
 def test_sampled_values_lie_in_their_ranges() -> None:
-    bound = SearchSpace.default().bind(GROUPS, LAYERS)
+    bound = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS)
     assert isinstance(bound, BoundSpace)
     for seed in range(15):
         trial = _trial(seed)
@@ -247,7 +248,7 @@ def test_sampled_values_lie_in_their_ranges() -> None:
 
 
 def test_distributions_match_what_sample_suggests() -> None:
-    bound = SearchSpace.default().bind(GROUPS, LAYERS)
+    bound = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS)
     trial = _trial(3)
     bound.sample(trial)
     for name, dist in bound.distributions.items():
@@ -317,7 +318,7 @@ def test_rule_matching_nothing_logs_a_warning(caplog: pytest.LogCaptureFixture) 
 
 
 def test_extreme_picks_ends_of_every_range() -> None:
-    bound = SearchSpace.default().bind(GROUPS, LAYERS)
+    bound = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS)
     low, high = bound.extreme("min"), bound.extreme("max")
     assert set(low.channel_keep.values()) == {0.25}
     assert set(high.channel_keep.values()) == {1.0}
@@ -326,7 +327,7 @@ def test_extreme_picks_ends_of_every_range() -> None:
 
 
 def test_uniform_sets_every_group_and_no_sparsity() -> None:
-    bound = SearchSpace.default().bind(GROUPS, LAYERS)
+    bound = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS)
     candidate = bound.uniform(0.5)
     assert dict(candidate.channel_keep) == dict.fromkeys(GROUPS, 0.5)
     assert dict(candidate.sparsity) == {}
@@ -336,14 +337,14 @@ def test_uniform_sets_every_group_and_no_sparsity() -> None:
 
 
 def test_candidate_from_params_replays_a_trial() -> None:
-    bound = SearchSpace.default().bind(GROUPS, LAYERS)
+    bound = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS)
     trial = _trial(7)
     sampled = bound.sample(trial)
     assert bound.candidate_from_params(dict(trial.params)) == sampled
 
 
 def test_candidate_from_params_refuses_missing_parameters() -> None:
-    bound = SearchSpace.default().bind(GROUPS, LAYERS)
+    bound = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS)
     with pytest.raises(SearchSpaceError, match="keep_ratio/conv1"):
         bound.candidate_from_params({})
 
@@ -366,7 +367,7 @@ def test_candidate_json_round_trip_is_equal() -> None:
 
 
 def test_sampled_candidate_round_trips_through_json() -> None:
-    candidate = SearchSpace.default().bind(GROUPS, LAYERS).sample(_trial(2))
+    candidate = SearchSpace.default().for_device(8, "a CPU").bind(GROUPS, LAYERS).sample(_trial(2))
     assert Candidate.from_json(candidate.to_json()) == candidate
 
 

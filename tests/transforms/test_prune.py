@@ -265,7 +265,11 @@ def test_classifier_registered_first_is_still_not_pruned() -> None:
     (64, 0.3, 8, 1, 16),     # 19.2 -> nearest multiple of 8
     (64, 0.5, 8, 8, 32),
     (16, 0.2, 8, 8, 8),      # min_channels holds the floor
-    (12, 0.5, 8, 1, 6),      # narrower than 2 * round_to: not rounded to blocks
+    (12, 0.5, 8, 1, 8),      # narrower than 2 * round_to: to the half block (4) it holds
+    (16, 0.625, 16, 8, 8),   # 16 channels on a 16-channel device: 8 or 16
+    (16, 0.75, 16, 1, 16),
+    (6, 0.5, 8, 1, 4),       # to 2
+    (3, 0.5, 8, 1, 2),       # ... to 1
     (10, 0.05, 1, 4, 4),     # never below min_channels
     (3, 0.1, 1, 8, 3),       # ... unless the layer is narrower than that
     (7, 0.01, 1, 1, 1),      # never zero

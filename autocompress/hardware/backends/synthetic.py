@@ -30,6 +30,11 @@ DequantizeLinear costs as that conversion. The magnitudes put a builtin resnet20
 near 0.1 ms and at 1x1x28x28 near 0.8 ms, as ONNX Runtime on one thread of a small CPU, with
 the per-run overhead a small part of either.
 
+``channel_block`` (default 1: none) makes the device run convolutions in blocks of
+channels: a conv, conv1x1 or dwconv kernel whose channel counts are not all multiples of
+the block costs as the kernel with its counts rounded up to the block, times
+:data:`UNALIGNED_FACTOR` (the slower path a runtime takes off its blocked layout).
+
 ``scale`` multiplies everything: ``scale=0.4`` simulates a host 2.5x faster, ``2.5`` one 2.5x
 slower. It defaults to the environment variable ``AUTOCOMPRESS_SYNTHETIC_SCALE`` (else 1.0)
 and is recorded in the backend's settings, so a profile remembers it.
@@ -45,6 +50,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -85,19 +91,40 @@ COEFFICIENTS: Mapping[str, tuple[float, ...]] = MappingProxyType({
 })
 #: int8 kernels cost this fraction of fp32's work (their constant is fp32's).
 INT8_FACTOR = 0.5
+#: Off a ``channel_block``, a convolution costs its rounded-up kernel times this.
+UNALIGNED_FACTOR = 1.3
+_BLOCKED_KINDS = ("conv", "conv1x1", "dwconv")
 #: The cost rules of the synthetic device: the neutral ones.
 SYNTHETIC_RULES = CostRules()
 _CONVERSION_OPS = {"QuantizeLinear": "quantize", "DequantizeLinear": "dequantize"}
 
 
-def _kernel_ms(kernel: Kernel) -> float:
+def _aligned(kernel: Kernel, block: int) -> tuple[Kernel, float]:
+    """The kernel a device with ``block``-channel blocks runs for ``kernel``, and the factor
+    on its cost."""
+    if block <= 1 or kernel.kind not in _BLOCKED_KINDS:
+        return kernel, 1.0
+    up = [-(-c // block) * block for c in (kernel.in_channels, kernel.out_channels)]
+    if up == [kernel.in_channels, kernel.out_channels]:
+        return kernel, 1.0
+    groups = up[0] if kernel.kind == "dwconv" else kernel.groups
+    return replace(kernel, in_channels=up[0], out_channels=up[1], groups=groups), \
+        UNALIGNED_FACTOR
+
+
+def _kernel_ms(kernel: Kernel, block: int = 1) -> float:
+    kernel, factor = _aligned(kernel, block)
+    return factor * _plain_kernel_ms(kernel)
+
+
+def _plain_kernel_ms(kernel: Kernel) -> float:
     weights = np.array(COEFFICIENTS[kernel.kind])
     if kernel.precision == "int8" and kernel.kind not in ("quantize", "dequantize"):
         weights = np.concatenate([weights[:1], weights[1:] * INT8_FACTOR])
     return float(weights @ neutral_features(kernel))
 
 
-def _node_ms(node: NodeKernel) -> float:
+def _node_ms(node: NodeKernel, block: int = 1) -> float:
     if node.kernel is None:
         return 0.0
     conversion = _CONVERSION_OPS.get(node.op_type)
@@ -105,10 +132,11 @@ def _node_ms(node: NodeKernel) -> float:
         k = node.kernel
         return _kernel_ms(Kernel(conversion, k.in_channels, k.out_channels,  # type: ignore[arg-type]
                                  k.height, k.width, precision="int8"))
-    return _kernel_ms(node.kernel)
+    return _kernel_ms(node.kernel, block)
 
 
-def synthetic_latency_ms(onnx_model: bytes | onnx.ModelProto, scale: float = 1.0) -> float:
+def synthetic_latency_ms(onnx_model: bytes | onnx.ModelProto, scale: float = 1.0,
+                         channel_block: int = 1) -> float:
     """The synthetic device's latency of ``onnx_model`` in ms (the module docstring's
     formula)."""
     try:
@@ -120,7 +148,7 @@ def synthetic_latency_ms(onnx_model: bytes | onnx.ModelProto, scale: float = 1.0
     if is_qdq(model):
         model, precisions = split_qdq(model)
     nodes = kernels_of(model, precisions, rules=SYNTHETIC_RULES)
-    total = OVERHEAD_MS + sum(_node_ms(node) for node in nodes)
+    total = OVERHEAD_MS + sum(_node_ms(node, channel_block) for node in nodes)
     if precisions:
         total += sum(_kernel_ms(b.kernel) for b in boundaries_of(model, nodes))
     return scale * total
@@ -142,13 +170,14 @@ class SyntheticBackend(Backend):
     """A deterministic stand-in device (see the module docstring): ``measure`` returns the
     synthetic latency exactly, ``run`` computes real outputs with ONNX Runtime's CPU.
 
-    ``scale`` multiplies every latency (default: ``$AUTOCOMPRESS_SYNTHETIC_SCALE``, else 1).
+    ``scale`` multiplies every latency (default: ``$AUTOCOMPRESS_SYNTHETIC_SCALE``, else 1);
+    ``channel_block`` makes convolutions cheapest at multiples of that many channels.
     """
 
     cost_rules = SYNTHETIC_RULES
     summary = "computes a deterministic latency formula on any machine"
 
-    def __init__(self, scale: float | None = None) -> None:
+    def __init__(self, scale: float | None = None, channel_block: int = 1) -> None:
         value = _default_scale() if scale is None else scale
         if isinstance(value, bool) or not isinstance(value, int | float) or not (
                 math.isfinite(value) and value > 0):
@@ -156,6 +185,11 @@ class SyntheticBackend(Backend):
             raise ProfileError(f"the synthetic backend's scale must be a positive number, "
                                f"not {value!r} (from {source})")
         self.scale = float(value)
+        if isinstance(channel_block, bool) or not isinstance(channel_block, int) or \
+                channel_block < 1:
+            raise ProfileError(f"the synthetic backend's channel_block must be a positive "
+                               f"integer, not {channel_block!r}")
+        self.channel_block = channel_block
         self._runner: OnnxRuntimeBackend | None = None
 
     def version(self) -> str:
@@ -166,7 +200,7 @@ class SyntheticBackend(Backend):
         return ("fp32", "int8")
 
     def settings(self) -> dict[str, Any]:
-        return {"scale": self.scale}
+        return {"scale": self.scale, "channel_block": self.channel_block}
 
     def describe_device(self) -> dict[str, Any]:
         return {"cpu": "synthetic", "scale": self.scale}
@@ -174,7 +208,7 @@ class SyntheticBackend(Backend):
     def measure(
         self, onnx_model: bytes, settings: MeasureSettings | None = None
     ) -> LatencyMeasurement:
-        ms = synthetic_latency_ms(onnx_model, self.scale)
+        ms = synthetic_latency_ms(onnx_model, self.scale, self.channel_block)
         return LatencyMeasurement(median_ms=ms, p25_ms=ms, p75_ms=ms, runs=1, stable=True)
 
     def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
