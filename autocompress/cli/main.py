@@ -185,10 +185,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--input-shape", type=_shape)
     e.add_argument("--num-classes", type=int, default=10)
 
-    m = sub.add_parser("measure", help="measure an ONNX model's latency on a backend")
-    m.add_argument("--onnx", type=Path, required=True)
+    m = sub.add_parser("measure", help="measure ONNX models' latency on a backend")
+    m.add_argument("--onnx", type=Path, required=True,
+                   help="an ONNX file, or a folder: every .onnx file in it, interleaved")
     _backend_options(m)
     m.add_argument("--rounds", type=int, default=3, help="measurement rounds (default: 3)")
+    m.add_argument("--out", type=Path, help="also write the results to this JSON file (what "
+                   "`calibrate --measurements` reads)")
+
+    c = sub.add_parser("calibrate", help="measure a few reference models on a profile's "
+                       "device and store its correction of raw estimates in the profile")
+    c.add_argument("--profile", type=Path, required=True,
+                   help="hardware profile JSON (rewritten with the calibration)")
+    c.add_argument("--export-references", type=Path, metavar="DIR",
+                   help="only write the reference models to DIR, to measure them on a device "
+                        "this machine cannot reach (`autocompress measure --onnx DIR --out "
+                        "results.json` there)")
+    c.add_argument("--measurements", type=Path,
+                   help="results.json of `autocompress measure` on the device, instead of "
+                        "measuring here")
+    c.add_argument("--rounds", type=int, default=3, help="measurement rounds (default: 3)")
     return parser
 
 
@@ -374,25 +390,65 @@ def _estimate(args: argparse.Namespace) -> int:
                                   num_classes=args.num_classes)
         estimate, profile = result.estimate, result.profile
         what = f"{result.what} at input {'x'.join(map(str, result.input_shape))}"
-    print(f"{what}: {estimate.latency_ms:.3f} ms +- {estimate.std_ms:.3f} (estimate from "
-          f"{args.profile}: {profile.describe()}; uncalibrated)")
+    device = profile.device_calibration
+    if device is None:
+        print(f"{what}: {estimate.latency_ms:.3f} ms +- {estimate.std_ms:.3f} (estimate from "
+              f"{args.profile}: {profile.describe()}; uncalibrated)")
+    else:
+        calibrated = device.offset_ms + device.scale * estimate.latency_ms
+        print(f"{what}: {calibrated:.3f} ms +- {device.scale * estimate.std_ms:.3f} (estimate "
+              f"from {args.profile}: {profile.describe()}; device calibration "
+              f"{device.describe()}; raw {estimate.latency_ms:.3f} ms)")
     if estimate.unmodelled:
         print(f"note: operators costed as elementwise: {', '.join(estimate.unmodelled)}")
     return 0
 
 
 def _measure(args: argparse.Namespace) -> int:
+    from autocompress.exceptions import ExportError
     from autocompress.hardware import get_backend
-    from autocompress.hardware._tools import measure_onnx
+    from autocompress.hardware._tools import measure_onnx_many
 
     backend = get_backend(args.backend, **_backend_args(args))
-    m = measure_onnx(args.onnx, backend=backend, rounds=args.rounds)
+    files = sorted(args.onnx.glob("*.onnx")) if args.onnx.is_dir() else [args.onnx]
+    if not files:
+        raise ExportError(f"{args.onnx} holds no .onnx file")
+    results = measure_onnx_many(files, backend=backend, rounds=args.rounds)
     settings = backend.settings()
     where = (f"{backend.name}, {settings['threads']} thread(s)" if "threads" in settings else
              ", ".join([backend.name, *(f"{k} {v}" for k, v in settings.items())]))
-    print(f"{args.onnx}: {m.median_ms:.3f} ms median (measured on {where}; quartiles "
-          f"{m.p25_ms:.3f}-{m.p75_ms:.3f} ms, {m.runs} runs"
-          f"{'' if m.stable else ', did not settle'})")
+    for path, m in zip(files, results, strict=True):
+        print(f"{path}: {m.median_ms:.3f} ms median (measured on {where}; quartiles "
+              f"{m.p25_ms:.3f}-{m.p75_ms:.3f} ms, {m.runs} runs"
+              f"{'' if m.stable else ', did not settle'})")
+    if args.out is not None:
+        from autocompress._io import write_json_atomic
+        from autocompress.hardware.profile import describe_device
+
+        write_json_atomic(args.out, {
+            "backend": {"name": backend.name, "version": backend.version(),
+                        "settings": settings},
+            "device": describe_device(),
+            "results": [{"onnx": str(path), **m.to_dict()}
+                        for path, m in zip(files, results, strict=True)]})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from autocompress.study._calibrate import calibrate_device, export_references
+
+    if args.export_references is not None:
+        paths = export_references(args.export_references)
+        print(f"wrote {len(paths)} reference models to {args.export_references}; on the "
+              f"device: autocompress measure --onnx {args.export_references} --out "
+              f"results.json (with the profile's backend options), then here: autocompress "
+              f"calibrate --profile {args.profile} --measurements results.json")
+        return 0
+    result = calibrate_device(args.profile, measurements=args.measurements, rounds=args.rounds)
+    for model, raw, calibrated in result.errors():
+        print(f"{model}: raw estimate {raw:+.1%}, calibrated {calibrated:+.1%} of measured")
+    print(f"wrote {args.profile}: device calibration {result.calibration.describe()}")
     return 0
 
 
@@ -413,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     commands = {"search": _search, "front": _front, "pick": _pick, "profile": _profile,
                 "estimate": _estimate, "measure": _measure, "report": _report,
-                "retarget": _retarget}
-    if args.command in ("search", "front", "pick", "report", "retarget"):
+                "retarget": _retarget, "calibrate": _calibrate}
+    if args.command in ("search", "front", "pick", "report", "retarget", "calibrate"):
         try:
             _need_search_extra()
         except AutocompressError as exc:

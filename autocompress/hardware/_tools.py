@@ -18,7 +18,7 @@ from autocompress.hardware.backends import (
 )
 from autocompress.hardware.profile import HardwareProfile
 
-__all__ = ["estimate_onnx", "measure_onnx", "profile_device"]
+__all__ = ["estimate_onnx", "measure_onnx", "measure_onnx_many", "profile_device"]
 
 _MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
 
@@ -59,6 +59,13 @@ def measure_onnx(onnx: str | Path, *, backend: str | Backend = "onnxruntime",
     else:
         runner = get_backend(backend, threads=threads, **backend_options)
     return runner.measure_many([_read(onnx)], _MEASURE, rounds=rounds)[0]
+
+
+def measure_onnx_many(files: Sequence[str | Path], *, backend: Backend, rounds: int = 3
+                      ) -> list[LatencyMeasurement]:
+    """Measure several ONNX files on ``backend``, interleaved (round robin over ``rounds``
+    rounds, so that slow drifts of the machine hit them alike)."""
+    return backend.measure_many([_read(f) for f in files], _MEASURE, rounds=rounds)
 
 
 def estimate_onnx(profile: str | Path, onnx: str | Path) -> Any:

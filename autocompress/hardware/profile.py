@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from autocompress._io import write_json_atomic
+from autocompress._records import RecordError, from_jsonable, to_jsonable
 from autocompress.exceptions import ProfileError
 from autocompress.hardware._device import describe_device
 from autocompress.hardware.backends import LatencyMeasurement
 from autocompress.hardware.kernels import PRECISIONS, Kernel
 
-__all__ = ["PROFILE_FORMAT", "PROFILE_FORMAT_VERSION", "HardwareProfile", "KernelMeasurement",
-           "describe_device"]
+__all__ = ["PROFILE_FORMAT", "PROFILE_FORMAT_VERSION", "DeviceCalibration", "HardwareProfile",
+           "KernelMeasurement", "ReferencePoint", "describe_device"]
 
 PROFILE_FORMAT = "autocompress-hardware-profile"
 PROFILE_FORMAT_VERSION = 1
@@ -36,6 +37,31 @@ PROFILE_FORMAT_VERSION = 1
 class KernelMeasurement:
     kernel: Kernel
     latency: LatencyMeasurement
+
+
+@dataclass(frozen=True)
+class ReferencePoint:
+    """One reference model of a device calibration: its raw estimate and its measurement."""
+
+    model: str
+    estimate_ms: float
+    measured_ms: float
+
+
+@dataclass(frozen=True)
+class DeviceCalibration:
+    """``measured = offset_ms + scale * estimate`` for this device, fitted over reference
+    models measured on it (``autocompress calibrate``; never a model being searched). A
+    search whose profile is of another device applies it to every estimate."""
+
+    scale: float
+    offset_ms: float
+    references: tuple[ReferencePoint, ...]
+    created: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.offset_ms:.3f} ms + {self.scale:.3f} x estimate, from "
+                f"{len(self.references)} reference models measured on the device")
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,8 @@ class HardwareProfile:
     #: the channel sweep's convolutions (not in ``kernels``: the latency model is not fitted
     #: on them)
     channel_sweep: tuple[KernelMeasurement, ...] = ()
+    #: the device's correction of raw estimates (``autocompress calibrate``), if any
+    device_calibration: DeviceCalibration | None = None
 
     @property
     def threads(self) -> int:
@@ -110,6 +138,7 @@ class HardwareProfile:
             "channel_block": self.channel_block,   # read from the sweep, for people
             "channel_sweep": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
                               for m in self.channel_sweep],
+            "device_calibration": to_jsonable(self.device_calibration),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -152,6 +181,9 @@ class HardwareProfile:
                 overhead=LatencyMeasurement.from_dict(data["overhead"]),
                 kernels=_measurements(data["kernels"]),
                 channel_sweep=_measurements(data.get("channel_sweep", [])),
+                device_calibration=(None if data.get("device_calibration") is None else
+                                    from_jsonable(DeviceCalibration,
+                                                  data["device_calibration"])),
                 created=str(data.get("created", "")),
                 autocompress_version=str(data.get("autocompress_version", "")),
                 batch_size=int(data.get("batch_size", 1)),
@@ -159,7 +191,7 @@ class HardwareProfile:
                 measure_settings=dict(data.get("measure_settings", {})),
                 elapsed_s=float(data.get("elapsed_s", 0.0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, RecordError) as exc:
             raise ProfileError(f"{source} is a malformed profile ({type(exc).__name__}: "
                                f"{exc}); re-run 'autocompress profile'") from exc
         if backend is not None and profile.backend != backend:

@@ -48,10 +48,10 @@ from autocompress.transforms import (
 )
 from autocompress.transforms._importance import training_statistics
 
-__all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "fastest_estimate_ms",
-           "first_run_info", "for_device", "importance_statistics", "load_search_data",
-           "load_space", "local_profile", "measure_and_calibrate", "run_data", "search_data",
-           "seed_params"]
+__all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "device_calibration",
+           "fastest_estimate_ms", "first_run_info", "for_device", "importance_statistics",
+           "load_search_data", "load_space", "local_profile", "measure_and_calibrate",
+           "run_data", "search_data", "seed_params"]
 
 _logger = logging.getLogger("autocompress")
 
@@ -293,19 +293,26 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
     raw_ms = prepared.latency_model.estimate(onnx_bytes).latency_ms
     local = is_local(profile)
     measured = None
-    calibration = Calibration(raw_estimate_ms=raw_ms)
+    calibration = device_calibration(profile, raw_ms)
     if local:
         measured, calibration = measure_and_calibrate(
             profile, prepared.latency_model, prepared.compress, prepared.bound, onnx_bytes,
             calibrate=config.calibrate)
+        if not calibration.applied:   # --no-calibrate: the device's, if it has one
+            calibration = device_calibration(profile, raw_ms)
         _logger.info("baseline: accuracy %.4f, measured %.3f ms on %s; profile estimate "
                      "%.3f ms, calibrated as %.3f ms + %.3f x estimate", baseline.accuracy,
                      measured.median_ms, profile.backend, raw_ms, calibration.offset_ms,
                      calibration.scale)
     else:
         _logger.info("baseline: accuracy %.4f, profile estimate %.3f ms (the profile is of "
-                     "another device, so nothing is measured here)", baseline.accuracy, raw_ms)
-    latency_ms = measured.median_ms if measured else raw_ms
+                     "another device, so nothing is measured here)%s", baseline.accuracy,
+                     calibration.offset_ms + calibration.scale * raw_ms,
+                     f"; {profile.device_calibration.describe()}"
+                     if profile.device_calibration else "; no device calibration: "
+                     "`autocompress calibrate` corrects raw estimates")
+    latency_ms = (measured.median_ms if measured else
+                  calibration.offset_ms + calibration.scale * raw_ms)
     if config.latency_budget_ms is not None:
         budget = Budget(config.latency_budget_ms, "given")
     else:
@@ -333,6 +340,16 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
         fastest_estimate_ms=calibrated.fastest_estimate_ms())
 
 
+def device_calibration(profile: HardwareProfile, raw_ms: float) -> Calibration:
+    """The profile's device calibration (``autocompress calibrate``) as a run's
+    calibration, or none: what a search applies when it cannot measure the device."""
+    device = profile.device_calibration
+    if device is None:
+        return Calibration(raw_estimate_ms=raw_ms)
+    return Calibration(scale=device.scale, offset_ms=device.offset_ms, applied=True,
+                       raw_estimate_ms=raw_ms, source="device")
+
+
 def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
                           compress: Callable[[Candidate], CompressedModel], bound: BoundSpace,
                           onnx_bytes: bytes, *, calibrate: bool) -> tuple[Any, Calibration]:
@@ -355,7 +372,7 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
         measured = [r.median_ms for r in results]
         scale, offset = fit_calibration(raws, measured)
         calibration = Calibration(
-            scale=scale, offset_ms=offset, applied=True, raw_estimate_ms=raw_ms,
+            scale=scale, offset_ms=offset, applied=True, raw_estimate_ms=raw_ms, source="model",
             points=tuple(CalibrationPoint(k, e, m)
                          for k, e, m in zip(keeps, raws, measured, strict=True)))
     return results[0], calibration

@@ -176,14 +176,17 @@ class CalibrationPoint:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``measured = offset_ms + scale * estimate``, fitted on measured reference models
-    (uniformly pruned copies of the baseline); identity when not ``applied``."""
+    """``measured = offset_ms + scale * estimate``, fitted on measured reference models:
+    uniformly pruned copies of the baseline (``source`` "model", a search on the profiled
+    machine) or the profile's device calibration (``source`` "device": reference models
+    measured on a device the search cannot reach); identity when not ``applied``."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
     applied: bool = False
     points: tuple[CalibrationPoint, ...] = ()
     raw_estimate_ms: float | None = None
+    source: str = ""
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,15 @@ from autocompress.study._config import RunFolder, sha256_file
 from autocompress.study._front import ParetoFront
 from autocompress.study._objective import CONSTRAINT
 from autocompress.study._pick import load_study
-from autocompress.study._prepare import fastest_estimate_ms, for_device, measure_and_calibrate
+from autocompress.study._prepare import (
+    device_calibration,
+    fastest_estimate_ms,
+    for_device,
+    measure_and_calibrate,
+)
 from autocompress.study._records import (
     RECORD_ATTR,
     Budget,
-    Calibration,
     ProfileRef,
     RunInfo,
     TrialRecord,
@@ -272,15 +276,18 @@ def _settle(info: RunInfo, structures: _Structures, profile: HardwareProfile,
     baseline_onnx = structures.compress(Candidate()).structure_onnx()
     raw_ms = raw.estimate(baseline_onnx).latency_ms
     local = is_local(profile)
-    measured, calibration = None, Calibration(raw_estimate_ms=raw_ms)
+    measured, calibration = None, device_calibration(profile, raw_ms)
     if local:
         _logger.info("the profile is of this machine: measuring the baseline (and calibration "
                      "models) on it, as a search does")
         measured, calibration = measure_and_calibrate(
             profile, raw, structures.compress, structures.bound, baseline_onnx,
             calibrate=info.identity.calibrate)
+        if not calibration.applied:
+            calibration = device_calibration(profile, raw_ms)
     model = raw.calibrated(calibration.scale, calibration.offset_ms)
-    baseline_ms = measured.median_ms if measured is not None else raw_ms
+    baseline_ms = (measured.median_ms if measured is not None else
+                   calibration.offset_ms + calibration.scale * raw_ms)
     budget = _budget(info, baseline_ms, measured is not None, given_budget_ms, run)
     fastest = fastest_estimate_ms(structures.bound,
                                   lambda c: structures.compress(c).estimate(model).latency_ms)

@@ -1,0 +1,154 @@
+"""A device's correction of raw estimates, from a few reference models measured on it.
+
+A profile's kernel model misses what a whole network does that isolated kernels do not
+(caches warm from the previous layer, fusions, the runtime's scheduling), and it misses it
+differently on each device. A search on this machine calibrates on the searched model
+itself (uniformly pruned copies, measured); a device that is elsewhere (a phone, a board
+without RPC) cannot be asked. :func:`calibrate_device` measures :data:`REFERENCE_MODELS`
+(five torchvision classifiers with random weights, none of them a family the fidelity
+benchmark evaluates) on the profile's backend, fits ``measured = offset + scale * estimate``
+over them and stores it in the profile as its
+:class:`~autocompress.hardware.profile.DeviceCalibration`. A search whose profile is of
+another device applies it to every estimate; one on this machine still calibrates on its
+model.
+
+Where the profile's backend cannot be reached from here, :func:`export_references` writes
+the reference graphs to a folder; ``autocompress measure --onnx DIR --out results.json`` on
+the device measures them, and ``calibrate --measurements results.json`` reads the results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from autocompress.exceptions import ProfileError
+from autocompress.hardware import HardwareProfile, MeasureSettings
+from autocompress.hardware.latency import LatencyModel, fit_calibration
+from autocompress.hardware.profile import DeviceCalibration, ReferencePoint
+from autocompress.models import create_model
+from autocompress.space import Candidate
+from autocompress.transforms import compress
+
+__all__ = ["REFERENCE_MODELS", "CalibrationResult", "calibrate_device", "export_references",
+           "reference_graphs"]
+
+_logger = logging.getLogger("autocompress")
+
+#: (model, input shape) of the reference models: five architectures the fidelity benchmark
+#: does not evaluate (depthwise and squeeze-excitation blocks, fire modules, grouped
+#: convolutions), small enough to export and measure in seconds.
+REFERENCE_MODELS: tuple[tuple[str, tuple[int, int, int, int]], ...] = (
+    ("torchvision:mobilenet_v3_small", (1, 3, 96, 96)),
+    ("torchvision:squeezenet1_1", (1, 3, 96, 96)),
+    ("torchvision:regnet_x_400mf", (1, 3, 96, 96)),
+    ("torchvision:mnasnet0_5", (1, 3, 96, 96)),
+    ("torchvision:efficientnet_b0", (1, 3, 96, 96)),
+)
+_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=50, round_runs=25)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The stored calibration and how far the raw estimates were from the measurements."""
+
+    profile: Path
+    calibration: DeviceCalibration
+
+    def errors(self) -> list[tuple[str, float, float]]:
+        """(model, raw error, calibrated error), relative to the measurement."""
+        c = self.calibration
+        return [(p.model, p.estimate_ms / p.measured_ms - 1,
+                 (c.offset_ms + c.scale * p.estimate_ms) / p.measured_ms - 1)
+                for p in c.references]
+
+
+def _label(name: str, shape: tuple[int, ...]) -> str:
+    return f"{name.split(':')[-1]}-{shape[2]}px"
+
+
+def reference_graphs() -> list[tuple[str, bytes]]:
+    """(label, ONNX graph) of every reference model: random weights (seed 0), batch 1."""
+    graphs = []
+    for name, shape in REFERENCE_MODELS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = create_model(name, num_classes=1000, in_channels=shape[1]).eval()
+        onnx_bytes = compress(model, Candidate(), torch.zeros(shape)).structure_onnx()
+        graphs.append((_label(name, shape), onnx_bytes))
+    return graphs
+
+
+def export_references(folder: str | Path) -> list[Path]:
+    """Write the reference graphs to ``folder`` as ``<label>.onnx`` (to measure them on a
+    device this machine cannot reach)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for label, onnx_bytes in reference_graphs():
+        path = folder / f"{label}.onnx"
+        path.write_bytes(onnx_bytes)
+        paths.append(path)
+    return paths
+
+
+def _read_measurements(path: Path, labels: list[str]) -> dict[str, float]:
+    """``{label: median ms}`` from ``autocompress measure --out`` results."""
+    try:
+        rows = json.loads(path.read_text())["results"]
+        found = {Path(r["onnx"]).stem: float(r["median_ms"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProfileError(f"{path} is not the output of `autocompress measure --out` "
+                           f"({type(exc).__name__}: {exc})") from exc
+    missing = [label for label in labels if label not in found]
+    if missing:
+        raise ProfileError(f"{path} has no measurement of {', '.join(missing)}; measure every "
+                           f"file `autocompress calibrate --export-references DIR` wrote")
+    return found
+
+
+def calibrate_device(profile_path: str | Path, *, measurements: str | Path | None = None,
+                     rounds: int = 3) -> CalibrationResult:
+    """Measure the reference models on the profile's backend (or read ``measurements``),
+    fit the device's correction and store it in the profile (rewritten in place).
+
+    Raises:
+        ProfileError: the profile's backend cannot measure here and no ``measurements`` were
+            given, or they miss a reference model.
+    """
+    from autocompress.hardware.backends import backend_for, is_local
+
+    path = Path(profile_path)
+    profile = HardwareProfile.load(path)
+    model = LatencyModel(profile)
+    graphs = reference_graphs()
+    labels = [label for label, _ in graphs]
+    estimates = [model.estimate(onnx_bytes).latency_ms for _, onnx_bytes in graphs]
+    if measurements is not None:
+        found = _read_measurements(Path(measurements), labels)
+        measured = [found[label] for label in labels]
+    else:
+        if not is_local(profile) and not profile.backend_settings.get("rpc"):
+            raise ProfileError(
+                f"{path} is a profile of another device ({profile.describe()}): write the "
+                f"reference models with `autocompress calibrate --profile {path} "
+                f"--export-references DIR`, measure them there with `autocompress measure "
+                f"--onnx DIR --out results.json`, then `autocompress calibrate --profile "
+                f"{path} --measurements results.json`")
+        backend = backend_for(profile.backend, profile.backend_settings)
+        _logger.info("measuring %d reference models on %s", len(graphs), profile.describe())
+        results = backend.measure_many([g for _, g in graphs], _MEASURE, rounds=rounds)
+        measured = [r.median_ms for r in results]
+    scale, offset = fit_calibration(estimates, measured)
+    calibration = DeviceCalibration(
+        scale=scale, offset_ms=offset,
+        references=tuple(ReferencePoint(label, e, m)
+                         for label, e, m in zip(labels, estimates, measured, strict=True)),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    replace(profile, device_calibration=calibration).save(path)
+    return CalibrationResult(path, calibration)

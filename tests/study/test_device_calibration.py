@@ -1,0 +1,100 @@
+"""``autocompress calibrate``: a device's correction of raw estimates from five reference
+models measured on it, stored in its profile and applied by searches that cannot measure it.
+
+The device is the synthetic backend 2.5 times slower than the profile says (its formula at
+``scale`` 2.5, measured with ``autocompress measure --backend synthetic --scale 2.5``), under
+a device name of its own, so this machine cannot measure it: the calibration must come from
+the measurements file, and the fitted scale is 2.5 up to the estimate's own small error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autocompress.cli.main import main
+from autocompress.exceptions import ProfileError
+from autocompress.hardware import HardwareProfile
+from autocompress.study import RunFolder, SearchConfig, calibrate_device, search
+from autocompress.study._calibrate import REFERENCE_MODELS
+
+
+@pytest.fixture(scope="module")
+def remote_profile(synthetic_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic profile, as if measured on a board this machine cannot reach."""
+    path = tmp_path_factory.mktemp("remote") / "board.json"
+    data = json.loads(synthetic_profile.read_text())
+    data["device"]["cpu"] = "a board elsewhere"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibrated(remote_profile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("calibrated")
+    profile = folder / "board.json"
+    shutil.copy(remote_profile, profile)
+    references = folder / "references"
+    assert main(["calibrate", "--profile", str(profile), "--export-references",
+                 str(references)]) == 0
+    assert len(list(references.glob("*.onnx"))) == len(REFERENCE_MODELS)
+    results = folder / "results.json"
+    assert main(["measure", "--onnx", str(references), "--backend", "synthetic", "--scale",
+                 "2.5", "--rounds", "1", "--out", str(results)]) == 0
+    assert main(["calibrate", "--profile", str(profile), "--measurements", str(results)]) == 0
+    return profile   # the reference graphs stay beside it, in references/
+
+
+def test_calibration_from_measurements_fits_the_devices_slowdown(calibrated: Path) -> None:
+    device = HardwareProfile.load(calibrated).device_calibration
+    assert device is not None and len(device.references) == len(REFERENCE_MODELS) <= 5
+    # measured = 2.5 x the synthetic formula; the raw estimate is that formula within ~3%
+    for point in device.references:
+        assert point.measured_ms / point.estimate_ms == pytest.approx(2.5, rel=0.05)
+        calibrated_ms = device.offset_ms + device.scale * point.estimate_ms
+        assert calibrated_ms == pytest.approx(point.measured_ms, rel=0.03)
+
+
+def test_a_device_this_machine_cannot_reach_needs_measurements(remote_profile: Path,
+                                                               tmp_path: Path) -> None:
+    shutil.copy(remote_profile, tmp_path / "board.json")
+    with pytest.raises(ProfileError, match="export-references.*measure.*--measurements"):
+        calibrate_device(tmp_path / "board.json")
+    assert HardwareProfile.load(tmp_path / "board.json").device_calibration is None
+
+
+def test_measurements_missing_a_reference_are_refused(calibrated: Path, tmp_path: Path) -> None:
+    results = tmp_path / "partial.json"
+    results.write_text(json.dumps({"results": [{"onnx": "x/squeezenet1_1-96px.onnx",
+                                                "median_ms": 1.0}]}))
+    with pytest.raises(ProfileError, match="no measurement of mobilenet_v3_small"):
+        calibrate_device(calibrated, measurements=results)
+
+
+def test_estimate_applies_the_device_calibration(calibrated: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    onnx = calibrated.parent / "references"
+    assert main(["estimate", "--onnx", str(onnx / "squeezenet1_1-96px.onnx"), "--profile",
+                 str(calibrated)]) == 0
+    assert "device calibration" in capsys.readouterr().out
+
+
+def test_a_search_on_a_calibrated_remote_profile_applies_its_calibration(
+        calibrated: Path, remote_profile: Path, tmp_path: Path) -> None:
+    """Nothing can be measured on the board: the budget (half the baseline) and every
+    estimate come from the profile, corrected by the device calibration."""
+    runs = {}
+    for name, profile in (("raw", remote_profile), ("calibrated", calibrated)):
+        config = SearchConfig(model="resnet20", data="digits", trials=1, finetune_steps=2,
+                              screen=0, allocate=False, profile=profile, out=tmp_path / name)
+        search(config)
+        runs[name] = RunFolder.open(config.out).run
+    raw, device = runs["raw"], runs["calibrated"]
+    assert not raw.calibration.applied and raw.baseline.latency_source == "estimate"
+    assert device.calibration.applied and device.calibration.source == "device"
+    assert device.calibration.scale == pytest.approx(2.5, rel=0.05)
+    assert device.baseline.latency_ms == pytest.approx(
+        device.calibration.offset_ms + device.calibration.scale * raw.baseline.latency_ms)
+    assert device.budget.latency_ms == pytest.approx(device.baseline.latency_ms / 2)
