@@ -5,7 +5,10 @@ exported and measured twice (two interleaved passes over all models); the first 
 reference, the second tells this machine's noise floor (how often a re-measurement of the
 same model agrees with the first within +-10%). Estimates are reported raw (profile only) and
 calibrated the way a search calibrates them (an affine map fitted on four uniformly pruned
-reference models of the family, measured in the same run, not among the candidates).
+reference models of the family, measured in the same run, not among the candidates) and,
+with ``--device-calibration``, corrected by the device calibration of ``autocompress
+calibrate`` (five reference models of other families, measured in the same run, before the
+candidates: no candidate's family is among them).
 
     python benchmarks/latency_fidelity.py                        # ONNX Runtime, 1 thread
     python benchmarks/latency_fidelity.py --backend tvm --candidates 8
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per measurement at least (default 50; fewer for "
                              "slow untuned TVM code)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device-calibration", action="store_true",
+                        help="also report estimates corrected by `autocompress calibrate` "
+                             "(measured here, on a copy of the profile)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -103,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     latency = LatencyModel(profile)
     backend = get_backend(args.backend, threads=args.threads)
     start = time.perf_counter()
+    device = None
+    if args.device_calibration:
+        from autocompress.study import calibrate_device
+
+        copy_path = args.out / f"latency_fidelity_{args.backend}_profile.json"
+        args.out.mkdir(parents=True, exist_ok=True)
+        profile.save(copy_path)
+        device = calibrate_device(copy_path).calibration
+        copy_path.unlink()
+        print(f"device calibration: {device.describe()}", file=sys.stderr)
 
     rows = []
     models = []
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                         list(calib["measured_ms"]))
         frame.loc[group.index, "estimate_calibrated_ms"] = offset + scale * group[
             "estimate_raw_ms"]
+    if device is not None:
+        frame["estimate_device_ms"] = device.offset_ms + device.scale * frame["estimate_raw_ms"]
     candidates = frame[frame["model"].str.startswith("candidate")]
 
     lines = [f"# Latency fidelity: {args.backend}, {args.threads} thread(s)", "",
@@ -138,15 +156,21 @@ def main(argv: list[str] | None = None) -> int:
              f"- {len(candidates)} random candidates of search_spaces/default.yaml "
              f"({args.candidates} per family, seed {args.seed}); each measured in two "
              f"interleaved passes of {args.rounds} rounds; the second pass is the noise floor",
-             f"- total time {time.perf_counter() - start:.0f} s", "",
+             f"- total time {time.perf_counter() - start:.0f} s",
+             *([f"- device calibration: {device.describe()} ("
+                + ", ".join(f"{p.model} {p.estimate_ms / p.measured_ms - 1:+.0%} raw"
+                            for p in device.references) + ")"] if device else []), "",
              "| family | n | estimate | within ±10% | MAPE | Spearman |",
              "|---|---|---|---|---|---|"]
     scopes = [("all", candidates)] + list(candidates.groupby("family"))
     for scope, group in scopes:
         ref = list(group["measured_ms"])
-        for label, column in (("raw profile", "estimate_raw_ms"),
-                              ("calibrated", "estimate_calibrated_ms"),
-                              ("re-measurement", "remeasured_ms")):
+        columns = [("raw profile", "estimate_raw_ms")]
+        if device is not None:
+            columns.append(("device-calibrated", "estimate_device_ms"))
+        columns += [("calibrated on the family", "estimate_calibrated_ms"),
+                    ("re-measurement", "remeasured_ms")]
+        for label, column in columns:
             s = summarize(list(group[column]), ref)
             lines.append(f"| {scope} | {len(group)} | {label} | {s['within_10pct']:.0%} | "
                          f"{s['mape']:.1%} | {s['spearman']:.3f} |")

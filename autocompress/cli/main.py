@@ -170,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rounds", type=int, default=2,
                     help="measure every kernel this many times, shuffled (default: 2)")
     pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--sweep-only", action="store_true",
+                    help="measure only the channel sweep and add it to the existing profile "
+                         "--out (one written before profiles had it; seconds)")
     pr.add_argument("--precisions", type=_precisions, default=("fp32",),
                     help="comma-separated precisions to measure kernels in, fp32 among "
                          "them (default: fp32); e.g. fp32,int8 for mixed-precision "
@@ -353,6 +356,12 @@ def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    if args.sweep_only:
+        from autocompress.hardware.profiler import add_channel_sweep
+
+        profile = add_channel_sweep(args.out, rounds=args.rounds)
+        print(f"added the channel sweep to {args.out}: channel block {profile.channel_block}")
+        return 0
     from autocompress.hardware._tools import profile_device
 
     progress, close = _progress_bar()

@@ -33,8 +33,8 @@ from autocompress.hardware.kernels import (
 from autocompress.hardware.profile import HardwareProfile, KernelMeasurement
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
-__all__ = ["GRID_NAME", "adaptive_kernels", "check_precisions", "default_grid",
-           "precision_grid", "profile_backend"]
+__all__ = ["GRID_NAME", "add_channel_sweep", "adaptive_kernels", "check_precisions",
+           "default_grid", "precision_grid", "profile_backend"]
 
 _logger = logging.getLogger(__name__)
 
@@ -352,3 +352,32 @@ def profile_backend(
     if progress:
         progress(total, total)
     return profile
+
+
+def add_channel_sweep(path: str | Path, *, rounds: int = 2, seed: int = 0) -> HardwareProfile:
+    """Measure the channel sweep alone and add it to the profile at ``path`` (one measured
+    before the sweep existed), on its own backend, which must run here.
+
+    Raises:
+        ProfileError: the profile's backend does not run on this machine.
+    """
+    from autocompress.hardware.backends import backend_for, is_local
+
+    path = Path(path)
+    profile = HardwareProfile.load(path)
+    if not is_local(profile):
+        raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
+                           f"its channel sweep can only be measured on its device")
+    backend = backend_for(profile.backend, profile.backend_settings)
+    known = set(asdict(MeasureSettings()))
+    settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
+                                  if k in known})
+    sweep = [sweep_kernel(c) for c in SWEEP_CHANNELS]
+    partial = path.with_name(path.name + ".sweep.partial")
+    session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(sweep))
+    session.measure_all(sweep)
+    upgraded = replace(profile, channel_sweep=tuple(KernelMeasurement(k, session.result(k))
+                                                    for k in sweep))
+    upgraded.save(path)
+    partial.unlink(missing_ok=True)
+    return upgraded

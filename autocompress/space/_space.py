@@ -215,8 +215,9 @@ class SearchSpace:
         if channel_block is None:
             _logger.warning("%s leaves channels.round_to to the device, but the profile of "
                             "%s has no channel sweep (it was measured by an older "
-                            "autocompress): channel counts are not rounded; re-profile the "
-                            "device, or set channels.round_to", self.source, device)
+                            "autocompress): channel counts are not rounded; add the sweep "
+                            "(`autocompress profile --sweep-only --out PROFILE`, seconds) or "
+                            "set channels.round_to", self.source, device)
             return replace(self, round_to=1)
         if self.channel_rules:
             _logger.info("kept channel counts are multiples of %d: %s runs convolutions "

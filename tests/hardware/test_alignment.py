@@ -116,3 +116,17 @@ def test_a_search_rounds_kept_channels_to_the_devices_block(tmp_path: Path) -> N
     search(config)
     members = list(load_front(config.out))
     assert members and all(m.candidate.round_to == 16 for m in members)
+
+
+def test_the_sweep_alone_upgrades_a_profile_measured_without_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autocompress.cli.main import main
+
+    path = tmp_path / "old.json"
+    profile_backend(SyntheticBackend(scale=1.0, channel_block=8), path, grid=_GRID, rounds=1,
+                    adaptive=0, sweep=False)
+    assert HardwareProfile.load(path).channel_block is None
+    assert main(["profile", "--sweep-only", "--out", str(path), "--rounds", "1"]) == 0
+    upgraded = HardwareProfile.load(path)
+    assert upgraded.channel_block == 8 and "channel block 8" in capsys.readouterr().out
+    assert [m.kernel for m in upgraded.kernels] == _GRID   # the rest is as it was
