@@ -12,6 +12,14 @@ candidates: no candidate's family is among them).
 
     python benchmarks/latency_fidelity.py                        # ONNX Runtime, 1 thread
     python benchmarks/latency_fidelity.py --backend tvm --candidates 8
+    python benchmarks/latency_fidelity.py --zoo --device-calibration   # + torchvision zoo
+
+With ``--zoo``, every torchvision classifier of :func:`autocompress.models.torchvision_zoo`
+(random weights, 96x96, the transformers at their own size) is added as a family of two
+models, unpruned and uniformly pruned to keep ratio 0.5 (local groups only where
+Torch-Pruning cannot follow it, as ``zoo_pruning.py``); zoo families have no calibration
+copies, so only their raw and device-calibrated estimates are reported. A model that does
+not prune is measured unpruned only.
 
 Writes benchmarks/results/latency_fidelity_<backend>.csv and .md.
 """
@@ -79,6 +87,32 @@ def build_models(name: str, shape: tuple[int, int, int, int], count: int, seed: 
     return out
 
 
+def build_zoo_models(round_to: int) -> list[tuple[str, str, bytes]]:
+    """(family, label, onnx) of every zoo model, unpruned and pruned to keep ratio 0.5."""
+    from autocompress.exceptions import ModelError
+    from autocompress.models import torchvision_zoo
+    from autocompress.space import Candidate
+    from autocompress.transforms import compress
+
+    out = []
+    for entry in torchvision_zoo():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = create_model(f"torchvision:{entry.name}", num_classes=10,
+                                 in_channels=3).eval()
+        x = torch.zeros(1, 3, entry.input_px, entry.input_px)
+        family = f"zoo:{entry.name}"
+        out.append((family, "unpruned", compress(model, Candidate(), x).structure_onnx()))
+        try:
+            groups = find_channel_groups(model, x)
+            pruned = compress(model, Candidate(channel_keep={g.name: 0.5 for g in groups},
+                                               round_to=round_to, min_channels=8), x)
+            out.append((family, "pruned-0.5", pruned.structure_onnx()))
+        except ModelError as exc:
+            print(f"{entry.name}: not pruned ({exc})", file=sys.stderr)
+    return out
+
+
 def summarize(pred: list[float], ref: list[float]) -> dict[str, float]:
     err = [abs(p - m) / m for p, m in zip(pred, ref, strict=True)]
     return {"within_10pct": sum(e <= 0.10 for e in err) / len(err),
@@ -100,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-calibration", action="store_true",
                         help="also report estimates corrected by `autocompress calibrate` "
                              "(measured here, on a copy of the profile)")
+    parser.add_argument("--zoo", action="store_true",
+                        help="add the torchvision zoo, unpruned and pruned (slow: 15-25 min)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -127,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"family": family, "input": "x".join(map(str, shape)), "model": label,
                          "estimate_raw_ms": latency.estimate(onnx).latency_ms})
             models.append(onnx)
+    if args.zoo:
+        for family, label, onnx in build_zoo_models(profile.channel_block or FIDELITY_ROUND_TO):
+            rows.append({"family": family, "input": "", "model": label,
+                         "estimate_raw_ms": latency.estimate(onnx).latency_ms})
+            models.append(onnx)
     print(f"{len(models)} models exported in {time.perf_counter() - start:.0f} s; measuring",
           file=sys.stderr)
     measure = MeasureSettings(max_time_s=1.5, min_runs=args.min_runs,
@@ -140,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     frame["estimate_calibrated_ms"] = np.nan
     for _family, group in frame.groupby("family"):
         calib = group[group["model"].str.startswith("calibration")]
+        if calib.empty:   # a zoo family: no calibration copies
+            continue
         scale, offset = fit_calibration(list(calib["estimate_raw_ms"]),
                                         list(calib["measured_ms"]))
         frame.loc[group.index, "estimate_calibrated_ms"] = offset + scale * group[
@@ -147,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     if device is not None:
         frame["estimate_device_ms"] = device.offset_ms + device.scale * frame["estimate_raw_ms"]
     candidates = frame[frame["model"].str.startswith("candidate")]
+    # the device calibration's reference models are in the zoo: left out of its figures
+    from autocompress.study._calibrate import REFERENCE_MODELS
+
+    references = {f"zoo:{name.split(':')[-1]}" for name, _ in REFERENCE_MODELS}
+    zoo = frame[frame["family"].str.startswith("zoo:") & ~frame["family"].isin(references)]
 
     lines = [f"# Latency fidelity: {args.backend}, {args.threads} thread(s)", "",
              f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
@@ -174,6 +222,24 @@ def main(argv: list[str] | None = None) -> int:
             s = summarize(list(group[column]), ref)
             lines.append(f"| {scope} | {len(group)} | {label} | {s['within_10pct']:.0%} | "
                          f"{s['mape']:.1%} | {s['spearman']:.3f} |")
+    if len(zoo):
+        lines += ["", f"Torchvision zoo: {zoo['family'].nunique()} models, "
+                  f"{(zoo['model'] == 'pruned-0.5').sum()} of them also pruned (keep 0.5); "
+                  "no family calibration (no copies measured); the five reference models "
+                  "of the device calibration left out", "",
+                  "| scope | n | estimate | within ±10% | MAPE | Spearman |",
+                  "|---|---|---|---|---|---|"]
+        for scope, group in (("zoo, all", zoo),
+                             ("zoo, unpruned", zoo[zoo["model"] == "unpruned"]),
+                             ("zoo, pruned", zoo[zoo["model"] == "pruned-0.5"])):
+            columns = [("raw profile", "estimate_raw_ms")]
+            if device is not None:
+                columns.append(("device-calibrated", "estimate_device_ms"))
+            columns.append(("re-measurement", "remeasured_ms"))
+            for label, column in columns:
+                s = summarize(list(group[column]), list(group["measured_ms"]))
+                lines.append(f"| {scope} | {len(group)} | {label} | {s['within_10pct']:.0%} "
+                             f"| {s['mape']:.1%} | {s['spearman']:.3f} |")
     report = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / f"latency_fidelity_{args.backend}.csv", index=False)
