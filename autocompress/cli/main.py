@@ -444,6 +444,10 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``calibrate`` warns when its reference models' measured / estimated ratios differ more
+SPREAD_WARNING = 1.25
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from autocompress.study._calibrate import calibrate_device, export_references
 
@@ -458,6 +462,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     for model, raw, calibrated in result.errors():
         print(f"{model}: raw estimate {raw:+.1%}, calibrated {calibrated:+.1%} of measured")
     print(f"wrote {args.profile}: device calibration {result.calibration.describe()}")
+    if result.spread > SPREAD_WARNING:
+        print(f"warning: the reference models disagree (measured / estimated ratios differ "
+              f"{result.spread:.2f}x): the profile's error depends on the architecture here, "
+              f"and one factor corrects some models at the expense of others; compare "
+              f"`autocompress estimate` with a measurement of a model like yours before "
+              f"relying on it")
     return 0
 
 

@@ -50,9 +50,10 @@ class ReferencePoint:
 
 @dataclass(frozen=True)
 class DeviceCalibration:
-    """``measured = offset_ms + scale * estimate`` for this device, fitted over reference
-    models measured on it (``autocompress calibrate``; never a model being searched). A
-    search whose profile is of another device applies it to every estimate."""
+    """``measured = offset_ms + scale * estimate`` for this device, from reference models
+    measured on it (``autocompress calibrate``: the geometric mean of their measured /
+    estimated ratios, no offset; never a model being searched). A search whose profile is of
+    another device applies it to every estimate."""
 
     scale: float
     offset_ms: float
