@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 from autocompress.hardware._kernel import Kernel
 
-__all__ = ["BLOCKS", "SWEEP_CHANNELS", "channel_block", "sweep_kernel"]
+__all__ = ["BLOCKS", "SWEEP_CHANNELS", "channel_block", "sweep_kernel", "sweep_kernels"]
 
 #: The channel counts of the sweep: two periods of a 32-channel block, three of 16.
 SWEEP_CHANNELS = tuple(range(16, 65))
@@ -50,6 +50,11 @@ _SWEEP_SIZE = 16
 def sweep_kernel(channels: int) -> Kernel:
     """The sweep's convolution with ``channels`` inputs and outputs."""
     return Kernel("conv", channels, channels, _SWEEP_SIZE, _SWEEP_SIZE, kernel=3)
+
+
+def sweep_kernels() -> list[Kernel]:
+    """The sweep's convolutions, one per count of :data:`SWEEP_CHANNELS`."""
+    return [sweep_kernel(c) for c in SWEEP_CHANNELS]
 
 
 def channel_block(latency_ms: Mapping[int, float]) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from autocompress._io import write_json_atomic
 from autocompress._version import __version__
 from autocompress.exceptions import ProfileError
-from autocompress.hardware.alignment import SWEEP_CHANNELS, sweep_kernel
+from autocompress.hardware.alignment import sweep_kernels
 from autocompress.hardware.backends import (
     Backend,
     LatencyMeasurement,
@@ -323,7 +323,7 @@ def profile_backend(
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
     start = time.perf_counter()
-    sweep = [sweep_kernel(c) for c in SWEEP_CHANNELS] if sweep else []
+    sweep = sweep_kernels() if sweep else []
     total = 1 + rounds * (len(grid) + len(others) + len(sweep) + adaptive)
     session = _Rounds(backend, settings, rounds, seed, partial_path, progress, total)
     overhead = backend.measure(overhead_graph(), settings)
@@ -372,7 +372,7 @@ def add_channel_sweep(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Ha
     known = set(asdict(MeasureSettings()))
     settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
                                   if k in known})
-    sweep = [sweep_kernel(c) for c in SWEEP_CHANNELS]
+    sweep = sweep_kernels()
     partial = path.with_name(path.name + ".sweep.partial")
     session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(sweep))
     session.measure_all(sweep)

@@ -84,6 +84,11 @@ class SearchConfig:
     data_workers: int | None = None
 
     @property
+    def data_seed(self) -> int:
+        """The seed the train/validation split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
     def screen_count(self) -> int:
         return 10 * self.trials if self.screen is None else self.screen
 

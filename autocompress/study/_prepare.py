@@ -167,7 +167,7 @@ def search_data(config: SearchConfig, resumed: RunInfo | None = None) -> DataSpl
     the trials so far saw inputs normalized with them)."""
     return load_search_data(
         config.model, config.data,
-        seed=config.seed if config.split_seed is None else config.split_seed,
+        seed=config.data_seed,
         input_shape=config.input_shape,
         val=config.val_data, normalize=config.normalize, resize=config.resize,
         center_crop=config.center_crop, cache=config.data_cache, workers=config.data_workers,
@@ -298,8 +298,6 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
         measured, calibration = measure_and_calibrate(
             profile, prepared.latency_model, prepared.compress, prepared.bound, onnx_bytes,
             calibrate=config.calibrate)
-        if not calibration.applied:   # --no-calibrate: the device's, if it has one
-            calibration = device_calibration(profile, raw_ms)
         _logger.info("baseline: accuracy %.4f, measured %.3f ms on %s; profile estimate "
                      "%.3f ms, calibrated as %.3f ms + %.3f x estimate", baseline.accuracy,
                      measured.median_ms, profile.backend, raw_ms, calibration.offset_ms,
@@ -357,7 +355,7 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
     and, with ``calibrate``, uniformly pruned copies of it (built by ``compress`` from
     ``bound``), interleaved; fit ``measured = offset + scale * estimate`` over them, the
     estimate being ``latency_model``'s (uncalibrated). Returns the baseline's measurement
-    and the calibration."""
+    and the calibration (without ``calibrate``: the profile's device calibration, if any)."""
     backend = backend_for(profile.backend, profile.backend_settings)
     raw_ms = latency_model.estimate(onnx_bytes).latency_ms
     models, keeps = [onnx_bytes], [1.0]
@@ -366,7 +364,7 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
             models.append(compress(bound.uniform(ratio)).structure_onnx())
             keeps.append(ratio)
     results = backend.measure_many(models, _BASELINE_MEASURE, rounds=3)
-    calibration = Calibration(raw_estimate_ms=raw_ms)
+    calibration = device_calibration(profile, raw_ms)
     if calibrate:
         raws = [latency_model.estimate(m).latency_ms for m in models]
         measured = [r.median_ms for r in results]

@@ -283,8 +283,6 @@ def _settle(info: RunInfo, structures: _Structures, profile: HardwareProfile,
         measured, calibration = measure_and_calibrate(
             profile, raw, structures.compress, structures.bound, baseline_onnx,
             calibrate=info.identity.calibrate)
-        if not calibration.applied:
-            calibration = device_calibration(profile, raw_ms)
     model = raw.calibrated(calibration.scale, calibration.offset_ms)
     baseline_ms = (measured.median_ms if measured is not None else
                    calibration.offset_ms + calibration.scale * raw_ms)
