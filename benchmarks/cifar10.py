@@ -17,9 +17,11 @@ exported model and the baseline are measured again at the end, interleaved, in O
 Approaches, each given the same total training steps ``--total-steps`` (T):
 
   search      ``autocompress search`` as shipped: screening (adaptive BatchNorm, no
-              training: free), the latency-aware allocation and uniform pruning as seeds,
-              ``--trials`` K finetuned trials of ``--finetune-steps`` S steps, then
-              ``pick --finetune-steps T - K*S``;
+              training: free) of ``--screen`` candidates, the latency-aware allocation and
+              the uniform grid among them; ``--trials`` K finetuned trials of
+              ``--finetune-steps`` S steps (the uniform pruning, then the screening's best),
+              then ``pick --finetune-steps T - K*S``. K x S is what the search spends to
+              explore; the defaults (3 x 100 of T = 2,400) leave the pick 2,100 steps;
   random      Optuna's RandomSampler, no screening and no allocation, the same K x S and the
               same final finetune;
   uniform     the uniform channel pruning closest below the budget (the search's first seed
@@ -309,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--approaches", default=",".join(APPROACHES))
     parser.add_argument("--total-steps", type=int, default=2400)
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--screen", type=int, default=100)
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,

@@ -95,7 +95,10 @@ def search(config: SearchConfig) -> ParetoFront:
                                            heartbeat=False),
                               f"{config.study}-screening", config.seed, config.sampler)
     if not setup.study.trials:
-        _enqueue_seeds(setup.study, prepared, budget_ms, measure, info.allocation)
+        # with screening, the allocation is screened like any candidate and finetuned only
+        # if it ranks among the best: every finetuned step counts against the pick's
+        _enqueue_seeds(setup.study, prepared, budget_ms, measure,
+                       None if screening is not None else info.allocation)
     if screening is not None:
         _screen_and_enqueue(setup.study, screening, prepared, config, info)
     objective = Objective(
@@ -218,7 +221,7 @@ def _enqueue_seeds(study: optuna.Study, prepared: Prepared, budget_ms: float,
                    allocation: AllocationRecord | None) -> None:
     """What a user would do by hand: uniform pruning (and, where the space quantizes,
     uniform pruning quantized all-int8) that fits the budget, as the first trials; then the
-    latency-aware allocation."""
+    latency-aware allocation, when it is given (a search that screens screens it instead)."""
     for precision in ("fp32", "int8"):
         if precision not in prepared.bound.space.precisions:
             continue

@@ -177,6 +177,14 @@ def test_diverging_finetunes_fail_their_trials_with_the_reason(config, tmp_path)
     assert all("lower the learning rate" in t.user_attrs["fail_reason"] for t in failed)
 
 
+def test_without_screening_the_allocation_is_finetuned_as_the_second_seed(config, finished,
+                                                                         tmp_path) -> None:
+    out = tmp_path / "unscreened"
+    search(replace(config, out=out, trials=2, finetune_steps=2, screen=0))
+    seeded = [t.user_attrs.get("seeded") for t in sorted(_complete(out), key=lambda t: t.number)]
+    assert seeded[:2] == ["uniform keep ratio, fp32", "latency-aware allocation"]
+
+
 def test_random_sampler_search_runs_and_is_recorded(config: SearchConfig, finished,
                                                     tmp_path: Path) -> None:
     out = tmp_path / "random"
@@ -226,14 +234,19 @@ def test_the_search_screens_more_candidates_than_it_finetunes(config, finished) 
     assert all(r.screening_score is not None for r in finetuned)
 
 
-def test_the_allocation_is_recorded_and_seeded_beside_the_uniform_pruning(config,
-                                                                          finished) -> None:
+def test_the_allocation_is_recorded_and_screened_beside_the_uniform_pruning(config,
+                                                                           finished) -> None:
     run = Path(config.out)
     info = RunFolder.open(run).run
     assert info.allocation is not None
     assert info.allocation.latency_ms <= info.budget.latency_ms
+    # the uniform pruning is always finetuned; the allocation, in a search that screens, is
+    # screened like any candidate and finetuned only if the screening chooses it
     seeded = {t.user_attrs.get("seeded") for t in _complete(run)}
-    assert {"uniform keep ratio, fp32", "latency-aware allocation"} <= seeded
+    assert "uniform keep ratio, fp32" in seeded
+    assert "latency-aware allocation" not in seeded
+    assert any(all(t.params.get(k) == v for k, v in info.allocation.params.items())
+               for t in _screening(run))
     # each group's sensitivity: the score and latency measured at a few keep ratios
     for group, table in info.allocation.sensitivity.items():
         assert group in info.allocation.keep
