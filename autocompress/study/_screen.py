@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import optuna
 
 from autocompress.evaluation import ScreeningSettings, screening_score
 from autocompress.study._objective import CONSTRAINT
-from autocompress.study._prepare import Prepared
+from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared
 from autocompress.study._storage import open_study
 from autocompress.transforms import apply_sparsity, make_sparsity_permanent
 
@@ -100,10 +100,17 @@ class Screening:
         return [Screened(t.number, t.params, float(t.values[0]), float(t.values[1]))
                 for t in self._complete() if t.values[1] <= self.budget_ms]
 
-    def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = ()) -> list[Screened]:
+    def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = (),
+               measure: Callable[[Mapping[str, Any]], float] | None = None) -> list[Screened]:
         """``count`` candidates to finetune: from the screening front (then the next fronts),
         alternately the best-scoring one left and the one farthest in latency from those
-        chosen, skipping parameters in ``exclude``."""
+        chosen, skipping parameters in ``exclude``.
+
+        With ``measure`` (parameters -> measured ms on the device), a candidate estimated
+        within :data:`NEAR_BUDGET_MARGIN` of the budget is measured before it is chosen, as
+        the search would measure it, and passed over when it measures over the budget: the
+        finetuning goes to candidates that will be finetuned, not rejected.
+        """
         skip = [dict(p) for p in exclude]
         pool = [s for s in self.feasible() if dict(s.params) not in skip]
         chosen: list[Screened] = []
@@ -115,10 +122,23 @@ class Screening:
                 else:
                     pick = max(front, key=lambda s: min(abs(s.latency_ms - c.latency_ms)
                                                         for c in chosen))
-                chosen.append(pick)
                 front.remove(pick)
                 pool.remove(pick)
+                if measure is None or self._fits_measured(pick, measure):
+                    chosen.append(pick)
         return chosen
+
+    def _fits_measured(self, screened: Screened,
+                       measure: Callable[[Mapping[str, Any]], float]) -> bool:
+        if abs(screened.latency_ms - self.budget_ms) > NEAR_BUDGET_MARGIN * self.budget_ms:
+            return True
+        measured = measure(screened.params)
+        if measured <= self.budget_ms:
+            return True
+        _logger.info("screening trial %d (score %.3f) measures %.3f ms, over the budget "
+                     "(%.3f; estimated %.3f): not finetuned", screened.number, screened.score,
+                     measured, self.budget_ms, screened.latency_ms)
+        return False
 
 
 def _non_dominated(items: Sequence[Screened]) -> list[Screened]:

@@ -7,9 +7,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -100,7 +101,7 @@ def search(config: SearchConfig) -> ParetoFront:
         _enqueue_seeds(setup.study, prepared, budget_ms, measure,
                        None if screening is not None else info.allocation)
     if screening is not None:
-        _screen_and_enqueue(setup.study, screening, prepared, config, info)
+        _screen_and_enqueue(setup.study, screening, prepared, config, info, measure)
     objective = Objective(
         prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
@@ -235,8 +236,23 @@ def _enqueue_seeds(study: optuna.Study, prepared: Prepared, budget_ms: float,
                             skip_if_exists=True)
 
 
+def _measure_params(prepared: Prepared, measure: Callable[[bytes], float] | None
+                    ) -> Callable[[Mapping[str, Any]], float] | None:
+    """Parameters -> the measured latency of the candidate they make, as the objective
+    measures it (``None`` where the device is not this machine)."""
+    if measure is None:
+        return None
+
+    def measure_params(params: Mapping[str, Any]) -> float:
+        compressed = prepared.compress(prepared.bound.candidate_from_params(dict(params)))
+        return measure(compressed.rewrite(compressed.structure_onnx(), prepared.calibration))
+
+    return measure_params
+
+
 def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Prepared,
-                        config: SearchConfig, info: RunInfo) -> None:
+                        config: SearchConfig, info: RunInfo,
+                        measure: Callable[[bytes], float] | None = None) -> None:
     """Screen ``config.screen_count`` candidates (uniform prunings at every keep ratio of the
     grid and the allocation first), then queue the best for finetuning, beside the seeds."""
     bound = prepared.bound
@@ -250,7 +266,8 @@ def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Pre
     room = config.trials - len(study.get_trials(deepcopy=False,
                                                 states=(optuna.trial.TrialState.WAITING,)))
     room -= len(_finetuned(study))
-    for chosen in screening.choose(max(room, 0), exclude=queued):
+    for chosen in screening.choose(max(room, 0), exclude=queued,
+                                   measure=_measure_params(prepared, measure)):
         study.enqueue_trial(dict(chosen.params), user_attrs={
             "seeded": f"screened (trial {chosen.number} of the screening study)"},
             skip_if_exists=True)

@@ -273,3 +273,34 @@ def test_augmentation_is_off_for_digits_and_on_for_image_folders(config, finishe
     assert resolve_augmentation("crop=2", "digits").spec() == "crop=2"
     with pytest.raises(RunError, match="augment"):
         SearchConfig(augment="rotate")
+
+
+def _screening_with(points: list[tuple[float, float]], budget: float):
+    """A screening study holding candidates ``x`` = 0, 1, ... with (score, estimated ms)."""
+    from autocompress.study._screen import Screening
+
+    screening = Screening(None, budget, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
+                          "random")
+    for x, (score, ms) in enumerate(points):
+        screening.study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions={"x": optuna.distributions.IntDistribution(0, 99)},
+            values=[score, ms]))
+    return screening
+
+
+def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_not_fit() -> None:
+    # x=0 scores best but sits at the budget's edge and measures over it; x=1 is near the
+    # budget and fits when measured; x=2 is far below the budget: trusted, not measured
+    screening = _screening_with([(0.9, 0.99), (0.8, 0.95), (0.5, 0.5)], budget=1.0)
+    measured = {0: 1.05, 1: 0.97}
+    asked: list[int] = []
+
+    def measure(params):
+        asked.append(params["x"])
+        return measured[params["x"]]
+
+    chosen = screening.choose(2, measure=measure)
+    assert [c.params["x"] for c in chosen] == [1, 2]
+    assert sorted(asked) == [0, 1]
+    # without a device to measure on, the estimate decides
+    assert [c.params["x"] for c in screening.choose(2)] == [0, 2]
