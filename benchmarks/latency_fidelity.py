@@ -113,6 +113,44 @@ def build_zoo_models(round_to: int) -> list[tuple[str, str, bytes]]:
     return out
 
 
+def stored_device_calibration(profile: HardwareProfile, frame: pd.DataFrame, out: Path):
+    """The device calibration ``autocompress calibrate`` would store, from the stored
+    measurements of its reference models (zoo rows of the same graphs at the same size)."""
+    import json
+
+    from autocompress.study import calibrate_device
+    from autocompress.study._calibrate import REFERENCE_MODELS
+
+    results = []
+    for name, shape in REFERENCE_MODELS:
+        short = name.split(":")[-1]
+        row = frame[(frame["family"] == f"zoo:{short}") & (frame["model"] == "unpruned")]
+        if row.empty or shape[2] != 96:
+            raise SystemExit(f"no stored zoo measurement of the reference model {name} at "
+                             f"{shape[2]} px: run with --zoo, or without --stored")
+        results.append({"onnx": f"{short}-{shape[2]}px.onnx",
+                        "median_ms": float(row["measured_ms"].iloc[0])})
+    out.mkdir(parents=True, exist_ok=True)
+    copy_path, measured = out / "_profile.json", out / "_references.json"
+    profile.save(copy_path)
+    measured.write_text(json.dumps({"results": results}))
+    try:
+        return calibrate_device(copy_path, measurements=measured).calibration
+    finally:
+        copy_path.unlink()
+        measured.unlink()
+
+
+def _stored_date(csv: Path) -> str:
+    """The date line of the report written beside ``csv``, if any."""
+    md = csv.with_suffix(".md")
+    if md.is_file():
+        for line in md.read_text().splitlines():
+            if line.startswith("- date: "):
+                return line.removeprefix("- date: ")
+    return "at an unknown date"
+
+
 def summarize(pred: list[float], ref: list[float]) -> dict[str, float]:
     err = [abs(p - m) / m for p, m in zip(pred, ref, strict=True)]
     return {"within_10pct": sum(e <= 0.10 for e in err) / len(err),
@@ -136,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(measured here, on a copy of the profile)")
     parser.add_argument("--zoo", action="store_true",
                         help="add the torchvision zoo, unpruned and pruned (slow: 15-25 min)")
+    parser.add_argument("--stored", type=Path,
+                        help="reuse the measurements of this results CSV (written here by an "
+                             "earlier run with the same options) and recompute only the "
+                             "estimates: compares estimators without measuring; writes "
+                             "latency_fidelity_<backend>_stored.{csv,md}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
@@ -146,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = get_backend(args.backend, threads=args.threads)
     start = time.perf_counter()
     device = None
-    if args.device_calibration:
+    stored = pd.read_csv(args.stored) if args.stored else None
+    if args.device_calibration and stored is None:
         from autocompress.study import calibrate_device
 
         copy_path = args.out / f"latency_fidelity_{args.backend}_profile.json"
@@ -168,16 +212,28 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"family": family, "input": "", "model": label,
                          "estimate_raw_ms": latency.estimate(onnx).latency_ms})
             models.append(onnx)
-    print(f"{len(models)} models exported in {time.perf_counter() - start:.0f} s; measuring",
+    print(f"{len(models)} models exported in {time.perf_counter() - start:.0f} s",
           file=sys.stderr)
-    measure = MeasureSettings(max_time_s=1.5, min_runs=args.min_runs,
-                              round_runs=max(1, args.min_runs // 2))
-    first = backend.measure_many(models, measure, rounds=args.rounds)
-    second = backend.measure_many(models, measure, rounds=args.rounds)
     frame = pd.DataFrame(rows)
-    frame["measured_ms"] = [m.median_ms for m in first]
-    frame["remeasured_ms"] = [m.median_ms for m in second]
-    frame["measured_rel_iqr"] = [m.rel_spread for m in first]
+    if stored is None:
+        measure = MeasureSettings(max_time_s=1.5, min_runs=args.min_runs,
+                                  round_runs=max(1, args.min_runs // 2))
+        first = backend.measure_many(models, measure, rounds=args.rounds)
+        second = backend.measure_many(models, measure, rounds=args.rounds)
+        frame["measured_ms"] = [m.median_ms for m in first]
+        frame["remeasured_ms"] = [m.median_ms for m in second]
+        frame["measured_rel_iqr"] = [m.rel_spread for m in first]
+    else:
+        frame = frame.merge(stored[["family", "model", "measured_ms", "remeasured_ms",
+                                    "measured_rel_iqr"]], on=["family", "model"], how="left",
+                            validate="one_to_one")
+        lacking = frame[frame["measured_ms"].isna()]
+        if len(lacking):
+            raise SystemExit(f"{args.stored} has no measurement of {len(lacking)} models "
+                             f"(e.g. {lacking.iloc[0]['family']} {lacking.iloc[0]['model']}): "
+                             "run it with the options it was written with, or without --stored")
+        if args.device_calibration:
+            device = stored_device_calibration(profile, frame, args.out)
     frame["estimate_calibrated_ms"] = np.nan
     for _family, group in frame.groupby("family"):
         calib = group[group["model"].str.startswith("calibration")]
@@ -205,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
              f"({args.candidates} per family, seed {args.seed}); each measured in two "
              f"interleaved passes of {args.rounds} rounds; the second pass is the noise floor",
              f"- total time {time.perf_counter() - start:.0f} s",
+             *([f"- **measurements reused** from {args.stored.name} (measured "
+                f"{_stored_date(args.stored)}), not taken again: only the estimates were "
+                f"computed in this run, by autocompress as it is now"] if stored is not None
+               else []),
              *([f"- device calibration: {device.describe()} ("
                 + ", ".join(f"{p.model} {p.estimate_ms / p.measured_ms - 1:+.0%} raw"
                             for p in device.references) + ")"] if device else []), "",
@@ -242,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"| {s['mape']:.1%} | {s['spearman']:.3f} |")
     report = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out / f"latency_fidelity_{args.backend}.csv", index=False)
-    (args.out / f"latency_fidelity_{args.backend}.md").write_text(report)
+    name = f"latency_fidelity_{args.backend}{'_stored' if stored is not None else ''}"
+    frame.to_csv(args.out / f"{name}.csv", index=False)
+    (args.out / f"{name}.md").write_text(report)
     print(report)
     return 0
 

@@ -170,9 +170,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--rounds", type=int, default=2,
                     help="measure every kernel this many times, shuffled (default: 2)")
     pr.add_argument("--out", type=Path, required=True)
-    pr.add_argument("--sweep-only", action="store_true",
-                    help="measure only the channel sweep and add it to the existing profile "
-                         "--out (one written before profiles had it; seconds)")
+    pr.add_argument("--upgrade", "--sweep-only", dest="upgrade", action="store_true",
+                    help="measure only what the existing profile --out lacks that profiling "
+                         "measures today (the channel sweep; ONNX Runtime's layout "
+                         "conversions on a CPU) and add it (seconds)")
     pr.add_argument("--precisions", type=_precisions, default=("fp32",),
                     help="comma-separated precisions to measure kernels in, fp32 among "
                          "them (default: fp32); e.g. fp32,int8 for mixed-precision "
@@ -356,11 +357,14 @@ def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    if args.sweep_only:
-        from autocompress.hardware.profiler import add_channel_sweep
+    if args.upgrade:
+        from autocompress.hardware.kernels import LAYOUT_KINDS
+        from autocompress.hardware.profiler import upgrade_profile
 
-        profile = add_channel_sweep(args.out, rounds=args.rounds)
-        print(f"added the channel sweep to {args.out}: channel block {profile.channel_block}")
+        profile = upgrade_profile(args.out, rounds=args.rounds)
+        layout = sum(1 for k in profile.kernels if k.kernel.kind in LAYOUT_KINDS)
+        print(f"upgraded {args.out}: channel block {profile.channel_block}, {layout} layout "
+              f"conversions measured")
         return 0
     from autocompress.hardware._tools import profile_device
 

@@ -11,11 +11,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.hardware import _qdq
-from autocompress.hardware._kernel import BOUNDARY_KINDS, CONTEXT_KINDS, PRECISIONS, Kernel
+from autocompress.hardware._kernel import (
+    BOUNDARY_KINDS,
+    CONTEXT_KINDS,
+    LAYOUT_KINDS,
+    PRECISIONS,
+    Kernel,
+)
 
 __all__ = ["kernel_graph", "overhead_graph"]
 
 _OPSET = 20
+_NCHWC = "com.microsoft.nchwc"
 # Quantization parameters of a boundary graph: per-tensor, as activations are quantized.
 _BOUNDARY_SCALE = 0.05
 _BOUNDARY_ZERO_POINT = 128
@@ -44,10 +51,13 @@ def kernel_graph(kernel: Kernel, seed: int = 0) -> bytes:
     weights, uint8 activations), so the measured graph carries a QuantizeLinear on its input
     and a DequantizeLinear on its output. fp16: the fp32 graph converted with float inputs
     and outputs, so it carries a Cast at each end. Boundary kinds are the conversion alone;
-    context kinds are three-convolution chains (:data:`CONTEXT_KINDS`).
+    context kinds are three-convolution chains (:data:`CONTEXT_KINDS`); layout kinds are ONNX
+    Runtime's reorder into or out of its blocked layout alone (:data:`LAYOUT_KINDS`).
     """
     if kernel.kind in BOUNDARY_KINDS:
         return _boundary_graph(kernel).SerializeToString()
+    if kernel.kind in LAYOUT_KINDS:
+        return _layout_graph(kernel).SerializeToString()
     if kernel.kind in CONTEXT_KINDS:
         model = _chain_graph(kernel, seed)
     else:
@@ -157,3 +167,25 @@ def _boundary_graph(kernel: Kernel) -> onnx.ModelProto:
     return _model([node], f"boundary_{kernel.kind}",
                   helper.make_tensor_value_info("x", elem_in, shape),
                   helper.make_tensor_value_info("y", elem_out, shape), inits)
+
+
+def _layout_graph(kernel: Kernel) -> onnx.ModelProto:
+    """ONNX Runtime's ``ReorderInput`` (NCHW -> blocked NCHWc) or ``ReorderOutput`` (blocked
+    -> NCHW) over a ``1 x in_channels x height x width`` tensor (``in_channels`` a multiple of
+    16, so that the blocked tensor has the same shape whether blocks are 8 or 16 wide)."""
+    if kernel.in_channels % 16:
+        raise ValueError(f"a reorder is profiled on a multiple of 16 channels, "
+                         f"got {kernel.in_channels}")
+    shape = [1, kernel.in_channels, kernel.height, kernel.width]
+    if kernel.kind == "reorder_in":
+        node = helper.make_node("ReorderInput", ["x"], ["y"], domain=_NCHWC)
+    else:
+        node = helper.make_node("ReorderOutput", ["x"], ["y"], domain=_NCHWC,
+                                channels=kernel.in_channels)
+    graph = helper.make_graph([node], f"layout_{kernel.kind}",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET),
+                                                    helper.make_opsetid(_NCHWC, 1)])
+    model.ir_version = 9
+    return model

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FLAT_KINDS", "KINDS", "PRECISIONS", "Kernel",
-           "KernelKind", "Precision", "boundary_kind", "classify_conv"]
+__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FLAT_KINDS", "KINDS", "LAYOUT_KINDS", "PRECISIONS",
+           "Kernel", "KernelKind", "Precision", "boundary_kind", "classify_conv"]
 
 KernelKind = Literal["conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise", "quantize",
-                     "dequantize", "to_fp16", "from_fp16", "chain", "island"]
+                     "dequantize", "to_fp16", "from_fp16", "chain", "island", "reorder_in",
+                     "reorder_out"]
 #: Kinds of the operators of a model.
 KINDS: tuple[KernelKind, ...] = ("conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise")
 #: Kinds of the conversions at an edge where precision changes (elementwise on one tensor).
@@ -18,8 +19,13 @@ BOUNDARY_KINDS: tuple[KernelKind, ...] = ("quantize", "dequantize", "to_fp16", "
 #: ``in_channels`` over ``height x width``) in a row, all in ``precision`` (``chain``), or
 #: with only the middle one in ``precision`` and the others fp32 (``island``).
 CONTEXT_KINDS: tuple[KernelKind, ...] = ("chain", "island")
+#: Kinds of the layout conversions a runtime inserts between its own kernels (ONNX Runtime on
+#: a CPU: into and out of its blocked NCHWc layout), over one ``in_channels x height x width``
+#: tensor; measured where the backend's rules name them (``CostRules.layout_kernels``).
+LAYOUT_KINDS: tuple[KernelKind, ...] = ("reorder_in", "reorder_out")
 #: Kinds over one tensor (or a matrix), whose output has the input's height and width.
-FLAT_KINDS: tuple[KernelKind, ...] = ("gemm", "elementwise", *BOUNDARY_KINDS, *CONTEXT_KINDS)
+FLAT_KINDS: tuple[KernelKind, ...] = ("gemm", "elementwise", *BOUNDARY_KINDS, *CONTEXT_KINDS,
+                                      *LAYOUT_KINDS)
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 # The conversion kernel for each direct change of precision (others go through fp32).

@@ -33,6 +33,7 @@ from autocompress.hardware._kernel import (
     BOUNDARY_KINDS,
     CONTEXT_KINDS,
     KINDS,
+    LAYOUT_KINDS,
     PRECISIONS,
     Kernel,
     KernelKind,
@@ -42,9 +43,10 @@ from autocompress.hardware._kernel import (
 )
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
-__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FREE_OPS", "KINDS", "PRECISIONS", "Boundary",
-           "Kernel", "KernelKind", "NodeKernel", "Precision", "boundaries_of", "boundary_kind",
-           "classify_conv", "features", "kernel_graph", "kernels_of", "overhead_graph"]
+__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FREE_OPS", "KINDS", "LAYOUT_KINDS", "PRECISIONS",
+           "Boundary", "Kernel", "KernelKind", "NodeKernel", "Precision", "boundaries_of",
+           "boundary_kind", "classify_conv", "costed_node", "features", "inferred_shapes",
+           "kernel_graph", "kernels_of", "overhead_graph"]
 
 _logger = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ FREE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "
 _POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "MaxPool", "AveragePool", "ReduceMean"}
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid",
                     "HardSwish", "Tanh", "LeakyRelu", "Concat", "Pad", "Transpose", "Slice",
-                    "Split", "BatchNormalization", "Softmax", "Max", "Min", "Neg", "Exp"}
+                    "Split", "BatchNormalization", "Softmax", "Max", "Min", "Neg", "Exp",
+                    # ONNX Runtime's fused activations (its optimized graph)
+                    "Gelu", "QuickGelu", "FastGelu", "BiasGelu"}
 _FUSED = "fused into "
 
 
@@ -89,21 +93,68 @@ class Boundary:
     kernel: Kernel
 
 
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """The shape of every tensor of ``model`` (unknown dimensions as 1), by shape inference."""
+    return _infer(model)[0]
+
+
 def _infer(model: onnx.ModelProto) -> tuple[dict[str, list[int]], set[str]]:
     """Shapes of every tensor, and the names of float tensors (activations that precision
-    conversions apply to)."""
+    conversions apply to).
+
+    Shape inference cannot follow shapes computed in the graph (a Pad whose pads come from
+    the input's size, as Swin's windows): where it leaves float tensors with unknown
+    dimensions, the model is run once on zeros in ONNX Runtime, without optimizations, to
+    read their shapes (where onnxruntime is installed; else unknown dimensions count as 1).
+    """
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     floats: set[str] = set()
+    unknown: list[str] = []
     graph = inferred.graph
     for info in (*graph.input, *graph.value_info, *graph.output):
         dims = info.type.tensor_type.shape.dim
         shapes[info.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
         if info.type.tensor_type.elem_type == TensorProto.FLOAT:
             floats.add(info.name)
+            if any(d.dim_value <= 0 for d in dims):
+                unknown.append(info.name)
     for init in graph.initializer:
         shapes[init.name] = list(init.dims)
+    if unknown:
+        shapes.update(_run_shapes(model, unknown))
     return shapes, floats
+
+
+def _run_shapes(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, list[int]]:
+    """The shapes of the float tensors ``names`` of ``model``, from one run on zeros in ONNX
+    Runtime (empty where onnxruntime is not installed or the run fails)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in names if n not in known)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        feeds = {}
+        for arg in session.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
+            dtype = np.float32 if arg.type == "tensor(float)" else np.int64
+            feeds[arg.name] = np.zeros(shape, dtype=dtype)
+        wanted = [n for n in names if n in {o.name for o in session.get_outputs()}]
+        values = session.run(wanted, feeds)
+    except Exception:  # noqa: BLE001 - the estimate then counts unknown dimensions as 1
+        _logger.debug("could not run the model to read tensor shapes", exc_info=True)
+        return {}
+    return {n: list(v.shape) for n, v in zip(wanted, values, strict=True)}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -187,13 +238,15 @@ def _fp32_kernels(model: onnx.ModelProto, shapes: dict[str, list[int]], rules: C
             anchors[id(node)] = anchor
             out.append(NodeKernel(label, op, None, _FUSED + anchor))
             continue
-        out.append(_costed(node, label, shapes))
+        out.append(costed_node(node, label, shapes))
     return out
 
 
-def _costed(node: onnx.NodeProto, label: str, shapes: dict[str, list[int]]) -> NodeKernel:
-    """The kernel of a node that is neither free nor fused."""
-    op = node.op_type
+def costed_node(node: onnx.NodeProto, label: str, shapes: Mapping[str, list[int]], *,
+                op: str | None = None) -> NodeKernel:
+    """The kernel of a node that is neither free nor fused, with tensor ``shapes``; ``op``
+    costs it as another operator (a runtime's fused ``FusedConv`` as ``Conv``)."""
+    op = op or node.op_type
     x = shapes.get(node.input[0], []) if node.input else []
     y = shapes.get(node.output[0], []) if node.output else []
     if op == "Conv" and len(x) == 4 and len(y) == 4:
@@ -202,27 +255,27 @@ def _costed(node: onnx.NodeProto, label: str, shapes: dict[str, list[int]]) -> N
         groups = int(_attr(node, "group", 1))
         strides = _attr(node, "strides", [1, 1])
         kind = classify_conv(x[1], y[1], kernel_size, groups)
-        return NodeKernel(label, op, Kernel(
+        return NodeKernel(label, node.op_type, Kernel(
             kind, in_channels=x[1], out_channels=y[1], height=x[2], width=x[3],
             kernel=kernel_size, stride=int(strides[0]), groups=groups))
     if op in ("Gemm", "MatMul") and x and y:
         rows = int(np.prod(x[:-1])) if len(x) > 1 else 1
-        return NodeKernel(label, op, Kernel(
+        return NodeKernel(label, node.op_type, Kernel(
             "gemm", in_channels=x[-1], out_channels=y[-1], height=rows, width=1))
     if op in _POOL_OPS and x:
         c, h, w_ = _chw(x)
         global_pool = op.startswith("Global") or op == "ReduceMean"
         k_size = 0 if global_pool else int(_attr(node, "kernel_shape", [2])[0])
         stride = 1 if global_pool else int(_attr(node, "strides", [k_size])[0])
-        return NodeKernel(label, op, Kernel(
+        return NodeKernel(label, node.op_type, Kernel(
             "pool", in_channels=c, out_channels=c, height=h, width=w_,
             kernel=k_size, stride=stride))
     if y:
         c, h, w_ = _chw(y)
         note = "" if op in _ELEMENTWISE_OPS else "unmodelled op, costed as elementwise"
-        return NodeKernel(label, op, Kernel(
+        return NodeKernel(label, node.op_type, Kernel(
             "elementwise", in_channels=c, out_channels=c, height=h, width=w_), note)
-    return NodeKernel(label, op, None, "no shape known; not costed")
+    return NodeKernel(label, node.op_type, None, "no shape known; not costed")
 
 
 # ------------------------------------------------------------------ mixed precision

@@ -41,6 +41,7 @@ from autocompress.hardware.backends import rules_for
 from autocompress.hardware.kernels import (
     BOUNDARY_KINDS,
     KINDS,
+    LAYOUT_KINDS,
     Boundary,
     Kernel,
     NodeKernel,
@@ -49,7 +50,7 @@ from autocompress.hardware.kernels import (
     kernels_of,
 )
 from autocompress.hardware.profile import HardwareProfile
-from autocompress.hardware.rules import CostRules, FeatureFn
+from autocompress.hardware.rules import CarriedFn, CostRules, FeatureFn
 
 __all__ = ["KindFit", "LatencyEstimate", "LatencyModel", "fit_calibration"]
 
@@ -112,13 +113,17 @@ class LatencyModel:
         self.offset_ms = offset_ms
         #: the cost rules of the profile's backend
         self.rules: CostRules = rules_for(profile.backend)
+        #: whether fp32 estimates cost the graph the runtime runs (:attr:`CostRules.lowering`)
+        self.lowered = _lowers(profile, self.rules)
         #: precision -> kind -> fit, for every precision the profile measured
-        self.precision_fits = self._fit(profile, self.rules.features)
+        self.precision_fits = self._fit(profile, self.rules.features,
+                                        self.rules.carried_layout if self.lowered else None)
         #: the fp32 fits by kind
         self.fits = self.precision_fits.get("fp32", {})
 
     @staticmethod
-    def _fit(profile: HardwareProfile, features: FeatureFn) -> dict[str, dict[str, KindFit]]:
+    def _fit(profile: HardwareProfile, features: FeatureFn,
+             layout: CarriedFn | None = None) -> dict[str, dict[str, KindFit]]:
         overhead_ms = profile.overhead.median_ms
 
         def fit(kind: str, precision: str, carried: Callable[[Kernel], float] | None
@@ -153,6 +158,13 @@ class LatencyModel:
                 if found is not None:
                     by_kind[kind] = found
             carried = None
+            if precision == "fp32" and layout is not None:
+                for kind in LAYOUT_KINDS:
+                    found = fit(kind, precision, None)
+                    if found is not None:
+                        by_kind[kind] = found
+                carried = functools.partial(_carried_layout_ms, dict(by_kind), layout,
+                                            overhead_ms, features)
             if precision != "fp32":
                 carried = functools.partial(_carried_ms, dict(by_kind), precision, overhead_ms,
                                             features)
@@ -259,10 +271,31 @@ class LatencyModel:
         """
         if isinstance(model, bytes):
             model = onnx.load_from_string(model)
+        all_fp32 = precisions is None or set(precisions.values()) <= {"fp32"}
+        if all_fp32 and self.lowered and self.rules.lowering is not None:
+            lowered = self.rules.lowering(model)
+            if lowered is not None:
+                return self.estimate_nodes(lowered)
         if precisions is None:
-            return self.estimate_nodes(kernels_of(model, rules=self.rules))
+            return self.estimate_nodes(self._with_layout(kernels_of(model, rules=self.rules)))
         nodes = kernels_of(model, precisions, rules=self.rules)
-        return self.estimate_nodes(nodes, boundaries_of(model, nodes))
+        return self.estimate_nodes(self._with_layout(nodes), boundaries_of(model, nodes))
+
+    def _with_layout(self, nodes: list[NodeKernel]) -> list[NodeKernel]:
+        """Nodes mapped by the rules, where the fp32 fits leave out the layout conversions
+        of the profile's one-kernel graphs: each fp32 node followed by those conversions, so
+        that it costs what its one-kernel measurement showed."""
+        carried = self.rules.carried_layout
+        if not self.lowered or carried is None:
+            return nodes
+        out: list[NodeKernel] = []
+        for node in nodes:
+            out.append(node)
+            if node.kernel is None or node.precision != "fp32" or node.kernel.kind not in KINDS:
+                continue
+            out.extend(NodeKernel(f"{node.node} ({k.kind})", node.op_type, k, "layout")
+                       for k in carried(node.kernel) or ())
+        return out
 
 
 def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel, features: FeatureFn
@@ -272,6 +305,30 @@ def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel, features: Featu
         return raw
     # a one-kernel measurement includes one run's overhead; inside a model it does not
     return max(raw - overhead_ms, 0.0)
+
+
+def _lowers(profile: HardwareProfile, rules: CostRules) -> bool:
+    """Whether estimates of ``profile`` cost the graph its runtime runs: the backend's rules
+    know how to have it, the profile measured every layout conversion in fp32, and the
+    runtime is here to rewrite graphs (else the rules decide, as without layout kernels)."""
+    if rules.lowering is None or rules.carried_layout is None:
+        return False
+    measured = {m.kernel.kind for m in profile.kernels if m.kernel.precision == "fp32"}
+    if not set(LAYOUT_KINDS) <= measured:
+        return False
+    probe = Kernel("conv", 16, 16, 8, 8, kernel=3)
+    return rules.carried_layout(probe) is not None
+
+
+def _carried_layout_ms(layouts: Mapping[str, KindFit], layout: CarriedFn, overhead_ms: float,
+                       features: FeatureFn, kernel: Kernel) -> float:
+    """What a one-kernel fp32 graph runs besides ``kernel``: the run overhead and the layout
+    conversions the runtime puts around it."""
+    total = overhead_ms
+    for extra in layout(kernel) or ():
+        if extra.kind in layouts:
+            total += _inside_ms(layouts[extra.kind], overhead_ms, extra, features)
+    return total
 
 
 def _context_fit(profile: HardwareProfile, precision: str,

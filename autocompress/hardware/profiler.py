@@ -33,8 +33,8 @@ from autocompress.hardware.kernels import (
 from autocompress.hardware.profile import HardwareProfile, KernelMeasurement
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
-__all__ = ["GRID_NAME", "add_channel_sweep", "adaptive_kernels", "check_precisions",
-           "default_grid", "precision_grid", "profile_backend"]
+__all__ = ["GRID_NAME", "TOKEN_GEMMS", "adaptive_kernels", "check_precisions", "default_grid",
+           "precision_grid", "profile_backend", "upgrade_profile"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def default_grid(seed: int = 0) -> list[Kernel]:
     """Kernels covering small-input CNNs (8-56 px, 8-1280 channels) and classifiers.
 
     A fixed-seed sample of a grid: convolutions (3x3, 5x5, 7x7, 1x1 and depthwise) at strides
-    1 and 2, fully-connected layers, pooling and elementwise ops.
+    1 and 2, fully-connected layers, pooling and elementwise ops; then matrix products over
+    many rows (:data:`TOKEN_GEMMS`).
     """
     rng = random.Random(seed)
     sizes = [4, 7, 8, 14, 16, 28, 32, 56]
@@ -92,7 +93,19 @@ def default_grid(seed: int = 0) -> list[Kernel]:
     pick("pool", 15, pool)
     pick("elementwise", 25, lambda: Kernel(
         "elementwise", *(2 * [rng.choice(channels)]), *(2 * [rng.choice(sizes)])))
+    grid.extend(TOKEN_GEMMS)
     return grid
+
+
+#: Matrix products over many rows, (rows, in, out): the linear layers of transformers and of
+#: ConvNeXt blocks over every token or pixel (3136 tokens of 96 channels at 224 px, down to
+#: 49 of 768), and attention's products of queries and keys; the grid's other gemm kernels
+#: are classifiers (one row), from which a product over thousands of rows cannot be told.
+TOKEN_GEMMS = tuple(Kernel("gemm", k, n, m, 1) for m, k, n in (
+    (3136, 96, 384), (3136, 384, 96), (3136, 32, 32), (1024, 128, 128), (784, 192, 576),
+    (784, 768, 192), (784, 64, 64), (256, 64, 256), (196, 384, 1152), (196, 1536, 384),
+    (196, 128, 512), (49, 768, 2304), (49, 3072, 768), (49, 32, 49), (49, 49, 32),
+    (16, 256, 256)))
 
 
 # Every how-many-th grid kernel of each kind is measured again in another precision, to keep
@@ -297,6 +310,7 @@ def profile_backend(
     progress: ProgressFn | None = None,
     precisions: Sequence[str] = ("fp32",),
     sweep: bool = True,
+    layout: bool = True,
 ) -> HardwareProfile:
     """Measure ``grid`` (default: :func:`default_grid`) on ``backend`` and save to ``out``.
 
@@ -308,7 +322,11 @@ def profile_backend(
     :mod:`~autocompress.hardware.alignment` is measured with the grid (shuffled in with it)
     and kept apart, for the device's channel block (``sweep=False`` leaves it out: the
     profile then has no block, and spaces that leave ``round_to`` to the device do not
-    round). Finished measurements are kept in ``out`` +
+    round). The backend's layout conversions (:attr:`Backend.layout_kernels`: ONNX Runtime's
+    reorders into and out of its blocked layout on a CPU) are measured with the grid too
+    (``layout=False`` leaves them out: estimates then follow the backend's hand-written
+    rules).
+    Finished measurements are kept in ``out`` +
     ``.partial`` so an interrupted run resumes where it stopped. The profile records the
     backend's :meth:`~autocompress.hardware.backends.Backend.describe_device`.
 
@@ -320,6 +338,8 @@ def profile_backend(
     out = Path(out)
     precisions = check_precisions(backend, precisions)
     grid, others = _split_grid(default_grid(seed) if grid is None else list(grid), precisions)
+    if layout:
+        others += [k for k in backend.layout_kernels if k not in others]
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
     start = time.perf_counter()
@@ -354,9 +374,11 @@ def profile_backend(
     return profile
 
 
-def add_channel_sweep(path: str | Path, *, rounds: int = 2, seed: int = 0) -> HardwareProfile:
-    """Measure the channel sweep alone and add it to the profile at ``path`` (one measured
-    before the sweep existed), on its own backend, which must run here.
+def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> HardwareProfile:
+    """Measure what the profile at ``path`` lacks that profiling measures today (the channel
+    sweep; the matrix products over many rows, :data:`TOKEN_GEMMS`; the layout conversions
+    of its backend, :attr:`Backend.layout_kernels`) and add it,
+    on the profile's own backend, which must run here. The grid's kernels stay as they are.
 
     Raises:
         ProfileError: the profile's backend does not run on this machine.
@@ -367,17 +389,25 @@ def add_channel_sweep(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Ha
     profile = HardwareProfile.load(path)
     if not is_local(profile):
         raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
-                           f"its channel sweep can only be measured on its device")
+                           f"what it lacks can only be measured on its device")
     backend = backend_for(profile.backend, profile.backend_settings)
     known = set(asdict(MeasureSettings()))
     settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
                                   if k in known})
-    sweep = sweep_kernels()
-    partial = path.with_name(path.name + ".sweep.partial")
-    session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(sweep))
-    session.measure_all(sweep)
-    upgraded = replace(profile, channel_sweep=tuple(KernelMeasurement(k, session.result(k))
-                                                    for k in sweep))
+    sweep = [] if profile.channel_sweep else sweep_kernels()
+    have = {m.kernel for m in profile.kernels}
+    missing = [k for k in (*TOKEN_GEMMS, *backend.layout_kernels) if k not in have]
+    if not sweep and not missing:
+        return profile
+    partial = path.with_name(path.name + ".upgrade.partial")
+    session = _Rounds(backend, settings, rounds, seed, partial, None,
+                      rounds * (len(sweep) + len(missing)))
+    session.measure_all(sweep + missing)
+    upgraded = replace(
+        profile,
+        kernels=profile.kernels + tuple(KernelMeasurement(k, session.result(k)) for k in missing),
+        channel_sweep=profile.channel_sweep or tuple(KernelMeasurement(k, session.result(k))
+                                                     for k in sweep))
     upgraded.save(path)
     partial.unlink(missing_ok=True)
     return upgraded

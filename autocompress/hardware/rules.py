@@ -11,7 +11,10 @@ reachable by the backend's name without importing its runtime
   itself fused or fusable, as compilers fuse chains of elementwise operators);
 * which activations cost nothing after an int8 producer (the QDQ quantizer folds their
   range into the producer's output quantization);
-* which regressors (:attr:`CostRules.features`) a kernel's fitted latency is linear in.
+* which regressors (:attr:`CostRules.features`) a kernel's fitted latency is linear in;
+* optionally, what the runtime really runs (:attr:`CostRules.lowering`): the kernels of the
+  graph as the runtime rewrites it, and the layout conversions it runs around a one-kernel
+  profile graph (:attr:`CostRules.carried_layout`), measured as :attr:`layout_kernels`.
 
 Every feature function must return regressors that never decrease with channel counts, so
 that a fit with non-negative weights is monotone in channels.
@@ -21,14 +24,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autocompress.hardware._kernel import BOUNDARY_KINDS, CONTEXT_KINDS, Kernel
+from autocompress.hardware._kernel import BOUNDARY_KINDS, CONTEXT_KINDS, LAYOUT_KINDS, Kernel
 
-__all__ = ["NEUTRAL_RULES", "CostRules", "FeatureFn", "neutral_features"]
+if TYPE_CHECKING:
+    import onnx
+
+    from autocompress.hardware.kernels import NodeKernel
+
+__all__ = ["NEUTRAL_RULES", "CarriedFn", "CostRules", "FeatureFn", "LoweringFn", "neutral_features"]
 
 FeatureFn = Callable[[Kernel], np.ndarray]
+#: A model -> the kernels the runtime runs for it, or ``None`` where that cannot be had here.
+LoweringFn = Callable[["onnx.ModelProto"], "list[NodeKernel] | None"]
+#: A profile kernel -> the layout kernels its one-kernel graph runs besides it (``None``:
+#: cannot be had here).
+CarriedFn = Callable[[Kernel], "tuple[Kernel, ...] | None"]
 
 
 def neutral_features(kernel: Kernel) -> np.ndarray:
@@ -36,7 +50,8 @@ def neutral_features(kernel: Kernel) -> np.ndarray:
     convolutions and gemm the multiply-adds, input, output and weight elements; for pooling
     the input and output elements; for one-tensor kinds (elementwise, conversions) the
     elements. All are non-decreasing in the channel counts."""
-    if kernel.kind == "elementwise" or kernel.kind in (*BOUNDARY_KINDS, *CONTEXT_KINDS):
+    if kernel.kind == "elementwise" or kernel.kind in (*BOUNDARY_KINDS, *CONTEXT_KINDS,
+                                                       *LAYOUT_KINDS):
         return np.array([1.0, kernel.out_elements], dtype=float)
     if kernel.kind == "pool":
         return np.array([1.0, kernel.in_elements, kernel.out_elements], dtype=float)
@@ -66,6 +81,14 @@ class CostRules:
     int8_removed_ops: frozenset[str] = frozenset({"Relu", "Clip"})
     #: Regressors of a kernel's latency, by kind and precision.
     features: FeatureFn = neutral_features
+    #: The kernels the runtime runs for a model, from its own optimized graph (fp32). Used,
+    #: with :attr:`carried_layout`, when the profile measured :attr:`layout_kernels`.
+    lowering: LoweringFn | None = None
+    #: The layout kernels a one-kernel profile graph runs besides its kernel.
+    carried_layout: CarriedFn | None = None
+    #: Layout conversions (:data:`~autocompress.hardware.kernels.LAYOUT_KINDS`) a profile of
+    #: this backend measures.
+    layout_kernels: tuple[Kernel, ...] = ()
 
 
 #: The neutral rules: what a backend without its own gets, and what estimates without a

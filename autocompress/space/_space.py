@@ -216,7 +216,7 @@ class SearchSpace:
             _logger.warning("%s leaves channels.round_to to the device, but the profile of "
                             "%s has no channel sweep (it was measured by an older "
                             "autocompress): channel counts are not rounded; add the sweep "
-                            "(`autocompress profile --sweep-only --out PROFILE`, seconds) or "
+                            "(`autocompress profile --upgrade --out PROFILE`, seconds) or "
                             "set channels.round_to", self.source, device)
             return replace(self, round_to=1)
         if self.channel_rules:

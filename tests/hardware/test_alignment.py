@@ -18,7 +18,7 @@ from autocompress.hardware import HardwareProfile
 from autocompress.hardware.alignment import SWEEP_CHANNELS, channel_block
 from autocompress.hardware.backends.synthetic import SyntheticBackend
 from autocompress.hardware.kernels import KINDS, Kernel
-from autocompress.hardware.profiler import default_grid, profile_backend
+from autocompress.hardware.profiler import TOKEN_GEMMS, default_grid, profile_backend
 from autocompress.space import SearchSpace
 
 _GRID = [Kernel("conv", 16, 16, 8, 8, kernel=3), Kernel("conv", 32, 32, 8, 8, kernel=3),
@@ -126,7 +126,8 @@ def test_the_sweep_alone_upgrades_a_profile_measured_without_it(
     profile_backend(SyntheticBackend(scale=1.0, channel_block=8), path, grid=_GRID, rounds=1,
                     adaptive=0, sweep=False)
     assert HardwareProfile.load(path).channel_block is None
-    assert main(["profile", "--sweep-only", "--out", str(path), "--rounds", "1"]) == 0
+    assert main(["profile", "--upgrade", "--out", str(path), "--rounds", "1"]) == 0
     upgraded = HardwareProfile.load(path)
     assert upgraded.channel_block == 8 and "channel block 8" in capsys.readouterr().out
-    assert [m.kernel for m in upgraded.kernels] == _GRID   # the rest is as it was
+    # the rest is as it was; what the profile lacked is added: the many-row matrix products
+    assert [m.kernel for m in upgraded.kernels] == [*_GRID, *TOKEN_GEMMS]

@@ -20,10 +20,12 @@ from autocompress.hardware import (
     get_backend,
 )
 from autocompress.hardware.backends import time_callable
+from autocompress.hardware.backends._ort_lowering import runtime_kernels
 from autocompress.hardware.backends.onnxruntime import OnnxRuntimeBackend
 from autocompress.hardware.export import export_onnx
 from autocompress.hardware.kernels import (
     KINDS,
+    LAYOUT_KINDS,
     Kernel,
     NodeKernel,
     features,
@@ -205,7 +207,9 @@ def test_default_grid_is_deterministic_and_covers_every_kind() -> None:
 
 def test_profile_holds_one_measurement_per_grid_kernel(profile: HardwareProfile) -> None:
     grid = _small_grid()
-    assert [m.kernel for m in profile.kernels] == grid
+    # then ONNX Runtime's reorders into and out of its blocked layout (a CPU profile)
+    layout = list(get_backend("onnxruntime").layout_kernels)
+    assert layout and [m.kernel for m in profile.kernels] == grid + layout
     assert profile.backend == "onnxruntime" and profile.threads == 1
     assert profile.grid == GRID_NAME
     assert profile.measure_settings["rounds"] == 1
@@ -320,7 +324,7 @@ def test_interrupted_profiling_resumes_from_partial_file(
 
     with pytest.raises(Interrupted):
         profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
-                        progress=interrupt, sweep=False)
+                        progress=interrupt, sweep=False, layout=False)
     first_calls = len(calls)
     assert first_calls == 12  # the overhead and 11 kernels
     assert partial.is_file() and not out.exists()
@@ -330,7 +334,8 @@ def test_interrupted_profiling_resumes_from_partial_file(
     calls.clear()
     seen: list[int] = []
     result = profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
-                             progress=lambda done, total: seen.append(done), sweep=False)
+                             progress=lambda done, total: seen.append(done), sweep=False,
+                             layout=False)
     assert len(calls) == 1 + len(grid) - len(saved)  # overhead + what was not saved
     assert len(calls) < 1 + len(grid)
     assert seen[-1] == len(grid) + 1
@@ -370,7 +375,7 @@ def test_adaptive_sampling_adds_neighbours_of_the_worst_fitted_kernel() -> None:
 def test_profile_with_adaptive_sampling_measures_extra_kernels(tmp_path: Path) -> None:
     grid = [k for k in _small_grid() if k.kind in ("conv", "elementwise")]
     result = profile_backend(get_backend("onnxruntime", threads=1), tmp_path / "p.json",
-                             grid=grid, settings=FAST, rounds=1, adaptive=3)
+                             grid=grid, settings=FAST, rounds=1, adaptive=3, layout=False)
     kernels = [m.kernel for m in result.kernels]
     assert kernels[:len(grid)] == grid
     assert len(kernels) == len(grid) + 3 and len(set(kernels)) == len(kernels)
@@ -381,7 +386,7 @@ def test_profile_with_adaptive_sampling_measures_extra_kernels(tmp_path: Path) -
 
 
 def test_every_profiled_kind_gets_a_non_negative_fit(latency_model: LatencyModel) -> None:
-    assert set(latency_model.fits) == set(KINDS)
+    assert set(latency_model.fits) == set(KINDS) | set(LAYOUT_KINDS)
     for kind, fit in latency_model.fits.items():
         assert fit.kind == kind and fit.samples >= 2
         assert all(w >= 0 for w in fit.weights)
@@ -397,7 +402,13 @@ def test_estimate_is_overhead_plus_nodes(latency_model: LatencyModel,
     assert estimate.latency_ms == pytest.approx(overhead + sum(ms for _, _, ms in
                                                                 estimate.per_node_ms))
     assert estimate.latency_ms > overhead and estimate.std_ms >= 0
-    assert len(estimate.per_node_ms) == len(onnx.load_from_string(resnet20_onnx[1.0]).graph.node)
+    # one entry per node ONNX Runtime runs: its optimized graph, with the ReLUs and residual
+    # additions fused into the convolutions and one reorder out of the blocked layout
+    assert latency_model.lowered
+    ran = runtime_kernels(onnx.load_from_string(resnet20_onnx[1.0]))
+    assert ran is not None and len(estimate.per_node_ms) == len(ran)
+    assert [op for _, op, _ in estimate.per_node_ms].count("ReorderOutput") == 1
+    assert "Relu" not in {op for _, op, _ in estimate.per_node_ms}
     assert estimate.unmodelled == ()
     assert estimate == latency_model.estimate(onnx.load_from_string(resnet20_onnx[1.0]))
 

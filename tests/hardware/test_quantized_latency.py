@@ -27,6 +27,7 @@ from autocompress.hardware.kernels import (
     BOUNDARY_KINDS,
     CONTEXT_KINDS,
     KINDS,
+    LAYOUT_KINDS,
     Kernel,
     boundaries_of,
     kernel_graph,
@@ -193,7 +194,7 @@ def test_profile_with_int8_holds_int8_kernels_and_conversions(int8_profile: Hard
     assert int8_profile.precisions == ("fp32", "int8")
     fp32 = [m.kernel for m in int8_profile.kernels if m.kernel.precision == "fp32"]
     assert [k for k in fp32 if k.kind in KINDS] == _GRID
-    assert {k.kind for k in fp32} == set(KINDS) | {"chain"}
+    assert {k.kind for k in fp32} == set(KINDS) | {"chain"} | set(LAYOUT_KINDS)
     int8 = [m.kernel for m in int8_profile.kernels if m.kernel.precision == "int8"]
     assert {k.kind for k in int8} == set(KINDS) | {"quantize", "dequantize", *CONTEXT_KINDS}
     assert all(m.latency.median_ms > 0 for m in int8_profile.kernels)
@@ -250,7 +251,7 @@ def test_estimate_without_precisions_is_unchanged_by_int8_kernels(
     with_int8 = LatencyModel(int8_profile)
     fp32_only = LatencyModel(fp32_profile)
     assert with_int8.fits == fp32_only.fits
-    assert set(with_int8.fits) == set(KINDS)
+    assert set(with_int8.fits) == set(KINDS) | set(LAYOUT_KINDS)
     plain = with_int8.estimate(resnet20)
     assert plain == fp32_only.estimate(resnet20)
     assert plain.boundary_ms == ()

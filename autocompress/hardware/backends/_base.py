@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autocompress.hardware._device import describe_device
+from autocompress.hardware._kernel import Kernel
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
 __all__ = ["Backend", "LatencyMeasurement", "MeasureSettings", "median_of_rounds",
@@ -186,6 +187,12 @@ class Backend(ABC):
         """The precisions this backend really executes, always ``fp32`` first: only these
         can be profiled. A precision it would run by converting back to fp32 is not one."""
         return ("fp32",)
+
+    @property
+    def layout_kernels(self) -> tuple[Kernel, ...]:
+        """The layout conversions a profile of this backend, as configured, measures (its
+        rules' :attr:`~autocompress.hardware.rules.CostRules.layout_kernels`)."""
+        return self.cost_rules.layout_kernels
 
     @property
     def runs_here(self) -> bool:
