@@ -165,13 +165,15 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 
 
 def _chw(shape: list[int]) -> tuple[int, int, int]:
-    """(channels, height, width) of an activation, flattening what is not NCHW."""
+    """(channels, height, width) of an activation, flattening what is not NCHW: the second
+    dimension is the channels, the leading one (a batch of attention heads, the rows of a
+    matrix) is folded into the height, so that the element count is the tensor's."""
     if len(shape) == 4:
-        return shape[1], shape[2], shape[3]
+        return shape[1], shape[0] * shape[2], shape[3]
     if len(shape) == 3:
-        return shape[1], shape[2], 1
+        return shape[1], shape[0] * shape[2], 1
     if len(shape) == 2:
-        return shape[1], 1, 1
+        return shape[1], shape[0], 1
     total = int(np.prod(shape)) if shape else 1
     return total, 1, 1
 
