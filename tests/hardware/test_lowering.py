@@ -132,7 +132,9 @@ def test_a_profile_with_layout_conversions_estimates_the_graph_the_runtime_runs(
                       if op == "Conv" and name.endswith(")"))
     # the 21 convolutions' reorders out, and in, but for the first (3 input channels)
     assert carried == {"reorder_out)": 21, "reorder_in)": 20}
-    assert fallback.latency_ms > lowered.latency_ms > 0
+    # the same convolutions, plus reorders and additions whose fits are non-negative (a
+    # fast host may fit small reorders at zero): never less, whatever the host's speed
+    assert fallback.latency_ms >= lowered.latency_ms > 0
 
 
 def test_without_layout_conversions_the_rules_decide(layout_profile: Path) -> None:
