@@ -140,6 +140,7 @@ def _run_shapes(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, list[
                               for n in names if n not in known)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1   # no thread pool on every core for one probe
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(probe.SerializeToString(), sess_options=options,

@@ -94,6 +94,7 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         else None
     tried: list[tuple[int, float, float]] = []
     measured_at_pick: dict[int, float] = {}
+    searched = front
     while True:
         member = next((m for m in front.within(latency_budget_ms)
                        if m.artifact is not None and m.trial not in measured_at_pick
@@ -114,14 +115,24 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                 continue
         return _export(folder, member, profile, backend, Path(export_dir), latency_budget_ms,
                        onnx_bytes, measured, tuple(tried), finetune_steps, checkpoint)
-    fastest = front.fastest()
-    assert fastest is not None
-    why = ("every front member whose estimate fits measured over the budget" if tried
-           else "no front member's estimate fits the budget")
+    # the front as searched: measurements at pick may have emptied the recomputed one
+    fastest = searched.fastest()
+    assert fastest is not None   # checked non-empty above
+    if tried:
+        why = ("every front member whose estimate fits measured over the budget ("
+               + ", ".join(f"trial {n}: {ms:.3f} ms, estimated {est:.3f}"
+                           for n, est, ms in tried) + ")")
+    else:
+        why = "no front member's estimate fits the budget"
+    fastest_ms = (f"{measured_at_pick[fastest.trial]:.3f} ms measured"
+                  if fastest.trial in measured_at_pick else
+                  f"{fastest.predicted_latency_ms:.3f} ms "
+                  f"{'measured' if fastest.latency_source == 'measured' else 'estimated'}")
     return PickResult(None, None, tuple(tried), None,
                       f"no model within {latency_budget_ms:.3f} ms: {why}; the fastest front "
-                      f"member is trial {fastest.trial} at {fastest.predicted_latency_ms:.3f} "
-                      f"ms estimated (accuracy {fastest.accuracy:.4f})")
+                      f"member is trial {fastest.trial} at {fastest_ms} (accuracy "
+                      f"{fastest.accuracy:.4f}); pick a larger --latency-budget-ms or search "
+                      "on for faster models")
 
 
 def _with_preprocessing(info: RunInfo, onnx_bytes: bytes, accuracy: float

@@ -12,8 +12,11 @@ the search on the new device from them.
 What the latencies are. The run's calibration corrects the estimates of *its* device and is
 not carried over. When the new profile is of this machine, the baseline and uniformly pruned
 copies of it are measured on it and its estimates calibrated, as a search's first run does;
-otherwise the figures are the new profile's raw estimates. Either way a retargeted trial's
-latency is an estimate until ``pick`` measures it on the device.
+otherwise the figures are the new profile's raw estimates. On this machine, as in a search, a
+trial whose estimate lies within :data:`~autocompress.study._prepare.NEAR_BUDGET_MARGIN` of
+the new budget is measured (its model as copied, on the new profile's backend settings): near
+the budget the estimate's error decides which side of it a trial falls on. Every other latency
+is an estimate until ``pick`` measures it on the device.
 
 The budget is the one given, else the same share of the baseline's latency as the run's
 budget was (half, by default), the baseline's latency taken on the new profile as a search
@@ -30,6 +33,7 @@ import math
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +53,12 @@ from autocompress.study._front import ParetoFront
 from autocompress.study._objective import CONSTRAINT
 from autocompress.study._pick import load_study
 from autocompress.study._prepare import (
+    NEAR_BUDGET_MARGIN,
     device_calibration,
     fastest_estimate_ms,
     for_device,
     measure_and_calibrate,
+    measurer,
 )
 from autocompress.study._records import (
     RECORD_ATTR,
@@ -87,8 +93,10 @@ class RetargetedTrial:
     accuracy: float            # as searched: nothing is trained again
     previous_latency_ms: float
     previous_latency_source: str
-    latency_ms: float          # the new profile's estimate (calibrated when measured here)
+    latency_ms: float          # the new profile's estimate (calibrated when measured here),
+    #                            or, near the budget on this machine, the measurement
     within_budget: bool
+    latency_source: str = "estimate"   # "measured" near the budget on this machine
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ class RetargetResult:
             how = ("not calibrated: the profile is of another device, so nothing could be "
                    "measured; they are the profile's raw estimates")
         mapping = ", ".join(f"{t.trial}<-{t.source_trial}" for t in self.trials)
+        measured = [t for t in self.trials if t.latency_source == "measured"]
         lines = [
             f"retargeted {len(self.trials)} finetuned trial(s) of {self.run} to {self.out} "
             f"for {info.profile.describe}",
@@ -164,8 +173,12 @@ class RetargetResult:
             f"{len(self.joined)} new member(s){_listed(self.joined)} "
             f"(trial numbers of {self.run})",
             f"  trial numbers, new<-old: {mapping}",
-            "  'pick' measures its choice when run on that device; until then every trial's "
-            "latency here is an estimate.",
+            *([f"  measured here, estimated within {100 * NEAR_BUDGET_MARGIN:.0f}% of the "
+               f"budget: {len(measured)} trial(s) (new numbers "
+               f"{', '.join(str(t.trial) for t in measured)}); 'pick' measures its choice, "
+               "every other latency here is an estimate."] if measured else
+              ["  'pick' measures its choice when run on that device; until then every "
+               "trial's latency here is an estimate."]),
             f"  continue the search there: autocompress search --out {self.out} --profile "
             f"{info.profile.source} with {self.run}'s other options (no --storage) and "
             f"--trials above {within} (the finetuned trials within budget it already holds)",
@@ -257,10 +270,13 @@ def retarget(run: str | Path, profile: str | Path, out: str | Path, *,
                                              latency_budget_ms, source.path)
     estimates = [_estimate(structures, model, trial, record, source.path)
                  for trial, record in trials]
+    _check_reachable(new_info, estimates, source.path, profile_path)
+    measured = _measure_near_budget(measurer(new_profile), source, trials, estimates,
+                                    new_info.budget.latency_ms)
     previous = ParetoFront.from_study(study, budget_ms=info.budget.latency_ms,
                                       baseline=info.baseline)
     front, retargeted = _write_run(source, out, new_info, profile_path, baseline_onnx, trials,
-                                   estimates)
+                                   estimates, measured)
     _logger.info("retargeted %d trial(s) of %s to %s", len(retargeted), source.path, out)
     return RetargetResult(out, source.path, front, previous, retargeted, new_info)
 
@@ -289,11 +305,6 @@ def _settle(info: RunInfo, structures: _Structures, profile: HardwareProfile,
     budget = _budget(info, baseline_ms, measured is not None, given_budget_ms, run)
     fastest = fastest_estimate_ms(structures.bound,
                                   lambda c: structures.compress(c).estimate(model).latency_ms)
-    if fastest > budget.latency_ms:
-        raise BudgetError(
-            f"the latency budget {budget.latency_ms:.3f} ms ({budget.source}) is below the "
-            f"fastest model {run}'s search space can produce on {profile_path} "
-            f"({fastest:.3f} ms estimated); pass a larger --latency-budget-ms")
     settled = dataclasses.replace(
         info, identity=dataclasses.replace(info.identity,
                                            profile_sha256=sha256_file(profile_path)),
@@ -309,6 +320,23 @@ def _settle(info: RunInfo, structures: _Structures, profile: HardwareProfile,
         allocation=None, storage=None, autocompress_version=__version__,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     return settled, model, baseline_onnx
+
+
+def _check_reachable(info: RunInfo, estimates: list[LatencyEstimate], run: Path,
+                     profile_path: Path) -> None:
+    """Refuse a budget below both the fastest model the space allows on the new device and
+    every trial of the run. The trials count too: the space's fastest model rounds channels
+    to the new device's block, where the run's trials keep the channel counts they were
+    searched with, and may be faster."""
+    budget = info.budget
+    fastest_trial = min(e.latency_ms for e in estimates)
+    if min(info.fastest_estimate_ms, fastest_trial) > budget.latency_ms:
+        raise BudgetError(
+            f"the latency budget {budget.latency_ms:.3f} ms ({budget.source}) is below the "
+            f"fastest model {run}'s search space can produce on {profile_path} "
+            f"({info.fastest_estimate_ms:.3f} ms estimated) and below every trial of it "
+            f"(the fastest estimated at {fastest_trial:.3f} ms); pass a larger "
+            "--latency-budget-ms")
 
 
 def _check_out(out: Path) -> None:
@@ -377,9 +405,26 @@ def _estimate(structures: _Structures, model: LatencyModel, trial: optuna.trial.
         raise ProfileError(f"trial {trial.number} of {run}: {exc}") from exc
 
 
+def _measure_near_budget(measure: Callable[[bytes], float] | None, source: RunFolder,
+                         trials: list[tuple[optuna.trial.FrozenTrial, TrialRecord]],
+                         estimates: list[LatencyEstimate], budget_ms: float
+                         ) -> dict[int, float]:
+    """Measurements (ms) of the trials whose estimate lies within :data:`NEAR_BUDGET_MARGIN`
+    of the budget, by their index in ``trials``; none when ``measure`` is ``None`` (the
+    profile is of another device)."""
+    if measure is None:
+        return {}
+    near = [i for i, e in enumerate(estimates)
+            if abs(e.latency_ms - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms]
+    if near:
+        _logger.info("measuring the %d trial(s) estimated within %.0f%% of the budget",
+                     len(near), 100 * NEAR_BUDGET_MARGIN)
+    return {i: measure((source.path / str(trials[i][1].artifact)).read_bytes()) for i in near}
+
+
 def _write_run(source: RunFolder, out: Path, info: RunInfo, profile_path: Path,
                baseline_onnx: bytes, trials: list[tuple[optuna.trial.FrozenTrial, TrialRecord]],
-               estimates: list[LatencyEstimate]
+               estimates: list[LatencyEstimate], measured: Mapping[int, float]
                ) -> tuple[ParetoFront, tuple[RetargetedTrial, ...]]:
     """Write the new run into a hidden folder beside ``out``, then move it into place: an
     interrupted retarget leaves no half-written run behind at ``out``."""
@@ -395,7 +440,8 @@ def _write_run(source: RunFolder, out: Path, info: RunInfo, profile_path: Path,
                            baseline.read_bytes() if baseline.is_file() else baseline_onnx)
         storage = open_storage(folder.default_storage, heartbeat=False)
         try:
-            front, retargeted = _fill_study(storage, source, folder, info, trials, estimates)
+            front, retargeted = _fill_study(storage, source, folder, info, trials, estimates,
+                                            measured)
         finally:
             engine = getattr(storage, "engine", None)
             if engine is not None:   # the SQLite file moves with the folder
@@ -412,7 +458,7 @@ def _write_run(source: RunFolder, out: Path, info: RunInfo, profile_path: Path,
 
 def _fill_study(storage: optuna.storages.BaseStorage, source: RunFolder, folder: RunFolder,
                 info: RunInfo, trials: list[tuple[optuna.trial.FrozenTrial, TrialRecord]],
-                estimates: list[LatencyEstimate]
+                estimates: list[LatencyEstimate], measured: Mapping[int, float]
                 ) -> tuple[ParetoFront, tuple[RetargetedTrial, ...]]:
     ident = info.identity
     objectives = ident.objectives
@@ -426,6 +472,9 @@ def _fill_study(storage: optuna.storages.BaseStorage, source: RunFolder, folder:
         record = dataclasses.replace(
             old, estimated_latency_ms=estimate.latency_ms, latency_ms=estimate.latency_ms,
             latency_std_ms=estimate.std_ms, latency_source="estimate", artifact=artifact)
+        if number in measured:
+            record = dataclasses.replace(record, latency_ms=measured[number],
+                                         latency_std_ms=0.0, latency_source="measured")
         values = [record.accuracy, record.latency_ms]
         if "size" in objectives:
             values.append(float(record.compressed_size_bytes))
@@ -437,7 +486,7 @@ def _fill_study(storage: optuna.storages.BaseStorage, source: RunFolder, folder:
             user_attrs=attrs, constraints={CONSTRAINT: record.latency_ms - budget_ms}))
         retargeted.append(RetargetedTrial(
             trial.number, number, record.accuracy, old.latency_ms, old.latency_source,
-            record.latency_ms, record.latency_ms <= budget_ms))
+            record.latency_ms, record.latency_ms <= budget_ms, record.latency_source))
     numbers = [t.number for t in study.get_trials(deepcopy=False)]
     assert numbers == list(range(len(trials))), numbers   # a new study numbers from 0
     data = info.data_record

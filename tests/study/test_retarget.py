@@ -33,6 +33,7 @@ from autocompress.study import (
     retarget,
     search,
 )
+from autocompress.study._prepare import NEAR_BUDGET_MARGIN
 from autocompress.study._retarget import RETARGET_ATTR
 
 SCALE = 2.5
@@ -92,6 +93,7 @@ def test_accuracies_are_kept_and_latencies_are_the_new_profiles_estimates(
     run, out = Path(digits_config.out), retargeted.out
     old = {n: r for n, (_, r) in _records(run).items() if r.finetuned}
     new = _records(out)
+    budget, measured = retargeted.info.budget.latency_ms, 0
     assert sorted(new) == list(range(len(old)))   # a new study, numbered from 0
     assert sorted(t.user_attrs[RETARGET_ATTR]["trial"] for t, _ in new.values()) == sorted(old)
     for trial, record in new.values():
@@ -99,13 +101,24 @@ def test_accuracies_are_kept_and_latencies_are_the_new_profiles_estimates(
         assert record.accuracy == source.accuracy                   # exactly: nothing trained
         assert record.candidate == source.candidate and record.finetuned
         # the same device 2.5x slower: the search's (calibrated) estimate, times 2.5
-        assert record.latency_ms == pytest.approx(SCALE * source.estimated_latency_ms, rel=1e-6)
-        assert record.estimated_latency_ms == record.latency_ms
-        assert record.latency_source == "estimate"
-        assert trial.values == [record.accuracy, record.latency_ms]
+        assert record.estimated_latency_ms == pytest.approx(
+            SCALE * source.estimated_latency_ms, rel=1e-6)
         copied = (out / str(record.artifact)).read_bytes()
         assert copied == (run / str(source.artifact)).read_bytes()
+        if abs(record.estimated_latency_ms - budget) <= NEAR_BUDGET_MARGIN * budget:
+            # near the budget it is measured, as a search measures (the synthetic device is
+            # this machine)
+            assert record.latency_source == "measured"
+            assert record.latency_ms == pytest.approx(
+                synthetic.synthetic_latency_ms(copied, SCALE))
+            measured += 1
+        else:
+            assert record.latency_source == "estimate"
+            assert record.latency_ms == record.estimated_latency_ms
+        assert trial.values == [record.accuracy, record.latency_ms]
         assert record.artifact == f"trials/{trial.number:05d}/model.onnx"
+    assert measured == sum(t.latency_source == "measured" for t in retargeted.trials)
+    assert measured >= 1     # the front's slowest members sit near the budget
 
 
 def test_the_budget_is_the_runs_share_of_the_baseline_on_the_new_device(
@@ -140,7 +153,8 @@ def test_retargeting_onto_the_runs_own_profile_reproduces_its_estimates(
     old = {n: r for n, (_, r) in _records(run).items()}
     for trial, record in _records(result.out).values():
         source = old[trial.user_attrs[RETARGET_ATTR]["trial"]]
-        assert record.latency_ms == pytest.approx(source.estimated_latency_ms, rel=1e-9)
+        assert record.estimated_latency_ms == pytest.approx(source.estimated_latency_ms,
+                                                            rel=1e-9)
     assert result.info.budget.latency_ms == pytest.approx(
         RunFolder.open(run).run.budget.latency_ms, rel=1e-9)
 
@@ -302,6 +316,20 @@ def test_a_budget_below_the_fastest_model_is_refused(digits_config, digits_front
     with pytest.raises(BudgetError, match="fastest model"):
         retarget(digits_config.out, slow_profile, tmp_path / "out", latency_budget_ms=1e-6)
     _no_leftovers(tmp_path / "out")
+
+
+def test_a_budget_only_the_runs_trials_reach_is_accepted(retargeted: RetargetResult) -> None:
+    """The space's fastest model rounds channels to the new device's block; the run's trials
+    keep theirs and may be faster: a budget they meet is not refused."""
+    from autocompress.hardware import LatencyEstimate
+    from autocompress.study._retarget import _check_reachable
+
+    budget = retargeted.info.budget.latency_ms
+    info = replace(retargeted.info, fastest_estimate_ms=2 * budget)
+    fast, slow = (LatencyEstimate(f * budget, 0.0, 0.0) for f in (0.9, 1.5))
+    _check_reachable(info, [slow, fast], Path("run"), Path("new.json"))
+    with pytest.raises(BudgetError, match="below every trial of it"):
+        _check_reachable(info, [slow], Path("run"), Path("new.json"))
 
 
 def test_cli_prints_the_front_and_what_changed(digits_config, digits_front, slow_profile,

@@ -123,6 +123,22 @@ def test_a_member_measured_over_budget_at_pick_is_passed_over_and_recorded(
                                            "measured_latency_ms": 2 * budget}]
 
 
+def test_pick_says_so_when_every_member_measures_over_the_budget(
+        config: SearchConfig, finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import autocompress.study._pick as pick_module
+
+    front = load_front(config.out)
+    budget = max(m.predicted_latency_ms for m in front) * 1.5
+    monkeypatch.setattr(pick_module, "_measure", lambda _backend, _onnx: 2 * budget)
+    result = pick(config.out, budget, tmp_path / "none")
+    assert result.member is None and result.export_dir is None
+    assert {m.trial for m in front} <= {t for t, _, _ in result.tried}
+    assert "measured over the budget" in result.message
+    fastest = front.fastest()
+    assert f"trial {fastest.trial} at {2 * budget:.3f} ms measured" in result.message
+    assert not (tmp_path / "none").exists()
+
+
 def test_pick_with_a_budget_nothing_meets_names_the_fastest(config, finished, tmp_path) -> None:
     result = pick(config.out, 1e-6, tmp_path / "none")
     assert result.member is None and result.export_dir is None
