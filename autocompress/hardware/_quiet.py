@@ -8,18 +8,28 @@ less this process's and its threads'), and is taken again when they used more th
 while it ran (a process that started after the wait). Benchmarks that train in the background while
 something else may run set it; interactive searches do not need it. Elsewhere than Linux it
 does nothing.
+
+A measurement at several threads also needs as many cores. A virtual machine can lose one to
+its host for a while, which no process of the machine shows: on the 2-core development VM, 2
+ONNX Runtime threads intermittently ran a model in 0.34 ms where 1 thread took 0.20 and 2
+threads 0.16 a minute before, the second core idle. So with the setting, a measurement at
+``threads > 1`` also waits until ``threads`` busy threads run side by side at least
+:data:`MIN_PARALLEL_SHARE` as fast as one alone (:func:`parallel_speedup`, milliseconds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["QUIET_ENV", "measure_quietly", "other_cpu_percent", "wait_for_quiet"]
+__all__ = ["MIN_PARALLEL_SHARE", "QUIET_ENV", "measure_quietly", "other_cpu_percent",
+           "parallel_speedup", "wait_for_quiet"]
 
 _logger = logging.getLogger(__name__)
 
@@ -29,8 +39,13 @@ _BACKOFF_S = 5.0
 #: a quiet reading stands for this long (profiling measures hundreds of kernels in a row)
 _TRUST_S = 3.0
 _last_quiet = [-1e9]
+#: the threads the last quiet reading found cores for
+_last_quiet_threads = [1]
 #: a measurement disturbed by other processes is taken again at most this many times
 _RETRIES = 5
+#: the share of ``threads`` a parallel probe must reach for the cores to count as there
+MIN_PARALLEL_SHARE = 0.65
+_PROBE_BYTES = 1 << 24
 
 T = TypeVar("T")
 
@@ -74,21 +89,54 @@ def other_cpu_percent(interval_s: float = _POLL_S) -> float | None:
     return None if after is None else _percent(after - before, interval_s)
 
 
+def parallel_speedup(threads: int) -> float:
+    """How many of ``threads`` busy threads run at once now: ``threads`` times the time one
+    thread takes to hash a buffer, over the time ``threads`` threads take to hash one each
+    (hashing releases the GIL). About ``threads`` when the machine gives this process that
+    many cores, about 1 when it gives one."""
+    data = bytes(_PROBE_BYTES)
+
+    def work() -> None:
+        hashlib.sha256(data).digest()
+
+    def timed(count: int) -> float:
+        workers = [threading.Thread(target=work) for _ in range(count)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - start
+
+    timed(1)   # warm-up
+    one = min(timed(1) for _ in range(3))
+    many = min(timed(threads) for _ in range(3))
+    return threads * one / max(many, 1e-9)
+
+
+def _cores_ready(threads: int) -> tuple[bool, float]:
+    if threads <= 1:
+        return True, 1.0
+    speedup = parallel_speedup(threads)
+    return speedup >= MIN_PARALLEL_SHARE * threads, speedup
+
+
 def _threshold() -> float | None:
     setting = os.environ.get(QUIET_ENV)
     return float(setting) if setting else None
 
 
-def measure_quietly(measure: Callable[[], T]) -> T:
+def measure_quietly(measure: Callable[[], T], threads: int = 1) -> T:
     """``measure()`` on a quiet machine: with ``$AUTOCOMPRESS_WAIT_FOR_QUIET`` set, after
-    :func:`wait_for_quiet`, and taken again (up to :data:`_RETRIES` times) when other
-    processes used more than the threshold while it ran; without it, at once. A wait before
-    a measurement cannot see a process that starts during it: the check after can."""
+    :func:`wait_for_quiet` (with ``threads`` cores free, for a measurement at that many
+    threads), and taken again (up to :data:`_RETRIES` times) when other processes used more
+    than the threshold while it ran; without it, at once. A wait before a measurement cannot
+    see a process that starts during it: the check after can."""
     threshold = _threshold()
     if threshold is None:
         return measure()
     for attempt in range(_RETRIES + 1):
-        wait_for_quiet(threshold)
+        wait_for_quiet(threshold, threads=threads)
         before, start = _others_ticks(), time.perf_counter()
         result = measure()
         after, seconds = _others_ticks(), time.perf_counter() - start
@@ -106,31 +154,36 @@ def measure_quietly(measure: Callable[[], T]) -> T:
     return result
 
 
-def wait_for_quiet(threshold_percent: float | None = None, max_wait_s: float = 6 * 3600
-                   ) -> float:
+def wait_for_quiet(threshold_percent: float | None = None, max_wait_s: float = 6 * 3600,
+                   threads: int = 1) -> float:
     """Block until other processes use less than ``threshold_percent`` of a core (default:
-    ``$AUTOCOMPRESS_WAIT_FOR_QUIET``; without it, return at once). Returns the seconds
+    ``$AUTOCOMPRESS_WAIT_FOR_QUIET``; without it, return at once) and, for ``threads > 1``,
+    until that many threads run side by side (:func:`parallel_speedup`). Returns the seconds
     waited; gives up (with a warning) after ``max_wait_s``."""
     if threshold_percent is None:
         threshold_percent = _threshold()
         if threshold_percent is None:
             return 0.0
     start = time.perf_counter()
-    if start - _last_quiet[0] < _TRUST_S:
+    if start - _last_quiet[0] < _TRUST_S and _last_quiet_threads[0] >= threads:
         return 0.0
     warned = False
     while True:
         used = other_cpu_percent()
-        if used is None or used < threshold_percent:
+        quiet = used is None or used < threshold_percent
+        cores, speedup = _cores_ready(threads) if quiet else (False, float("nan"))
+        if quiet and cores:
             _last_quiet[0] = time.perf_counter()
+            _last_quiet_threads[0] = threads
             return _last_quiet[0] - start
         waited = time.perf_counter() - start
+        why = (f"other processes use {used:.0f}% of a core" if not quiet else
+               f"{threads} threads run only {speedup:.1f}x as fast as one (the machine "
+               f"gives fewer than {threads} cores now)")
         if waited > max_wait_s:
-            _logger.warning("measuring although other processes use %.0f%% of a core (waited "
-                            "%.0f s)", used, waited)
+            _logger.warning("measuring although %s (waited %.0f s)", why, waited)
             return waited
         if not warned:
-            _logger.info("waiting for other processes to leave the CPU (%.0f%% of a core "
-                         "busy) before measuring", used)
+            _logger.info("waiting before measuring: %s", why)
             warned = True
         time.sleep(_BACKOFF_S)

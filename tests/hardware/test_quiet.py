@@ -50,3 +50,57 @@ def test_without_the_setting_a_measurement_is_taken_once(
     monkeypatch.setattr(_quiet, "_others_ticks", lambda: pytest.fail("must not read /proc"))
     calls = []
     assert _quiet.measure_quietly(lambda: calls.append(1) or len(calls)) == 1
+
+
+def test_a_measurement_at_several_threads_waits_for_as_many_cores(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A virtual machine can lose a core to its host, which no process shows: the wait
+    probes how many threads run side by side (scripted here: first 1.1 of 2, then 1.9)."""
+    monkeypatch.setattr(_quiet, "_last_quiet", [-1e9])
+    monkeypatch.setattr(_quiet, "other_cpu_percent", lambda *_a: 0.0)
+    monkeypatch.setattr(_quiet, "_BACKOFF_S", 0.0)
+    speedups = iter([1.1, 1.9])
+    probed = []
+    monkeypatch.setattr(_quiet, "parallel_speedup",
+                        lambda threads: probed.append(threads) or next(speedups))
+    with caplog.at_level("INFO", logger=_quiet.__name__):
+        _quiet.wait_for_quiet(15, threads=2)
+    assert probed == [2, 2]
+    assert "2 threads run only 1.1x as fast as one" in caplog.text
+    # a quiet reading for 2 threads stands for a while, for 1 thread too
+    _quiet.wait_for_quiet(15, threads=1)
+    _quiet.wait_for_quiet(15, threads=2)
+    assert probed == [2, 2]
+
+
+def test_one_thread_needs_no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_quiet, "_last_quiet", [-1e9])
+    monkeypatch.setattr(_quiet, "_last_quiet_threads", [1])
+    monkeypatch.setattr(_quiet, "other_cpu_percent", lambda *_a: 0.0)
+    monkeypatch.setattr(_quiet, "parallel_speedup", lambda _t: pytest.fail("probed"))
+    assert _quiet.wait_for_quiet(15, threads=1) >= 0.0
+
+
+def test_the_parallel_probe_measures_something() -> None:
+    # behaviour, not speed: a positive ratio, about 1 for one thread
+    assert _quiet.parallel_speedup(1) > 0
+    assert _quiet.parallel_speedup(2) > 0
+
+
+def test_a_backend_passes_its_threads_to_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from autocompress.hardware.backends import get_backend
+    from autocompress.hardware.backends import onnxruntime as ort_backend
+
+    seen = []
+    monkeypatch.setattr(ort_backend, "time_callable",
+                        lambda run, settings, threads=1: seen.append(threads) or run())
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    get_backend("onnxruntime", threads=2).measure(model.SerializeToString())
+    assert seen == [2]

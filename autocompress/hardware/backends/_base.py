@@ -103,10 +103,12 @@ def time_rounds(run_round: Callable[[], list[float]],
                               runs=len(times), stable=stable)
 
 
-def time_callable(run: Callable[[], object], settings: MeasureSettings) -> LatencyMeasurement:
+def time_callable(run: Callable[[], object], settings: MeasureSettings,
+                  threads: int = 1) -> LatencyMeasurement:
     """Time ``run()`` as :class:`MeasureSettings` describes (on this machine: with
-    ``AUTOCOMPRESS_WAIT_FOR_QUIET`` set, only while no other process uses the CPU: waited
-    for before, checked after, measured again when disturbed)."""
+    ``AUTOCOMPRESS_WAIT_FOR_QUIET`` set, only while no other process uses the CPU and, for
+    a run on ``threads`` threads, that many cores run side by side: waited for before,
+    checked after, measured again when disturbed)."""
     from autocompress.hardware._quiet import measure_quietly
 
     def one_round() -> list[float]:
@@ -125,7 +127,7 @@ def time_callable(run: Callable[[], object], settings: MeasureSettings) -> Laten
             run()
         return time_rounds(one_round, settings)
 
-    return measure_quietly(measure)
+    return measure_quietly(measure, threads=threads)
 
 
 def run_in_batches(run_batch: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,

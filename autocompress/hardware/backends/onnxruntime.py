@@ -176,7 +176,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> LatencyMeasurement:
         session = self.session(onnx_model)
         feeds = self.random_inputs(session)
-        return time_callable(lambda: session.run(None, feeds), settings or MeasureSettings())
+        return time_callable(lambda: session.run(None, feeds), settings or MeasureSettings(),
+                             threads=self.threads if self.device == "cpu" else 1)
 
     def run(self, onnx_model: bytes, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
         session = self.session(onnx_model)

@@ -505,7 +505,7 @@ class TvmBackend(Backend):
             return _time_remote(program, args, settings)
         main = program.vm["main"]
         if program.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
-            return time_callable(lambda: main(*args), settings)
+            return time_callable(lambda: main(*args), settings, threads=self.threads)
         sync = program.device.sync
 
         def run_and_wait() -> None:
