@@ -14,7 +14,8 @@ its host for a while, which no process of the machine shows: on the 2-core devel
 ONNX Runtime threads intermittently ran a model in 0.34 ms where 1 thread took 0.20 and 2
 threads 0.16 a minute before, the second core idle. So with the setting, a measurement at
 ``threads > 1`` also waits until ``threads`` busy threads run side by side at least
-:data:`MIN_PARALLEL_SHARE` as fast as one alone (:func:`parallel_speedup`, milliseconds).
+:data:`MIN_PARALLEL_SHARE` as fast as one alone (:func:`parallel_speedup`, about 75 ms), or
+as many threads as the process may use, where the measurement asks for more.
 """
 
 from __future__ import annotations
@@ -114,7 +115,17 @@ def parallel_speedup(threads: int) -> float:
     return threads * one / max(many, 1e-9)
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _cores_ready(threads: int) -> tuple[bool, float]:
+    """Whether ``threads`` threads (at most as many as this process may use: more could
+    never be found) run side by side now, and the probe's speed-up."""
+    threads = min(threads, _usable_cores())
     if threads <= 1:
         return True, 1.0
     speedup = parallel_speedup(threads)

@@ -73,6 +73,18 @@ def test_a_measurement_at_several_threads_waits_for_as_many_cores(
     assert probed == [2, 2]
 
 
+def test_more_threads_than_cores_probe_the_cores_there_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A measurement at 4 threads on 2 usable cores cannot find 4: it waits for 2."""
+    monkeypatch.setattr(_quiet, "_last_quiet", [-1e9])
+    monkeypatch.setattr(_quiet, "other_cpu_percent", lambda *_a: 0.0)
+    monkeypatch.setattr(_quiet, "_usable_cores", lambda: 2)
+    probed = []
+    monkeypatch.setattr(_quiet, "parallel_speedup", lambda t: probed.append(t) or 1.9)
+    _quiet.wait_for_quiet(15, threads=4)
+    assert probed == [2]
+
+
 def test_one_thread_needs_no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_quiet, "_last_quiet", [-1e9])
     monkeypatch.setattr(_quiet, "_last_quiet_threads", [1])
