@@ -225,6 +225,10 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
                              "onnxruntime-gpu)")
     parser.add_argument("--target", help="tvm: llvm (default), arm, cuda, or a target JSON")
     parser.add_argument("--rpc", help="tvm: HOST:PORT of a TVM RPC server on the device")
+    parser.add_argument("--tuning-trials", type=int, metavar="N",
+                        help="tvm on this machine: tune every model with MetaSchedule, N "
+                             "trials per task, before measuring it (default 0: untuned; "
+                             "minutes per model, hours for a whole profile grid)")
     parser.add_argument("--scale", type=_positive_float,
                         help="synthetic: latency factor (default: "
                              "$AUTOCOMPRESS_SYNTHETIC_SCALE, else 1)")
@@ -233,7 +237,7 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
 def _backend_args(args: argparse.Namespace) -> dict[str, object]:
     """The backend options given on the command line (``None``: the backend's default)."""
     return {"threads": args.threads, "device": args.device, "target": args.target,
-            "rpc": args.rpc, "scale": args.scale}
+            "rpc": args.rpc, "tuning_trials": args.tuning_trials, "scale": args.scale}
 
 
 def _setup_logging(verbose: int) -> None:

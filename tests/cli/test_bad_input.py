@@ -97,6 +97,9 @@ CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
         ("bob:***@", "cannot open the study storage")),
     "budget below the fastest model": (lambda t, p: _search(
         t, p, "--latency-budget-ms", "0.000001"), ("below the fastest model",)),
+    "tuning asked of a backend that does not tune": (lambda t, p: [
+        "measure", "--onnx", str(t), "--backend", "onnxruntime", "--tuning-trials", "8"],
+        ("tuning_trials is an option of the tvm backend",)),
     "front of a folder that is no run": (lambda t, p: ["front", str(t)], ("run.json",)),
     "pick from a folder that is no run": (lambda t, p: ["pick", str(t), "--latency-budget-ms",
                                                        "1", "--export", str(t / "e")],

@@ -160,3 +160,16 @@ def test_estimate_needs_an_input_shape_for_a_file_model(capsys, tmp_path, synthe
     assert "--input-shape" in message
     assert main(["estimate", "--model", f"{source}:make", "--profile", str(synthetic_profile),
                  "--input-shape", "1,3,2,2"]) == 0
+
+
+def test_tuning_trials_reach_the_tvm_backend() -> None:
+    from autocompress.cli.main import _backend_args, _parser
+
+    args = _parser().parse_args(["profile", "--backend", "tvm", "--tuning-trials", "4",
+                                 "--out", "p.json"])
+    assert _backend_args(args)["tuning_trials"] == 4
+    pytest.importorskip("tvm")
+    from autocompress.hardware.backends import get_backend
+
+    settings = get_backend("tvm", **_backend_args(args)).settings()
+    assert settings["tuned"] is True and settings["tuning_trials"] == 4
