@@ -17,7 +17,7 @@ from autocompress.evaluation import TrainSettings, evaluate_accuracy, model_stat
 from autocompress.exceptions import ExportError, FinetuneDivergedError
 from autocompress.hardware.export import export_onnx
 from autocompress.study._config import trial_seed
-from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared
+from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared, near_budget
 from autocompress.study._records import TrialRecord
 from autocompress.transforms import (
     CompressedModel,
@@ -77,8 +77,8 @@ class Objective:
         compressed = prepared.compress(prepared.bound.sample(trial))
         estimate = compressed.estimate(prepared.latency_model)
         latency, std, source = estimate.latency_ms, estimate.std_ms, "estimate"
-        near = abs(latency - self.budget_ms) <= self.remeasure_margin * self.budget_ms
-        if self.measure is not None and near:
+        if self.measure is not None and near_budget(latency, self.budget_ms,
+                                                    self.remeasure_margin):
             # near the budget the estimate's error decides: measure what would be deployed
             latency = self.measure(compressed.rewrite(compressed.structure_onnx(),
                                                       prepared.calibration))

@@ -51,13 +51,19 @@ from autocompress.transforms._importance import training_statistics
 __all__ = ["NEAR_BUDGET_MARGIN", "Prepared", "calibration_inputs", "device_calibration",
            "fastest_estimate_ms", "first_run_info", "for_device", "importance_statistics",
            "load_search_data", "load_space", "local_profile", "measure_and_calibrate",
-           "run_data", "search_data", "seed_params"]
+           "near_budget", "run_data", "search_data", "seed_params"]
 
 _logger = logging.getLogger("autocompress")
 
 #: Candidates whose estimate lies within this fraction of the budget are measured, when the
 #: profile is of this machine: there the estimate's error would decide.
 NEAR_BUDGET_MARGIN = 0.1
+
+
+def near_budget(latency_ms: float, budget_ms: float, margin: float = NEAR_BUDGET_MARGIN) -> bool:
+    """Whether an estimate lies within ``margin`` of the budget, where its error decides
+    which side of the budget a candidate falls on: there a local device is measured."""
+    return abs(latency_ms - budget_ms) <= margin * budget_ms
 _BASELINE_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
 _NEAR_BUDGET_MEASURE = MeasureSettings(max_time_s=1.0, min_runs=60, round_runs=30)
 _CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
@@ -427,7 +433,7 @@ def seed_params(prepared: Prepared, budget_ms: float,
         params = uniform_params(prepared.bound, ratio, precision)
         compressed = prepared.compress(prepared.bound.candidate_from_params(params))
         latency = compressed.estimate(prepared.latency_model).latency_ms
-        if measure is not None and abs(latency - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms:
+        if measure is not None and near_budget(latency, budget_ms):
             latency = measure(compressed.rewrite(compressed.structure_onnx(),
                                                  prepared.calibration))
         if latency <= budget_ms:

@@ -59,6 +59,7 @@ from autocompress.study._prepare import (
     for_device,
     measure_and_calibrate,
     measurer,
+    near_budget,
 )
 from autocompress.study._records import (
     RECORD_ATTR,
@@ -415,7 +416,7 @@ def _measure_near_budget(measure: Callable[[bytes], float] | None, source: RunFo
     if measure is None:
         return {}
     near = [i for i, e in enumerate(estimates)
-            if abs(e.latency_ms - budget_ms) <= NEAR_BUDGET_MARGIN * budget_ms]
+            if near_budget(e.latency_ms, budget_ms)]
     if near:
         _logger.info("measuring the %d trial(s) estimated within %.0f%% of the budget",
                      len(near), 100 * NEAR_BUDGET_MARGIN)

@@ -23,7 +23,7 @@ import optuna
 
 from autocompress.evaluation import ScreeningSettings, screening_score
 from autocompress.study._objective import CONSTRAINT
-from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared
+from autocompress.study._prepare import Prepared, near_budget
 from autocompress.study._storage import open_study
 from autocompress.transforms import apply_sparsity, make_sparsity_permanent
 
@@ -130,7 +130,7 @@ class Screening:
 
     def _fits_measured(self, screened: Screened,
                        measure: Callable[[Mapping[str, Any]], float]) -> bool:
-        if abs(screened.latency_ms - self.budget_ms) > NEAR_BUDGET_MARGIN * self.budget_ms:
+        if not near_budget(screened.latency_ms, self.budget_ms):
             return True
         measured = measure(screened.params)
         if measured <= self.budget_ms:
