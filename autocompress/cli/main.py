@@ -172,8 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", type=Path, required=True)
     pr.add_argument("--upgrade", "--sweep-only", dest="upgrade", action="store_true",
                     help="measure only what the existing profile --out lacks that profiling "
-                         "measures today (the channel sweep; ONNX Runtime's layout "
-                         "conversions on a CPU) and add it (seconds)")
+                         "measures today (the channel sweep; on ONNX Runtime on a CPU its "
+                         "layout conversions, grouped convolutions and weight-streaming "
+                         "chains) and add it (seconds)")
     pr.add_argument("--precisions", type=_precisions, default=("fp32",),
                     help="comma-separated precisions to measure kernels in, fp32 among "
                          "them (default: fp32); e.g. fp32,int8 for mixed-precision "
@@ -369,6 +370,7 @@ def _profile(args: argparse.Namespace) -> int:
         layout = sum(1 for k in profile.kernels if k.kernel.kind in LAYOUT_KINDS)
         print(f"upgraded {args.out}: channel block {profile.channel_block}, {layout} layout "
               f"conversions measured")
+        _print_streaming(profile)
         return 0
     from autocompress.hardware._tools import profile_device
 
@@ -386,7 +388,21 @@ def _profile(args: argparse.Namespace) -> int:
     if profile.channel_block is not None:
         print(f"channel block: {profile.channel_block} (convolutions run fastest at multiples "
               f"of {profile.channel_block} channels; spaces with round_to: device round to it)")
+    _print_streaming(profile)
     return 0
+
+
+def _print_streaming(profile: Any) -> None:
+    """One line on what reading weights costs on the device, where the profile measured it."""
+    from autocompress.hardware.latency import WeightStreaming
+
+    streaming = WeightStreaming.from_profile(profile)
+    if streaming is None:
+        return
+    largest = streaming.footprint_bytes[-1]
+    print(f"weights: read at {1e-6 / streaming.cached_ms_per_byte:.0f} GB/s while they fit in "
+          f"cache, {1e-6 / streaming.rate(largest):.0f} GB/s at {largest / 2**20:.0f} MiB "
+          f"(estimates charge models whose weights outgrow the cache for reading them)")
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -416,6 +432,9 @@ def _estimate(args: argparse.Namespace) -> int:
         print(f"{what}: {calibrated:.3f} ms +- {device.scale * estimate.std_ms:.3f} (estimate "
               f"from {args.profile}: {profile.describe()}; device calibration "
               f"{device.describe()}; raw {estimate.latency_ms:.3f} ms)")
+    if estimate.streaming_ms > 0:
+        print(f"of which {estimate.streaming_ms:.3f} ms (raw) reading weights that outgrow the "
+              f"device's cache")
     if estimate.unmodelled:
         print(f"note: operators costed as elementwise: {', '.join(estimate.unmodelled)}")
     return 0

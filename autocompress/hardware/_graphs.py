@@ -16,6 +16,7 @@ from autocompress.hardware._kernel import (
     CONTEXT_KINDS,
     LAYOUT_KINDS,
     PRECISIONS,
+    STREAM_KINDS,
     Kernel,
 )
 
@@ -30,14 +31,14 @@ _BOUNDARY_ZERO_POINT = 128
 
 def _conv_node(k: Kernel, x: str, y: str, prefix: str, rng: np.random.Generator
                ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    w = rng.standard_normal((k.out_channels, k.in_channels // k.groups, k.kernel, k.kernel))
+    w = rng.standard_normal((k.out_channels, k.in_channels // k.groups, k.kernel, k.window_w))
     b = rng.standard_normal(k.out_channels)
     inits = [numpy_helper.from_array(w.astype(np.float32), f"{prefix}w"),
              numpy_helper.from_array(b.astype(np.float32), f"{prefix}b")]
-    pad = k.kernel // 2
+    pads = [k.kernel // 2, k.window_w // 2] * 2
     conv = helper.make_node("Conv", [x, f"{prefix}w", f"{prefix}b"], [f"{prefix}c"],
-                            kernel_shape=[k.kernel, k.kernel], strides=[k.stride, k.stride],
-                            pads=[pad] * 4, group=k.groups)
+                            kernel_shape=[k.kernel, k.window_w], strides=[k.stride, k.stride],
+                            pads=pads, group=k.groups)
     relu = helper.make_node("Relu", [f"{prefix}c"], [y])
     return [conv, relu], inits
 
@@ -52,8 +53,11 @@ def kernel_graph(kernel: Kernel, seed: int = 0) -> bytes:
     and a DequantizeLinear on its output. fp16: the fp32 graph converted with float inputs
     and outputs, so it carries a Cast at each end. Boundary kinds are the conversion alone;
     context kinds are three-convolution chains (:data:`CONTEXT_KINDS`); layout kinds are ONNX
-    Runtime's reorder into or out of its blocked layout alone (:data:`LAYOUT_KINDS`).
+    Runtime's reorder into or out of its blocked layout alone (:data:`LAYOUT_KINDS`); the
+    weight-streaming kind is a chain of matrix-vector products (:data:`STREAM_KINDS`).
     """
+    if kernel.kind in STREAM_KINDS:
+        return _stream_graph(kernel, seed).SerializeToString()
     if kernel.kind in BOUNDARY_KINDS:
         return _boundary_graph(kernel).SerializeToString()
     if kernel.kind in LAYOUT_KINDS:
@@ -97,6 +101,30 @@ def _chain_graph(kernel: Kernel, seed: int) -> onnx.ModelProto:
     return _model(nodes, f"{kernel.kind}_{c}", helper.make_tensor_value_info(
         "x", TensorProto.FLOAT, shape), helper.make_tensor_value_info("y", TensorProto.FLOAT,
                                                                          shape), inits)
+
+
+def _stream_graph(kernel: Kernel, seed: int) -> onnx.ModelProto:
+    """``kernel.height`` MatMuls of a ``1 x in_channels`` row by square ``in_channels x
+    in_channels`` weights of their own, in a row: a run reads every weight once and computes
+    little, so its time per byte is what reading weights costs at that footprint."""
+    if kernel.in_channels != kernel.out_channels or kernel.height < 1:
+        raise ValueError(f"a weight-streaming chain has square weights and at least one "
+                         f"layer, got {kernel}")
+    rng = np.random.default_rng(seed)
+    c = kernel.in_channels
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    x = "x"
+    for i in range(kernel.height):
+        w = rng.standard_normal((c, c), dtype=np.float32) / np.float32(np.sqrt(c))
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        y = "y" if i == kernel.height - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [y], name=f"matmul{i}"))
+        x = y
+    row = [1, c]
+    return _model(nodes, f"weights_{kernel.height}x{c}",
+                  helper.make_tensor_value_info("x", TensorProto.FLOAT, row),
+                  helper.make_tensor_value_info("y", TensorProto.FLOAT, row), inits)
 
 
 def _model(nodes: list[onnx.NodeProto], name: str, x: onnx.ValueInfoProto,

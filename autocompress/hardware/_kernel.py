@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 __all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FLAT_KINDS", "KINDS", "LAYOUT_KINDS", "PRECISIONS",
-           "Kernel", "KernelKind", "Precision", "boundary_kind", "classify_conv"]
+           "STREAM_KINDS", "Kernel", "KernelKind", "Precision", "boundary_kind", "classify_conv"]
 
 KernelKind = Literal["conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise", "quantize",
                      "dequantize", "to_fp16", "from_fp16", "chain", "island", "reorder_in",
-                     "reorder_out"]
+                     "reorder_out", "weights"]
 #: Kinds of the operators of a model.
 KINDS: tuple[KernelKind, ...] = ("conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise")
 #: Kinds of the conversions at an edge where precision changes (elementwise on one tensor).
@@ -23,9 +23,14 @@ CONTEXT_KINDS: tuple[KernelKind, ...] = ("chain", "island")
 #: a CPU: into and out of its blocked NCHWc layout), over one ``in_channels x height x width``
 #: tensor; measured where the backend's rules name them (``CostRules.layout_kernels``).
 LAYOUT_KINDS: tuple[KernelKind, ...] = ("reorder_in", "reorder_out")
+#: Kinds measured to see what reading a model's weights costs once they no longer fit in the
+#: device's caches: ``height`` matrix-vector products in a row, each with its own
+#: ``in_channels x out_channels`` fp32 weights (``weights``: ``height`` times 1 MiB at 512 x
+#: 512), which the device reads once per run and barely computes with.
+STREAM_KINDS: tuple[KernelKind, ...] = ("weights",)
 #: Kinds over one tensor (or a matrix), whose output has the input's height and width.
 FLAT_KINDS: tuple[KernelKind, ...] = ("gemm", "elementwise", *BOUNDARY_KINDS, *CONTEXT_KINDS,
-                                      *LAYOUT_KINDS)
+                                      *LAYOUT_KINDS, *STREAM_KINDS)
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 # The conversion kernel for each direct change of precision (others go through fp32).
@@ -47,6 +52,8 @@ class Kernel:
     ``precision`` is the precision the operator computes in (``fp32``, ``fp16``, ``int8``);
     a boundary kernel has the precision of the profile part that measures it (``int8`` for
     ``quantize``/``dequantize``, ``fp16`` for the casts).
+    ``kernel`` is the window's height and width; ``kernel_w``, where not 0, its width
+    (a 1x7 or 7x1 convolution, as in Inception; a convolution pads to keep its size).
     """
 
     kind: KernelKind
@@ -58,29 +65,35 @@ class Kernel:
     stride: int = 1
     groups: int = 1
     precision: str = "fp32"
+    kernel_w: int = 0
 
-    def _out_size(self, size: int) -> int:
+    @property
+    def window_w(self) -> int:
+        """The window's width (``kernel`` where the window is square)."""
+        return self.kernel_w or self.kernel
+
+    def _out_size(self, size: int, window: int) -> int:
         if self.kind in FLAT_KINDS:
             return size
         if self.kind == "pool" and self.kernel == 0:
             return 1
-        pad = self.kernel // 2 if self.kind != "pool" else 0
-        return (size + 2 * pad - self.kernel) // self.stride + 1
+        pad = window // 2 if self.kind != "pool" else 0
+        return (size + 2 * pad - window) // self.stride + 1
 
     @property
     def out_height(self) -> int:
-        return self._out_size(self.height)
+        return self._out_size(self.height, self.kernel)
 
     @property
     def out_width(self) -> int:
-        return self._out_size(self.width)
+        return self._out_size(self.width, self.window_w)
 
     @property
     def macs(self) -> int:
         if self.kind in ("conv", "conv1x1", "dwconv"):
             return (self.out_channels * self.out_height * self.out_width
-                    * (self.in_channels // self.groups) * self.kernel * self.kernel)
-        if self.kind == "gemm":
+                    * (self.in_channels // self.groups) * self.kernel * self.window_w)
+        if self.kind in ("gemm", "weights"):
             return self.height * self.in_channels * self.out_channels
         return 0
 
@@ -97,13 +110,19 @@ class Kernel:
     @property
     def weight_elements(self) -> int:
         if self.kind in ("conv", "conv1x1", "dwconv"):
-            return self.out_channels * (self.in_channels // self.groups) * self.kernel**2
+            return (self.out_channels * (self.in_channels // self.groups) * self.kernel
+                    * self.window_w)
         if self.kind == "gemm":
             return self.in_channels * self.out_channels
+        if self.kind == "weights":
+            return self.height * self.in_channels * self.out_channels
         return 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.kernel_w:
+            del data["kernel_w"]  # square windows: files as before
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Kernel:
@@ -111,10 +130,11 @@ class Kernel:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def classify_conv(in_channels: int, out_channels: int, kernel: int, groups: int) -> KernelKind:
+def classify_conv(in_channels: int, out_channels: int, kernel: int, groups: int,
+                  kernel_w: int = 0) -> KernelKind:
     if groups > 1 and groups == in_channels:
         return "dwconv"
-    if kernel == 1:
+    if kernel == 1 and kernel_w in (0, 1):
         return "conv1x1"
     return "conv"
 

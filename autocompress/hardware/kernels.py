@@ -35,6 +35,7 @@ from autocompress.hardware._kernel import (
     KINDS,
     LAYOUT_KINDS,
     PRECISIONS,
+    STREAM_KINDS,
     Kernel,
     KernelKind,
     Precision,
@@ -44,6 +45,7 @@ from autocompress.hardware._kernel import (
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
 __all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FREE_OPS", "KINDS", "LAYOUT_KINDS", "PRECISIONS",
+           "STREAM_KINDS",
            "Boundary", "Kernel", "KernelKind", "NodeKernel", "Precision", "boundaries_of",
            "boundary_kind", "classify_conv", "costed_node", "features", "inferred_shapes",
            "kernel_graph", "kernels_of", "overhead_graph"]
@@ -254,13 +256,20 @@ def costed_node(node: onnx.NodeProto, label: str, shapes: Mapping[str, list[int]
     y = shapes.get(node.output[0], []) if node.output else []
     if op == "Conv" and len(x) == 4 and len(y) == 4:
         w = shapes.get(node.input[1], [])
-        kernel_size = int(w[2]) if len(w) == 4 else int(_attr(node, "kernel_shape", [1])[0])
+        window = [int(d) for d in w[2:]] if len(w) == 4 else [
+            int(d) for d in _attr(node, "kernel_shape", [1, 1])]
+        kernel_size, kernel_w = window[0], window[-1]
         groups = int(_attr(node, "group", 1))
+        if groups > x[1]:
+            # a depthwise convolution a runtime runs on channels padded to its block (ONNX
+            # Runtime's blocked layout: 32 groups over 24 channels): one group per channel
+            groups = x[1]
         strides = _attr(node, "strides", [1, 1])
-        kind = classify_conv(x[1], y[1], kernel_size, groups)
+        kernel_w = 0 if kernel_w == kernel_size else kernel_w
+        kind = classify_conv(x[1], y[1], kernel_size, groups, kernel_w)
         return NodeKernel(label, node.op_type, Kernel(
             kind, in_channels=x[1], out_channels=y[1], height=x[2], width=x[3],
-            kernel=kernel_size, stride=int(strides[0]), groups=groups))
+            kernel=kernel_size, stride=int(strides[0]), groups=groups, kernel_w=kernel_w))
     if op in ("Gemm", "MatMul") and x and y:
         rows = int(np.prod(x[:-1])) if len(x) > 1 else 1
         return NodeKernel(label, node.op_type, Kernel(

@@ -42,6 +42,7 @@ from autocompress.hardware.kernels import (
     BOUNDARY_KINDS,
     KINDS,
     LAYOUT_KINDS,
+    STREAM_KINDS,
     Boundary,
     Kernel,
     NodeKernel,
@@ -52,7 +53,8 @@ from autocompress.hardware.kernels import (
 from autocompress.hardware.profile import HardwareProfile
 from autocompress.hardware.rules import CarriedFn, CostRules, FeatureFn
 
-__all__ = ["KindFit", "LatencyEstimate", "LatencyModel", "fit_calibration"]
+__all__ = ["GROUPED_KEYS", "KindFit", "LatencyEstimate", "LatencyModel", "WeightStreaming",
+           "fit_calibration", "fit_key"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,81 @@ class LatencyEstimate:
     scale: float = 1.0
     #: (tensor, conversion kind, ms) of each precision conversion, included in latency_ms.
     boundary_ms: tuple[tuple[str, str, float], ...] = field(repr=False, default=())
+    #: What reading weights beyond the caches adds (:class:`WeightStreaming`), included in
+    #: latency_ms and in each node's time.
+    streaming_ms: float = 0.0
+
+
+#: Bytes per weight by the precision a node computes in.
+_WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+#: Reading weights at a footprint is charged in full once it is this much slower per byte than
+#: reading them from cache (and from none at the cached rate, linearly).
+_STREAMING_RAMP = 0.25
+
+
+@dataclass(frozen=True)
+class WeightStreaming:
+    """What reading a model's weights costs once they outgrow the device's caches.
+
+    A one-kernel measurement runs its kernel over and over with the same weights, which stay
+    in cache; inside a model whose weights do not fit there, every run reads them from
+    memory again (45 MB for resnet18: its last convolutions measured 2.4x their one-kernel
+    time inside it on a 2-core EPYC VM). The profile's weight-streaming chains
+    (:data:`~autocompress.hardware.kernels.STREAM_KINDS`: matrix-vector products over 1 to
+    64 MiB of weights) give the time per weight byte at each footprint: flat while the
+    weights stay in cache, rising beyond. A model's footprint is the weight bytes of all its
+    nodes; each node with weights then adds its weight bytes times the rate at that
+    footprint, in full once that rate is :data:`_STREAMING_RAMP` above the cached one (from
+    nothing at the cached rate, linearly). The addition never decreases with any node's
+    weights or the footprint, so estimates stay monotone in channels.
+    """
+
+    #: footprints measured, in bytes, increasing
+    footprint_bytes: tuple[float, ...]
+    #: ms per byte at each footprint: the cached rate up to the cheapest footprint measured,
+    #: then never decreasing (a running maximum: noise does not make more weights cheaper)
+    ms_per_byte: tuple[float, ...]
+    #: the cheapest rate measured: weights read from cache
+    cached_ms_per_byte: float
+
+    @classmethod
+    def from_profile(cls, profile: HardwareProfile) -> WeightStreaming | None:
+        """The profile's curve, or ``None`` where it measured fewer than three chains."""
+        rows = sorted((m.kernel.weight_elements * _WEIGHT_BYTES["fp32"], m.latency.median_ms)
+                      for m in profile.kernels
+                      if m.kernel.kind in STREAM_KINDS and m.kernel.precision == "fp32")
+        if len(rows) < 3:
+            return None
+        overhead = profile.overhead.median_ms
+        rates = [max(ms - overhead, 0.0) / size for size, ms in rows]
+        cheapest = int(np.argmin(rates))
+        cached = rates[cheapest]
+        curve = np.maximum.accumulate([cached] * (cheapest + 1) + rates[cheapest + 1:])
+        return cls(tuple(float(size) for size, _ in rows), tuple(float(r) for r in curve),
+                   float(cached))
+
+    def rate(self, footprint_bytes: float) -> float:
+        """ms per weight byte at ``footprint_bytes`` (the ends of the curve beyond it)."""
+        x = np.log(max(footprint_bytes, 1.0))
+        return float(np.interp(x, np.log(self.footprint_bytes), self.ms_per_byte))
+
+    def share(self, footprint_bytes: float) -> float:
+        """How much of reading its weights a node pays at ``footprint_bytes``, 0 to 1."""
+        slower = self.rate(footprint_bytes) / self.cached_ms_per_byte - 1.0
+        return min(max(slower / _STREAMING_RAMP, 0.0), 1.0)
+
+    def node_ms(self, weight_bytes: float, footprint_bytes: float) -> float:
+        """What reading ``weight_bytes`` adds to a node of a model of ``footprint_bytes``."""
+        if weight_bytes <= 0:
+            return 0.0
+        return weight_bytes * self.rate(footprint_bytes) * self.share(footprint_bytes)
+
+
+def weight_bytes(kernel: Kernel | None) -> int:
+    """The bytes of weights ``kernel`` reads (its weight elements in its precision)."""
+    if kernel is None or kernel.kind not in KINDS:
+        return 0
+    return kernel.weight_elements * _WEIGHT_BYTES.get(kernel.precision, 4)
 
 
 def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]
@@ -120,6 +197,8 @@ class LatencyModel:
                                         self.rules.carried_layout if self.lowered else None)
         #: the fp32 fits by kind
         self.fits = self.precision_fits.get("fp32", {})
+        #: what reading weights beyond the caches costs, where the profile measured it
+        self.streaming = WeightStreaming.from_profile(profile)
 
     @staticmethod
     def _fit(profile: HardwareProfile, features: FeatureFn,
@@ -129,7 +208,7 @@ class LatencyModel:
         def fit(kind: str, precision: str, carried: Callable[[Kernel], float] | None
                 ) -> KindFit | None:
             rows = [m for m in profile.kernels
-                    if m.kernel.kind == kind and m.kernel.precision == precision]
+                    if fit_key(m.kernel) == kind and m.kernel.precision == precision]
             if not rows:
                 return None
             x = np.stack([features(m.kernel) for m in rows])
@@ -171,7 +250,7 @@ class LatencyModel:
                 context = _context_fit(profile, precision, dict(by_kind), features)
                 if context is not None:
                     by_kind[context.kind] = context
-            for kind in KINDS:
+            for kind in (*KINDS, *GROUPED_KEYS):
                 found = fit(kind, precision, carried)
                 if found is not None:
                     by_kind[kind] = found
@@ -197,7 +276,7 @@ class LatencyModel:
                 f"this profile has no {precision} kernels (it measured {measured}), needed "
                 f"for {what}; re-profile with `autocompress profile --precisions "
                 f"fp32,{precision}`")
-        fit = by_kind.get(kernel.kind)
+        fit = by_kind.get(fit_key(kernel)) or by_kind.get(kernel.kind)
         if fit is None:
             if precision == "fp32":
                 raise ProfileError(
@@ -236,8 +315,14 @@ class LatencyModel:
         total = self.profile.overhead.median_ms
         var = 0.0
         per_node = []
+        footprint = sum(weight_bytes(node.kernel) for node in nodes)
+        streaming = 0.0
         for node in nodes:
             ms, std = self.kernel_ms(node)
+            if self.streaming is not None:
+                read = self.streaming.node_ms(weight_bytes(node.kernel), footprint)
+                ms += read
+                streaming += read
             total += ms
             var += std**2
             per_node.append((node.node, node.op_type, ms * self.scale))
@@ -256,6 +341,7 @@ class LatencyModel:
             unmodelled=unmodelled,
             scale=self.scale,
             boundary_ms=tuple(per_boundary),
+            streaming_ms=streaming * self.scale,
         )
 
     def estimate(self, model: onnx.ModelProto | bytes,
@@ -296,6 +382,20 @@ class LatencyModel:
             out.extend(NodeKernel(f"{node.node} ({k.kind})", node.op_type, k, "layout")
                        for k in carried(node.kernel) or ())
         return out
+
+
+#: Fits of grouped convolutions (not depthwise), apart from the dense ones of their kind where
+#: the profile measured some (a runtime may run them with other code: ONNX Runtime outside its
+#: blocked layout, at about half the speed per multiply-add); else the dense fit costs them.
+GROUPED_KEYS = ("conv:grouped", "conv1x1:grouped")
+
+
+def fit_key(kernel: Kernel) -> str:
+    """The fit that costs ``kernel``: its kind's, or for a grouped convolution that is not
+    depthwise, its kind's grouped one (:data:`GROUPED_KEYS`)."""
+    if kernel.kind in ("conv", "conv1x1") and kernel.groups > 1:
+        return f"{kernel.kind}:grouped"
+    return kernel.kind
 
 
 def _inside_ms(fit: KindFit, overhead_ms: float, kernel: Kernel, features: FeatureFn

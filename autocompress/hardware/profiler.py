@@ -191,8 +191,10 @@ def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int,
     if count <= 0:
         return []
     scored: list[tuple[float, Kernel]] = []
-    for kind in {k.kind for k, _ in measured}:
-        rows = [(k, t) for k, t in measured if k.kind == kind]
+    from autocompress.hardware.latency import fit_key
+
+    for key in {fit_key(k) for k, _ in measured}:
+        rows = [(k, t) for k, t in measured if fit_key(k) == key]
         if len(rows) < 4:
             continue
         x = np.stack([rules.features(k) for k, _ in rows])
@@ -212,6 +214,9 @@ def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int,
             elif k.kind == "dwconv":
                 c = max(k.in_channels + delta, 8)
                 neighbour = replace(k, in_channels=c, out_channels=c, groups=c)
+            elif k.groups > 1:  # one output channel more or fewer per group
+                step = k.groups if delta > 0 else -k.groups
+                neighbour = replace(k, out_channels=max(k.out_channels + step, k.groups))
             else:
                 neighbour = replace(k, out_channels=max(k.out_channels + delta, 8))
             if neighbour not in seen and neighbour.macs <= _MAX_MACS:
@@ -311,8 +316,11 @@ def profile_backend(
     precisions: Sequence[str] = ("fp32",),
     sweep: bool = True,
     layout: bool = True,
+    streaming: bool = True,
 ) -> HardwareProfile:
-    """Measure ``grid`` (default: :func:`default_grid`) on ``backend`` and save to ``out``.
+    """Measure ``grid`` (default: :func:`default_grid` and the backend's own
+    :attr:`~autocompress.hardware.rules.CostRules.grid_kernels`) on ``backend`` and save to
+    ``out``.
 
     Each kernel is measured ``rounds`` times, in a freshly shuffled order each round, so
     slow drifts of a shared machine spread over all kernels; the recorded result is
@@ -325,7 +333,9 @@ def profile_backend(
     round). The backend's layout conversions (:attr:`Backend.layout_kernels`: ONNX Runtime's
     reorders into and out of its blocked layout on a CPU) are measured with the grid too
     (``layout=False`` leaves them out: estimates then follow the backend's hand-written
-    rules).
+    rules), and so are its weight-streaming chains (:attr:`Backend.stream_kernels`), from
+    which estimates charge a model whose weights outgrow the caches for reading them
+    (``streaming=False`` leaves them out, and estimates without them).
     Finished measurements are kept in ``out`` +
     ``.partial`` so an interrupted run resumes where it stopped. The profile records the
     backend's :meth:`~autocompress.hardware.backends.Backend.describe_device`.
@@ -337,9 +347,14 @@ def profile_backend(
     """
     out = Path(out)
     precisions = check_precisions(backend, precisions)
-    grid, others = _split_grid(default_grid(seed) if grid is None else list(grid), precisions)
+    if grid is None:
+        grid = default_grid(seed)
+        grid += [k for k in backend.cost_rules.grid_kernels if k not in grid]
+    grid, others = _split_grid(list(grid), precisions)
     if layout:
         others += [k for k in backend.layout_kernels if k not in others]
+    if streaming:
+        others += [k for k in backend.stream_kernels if k not in others]
     settings = settings or MeasureSettings(max_time_s=0.4, min_runs=30)
     partial_path = out.with_name(out.name + ".partial")
     start = time.perf_counter()
@@ -376,8 +391,10 @@ def profile_backend(
 
 def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> HardwareProfile:
     """Measure what the profile at ``path`` lacks that profiling measures today (the channel
-    sweep; the matrix products over many rows, :data:`TOKEN_GEMMS`; the layout conversions
-    of its backend, :attr:`Backend.layout_kernels`) and add it,
+    sweep; the matrix products over many rows, :data:`TOKEN_GEMMS`; the backend's own grid
+    kernels, :attr:`~autocompress.hardware.rules.CostRules.grid_kernels`; the layout conversions
+    of its backend, :attr:`Backend.layout_kernels`; its weight-streaming chains,
+    :attr:`Backend.stream_kernels`) and add it,
     on the profile's own backend, which must run here. The grid's kernels stay as they are.
 
     Raises:
@@ -396,7 +413,8 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
                                   if k in known})
     sweep = [] if profile.channel_sweep else sweep_kernels()
     have = {m.kernel for m in profile.kernels}
-    missing = [k for k in (*TOKEN_GEMMS, *backend.layout_kernels) if k not in have]
+    missing = [k for k in (*TOKEN_GEMMS, *backend.cost_rules.grid_kernels,
+                           *backend.layout_kernels, *backend.stream_kernels) if k not in have]
     if not sweep and not missing:
         return profile
     partial = path.with_name(path.name + ".upgrade.partial")

@@ -14,7 +14,9 @@ reachable by the backend's name without importing its runtime
 * which regressors (:attr:`CostRules.features`) a kernel's fitted latency is linear in;
 * optionally, what the runtime really runs (:attr:`CostRules.lowering`): the kernels of the
   graph as the runtime rewrites it, and the layout conversions it runs around a one-kernel
-  profile graph (:attr:`CostRules.carried_layout`), measured as :attr:`layout_kernels`.
+  profile graph (:attr:`CostRules.carried_layout`), measured as :attr:`layout_kernels`;
+* optionally, which chains of weights show what reading weights costs beyond the caches
+  (:attr:`CostRules.stream_kernels`).
 
 Every feature function must return regressors that never decrease with channel counts, so
 that a fit with non-negative weights is monotone in channels.
@@ -89,6 +91,14 @@ class CostRules:
     #: Layout conversions (:data:`~autocompress.hardware.kernels.LAYOUT_KINDS`) a profile of
     #: this backend measures.
     layout_kernels: tuple[Kernel, ...] = ()
+    #: Weight-streaming chains (:data:`~autocompress.hardware.kernels.STREAM_KINDS`) a profile
+    #: of this backend measures: what reading weights costs at each footprint, so that a
+    #: model whose weights outgrow the caches pays for reading them (see
+    #: :class:`~autocompress.hardware.latency.WeightStreaming`).
+    stream_kernels: tuple[Kernel, ...] = ()
+    #: Kernels a profile of this backend measures besides the default grid, and fits with it
+    #: (ONNX Runtime: grouped convolutions, which its features cost apart from dense ones).
+    grid_kernels: tuple[Kernel, ...] = ()
 
 
 #: The neutral rules: what a backend without its own gets, and what estimates without a

@@ -207,9 +207,12 @@ def test_default_grid_is_deterministic_and_covers_every_kind() -> None:
 
 def test_profile_holds_one_measurement_per_grid_kernel(profile: HardwareProfile) -> None:
     grid = _small_grid()
-    # then ONNX Runtime's reorders into and out of its blocked layout (a CPU profile)
-    layout = list(get_backend("onnxruntime").layout_kernels)
-    assert layout and [m.kernel for m in profile.kernels] == grid + layout
+    # then ONNX Runtime's reorders into and out of its blocked layout (a CPU profile), then
+    # its weight-streaming chains
+    backend = get_backend("onnxruntime")
+    layout, stream = list(backend.layout_kernels), list(backend.stream_kernels)
+    assert layout and stream
+    assert [m.kernel for m in profile.kernels] == grid + layout + stream
     assert profile.backend == "onnxruntime" and profile.threads == 1
     assert profile.grid == GRID_NAME
     assert profile.measure_settings["rounds"] == 1
@@ -324,7 +327,8 @@ def test_interrupted_profiling_resumes_from_partial_file(
 
     with pytest.raises(Interrupted):
         profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
-                        progress=interrupt, sweep=False, layout=False)
+                        progress=interrupt, sweep=False, layout=False,
+                        streaming=False)
     first_calls = len(calls)
     assert first_calls == 12  # the overhead and 11 kernels
     assert partial.is_file() and not out.exists()
@@ -335,7 +339,7 @@ def test_interrupted_profiling_resumes_from_partial_file(
     seen: list[int] = []
     result = profile_backend(backend, out, grid=grid, settings=FAST, rounds=1, adaptive=0,
                              progress=lambda done, total: seen.append(done), sweep=False,
-                             layout=False)
+                             layout=False, streaming=False)
     assert len(calls) == 1 + len(grid) - len(saved)  # overhead + what was not saved
     assert len(calls) < 1 + len(grid)
     assert seen[-1] == len(grid) + 1
@@ -375,7 +379,8 @@ def test_adaptive_sampling_adds_neighbours_of_the_worst_fitted_kernel() -> None:
 def test_profile_with_adaptive_sampling_measures_extra_kernels(tmp_path: Path) -> None:
     grid = [k for k in _small_grid() if k.kind in ("conv", "elementwise")]
     result = profile_backend(get_backend("onnxruntime", threads=1), tmp_path / "p.json",
-                             grid=grid, settings=FAST, rounds=1, adaptive=3, layout=False)
+                             grid=grid, settings=FAST, rounds=1, adaptive=3, layout=False,
+                             streaming=False)
     kernels = [m.kernel for m in result.kernels]
     assert kernels[:len(grid)] == grid
     assert len(kernels) == len(grid) + 3 and len(set(kernels)) == len(kernels)

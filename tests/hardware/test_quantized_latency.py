@@ -194,7 +194,7 @@ def test_profile_with_int8_holds_int8_kernels_and_conversions(int8_profile: Hard
     assert int8_profile.precisions == ("fp32", "int8")
     fp32 = [m.kernel for m in int8_profile.kernels if m.kernel.precision == "fp32"]
     assert [k for k in fp32 if k.kind in KINDS] == _GRID
-    assert {k.kind for k in fp32} == set(KINDS) | {"chain"} | set(LAYOUT_KINDS)
+    assert {k.kind for k in fp32} == set(KINDS) | {"chain"} | set(LAYOUT_KINDS) | {"weights"}
     int8 = [m.kernel for m in int8_profile.kernels if m.kernel.precision == "int8"]
     assert {k.kind for k in int8} == set(KINDS) | {"quantize", "dequantize", *CONTEXT_KINDS}
     assert all(m.latency.median_ms > 0 for m in int8_profile.kernels)

@@ -197,6 +197,12 @@ class Backend(ABC):
         return self.cost_rules.layout_kernels
 
     @property
+    def stream_kernels(self) -> tuple[Kernel, ...]:
+        """The weight-streaming chains a profile of this backend, as configured, measures
+        (its rules' :attr:`~autocompress.hardware.rules.CostRules.stream_kernels`)."""
+        return self.cost_rules.stream_kernels
+
+    @property
     def runs_here(self) -> bool:
         """Whether it measures on this machine (not on a device behind RPC)."""
         return True

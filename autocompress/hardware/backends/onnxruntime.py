@@ -59,11 +59,29 @@ def _features(kernel: Kernel) -> np.ndarray:
     return np.append(neutral_features(kernel), float(kernel.out_height * kernel.out_width))
 
 
+#: Grouped convolutions (not depthwise) measured besides the default grid: ONNX Runtime runs
+#: them outside its blocked layout, at about half the speed per multiply-add of a dense
+#: convolution, so estimates fit them apart (group widths 4 to 64, as in ResNeXt and RegNet;
+#: 7 to 56 px).
+GROUPED_CONVS = tuple(
+    Kernel("conv", c, c, s, s, kernel=3, stride=stride, groups=c // width)
+    for c, width, s, stride in (
+        (32, 4, 56, 1), (64, 4, 28, 1), (128, 4, 28, 2), (128, 4, 14, 1),
+        (48, 8, 56, 2), (48, 8, 28, 1), (64, 8, 28, 1), (104, 8, 14, 1), (208, 8, 7, 1),
+        (96, 16, 28, 1), (64, 16, 28, 2), (128, 16, 14, 1), (256, 16, 7, 1),
+        (72, 24, 28, 1), (168, 24, 14, 2), (408, 24, 7, 1),
+        (128, 32, 28, 1), (256, 32, 14, 1), (512, 32, 7, 1), (1024, 32, 7, 2),
+        (128, 64, 28, 1), (448, 56, 14, 1), (256, 64, 14, 1), (512, 64, 7, 1)))
+
+
 #: (channels, size) of the tensors the reorders into and out of the blocked layout are
 #: measured on: 256 to 200k elements, channels multiples of 16.
 _LAYOUT_TENSORS = ((16, 4), (16, 14), (16, 32), (16, 56), (32, 8), (32, 28), (48, 16),
                    (64, 7), (64, 16), (64, 56), (96, 28), (128, 14), (256, 7), (256, 14),
                    (512, 4), (512, 7))
+#: Layers (1 MiB of fp32 weights each) of the weight-streaming chains: 1 to 64 MiB, from
+#: weights that stay in a CPU's caches between runs to weights read from memory every run.
+_STREAM_LAYERS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 #: What ONNX Runtime does to a graph that decides what its nodes cost (module docstring).
 #: Where the profile measured the reorders (a CPU profile since they exist), fp32 estimates
@@ -79,6 +97,8 @@ ONNXRUNTIME_RULES = CostRules(
     carried_layout=carried_layout,
     layout_kernels=tuple(Kernel(kind, c, c, s, s) for kind in LAYOUT_KINDS  # type: ignore[arg-type]
                          for c, s in _LAYOUT_TENSORS),
+    stream_kernels=tuple(Kernel("weights", 512, 512, n, 1) for n in _STREAM_LAYERS),
+    grid_kernels=GROUPED_CONVS,
 )
 
 
@@ -132,6 +152,11 @@ class OnnxRuntimeBackend(Backend):
         """The reorders into and out of the blocked layout of its CPU provider (none on CUDA,
         which has no such layout)."""
         return self.cost_rules.layout_kernels if self.device == "cpu" else ()
+
+    @property
+    def stream_kernels(self) -> tuple[Kernel, ...]:
+        """The weight-streaming chains on a CPU (not measured on CUDA yet)."""
+        return self.cost_rules.stream_kernels if self.device == "cpu" else ()
 
     @property
     def providers(self) -> list[str]:

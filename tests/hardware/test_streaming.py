@@ -1,0 +1,212 @@
+"""What estimates add for weights that outgrow the caches, grouped convolutions fitted apart,
+non-square windows and depthwise convolutions on padded channels.
+
+Profiles here are built by hand from known laws, so every figure asserted is exact; the one
+graph that runs is checked for what it computes, not for how fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from autocompress.hardware import HardwareProfile, LatencyModel
+from autocompress.hardware.backends import LatencyMeasurement
+from autocompress.hardware.kernels import Kernel, NodeKernel, costed_node, kernel_graph
+from autocompress.hardware.latency import WeightStreaming, fit_key, weight_bytes
+from autocompress.hardware.profile import KernelMeasurement
+from autocompress.hardware.profiler import adaptive_kernels
+
+OVERHEAD_MS = 0.005
+MIB = 1 << 20
+#: ms per byte of the hand-made device: cached up to 8 MiB, slower beyond
+RATES = {1: 1e-8, 2: 1e-8, 4: 1e-8, 8: 1e-8, 16: 2e-8, 32: 4e-8}
+
+
+def _measured(kernel: Kernel, ms: float) -> KernelMeasurement:
+    return KernelMeasurement(kernel, LatencyMeasurement(ms, ms, ms, 10, True))
+
+
+def _dense_ms(k: Kernel) -> float:
+    return OVERHEAD_MS + 0.001 + 1e-8 * k.macs + 1e-7 * k.out_elements
+
+
+def _grouped_ms(k: Kernel) -> float:
+    return OVERHEAD_MS + 0.002 + 3e-8 * k.macs + 1e-7 * k.out_elements
+
+
+def _convs() -> list[Kernel]:
+    return [Kernel("conv", c, c2, s, s, kernel=3)
+            for c in (8, 16, 32, 64) for c2 in (16, 64) for s in (8, 16)]
+
+
+def _grouped() -> list[Kernel]:
+    return [Kernel("conv", c, c, s, s, kernel=3, groups=c // width)
+            for c in (32, 64, 128) for width in (4, 8) for s in (8, 16)]
+
+
+def _chains(rates: dict[int, float]) -> list[KernelMeasurement]:
+    return [_measured(Kernel("weights", 512, 512, mib, 1), OVERHEAD_MS + mib * MIB * rate)
+            for mib, rate in rates.items()]
+
+
+def _profile(chains: bool = True, grouped: bool = False,
+             rates: dict[int, float] = RATES) -> HardwareProfile:
+    kernels = [_measured(k, _dense_ms(k)) for k in _convs()]
+    if grouped:
+        kernels += [_measured(k, _grouped_ms(k)) for k in _grouped()]
+    if chains:
+        kernels += _chains(rates)
+    overhead = LatencyMeasurement(OVERHEAD_MS, OVERHEAD_MS, OVERHEAD_MS, 10, True)
+    return HardwareProfile("synthetic", "x", {"threads": 1}, {}, overhead, tuple(kernels))
+
+
+def _node(name: str, kernel: Kernel) -> NodeKernel:
+    return NodeKernel(name, "Conv", kernel)
+
+
+def _model(channels: int, layers: int) -> list[NodeKernel]:
+    """``layers`` 3x3 convolutions of ``channels`` channels on a 4x4 map: weights are
+    ``layers * channels**2 * 36`` bytes."""
+    return [_node(f"conv{i}", Kernel("conv", channels, channels, 4, 4, kernel=3))
+            for i in range(layers)]
+
+
+def test_streaming_curve_is_read_from_the_chains() -> None:
+    streaming = WeightStreaming.from_profile(_profile())
+    assert streaming is not None
+    assert streaming.cached_ms_per_byte == pytest.approx(1e-8)
+    assert streaming.rate(4 * MIB) == pytest.approx(1e-8)
+    assert streaming.rate(32 * MIB) == pytest.approx(4e-8)
+    assert streaming.rate(128 * MIB) == pytest.approx(4e-8)  # the last rate beyond the curve
+    # halfway between 16 and 32 MiB on a log scale
+    assert streaming.rate(np.sqrt(16 * 32) * MIB) == pytest.approx(3e-8)
+    assert streaming.share(8 * MIB) == 0.0
+    assert streaming.share(32 * MIB) == 1.0
+
+
+def test_noise_in_the_curve_does_not_make_more_weights_cheaper() -> None:
+    noisy = {**RATES, 1: 3e-8, 16: 3e-8, 32: 2.5e-8}  # slow first chain, a dip at 32 MiB
+    streaming = WeightStreaming.from_profile(_profile(rates=noisy))
+    assert streaming is not None
+    assert streaming.cached_ms_per_byte == pytest.approx(1e-8)
+    assert streaming.rate(1 * MIB) == pytest.approx(1e-8)  # the cached rate below the minimum
+    assert streaming.rate(32 * MIB) == pytest.approx(3e-8)  # a running maximum
+
+
+def test_fewer_than_three_chains_give_no_curve() -> None:
+    assert WeightStreaming.from_profile(_profile(rates={1: 1e-8, 32: 4e-8})) is None
+    assert WeightStreaming.from_profile(_profile(chains=False)) is None
+
+
+def test_weights_that_fit_in_cache_add_nothing() -> None:
+    with_chains = LatencyModel(_profile())
+    without = LatencyModel(_profile(chains=False))
+    nodes = _model(64, 4)  # 0.6 MB of weights
+    estimate = with_chains.estimate_nodes(nodes)
+    assert estimate.streaming_ms == 0.0
+    assert estimate.latency_ms == pytest.approx(without.estimate_nodes(nodes).latency_ms)
+
+
+def test_weights_beyond_the_cache_are_read_at_the_curve_s_rate() -> None:
+    model = LatencyModel(_profile())
+    without = LatencyModel(_profile(chains=False))
+    nodes = _model(512, 4)  # 4 x 9.4 MB: 37.7 MB of weights
+    footprint = 4 * 512 * 512 * 9 * 4
+    assert sum(weight_bytes(n.kernel) for n in nodes) == footprint
+    estimate = model.estimate_nodes(nodes)
+    assert estimate.streaming_ms == pytest.approx(footprint * 4e-8)
+    assert estimate.latency_ms == pytest.approx(
+        without.estimate_nodes(nodes).latency_ms + footprint * 4e-8)
+    # each node carries its own reading
+    plain = {name: ms for name, _, ms in without.estimate_nodes(nodes).per_node_ms}
+    for name, _, ms in estimate.per_node_ms:
+        assert ms == pytest.approx(plain[name] + footprint / 4 * 4e-8)
+
+
+def test_estimates_with_streaming_stay_monotone_in_channels() -> None:
+    model = LatencyModel(_profile())
+    fixed = _model(384, 3)
+    previous = 0.0
+    for channels in range(8, 1025, 8):  # one layer grows through the cache's edge
+        grown = [*fixed, _node("grown", Kernel("conv", 384, channels, 4, 4, kernel=3))]
+        ms = model.estimate_nodes(grown).latency_ms
+        assert ms >= previous - 1e-12, channels
+        previous = ms
+
+
+def test_int8_and_fp16_weights_take_fewer_bytes() -> None:
+    conv = Kernel("conv", 16, 32, 8, 8, kernel=3)
+    assert weight_bytes(conv) == 16 * 32 * 9 * 4
+    assert weight_bytes(Kernel("conv", 16, 32, 8, 8, kernel=3, precision="int8")) == 16 * 32 * 9
+    assert weight_bytes(Kernel("conv", 16, 32, 8, 8, kernel=3, precision="fp16")) == 16 * 32 * 18
+    assert weight_bytes(Kernel("elementwise", 16, 16, 8, 8)) == 0
+    assert weight_bytes(None) == 0
+
+
+def test_streaming_chain_graph_reads_each_weight_once() -> None:
+    chain = Kernel("weights", 64, 64, 3, 1)
+    model = onnx.load_from_string(kernel_graph(chain))
+    assert [n.op_type for n in model.graph.node] == ["MatMul"] * 3
+    assert sum(np.prod(i.dims) for i in model.graph.initializer) == chain.weight_elements
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.ones((1, 64), np.float32)})
+    assert y.shape == (1, 64) and np.isfinite(y).all()
+    with pytest.raises(ValueError, match="square"):
+        kernel_graph(Kernel("weights", 64, 32, 3, 1))
+
+
+def test_grouped_convolutions_get_their_own_fit_where_measured() -> None:
+    grouped = Kernel("conv", 96, 96, 12, 12, kernel=3, groups=12)
+    assert fit_key(grouped) == "conv:grouped"
+    assert fit_key(Kernel("conv", 96, 96, 12, 12, kernel=3)) == "conv"
+    assert fit_key(Kernel("dwconv", 96, 96, 12, 12, kernel=3, groups=96)) == "dwconv"
+    measured = LatencyModel(_profile(grouped=True))
+    assert measured.fits["conv:grouped"].samples == len(_grouped())
+    assert measured.fits["conv"].samples == len(_convs())
+    node = _node("g", grouped)
+    assert measured.kernel_ms(node)[0] == pytest.approx(_grouped_ms(grouped) - OVERHEAD_MS,
+                                                        rel=1e-6)
+    dense_only = LatencyModel(_profile(grouped=False))
+    assert "conv:grouped" not in dense_only.fits  # then the dense fit costs them
+    assert dense_only.kernel_ms(node)[0] == pytest.approx(_dense_ms(grouped) - OVERHEAD_MS,
+                                                          rel=1e-6)
+
+
+def test_adaptive_neighbours_of_grouped_convolutions_stay_valid() -> None:
+    measured = [(k, _dense_ms(k) * (1.5 if k.groups > 1 else 1.0))
+                for k in _convs() + _grouped()]
+    extra = adaptive_kernels(measured, 30)
+    grouped = [k for k in extra if k.groups > 1]
+    assert grouped
+    assert all(k.out_channels % k.groups == 0 and k.in_channels % k.groups == 0
+               for k in grouped)
+
+
+def test_non_square_windows_count_their_own_area() -> None:
+    one_by_seven = Kernel("conv", 64, 48, 17, 17, kernel=1, kernel_w=7)
+    assert one_by_seven.macs == 48 * 64 * 7 * 17 * 17
+    assert one_by_seven.weight_elements == 48 * 64 * 7
+    assert (one_by_seven.out_height, one_by_seven.out_width) == (17, 17)
+    assert Kernel.from_dict(one_by_seven.to_dict()) == one_by_seven
+    assert "kernel_w" not in Kernel("conv", 8, 8, 4, 4, kernel=3).to_dict()  # files as before
+    for window, kind in (((1, 7), "conv"), ((7, 1), "conv"), ((1, 1), "conv1x1")):
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=list(window),
+                                pads=[window[0] // 2, window[1] // 2] * 2)
+        shapes = {"x": [1, 64, 17, 17], "w": [48, 64, *window], "y": [1, 48, 17, 17]}
+        k = costed_node(node, "conv", shapes).kernel
+        assert k is not None and k.kind == kind
+        assert k.macs == 48 * 64 * window[0] * window[1] * 17 * 17
+
+
+def test_depthwise_convolution_on_padded_channels_is_depthwise() -> None:
+    # ONNX Runtime's blocked graph runs 24 channels as 32 groups
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=32, kernel_shape=[3, 3],
+                            pads=[1, 1, 1, 1])
+    shapes = {"x": [1, 24, 8, 8], "w": [32, 1, 3, 3], "y": [1, 24, 8, 8]}
+    k = costed_node(node, "dw", shapes).kernel
+    assert k is not None and k.kind == "dwconv" and k.groups == 24
+    assert k.macs == 24 * 9 * 64
