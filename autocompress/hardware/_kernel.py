@@ -54,6 +54,9 @@ class Kernel:
     ``quantize``/``dequantize``, ``fp16`` for the casts).
     ``kernel`` is the window's height and width; ``kernel_w``, where not 0, its width
     (a 1x7 or 7x1 convolution, as in Inception; a convolution pads to keep its size).
+    ``unblocked``: the runtime runs this convolution outside its blocked channel layout (ONNX
+    Runtime on a CPU, for channel counts off a multiple of 4 and some grouped convolutions:
+    a generic path, up to 8x slower for a depthwise one); set from the runtime's own graph.
     """
 
     kind: KernelKind
@@ -66,6 +69,7 @@ class Kernel:
     groups: int = 1
     precision: str = "fp32"
     kernel_w: int = 0
+    unblocked: bool = False
 
     @property
     def window_w(self) -> int:
@@ -120,8 +124,9 @@ class Kernel:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if not self.kernel_w:
-            del data["kernel_w"]  # square windows: files as before
+        for name in ("kernel_w", "unblocked"):  # square windows, blocked: files as before
+            if not data[name]:
+                del data[name]
         return data
 
     @classmethod

@@ -53,7 +53,7 @@ from autocompress.hardware.kernels import (
 from autocompress.hardware.profile import HardwareProfile
 from autocompress.hardware.rules import CarriedFn, CostRules, FeatureFn
 
-__all__ = ["GROUPED_KEYS", "KindFit", "LatencyEstimate", "LatencyModel", "WeightStreaming",
+__all__ = ["SPLIT_KEYS", "KindFit", "LatencyEstimate", "LatencyModel", "WeightStreaming",
            "fit_calibration", "fit_key"]
 
 
@@ -194,7 +194,8 @@ class LatencyModel:
         self.lowered = _lowers(profile, self.rules)
         #: precision -> kind -> fit, for every precision the profile measured
         self.precision_fits = self._fit(profile, self.rules.features,
-                                        self.rules.carried_layout if self.lowered else None)
+                                        self.rules.carried_layout if self.lowered else None,
+                                        self.rules.as_run if self.lowered else None)
         #: the fp32 fits by kind
         self.fits = self.precision_fits.get("fp32", {})
         #: what reading weights beyond the caches costs, where the profile measured it
@@ -202,16 +203,23 @@ class LatencyModel:
 
     @staticmethod
     def _fit(profile: HardwareProfile, features: FeatureFn,
-             layout: CarriedFn | None = None) -> dict[str, dict[str, KindFit]]:
+             layout: CarriedFn | None = None,
+             as_run: Callable[[Kernel], Kernel] | None = None
+             ) -> dict[str, dict[str, KindFit]]:
         overhead_ms = profile.overhead.median_ms
+
+        # each measured kernel as the runtime runs it (its padded channels, its path), which
+        # is how the runtime's graph gives a model's nodes
+        ran = {m.kernel: as_run(m.kernel) if as_run is not None and m.kernel.kind in KINDS
+               and m.kernel.precision == "fp32" else m.kernel for m in profile.kernels}
 
         def fit(kind: str, precision: str, carried: Callable[[Kernel], float] | None
                 ) -> KindFit | None:
             rows = [m for m in profile.kernels
-                    if fit_key(m.kernel) == kind and m.kernel.precision == precision]
+                    if fit_key(ran[m.kernel]) == kind and m.kernel.precision == precision]
             if not rows:
                 return None
-            x = np.stack([features(m.kernel) for m in rows])
+            x = np.stack([features(ran[m.kernel]) for m in rows])
             y = np.array([m.latency.median_ms for m in rows])
             # what the one-kernel graph ran besides the kernel, taken out of the target;
             # the error stays relative to the whole measurement
@@ -250,7 +258,7 @@ class LatencyModel:
                 context = _context_fit(profile, precision, dict(by_kind), features)
                 if context is not None:
                     by_kind[context.kind] = context
-            for kind in (*KINDS, *GROUPED_KEYS):
+            for kind in (*KINDS, *SPLIT_KEYS):
                 found = fit(kind, precision, carried)
                 if found is not None:
                     by_kind[kind] = found
@@ -276,6 +284,7 @@ class LatencyModel:
                 f"this profile has no {precision} kernels (it measured {measured}), needed "
                 f"for {what}; re-profile with `autocompress profile --precisions "
                 f"fp32,{precision}`")
+        # a split fit where the profile measured such kernels, else the kind's
         fit = by_kind.get(fit_key(kernel)) or by_kind.get(kernel.kind)
         if fit is None:
             if precision == "fp32":
@@ -384,17 +393,19 @@ class LatencyModel:
         return out
 
 
-#: Fits of grouped convolutions (not depthwise), apart from the dense ones of their kind where
-#: the profile measured some (a runtime may run them with other code: ONNX Runtime outside its
-#: blocked layout, at about half the speed per multiply-add); else the dense fit costs them.
-GROUPED_KEYS = ("conv:grouped", "conv1x1:grouped")
+#: Fits apart from the rest of their kind, where the profile measured such kernels (else the
+#: kind's fit costs them): convolutions the runtime runs outside its blocked layout
+#: (``Kernel.unblocked``: a generic path, up to 8x slower for a depthwise one on ONNX
+#: Runtime), grouped ones (not depthwise) among them apart again, one GEMM per group.
+SPLIT_KEYS = ("conv:unblocked", "conv1x1:unblocked", "dwconv:unblocked", "conv:grouped",
+              "conv1x1:grouped")
 
 
 def fit_key(kernel: Kernel) -> str:
-    """The fit that costs ``kernel``: its kind's, or for a grouped convolution that is not
-    depthwise, its kind's grouped one (:data:`GROUPED_KEYS`)."""
-    if kernel.kind in ("conv", "conv1x1") and kernel.groups > 1:
-        return f"{kernel.kind}:grouped"
+    """The fit that costs ``kernel``: its kind's, or a split one (:data:`SPLIT_KEYS`)."""
+    if kernel.kind in ("conv", "conv1x1", "dwconv") and kernel.unblocked:
+        grouped = kernel.kind != "dwconv" and kernel.groups > 1
+        return f"{kernel.kind}:{'grouped' if grouped else 'unblocked'}"
     return kernel.kind
 
 

@@ -88,6 +88,10 @@ class CostRules:
     lowering: LoweringFn | None = None
     #: The layout kernels a one-kernel profile graph runs besides its kernel.
     carried_layout: CarriedFn | None = None
+    #: A profile kernel as the runtime runs it (ONNX Runtime: whether a convolution runs in
+    #: its blocked layout), so that it is fitted with the model nodes the runtime runs alike;
+    #: used with :attr:`lowering`.
+    as_run: Callable[[Kernel], Kernel] | None = None
     #: Layout conversions (:data:`~autocompress.hardware.kernels.LAYOUT_KINDS`) a profile of
     #: this backend measures.
     layout_kernels: tuple[Kernel, ...] = ()

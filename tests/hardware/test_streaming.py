@@ -1,5 +1,5 @@
-"""What estimates add for weights that outgrow the caches, grouped convolutions fitted apart,
-non-square windows and depthwise convolutions on padded channels.
+"""What estimates add for weights that outgrow the caches, convolutions off the runtime's
+blocked layout fitted apart, non-square windows and depthwise convolutions on padded channels.
 
 Profiles here are built by hand from known laws, so every figure asserted is exact; the one
 graph that runs is checked for what it computes, not for how fast.
@@ -44,7 +44,9 @@ def _convs() -> list[Kernel]:
 
 
 def _grouped() -> list[Kernel]:
-    return [Kernel("conv", c, c, s, s, kernel=3, groups=c // width)
+    """Grouped convolutions as a runtime that runs them outside its blocked layout marks
+    them."""
+    return [Kernel("conv", c, c, s, s, kernel=3, groups=c // width, unblocked=True)
             for c in (32, 64, 128) for width in (4, 8) for s in (8, 16)]
 
 
@@ -159,10 +161,14 @@ def test_streaming_chain_graph_reads_each_weight_once() -> None:
         kernel_graph(Kernel("weights", 64, 32, 3, 1))
 
 
-def test_grouped_convolutions_get_their_own_fit_where_measured() -> None:
-    grouped = Kernel("conv", 96, 96, 12, 12, kernel=3, groups=12)
+def test_convolutions_off_the_blocked_layout_get_their_own_fits_where_measured() -> None:
+    grouped = Kernel("conv", 96, 96, 12, 12, kernel=3, groups=12, unblocked=True)
     assert fit_key(grouped) == "conv:grouped"
-    assert fit_key(Kernel("conv", 96, 96, 12, 12, kernel=3)) == "conv"
+    assert fit_key(Kernel("conv", 58, 58, 12, 12, kernel=3, unblocked=True)) == "conv:unblocked"
+    assert fit_key(Kernel("dwconv", 58, 58, 12, 12, kernel=3, groups=58,
+                          unblocked=True)) == "dwconv:unblocked"
+    # what the runtime runs in its blocked layout costs as its kind, grouped or not
+    assert fit_key(Kernel("conv", 96, 96, 12, 12, kernel=3, groups=6)) == "conv"
     assert fit_key(Kernel("dwconv", 96, 96, 12, 12, kernel=3, groups=96)) == "dwconv"
     measured = LatencyModel(_profile(grouped=True))
     assert measured.fits["conv:grouped"].samples == len(_grouped())
@@ -171,9 +177,25 @@ def test_grouped_convolutions_get_their_own_fit_where_measured() -> None:
     assert measured.kernel_ms(node)[0] == pytest.approx(_grouped_ms(grouped) - OVERHEAD_MS,
                                                         rel=1e-6)
     dense_only = LatencyModel(_profile(grouped=False))
-    assert "conv:grouped" not in dense_only.fits  # then the dense fit costs them
+    assert "conv:grouped" not in dense_only.fits  # then the kind's fit costs them
     assert dense_only.kernel_ms(node)[0] == pytest.approx(_dense_ms(grouped) - OVERHEAD_MS,
                                                           rel=1e-6)
+
+
+def test_onnx_runtime_says_which_convolutions_it_runs_outside_its_blocked_layout() -> None:
+    from autocompress.hardware.backends._ort_lowering import as_run, runtime_kernels
+
+    blocked = Kernel("dwconv", 60, 60, 12, 12, kernel=3, groups=60)
+    off = Kernel("dwconv", 58, 58, 12, 12, kernel=3, groups=58)
+    assert not as_run(blocked).unblocked
+    assert as_run(off).unblocked
+    assert as_run(Kernel("conv1x1", 58, 64, 12, 12)).unblocked
+    assert not as_run(Kernel("conv", 3, 58, 12, 12, kernel=3)).unblocked  # NCHW input
+    nodes = runtime_kernels(onnx.load_from_string(kernel_graph(off)))
+    assert nodes is not None
+    assert [n.kernel.unblocked for n in nodes if n.kernel is not None] == [True]
+    assert "unblocked" not in blocked.to_dict()
+    assert Kernel.from_dict(as_run(off).to_dict()) == as_run(off)
 
 
 def test_adaptive_neighbours_of_grouped_convolutions_stay_valid() -> None:
@@ -210,3 +232,44 @@ def test_depthwise_convolution_on_padded_channels_is_depthwise() -> None:
     k = costed_node(node, "dw", shapes).kernel
     assert k is not None and k.kind == "dwconv" and k.groups == 24
     assert k.macs == 24 * 9 * 64
+
+
+def test_blocked_convolutions_run_on_the_channels_of_their_reordered_weights() -> None:
+    from autocompress.hardware.backends._ort_lowering import NCHWC, _as_blocked
+
+    conv = Kernel("conv", 24, 8, 16, 16, kernel=3)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], domain=NCHWC, group=1)
+    ran = _as_blocked(node, conv, {"w": [16, 32, 3, 3]})  # padded to 16-channel blocks
+    assert (ran.in_channels, ran.out_channels, ran.unblocked) == (32, 16, False)
+    depthwise = Kernel("dwconv", 24, 24, 16, 16, kernel=3, groups=24)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], domain=NCHWC, group=32)
+    ran = _as_blocked(node, depthwise, {"w": [32, 1, 3, 3]})
+    assert (ran.in_channels, ran.out_channels, ran.groups) == (32, 32, 32)
+    # an input narrower than a block is read as it is
+    stem = Kernel("conv", 3, 16, 32, 32, kernel=3)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], domain=NCHWC, group=1)
+    assert _as_blocked(node, stem, {"w": [16, 3, 3, 3]}) == stem
+    generic = helper.make_node("FusedConv", ["x", "w"], ["y"], domain="com.microsoft")
+    assert _as_blocked(generic, stem, {}).unblocked
+
+
+def test_blocked_kernels_as_run_are_never_narrower_and_stay_monotone() -> None:
+    from autocompress.hardware.backends._ort_lowering import as_run
+
+    previous = 0
+    for out in range(8, 65, 4):
+        ran = as_run(Kernel("conv", 32, out, 14, 14, kernel=3))
+        assert ran.out_channels >= out and ran.out_channels >= previous
+        previous = ran.out_channels
+    assert as_run(Kernel("conv", 32, 64, 14, 14, kernel=3)).out_channels == 64
+
+
+def test_a_channels_last_reorder_puts_channels_second() -> None:
+    from autocompress.hardware.backends._ort_lowering import NCHWC, _output_shape
+
+    node = helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC, channels_last=1)
+    assert _output_shape(node, {"x": [1, 24, 24, 96]}) == [1, 96, 24, 24]
+    plain = helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC)
+    assert _output_shape(plain, {"x": [1, 96, 24, 24]}) == [1, 96, 24, 24]
+    transpose = helper.make_node("Transpose", ["x"], ["y"], perm=[0, 3, 1, 2])
+    assert _output_shape(transpose, {"x": [1, 24, 24, 96]}) == [1, 96, 24, 24]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 import onnx
@@ -35,9 +36,10 @@ import onnx
 from autocompress.hardware._kernel import LAYOUT_KINDS, Kernel
 from autocompress.hardware.kernels import FREE_OPS, NodeKernel, costed_node, inferred_shapes
 
-__all__ = ["LAYOUT_KINDS", "carried_layout", "optimized_graph", "runtime_kernels"]
+__all__ = ["LAYOUT_KINDS", "as_run", "carried_layout", "optimized_graph", "runtime_kernels"]
 
 NCHWC = "com.microsoft.nchwc"
+_CONV_KINDS = ("conv", "conv1x1", "dwconv")
 #: Operators of the rewritten graph costed as another operator.
 _AS = {"FusedConv": "Conv", "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
 
@@ -91,6 +93,7 @@ def runtime_kernels(model: onnx.ModelProto) -> list[NodeKernel] | None:
 
 def _map(optimized: onnx.ModelProto, model: onnx.ModelProto) -> list[NodeKernel]:
     shapes = _shapes(optimized, model)
+    weights = {init.name: list(init.dims) for init in optimized.graph.initializer}
     out: list[NodeKernel] = []
     for node in optimized.graph.node:
         op = node.op_type
@@ -102,8 +105,30 @@ def _map(optimized: onnx.ModelProto, model: onnx.ModelProto) -> list[NodeKernel]
             kind = "reorder_in" if op == "ReorderInput" else "reorder_out"
             out.append(_layout_node(label, op, kind, shapes.get(tensor, [])))
         else:
-            out.append(costed_node(node, label, shapes, op=_AS.get(op, op)))
+            costed = costed_node(node, label, shapes, op=_AS.get(op, op))
+            if costed.kernel is not None and costed.kernel.kind in _CONV_KINDS:
+                costed = replace(costed, kernel=_as_blocked(node, costed.kernel, weights))
+            out.append(costed)
     return out
+
+
+def _as_blocked(node: onnx.NodeProto, kernel: Kernel, weights: dict[str, list[int]]
+                ) -> Kernel:
+    """A convolution as the runtime runs it: outside the blocked layout ``unblocked`` (a
+    generic path); in it, on the channels its reordered weights have, padded to the block
+    (8 output channels run as 16 with 16-channel blocks; a 24-channel depthwise convolution
+    as 32 groups). An input of fewer channels than a block is read as it is (NCHW)."""
+    if node.domain != NCHWC:
+        return replace(kernel, unblocked=True)
+    w = weights.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or len(w) != 4:
+        return kernel
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    out_channels, in_channels = w[0], w[1] * groups
+    if kernel.kind == "dwconv":
+        return replace(kernel, in_channels=groups, out_channels=groups, groups=groups)
+    return replace(kernel, in_channels=max(in_channels, kernel.in_channels),
+                   out_channels=max(out_channels, kernel.out_channels), groups=groups)
 
 
 def _shapes(optimized: onnx.ModelProto, model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -111,8 +136,9 @@ def _shapes(optimized: onnx.ModelProto, model: onnx.ModelProto) -> dict[str, lis
     blocked node's output has the shape of the exported tensor it is named after
     (``<tensor>_nchwc``, ``<tensor>_bn_nchwc`` for a BatchNormalization run as a blocked
     depthwise convolution); a node that kept its exported name has its outputs' shapes;
-    else a convolution's, pooling's or matrix product's output shape is computed from its
-    inputs, and any other operator's output has its input's shape."""
+    else a convolution's, pooling's, matrix product's, transpose's or channels-last
+    reorder's output shape is computed from its inputs, and any other operator's output has
+    its input's shape."""
     shapes = dict(inferred_shapes(model))
     for init in optimized.graph.initializer:
         shapes.setdefault(init.name, list(init.dims))
@@ -136,10 +162,18 @@ def _shapes(optimized: onnx.ModelProto, model: onnx.ModelProto) -> dict[str, lis
 
 
 def _output_shape(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> list[int]:
-    """A convolution's, pooling's or matrix product's output shape from its inputs and
-    attributes (the input's shape for any other operator)."""
+    """A convolution's, pooling's, matrix product's, transpose's or channels-last reorder's
+    output shape from its inputs and attributes (the input's shape for any other
+    operator)."""
     x = shapes[node.input[0]]
     op = _AS.get(node.op_type, node.op_type)
+    if op == "ReorderInput" and len(x) == 4 and any(
+            a.name == "channels_last" and a.i for a in node.attribute):
+        return [x[0], x[3], x[1], x[2]]  # a permute from NHWC folded into the reorder
+    if op == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"),
+                    list(range(len(x)))[::-1])
+        return [x[p] for p in perm] if len(perm) == len(x) else x
     if op in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in shapes:
         b = shapes[node.input[1]]
         trans = any(a.name == "transB" and a.i for a in node.attribute)
@@ -170,13 +204,31 @@ def _layout_node(label: str, op: str, kind: str, shape: list[int]) -> NodeKernel
 
 
 @functools.lru_cache(maxsize=4096)
-def carried_layout(kernel: Kernel) -> tuple[Kernel, ...] | None:
-    """The reorders ONNX Runtime runs around ``kernel`` in its one-kernel profile graph
-    (``None`` where the graph cannot be had)."""
+def _one_kernel(kernel: Kernel) -> tuple[NodeKernel, ...] | None:
+    """What ONNX Runtime runs for ``kernel``'s one-kernel profile graph."""
     from autocompress.hardware._graphs import kernel_graph
 
     nodes = runtime_kernels(onnx.load_from_string(kernel_graph(kernel)))
+    return None if nodes is None else tuple(nodes)
+
+
+def carried_layout(kernel: Kernel) -> tuple[Kernel, ...] | None:
+    """The reorders ONNX Runtime runs around ``kernel`` in its one-kernel profile graph
+    (``None`` where the graph cannot be had)."""
+    nodes = _one_kernel(kernel)
     if nodes is None:
         return None
     return tuple(n.kernel for n in nodes
                  if n.kernel is not None and n.kernel.kind in LAYOUT_KINDS)
+
+
+def as_run(kernel: Kernel) -> Kernel:
+    """``kernel`` as ONNX Runtime runs it, from its one-kernel graph: a convolution in the
+    blocked layout on its padded channels, one outside it marked ``unblocked`` (``kernel``
+    itself where that graph cannot be had, and for other kinds)."""
+    if kernel.kind not in _CONV_KINDS or kernel.precision != "fp32":
+        return kernel
+    nodes = _one_kernel(kernel)
+    ran = [n.kernel for n in nodes or () if n.kernel is not None
+           and n.kernel.kind in _CONV_KINDS]
+    return ran[0] if len(ran) == 1 else kernel

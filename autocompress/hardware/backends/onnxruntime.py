@@ -26,7 +26,7 @@ from autocompress.hardware.backends._base import (
     run_in_batches,
     time_callable,
 )
-from autocompress.hardware.backends._ort_lowering import carried_layout, runtime_kernels
+from autocompress.hardware.backends._ort_lowering import as_run, carried_layout, runtime_kernels
 from autocompress.hardware.backends._registry import register_backend
 from autocompress.hardware.rules import CostRules, neutral_features
 
@@ -72,6 +72,19 @@ GROUPED_CONVS = tuple(
         (72, 24, 28, 1), (168, 24, 14, 2), (408, 24, 7, 1),
         (128, 32, 28, 1), (256, 32, 14, 1), (512, 32, 7, 1), (1024, 32, 7, 2),
         (128, 64, 28, 1), (448, 56, 14, 1), (256, 64, 14, 1), (512, 64, 7, 1)))
+#: Convolutions on channel counts off a multiple of 4, which ONNX Runtime runs outside its
+#: blocked layout (what a model pruned without rounding has): depthwise, 3x3 and 1x1.
+UNBLOCKED_CONVS = (
+    *(Kernel("dwconv", c, c, s, s, kernel=3, stride=stride, groups=c)
+      for c, s, stride in ((58, 12, 1), (58, 24, 2), (30, 28, 1), (90, 14, 1), (174, 7, 1),
+                           (33, 56, 2), (234, 14, 1), (18, 56, 1))),
+    *(Kernel("conv", cin, cout, s, s, kernel=3, stride=stride)
+      for cin, cout, s, stride in ((58, 58, 12, 1), (58, 116, 24, 2), (30, 64, 28, 1),
+                                   (90, 90, 14, 1), (174, 160, 7, 1), (18, 32, 56, 1))),
+    *(Kernel("conv1x1", cin, cout, s, s)
+      for cin, cout, s in ((58, 58, 24), (58, 116, 12), (174, 174, 7), (30, 120, 28),
+                           (90, 360, 14), (350, 96, 7))),
+)
 
 
 #: (channels, size) of the tensors the reorders into and out of the blocked layout are
@@ -95,10 +108,11 @@ ONNXRUNTIME_RULES = CostRules(
     features=_features,
     lowering=runtime_kernels,
     carried_layout=carried_layout,
+    as_run=as_run,
     layout_kernels=tuple(Kernel(kind, c, c, s, s) for kind in LAYOUT_KINDS  # type: ignore[arg-type]
                          for c, s in _LAYOUT_TENSORS),
     stream_kernels=tuple(Kernel("weights", 512, 512, n, 1) for n in _STREAM_LAYERS),
-    grid_kernels=GROUPED_CONVS,
+    grid_kernels=GROUPED_CONVS + UNBLOCKED_CONVS,
 )
 
 
