@@ -191,10 +191,8 @@ def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int,
     if count <= 0:
         return []
     scored: list[tuple[float, Kernel]] = []
-    from autocompress.hardware.latency import fit_key
-
-    for key in {fit_key(k) for k, _ in measured}:
-        rows = [(k, t) for k, t in measured if fit_key(k) == key]
+    for kind in {k.kind for k, _ in measured}:
+        rows = [(k, t) for k, t in measured if k.kind == kind]
         if len(rows) < 4:
             continue
         x = np.stack([rules.features(k) for k, _ in rows])

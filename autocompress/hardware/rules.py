@@ -88,9 +88,9 @@ class CostRules:
     lowering: LoweringFn | None = None
     #: The layout kernels a one-kernel profile graph runs besides its kernel.
     carried_layout: CarriedFn | None = None
-    #: A profile kernel as the runtime runs it (ONNX Runtime: whether a convolution runs in
-    #: its blocked layout), so that it is fitted with the model nodes the runtime runs alike;
-    #: used with :attr:`lowering`.
+    #: A profile kernel as the runtime runs it (ONNX Runtime: a convolution on the channels
+    #: its blocked layout pads to, or marked ``unblocked`` outside that layout), so that it is
+    #: fitted as the model nodes :attr:`lowering` gives are costed; used with it.
     as_run: Callable[[Kernel], Kernel] | None = None
     #: Layout conversions (:data:`~autocompress.hardware.kernels.LAYOUT_KINDS`) a profile of
     #: this backend measures.
@@ -101,7 +101,8 @@ class CostRules:
     #: :class:`~autocompress.hardware.latency.WeightStreaming`).
     stream_kernels: tuple[Kernel, ...] = ()
     #: Kernels a profile of this backend measures besides the default grid, and fits with it
-    #: (ONNX Runtime: grouped convolutions, which its features cost apart from dense ones).
+    #: (ONNX Runtime: grouped convolutions and convolutions on channel counts off a multiple
+    #: of 4, which it runs outside its blocked layout and estimates fit apart).
     grid_kernels: tuple[Kernel, ...] = ()
 
 
