@@ -125,7 +125,8 @@ class WeightStreaming:
 
     @classmethod
     def from_profile(cls, profile: HardwareProfile) -> WeightStreaming | None:
-        """The profile's curve, or ``None`` where it measured fewer than three chains."""
+        """The profile's curve, or ``None`` where it measured fewer than three chains (or
+        one no slower than the run overhead)."""
         rows = sorted((m.kernel.weight_elements * _WEIGHT_BYTES["fp32"], m.latency.median_ms)
                       for m in profile.kernels
                       if m.kernel.kind in STREAM_KINDS and m.kernel.precision == "fp32")
@@ -135,6 +136,8 @@ class WeightStreaming:
         rates = [max(ms - overhead, 0.0) / size for size, ms in rows]
         cheapest = int(np.argmin(rates))
         cached = rates[cheapest]
+        if cached <= 0:  # a chain no slower than an empty run tells nothing
+            return None
         curve = np.maximum.accumulate([cached] * (cheapest + 1) + rates[cheapest + 1:])
         return cls(tuple(float(size) for size, _ in rows), tuple(float(r) for r in curve),
                    float(cached))

@@ -102,6 +102,8 @@ def test_noise_in_the_curve_does_not_make_more_weights_cheaper() -> None:
 def test_fewer_than_three_chains_give_no_curve() -> None:
     assert WeightStreaming.from_profile(_profile(rates={1: 1e-8, 32: 4e-8})) is None
     assert WeightStreaming.from_profile(_profile(chains=False)) is None
+    # a chain measured no slower than an empty run gives no rate to divide by
+    assert WeightStreaming.from_profile(_profile(rates={**RATES, 2: 0.0})) is None
 
 
 def test_weights_that_fit_in_cache_add_nothing() -> None:
