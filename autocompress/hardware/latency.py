@@ -10,6 +10,12 @@ the overhead each one-kernel measurement carried. Nodes the backend fuses into t
 one (ONNX Runtime: an activation after a Conv) cost nothing; reshapes cost nothing.
 Unstructured sparsity does not enter: dense kernels run zeros as fast as other numbers.
 
+Where the backend's rules say how the runtime runs a kernel (:attr:`CostRules.as_run`: ONNX
+Runtime's padded channels, its generic path off the blocked layout), the profile's kernels
+are fitted as run and such kernels get fits of their own (:data:`SPLIT_KEYS`). Where the
+profile measured weight-streaming chains, a model whose weights outgrow the cache also pays
+for reading them (:class:`WeightStreaming`).
+
 The error bar is the fit's relative residual spread per kind, added over nodes as if
 independent; it does not cover effects between kernels (layout changes, cache reuse),
 which is what calibrating against measured reference models (:meth:`calibrated`) is for.

@@ -59,10 +59,11 @@ def _features(kernel: Kernel) -> np.ndarray:
     return np.append(neutral_features(kernel), float(kernel.out_height * kernel.out_width))
 
 
-#: Grouped convolutions (not depthwise) measured besides the default grid: ONNX Runtime runs
-#: them outside its blocked layout, at about half the speed per multiply-add of a dense
-#: convolution, so estimates fit them apart (group widths 4 to 64, as in ResNeXt and RegNet;
-#: 7 to 56 px).
+#: Grouped convolutions (not depthwise) measured besides the default grid, group widths 4 to
+#: 64 (ResNeXt, RegNet) on 7 to 56 px: ONNX Runtime runs the narrow-group ones (4, 8, 24, 56
+#: on this AVX-512 CPU) outside its blocked layout, at about half the speed per
+#: multiply-add, and estimates fit those apart (``conv:grouped``); the others run blocked and
+#: join the dense fit.
 GROUPED_CONVS = tuple(
     Kernel("conv", c, c, s, s, kernel=3, stride=stride, groups=c // width)
     for c, width, s, stride in (
