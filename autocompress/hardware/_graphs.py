@@ -14,6 +14,7 @@ from autocompress.hardware import _qdq
 from autocompress.hardware._kernel import (
     BOUNDARY_KINDS,
     CONTEXT_KINDS,
+    ELEMENTWISE_OPS,
     LAYOUT_KINDS,
     PRECISIONS,
     STREAM_KINDS,
@@ -161,14 +162,45 @@ def _fp32_graph(kernel: Kernel, seed: int) -> onnx.ModelProto:
                                       strides=[k.stride] * 2)]
     elif k.kind == "elementwise":
         in_shape = out_shape = [1, k.in_channels, k.height, k.width]
-        other = rng.standard_normal(in_shape).astype(np.float32)
-        inits = [numpy_helper.from_array(other, "other")]
-        nodes = [helper.make_node("Add", ["x", "other"], ["y"])]
+        nodes, inits, out_shape = _elementwise_nodes(k, in_shape, rng)
     else:  # pragma: no cover - KernelKind is closed
         raise ValueError(f"unknown kernel kind {k.kind}")
     return _model(nodes, f"kernel_{k.kind}",
                   helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape),
                   helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape), inits)
+
+
+# The permutation each class of transposes is measured with, on 1 x C x H x W: rows of W
+# elements moved whole; and C, H, W all reversed, which moves element by element.
+_PERMS = {"transpose": [0, 2, 1, 3], "permute": [0, 3, 2, 1]}
+
+
+def _elementwise_nodes(k: Kernel, shape: list[int], rng: np.random.Generator
+                       ) -> tuple[list[onnx.NodeProto], list[TensorProto], list[int]]:
+    """The nodes, initializers and output shape of an elementwise kernel of class ``k.op``
+    (:data:`~autocompress.hardware._kernel.ELEMENTWISE_OPS`) over a ``shape`` tensor, its
+    normalizations over the last axis (``width``); ``""``: an addition."""
+    if k.op == "":
+        other = numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "other")
+        return [helper.make_node("Add", ["x", "other"], ["y"])], [other], shape
+    if k.op == "gelu":
+        return [helper.make_node("Gelu", ["x"], ["y"])], [], shape
+    if k.op == "sigmoid":  # x * sigmoid(x), which ONNX Runtime fuses into QuickGelu
+        return [helper.make_node("Sigmoid", ["x"], ["s"]),
+                helper.make_node("Mul", ["x", "s"], ["y"])], [], shape
+    if k.op == "softmax":
+        return [helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [], shape
+    if k.op == "norm":
+        inits = [numpy_helper.from_array(rng.standard_normal(shape[-1]).astype(np.float32), n)
+                 for n in ("gamma", "beta")]
+        return [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"],
+                                 axis=-1)], inits, shape
+    if k.op in _PERMS:
+        perm = _PERMS[k.op]
+        return ([helper.make_node("Transpose", ["x"], ["y"], perm=perm)], [],
+                [shape[a] for a in perm])
+    raise ValueError(f"unknown elementwise op class {k.op!r}; known: "
+                     f"{', '.join(ELEMENTWISE_OPS)}")
 
 
 def _boundary_graph(kernel: Kernel) -> onnx.ModelProto:

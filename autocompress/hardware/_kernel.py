@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FLAT_KINDS", "KINDS", "LAYOUT_KINDS", "PRECISIONS",
-           "STREAM_KINDS", "Kernel", "KernelKind", "Precision", "boundary_kind", "classify_conv"]
+__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "ELEMENTWISE_OPS", "FLAT_KINDS", "KINDS",
+           "LAYOUT_KINDS", "PRECISIONS", "STREAM_KINDS", "Kernel", "KernelKind", "Precision",
+           "boundary_kind", "classify_conv"]
 
 KernelKind = Literal["conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise", "quantize",
                      "dequantize", "to_fp16", "from_fp16", "chain", "island", "reorder_in",
@@ -31,6 +32,17 @@ STREAM_KINDS: tuple[KernelKind, ...] = ("weights",)
 #: Kinds over one tensor (or a matrix), whose output has the input's height and width.
 FLAT_KINDS: tuple[KernelKind, ...] = ("gemm", "elementwise", *BOUNDARY_KINDS, *CONTEXT_KINDS,
                                       *LAYOUT_KINDS, *STREAM_KINDS)
+#: Classes of elementwise operators that cost more per element than an addition, each measured
+#: and fitted apart where a profile has such kernels (``Kernel.op``; ``""``: an addition,
+#: multiplication, clip and the like): ``gelu`` (Gelu, and its fused forms), ``sigmoid``
+#: (one transcendental function per element: Sigmoid, Tanh, Exp, ONNX Runtime's QuickGelu,
+#: which is SiLU/Swish fused), ``softmax``, ``norm`` (LayerNormalization and reductions over
+#: the last axis, costed on the elements they read), ``transpose`` (a permutation that keeps
+#: the innermost axis, or a matrix transpose once adjacent axes are merged: runs of memory)
+#: and ``permute`` (any other permutation: element by element, ~10x slower per element on a
+#: CPU; window partitions of MaxViT and Swin).
+ELEMENTWISE_OPS: tuple[str, ...] = ("gelu", "sigmoid", "softmax", "norm", "transpose",
+                                    "permute")
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 # The conversion kernel for each direct change of precision (others go through fp32).
@@ -57,6 +69,8 @@ class Kernel:
     ``unblocked``: the runtime runs this convolution outside its blocked channel layout (ONNX
     Runtime on a CPU, for channel counts off a multiple of 4 and some grouped convolutions:
     a generic path, up to 8x slower for a depthwise one); set from the runtime's own graph.
+    ``op``: for an elementwise kernel, its class of operator (:data:`ELEMENTWISE_OPS`), or
+    ``""`` for an addition and operators that cost like it.
     """
 
     kind: KernelKind
@@ -70,6 +84,7 @@ class Kernel:
     precision: str = "fp32"
     kernel_w: int = 0
     unblocked: bool = False
+    op: str = ""
 
     @property
     def window_w(self) -> int:
@@ -124,7 +139,7 @@ class Kernel:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("kernel_w", "unblocked"):  # square windows, blocked: files as before
+        for name in ("kernel_w", "unblocked", "op"):  # the usual case: files as before
             if not data[name]:
                 del data[name]
         return data

@@ -32,6 +32,7 @@ from autocompress.hardware._kernel import (
     _BOUNDARY_OF,
     BOUNDARY_KINDS,
     CONTEXT_KINDS,
+    ELEMENTWISE_OPS,
     KINDS,
     LAYOUT_KINDS,
     PRECISIONS,
@@ -44,8 +45,8 @@ from autocompress.hardware._kernel import (
 )
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
-__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "FREE_OPS", "KINDS", "LAYOUT_KINDS", "PRECISIONS",
-           "STREAM_KINDS",
+__all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "ELEMENTWISE_OPS", "FREE_OPS", "KINDS",
+           "LAYOUT_KINDS", "PRECISIONS", "STREAM_KINDS",
            "Boundary", "Kernel", "KernelKind", "NodeKernel", "Precision", "boundaries_of",
            "boundary_kind", "classify_conv", "costed_node", "features", "inferred_shapes",
            "kernel_graph", "kernels_of", "overhead_graph"]
@@ -59,8 +60,26 @@ _POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "MaxPool", "AveragePool", "Re
 _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid",
                     "HardSwish", "Tanh", "LeakyRelu", "Concat", "Pad", "Transpose", "Slice",
                     "Split", "BatchNormalization", "Softmax", "Max", "Min", "Neg", "Exp",
-                    # ONNX Runtime's fused activations (its optimized graph)
-                    "Gelu", "QuickGelu", "FastGelu", "BiasGelu"}
+                    "Expand", "Erf", "LayerNormalization", "ReduceL2", "ReduceSum",
+                    "ReduceMax",
+                    # ONNX Runtime's fused activations and normalizations (its optimized graph)
+                    "Gelu", "QuickGelu", "FastGelu", "BiasGelu", "SkipLayerNormalization",
+                    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"}
+#: The class of each elementwise operator that costs more per element than an addition
+#: (:data:`~autocompress.hardware._kernel.ELEMENTWISE_OPS`); Transpose is classed by its
+#: permutation (:func:`_transpose_op`).
+_OP_CLASS = {
+    **dict.fromkeys(("Gelu", "FastGelu", "BiasGelu", "Erf"), "gelu"),
+    **dict.fromkeys(("QuickGelu", "Sigmoid", "Tanh", "Exp", "Softplus"), "sigmoid"),
+    **dict.fromkeys(("Softmax", "LogSoftmax"), "softmax"),
+    **dict.fromkeys(("LayerNormalization", "SimplifiedLayerNormalization",
+                     "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+                     "InstanceNormalization", "GroupNorm", "ReduceL2", "ReduceSum", "ReduceMax",
+                     "ReduceMin", "ReduceSumSquare", "ReduceL1"), "norm"),
+}
+#: Reductions: costed on the elements they read, not the few they write.
+_REDUCE_OPS = {"ReduceL2", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare",
+               "ReduceL1"}
 _FUSED = "fused into "
 
 
@@ -274,6 +293,13 @@ def costed_node(node: onnx.NodeProto, label: str, shapes: Mapping[str, list[int]
         rows = int(np.prod(x[:-1])) if len(x) > 1 else 1
         return NodeKernel(label, node.op_type, Kernel(
             "gemm", in_channels=x[-1], out_channels=y[-1], height=rows, width=1))
+    if op == "Einsum" and y:
+        product = _einsum_product(_attr(node, "equation", b""),
+                                  [shapes.get(i, []) for i in node.input])
+        if product is not None:
+            rows, inner, cols = product
+            return NodeKernel(label, node.op_type, Kernel(
+                "gemm", in_channels=inner, out_channels=cols, height=rows, width=1))
     if op in _POOL_OPS and x:
         c, h, w_ = _chw(x)
         global_pool = op.startswith("Global") or op == "ReduceMean"
@@ -283,11 +309,59 @@ def costed_node(node: onnx.NodeProto, label: str, shapes: Mapping[str, list[int]
             "pool", in_channels=c, out_channels=c, height=h, width=w_,
             kernel=k_size, stride=stride))
     if y:
-        c, h, w_ = _chw(y)
+        c, h, w_ = _chw(x if op in _REDUCE_OPS and x else y)
         note = "" if op in _ELEMENTWISE_OPS else "unmodelled op, costed as elementwise"
+        op_class = _transpose_op(x, _attr(node, "perm", None)) if op == "Transpose" else \
+            _OP_CLASS.get(op, "")
         return NodeKernel(label, node.op_type, Kernel(
-            "elementwise", in_channels=c, out_channels=c, height=h, width=w_), note)
+            "elementwise", in_channels=c, out_channels=c, height=h, width=w_, op=op_class),
+            note)
     return NodeKernel(label, node.op_type, None, "no shape known; not costed")
+
+
+def _transpose_op(shape: Sequence[int], perm: Sequence[int] | None) -> str:
+    """``transpose`` for a permutation that moves runs of memory (it keeps the innermost
+    axis, or is a matrix transpose once axes of size 1 are dropped and axes that stay
+    neighbours are merged); ``permute`` for any other, which moves element by element."""
+    if not shape:
+        return "transpose"
+    rank = len(shape)
+    perm = list(perm) if perm is not None else list(range(rank))[::-1]
+    kept = [a for a in perm if shape[a] != 1]
+    merged = [a for i, a in enumerate(kept) if i == 0 or a != kept[i - 1] + 1]
+    innermost = max((a for a in range(rank) if shape[a] != 1), default=0)
+    if len(merged) <= 2 or kept[-1] == innermost:
+        return "transpose"
+    return "permute"
+
+
+def _einsum_product(equation: bytes | str, shapes: Sequence[Sequence[int]]
+                    ) -> tuple[int, int, int] | None:
+    """(rows, inner, columns) of a two-operand Einsum as a matrix product, batches folded
+    into the rows (attention's products of queries and keys, as MaxViT exports them); None
+    where the equation is not such a product."""
+    text = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    if "->" not in text or "." in text or len(shapes) != 2:
+        return None
+    inputs, output = text.split("->")
+    terms = inputs.split(",")
+    if len(terms) != 2 or any(len(t) != len(s) for t, s in zip(terms, shapes, strict=True)):
+        return None
+    size: dict[str, int] = {}
+    for term, shape in zip(terms, shapes, strict=True):
+        for letter, dim in zip(term, shape, strict=True):
+            size[letter] = int(dim)
+    first, second = terms
+    inner = [a for a in size if a in first and a in second and a not in output]
+    cols = [a for a in output if a in second and a not in first]
+    rows = [a for a in output if a not in cols]
+    if not inner or any(a not in size for a in output):
+        return None
+
+    def prod(letters: list[str]) -> int:
+        return int(np.prod([size[a] for a in letters])) if letters else 1
+
+    return prod(rows), prod(inner), prod(cols)
 
 
 # ------------------------------------------------------------------ mixed precision

@@ -46,6 +46,7 @@ from autocompress.hardware._nnls import nnls
 from autocompress.hardware.backends import rules_for
 from autocompress.hardware.kernels import (
     BOUNDARY_KINDS,
+    ELEMENTWISE_OPS,
     KINDS,
     LAYOUT_KINDS,
     STREAM_KINDS,
@@ -405,9 +406,12 @@ class LatencyModel:
 #: Fits apart from the rest of their kind, where the profile measured such kernels (else the
 #: kind's fit costs them): convolutions the runtime runs outside its blocked layout
 #: (``Kernel.unblocked``: a generic path, up to 8x slower for a depthwise one on ONNX
-#: Runtime), grouped ones (not depthwise) among them apart again, one GEMM per group.
+#: Runtime), grouped ones (not depthwise) among them apart again, one GEMM per group; and
+#: each class of elementwise operators that costs more per element than an addition
+#: (``Kernel.op``, :data:`~autocompress.hardware.kernels.ELEMENTWISE_OPS`: GELU about 3x an
+#: addition per element on ONNX Runtime, a permutation of a window partition 10x).
 SPLIT_KEYS = ("conv:unblocked", "conv1x1:unblocked", "dwconv:unblocked", "conv:grouped",
-              "conv1x1:grouped")
+              "conv1x1:grouped", *(f"elementwise:{op}" for op in ELEMENTWISE_OPS))
 
 
 def fit_key(kernel: Kernel) -> str:
@@ -415,6 +419,8 @@ def fit_key(kernel: Kernel) -> str:
     if kernel.kind in ("conv", "conv1x1", "dwconv") and kernel.unblocked:
         grouped = kernel.kind != "dwconv" and kernel.groups > 1
         return f"{kernel.kind}:{'grouped' if grouped else 'unblocked'}"
+    if kernel.kind == "elementwise" and kernel.op:
+        return f"elementwise:{kernel.op}"
     return kernel.kind
 
 

@@ -162,7 +162,8 @@ def precision_grid(grid: Sequence[Kernel], precision: str) -> list[Kernel]:
         raise ProfileError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     picked: list[Kernel] = []
     for kind in KINDS:
-        of_kind = [k for k in grid if k.kind == kind and k.precision == "fp32"]
+        # additions stand for every elementwise operator in other precisions
+        of_kind = [k for k in grid if k.kind == kind and k.precision == "fp32" and not k.op]
         chosen = of_kind[::_PRECISION_EVERY[kind]]
         chosen += [k for k in of_kind if k not in chosen][:max(0, 2 - len(chosen))]
         if of_kind:
@@ -185,14 +186,19 @@ def _key(kernel: Kernel) -> str:
 def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int,
                      rules: CostRules = NEUTRAL_RULES) -> list[Kernel]:
     """Neighbours of the kernels a linear fit explains worst, to sample where latency is not
-    linear in the features (``rules.features``, the backend's): for each kind, an
-    unconstrained least-squares fit on the relative scale; the worst-fitted kernels get
-    neighbours with 8 channels more and fewer."""
+    linear in the features (``rules.features``, the backend's): for each fit an estimate
+    makes (:func:`~autocompress.hardware.latency.fit_key` of the kernel as the runtime runs
+    it, ``rules.as_run``), an unconstrained least-squares fit on the relative scale; the
+    worst-fitted kernels get neighbours with 8 channels more and fewer."""
+    from autocompress.hardware.latency import fit_key
+
     if count <= 0:
         return []
+    ran = rules.as_run or (lambda k: k)
+    key = {k: fit_key(ran(k)) if k.precision == "fp32" else k.kind for k, _ in measured}
     scored: list[tuple[float, Kernel]] = []
-    for kind in {k.kind for k, _ in measured}:
-        rows = [(k, t) for k, t in measured if k.kind == kind]
+    for fit in sorted(set(key.values())):
+        rows = [(k, t) for k, t in measured if key[k] == fit]
         if len(rows) < 4:
             continue
         x = np.stack([rules.features(k) for k, _ in rows])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autocompress.study._calibrate import CalibrationResult, calibrate_device
+from autocompress.study._calibrate import CalibrationResult, calibrate_device, device_scale
 from autocompress.study._config import RunFolder, SearchConfig
 from autocompress.study._front import FrontMember, ParetoFront
 from autocompress.study._pick import PickResult, load_front, pick
@@ -14,5 +14,5 @@ from autocompress.study._tools import ModelEstimate, estimate_latency
 
 __all__ = ["CalibrationResult", "FrontMember", "ModelEstimate", "ParetoFront", "PickResult",
            "RetargetResult", "RetargetedTrial", "RunFolder", "RunInfo", "SearchConfig",
-           "TrialRecord", "calibrate_device", "estimate_latency", "load_front", "pick",
-           "retarget", "search", "write_report"]
+           "TrialRecord", "calibrate_device", "device_scale", "estimate_latency", "load_front",
+           "pick", "retarget", "search", "write_report"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from autocompress.exceptions import ExportError, MissingDependencyError, ProfileError
-from autocompress.hardware._kernel import LAYOUT_KINDS, Kernel
+from autocompress.hardware._kernel import ELEMENTWISE_OPS, LAYOUT_KINDS, Kernel
 from autocompress.hardware.backends._base import (
     Backend,
     LatencyMeasurement,
@@ -87,6 +87,16 @@ UNBLOCKED_CONVS = (
                            (90, 360, 14), (350, 96, 7))),
 )
 
+#: Elementwise operators that cost more per element than an addition, by class
+#: (:data:`~autocompress.hardware._kernel.ELEMENTWISE_OPS`: GELU, SiLU, softmax, LayerNorm,
+#: two kinds of transposes), over 1k to 1.2M elements, normalized over the last axis of 32 to
+#: 384 (a transformer's channels, a 7x7 window's 49 tokens): what attention blocks, ConvNeXt
+#: and EfficientNet run besides their convolutions and matrix products.
+ELEMENTWISE_KERNELS = tuple(
+    Kernel("elementwise", c, c, h, w, op=op)
+    for op in ELEMENTWISE_OPS
+    for c, h, w in ((2, 8, 64), (4, 49, 49), (8, 49, 32), (4, 49, 192), (16, 49, 49),
+                    (8, 98, 96), (64, 49, 49), (32, 98, 96), (8, 98, 384), (32, 98, 384)))
 
 #: (channels, size) of the tensors the reorders into and out of the blocked layout are
 #: measured on: 256 to 200k elements, channels multiples of 16.
@@ -113,7 +123,7 @@ ONNXRUNTIME_RULES = CostRules(
     layout_kernels=tuple(Kernel(kind, c, c, s, s) for kind in LAYOUT_KINDS  # type: ignore[arg-type]
                          for c, s in _LAYOUT_TENSORS),
     stream_kernels=tuple(Kernel("weights", 512, 512, n, 1) for n in _STREAM_LAYERS),
-    grid_kernels=GROUPED_CONVS + UNBLOCKED_CONVS,
+    grid_kernels=GROUPED_CONVS + UNBLOCKED_CONVS + ELEMENTWISE_KERNELS,
 )
 
 
