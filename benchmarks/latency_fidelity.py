@@ -113,32 +113,35 @@ def build_zoo_models(round_to: int) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def stored_device_calibration(profile: HardwareProfile, frame: pd.DataFrame, out: Path):
-    """The device calibration ``autocompress calibrate`` would store, from the stored
-    measurements of its reference models (zoo rows of the same graphs at the same size)."""
+def references_path(csv: Path) -> Path:
+    """Where a run's measurements of the device calibration's reference models are kept,
+    beside its CSV (``autocompress measure --out`` format)."""
+    return csv.with_name(csv.stem + "_references.json")
+
+
+def save_references(device, path: Path) -> None:
     import json
 
-    from autocompress.study import calibrate_device
-    from autocompress.study._calibrate import REFERENCE_MODELS
+    path.write_text(json.dumps({"results": [
+        {"onnx": f"{p.model}.onnx", "median_ms": p.measured_ms} for p in device.references]},
+        indent=1) + "\n")
 
-    results = []
-    for name, shape in REFERENCE_MODELS:
-        short = name.split(":")[-1]
-        row = frame[(frame["family"] == f"zoo:{short}") & (frame["model"] == "unpruned")]
-        if row.empty or shape[2] != 96:
-            raise SystemExit(f"no stored zoo measurement of the reference model {name} at "
-                             f"{shape[2]} px: run with --zoo, or without --stored")
-        results.append({"onnx": f"{short}-{shape[2]}px.onnx",
-                        "median_ms": float(row["measured_ms"].iloc[0])})
+
+def device_calibration(profile: HardwareProfile, out: Path, measurements: Path | None):
+    """The device calibration ``autocompress calibrate`` stores, on a copy of ``profile``:
+    from ``measurements`` of its reference models where given, else measuring them here.
+    (The zoo's rows are not those graphs: the references are built for 96-pixel inputs, with
+    the stems of :func:`autocompress.models.create_model`, and estimate 10-25% above the zoo's
+    export of the same architecture.)"""
+    from autocompress.study import calibrate_device
+
     out.mkdir(parents=True, exist_ok=True)
-    copy_path, measured = out / "_profile.json", out / "_references.json"
+    copy_path = out / "_profile.json"
     profile.save(copy_path)
-    measured.write_text(json.dumps({"results": results}))
     try:
-        return calibrate_device(copy_path, measurements=measured).calibration
+        return calibrate_device(copy_path, measurements=measurements).calibration
     finally:
         copy_path.unlink()
-        measured.unlink()
 
 
 def _stored_date(csv: Path) -> str:
@@ -177,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stored", type=Path,
                         help="reuse the measurements of this results CSV (written here by an "
                              "earlier run with the same options) and recompute only the "
-                             "estimates: compares estimators without measuring; writes "
+                             "estimates: compares estimators without measuring (the device "
+                             "calibration's references too, where the run kept them beside "
+                             "it, else they are measured again); writes "
                              "latency_fidelity_<backend>_stored.{csv,md}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -190,14 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     device = None
     stored = pd.read_csv(args.stored) if args.stored else None
-    if args.device_calibration and stored is None:
-        from autocompress.study import calibrate_device
-
-        copy_path = args.out / f"latency_fidelity_{args.backend}_profile.json"
-        args.out.mkdir(parents=True, exist_ok=True)
-        profile.save(copy_path)
-        device = calibrate_device(copy_path).calibration
-        copy_path.unlink()
+    references_note = ""
+    if args.device_calibration:
+        kept = references_path(args.stored) if stored is not None else None
+        if kept is not None and kept.is_file():
+            device = device_calibration(profile, args.out, kept)
+            references_note = f" (measurements reused from {kept.name})"
+        else:
+            device = device_calibration(profile, args.out, None)
+            if stored is not None:
+                references_note = " (measured in this run: the stored run kept none)"
+        suffix = "_stored" if stored is not None else ""
+        save_references(device, args.out / f"latency_fidelity_{args.backend}{suffix}"
+                                           f"_references.json")
         print(f"device calibration: {device.describe()}", file=sys.stderr)
 
     rows = []
@@ -232,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.stored} has no measurement of {len(lacking)} models "
                              f"(e.g. {lacking.iloc[0]['family']} {lacking.iloc[0]['model']}): "
                              "run it with the options it was written with, or without --stored")
-        if args.device_calibration:
-            device = stored_device_calibration(profile, frame, args.out)
     frame["estimate_calibrated_ms"] = np.nan
     for _family, group in frame.groupby("family"):
         calib = group[group["model"].str.startswith("calibration")]
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_stored_date(args.stored)}), not taken again: only the estimates were "
                 f"computed in this run, by autocompress as it is now"] if stored is not None
                else []),
-             *([f"- device calibration: {device.describe()} ("
+             *([f"- device calibration{references_note}: {device.describe()} ("
                 + ", ".join(f"{p.model} {p.estimate_ms / p.measured_ms - 1:+.0%} raw"
                             for p in device.references) + ")"] if device else []), "",
              "| family | n | estimate | within ±10% | MAPE | Spearman |",

@@ -52,8 +52,8 @@ class ReferencePoint:
 class DeviceCalibration:
     """``measured = offset_ms + scale * estimate`` for this device, from reference models
     measured on it (``autocompress calibrate``: the geometric mean of their measured /
-    estimated ratios, shrunk towards 1 where it does not stand out of their scatter, no
-    offset; never a model being searched). A search whose profile is of
+    estimated ratios, applied as far as it stands out of their scatter, no offset; never a
+    model being searched). A search whose profile is of
     another device applies it to every estimate."""
 
     scale: float

@@ -153,10 +153,13 @@ def test_a_device_factor_within_the_references_scatter_is_not_applied() -> None:
     estimates = [1.0] * 5
     own_device = [1 / 0.97, 1 / 1.21, 1 / 0.91, 1 / 1.06, 1 / 1.12]
     assert device_scale(estimates, own_device) == 1.0
-    # a device 2.5x slower stands far out of the same scatter: nearly all of it is applied
+    # all five overestimated, by 1-19%: a mean within one deviation of the ratios is not
+    # told apart from the profile's errors either
+    assert device_scale(estimates, [1 / 1.03, 1 / 1.09, 1 / 1.06, 1 / 1.19, 1 / 1.01]) == \
+        pytest.approx(0.991, abs=0.001)
+    # a device 2.5x slower stands far out of the same scatter: all of it is applied
     slower = [2.5 * m for m in own_device]
-    geometric_mean = math.exp(np.mean(np.log(slower)))
-    assert device_scale(estimates, slower) == pytest.approx(geometric_mean, rel=0.01)
+    assert device_scale(estimates, slower) == pytest.approx(math.exp(np.mean(np.log(slower))))
     # references that agree exactly: their ratio, whatever it is
     assert device_scale([1.0, 2.0], [1.5, 3.0]) == pytest.approx(1.5)
     assert device_scale([2.0], [3.0]) == pytest.approx(1.5)
