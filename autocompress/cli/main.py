@@ -173,8 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--upgrade", "--sweep-only", dest="upgrade", action="store_true",
                     help="measure only what the existing profile --out lacks that profiling "
                          "measures today (the channel sweep; on ONNX Runtime on a CPU its "
-                         "layout conversions, grouped convolutions and weight-streaming "
-                         "chains) and add it (seconds)")
+                         "layout conversions, grouped convolutions, elementwise operator "
+                         "classes and weight-streaming chains) and add it (seconds)")
     pr.add_argument("--precisions", type=_precisions, default=("fp32",),
                     help="comma-separated precisions to measure kernels in, fp32 among "
                          "them (default: fp32); e.g. fp32,int8 for mixed-precision "
