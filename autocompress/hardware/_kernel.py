@@ -39,7 +39,7 @@ FLAT_KINDS: tuple[KernelKind, ...] = ("gemm", "elementwise", *BOUNDARY_KINDS, *C
 #: which is SiLU/Swish fused), ``softmax``, ``norm`` (LayerNormalization and reductions over
 #: the last axis, costed on the elements they read), ``transpose`` (a permutation that keeps
 #: the innermost axis, or a matrix transpose once adjacent axes are merged: runs of memory)
-#: and ``permute`` (any other permutation: element by element, ~10x slower per element on a
+#: and ``permute`` (any other permutation: element by element, 15-20x slower per element on a
 #: CPU; window partitions of MaxViT and Swin).
 ELEMENTWISE_OPS: tuple[str, ...] = ("gelu", "sigmoid", "softmax", "norm", "transpose",
                                     "permute")

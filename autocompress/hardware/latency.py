@@ -409,7 +409,7 @@ class LatencyModel:
 #: Runtime), grouped ones (not depthwise) among them apart again, one GEMM per group; and
 #: each class of elementwise operators that costs more per element than an addition
 #: (``Kernel.op``, :data:`~autocompress.hardware.kernels.ELEMENTWISE_OPS`: GELU about 3x an
-#: addition per element on ONNX Runtime, a permutation of a window partition 10x).
+#: addition per element on ONNX Runtime, a permutation element by element 17x).
 SPLIT_KEYS = ("conv:unblocked", "conv1x1:unblocked", "dwconv:unblocked", "conv:grouped",
               "conv1x1:grouped", *(f"elementwise:{op}" for op in ELEMENTWISE_OPS))
 
