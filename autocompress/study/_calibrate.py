@@ -136,7 +136,7 @@ def device_scale(estimates: list[float], measured: list[float]) -> float:
     Each ratio is the device's factor times the profile's error on that architecture, and
     those errors do not average out over five architectures (on this project's CPU, with its
     own profile, all five references came out 1-19% overestimated in one run while the zoo's
-    median was 3% underestimated). So a mean log ratio ``m`` within one standard deviation
+    median was 2% underestimated). So a mean log ratio ``m`` within one standard deviation
     ``sd`` of the log ratios is not told apart from the profile's own error and is not
     applied; beyond, its share rises linearly to all of it at ``2 sd``
     (``m * clip(|m| / sd - 1, 0, 1)``). A device 2.5x slower than its profile (every ratio
