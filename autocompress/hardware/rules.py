@@ -102,7 +102,8 @@ class CostRules:
     stream_kernels: tuple[Kernel, ...] = ()
     #: Kernels a profile of this backend measures besides the default grid, and fits with it
     #: (ONNX Runtime: grouped convolutions and convolutions on channel counts off a multiple
-    #: of 4, which it runs outside its blocked layout and estimates fit apart).
+    #: of 4, which it runs outside its blocked layout, and elementwise operators of each
+    #: class of ``Kernel.op``; estimates fit each apart).
     grid_kernels: tuple[Kernel, ...] = ()
 
 
