@@ -1,4 +1,5 @@
-"""Small file helpers: every artifact is written atomically (temporary file, then rename)."""
+"""Small file helpers: every artifact is written atomically (temporary file, then rename);
+:func:`cache_dir` is where caches live."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["cache_dir", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def _umask() -> int:
@@ -41,3 +42,17 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$AUTOCOMPRESS_CACHE_DIR`` or ``~/.cache/autocompress`` (``$XDG_CACHE_HOME`` honoured),
+    with ``parts`` appended; created on demand."""
+    root = os.environ.get("AUTOCOMPRESS_CACHE_DIR")
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "autocompress"
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -12,6 +12,7 @@ candidates: no candidate's family is among them).
 
     python benchmarks/latency_fidelity.py                        # ONNX Runtime, 1 thread
     python benchmarks/latency_fidelity.py --backend tvm --candidates 8
+    python benchmarks/latency_fidelity.py --backend tvm --tuning-trials 8 --candidates 4
     python benchmarks/latency_fidelity.py --zoo --device-calibration   # + torchvision zoo
 
 With ``--zoo``, every torchvision classifier of :func:`autocompress.models.torchvision_zoo`
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per measurement at least (default 50; fewer for "
                              "slow untuned TVM code)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tuning-trials", type=int, default=0, metavar="N",
+                        help="tvm: tune every model (N trials per task, cached) before "
+                             "measuring; give the profile measured with the same N")
     parser.add_argument("--device-calibration", action="store_true",
                         help="also report estimates corrected by `autocompress calibrate` "
                              "(measured here, on a copy of the profile)")
@@ -188,13 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    profile_path = args.profile or ROOT / "hw_profiles" / f"{args.backend}-cpu-t{args.threads}.json"
+    tuned = f"-tuned{args.tuning_trials}" if args.tuning_trials else ""
+    default_profile = (f"tvm-llvm-cpu-t{args.threads}{tuned}" if args.backend == "tvm"
+                       else f"{args.backend}-cpu-t{args.threads}")
+    profile_path = args.profile or ROOT / "hw_profiles" / f"{default_profile}.json"
     profile = HardwareProfile.load(profile_path, backend=args.backend)
     latency = LatencyModel(profile)
-    backend = get_backend(args.backend, threads=args.threads)
+    options = {"tuning_trials": args.tuning_trials} if args.tuning_trials else {}
+    backend = get_backend(args.backend, threads=args.threads, **options)
     start = time.perf_counter()
     device = None
     stored = pd.read_csv(args.stored) if args.stored else None
+    tuning_s = 0.0
     references_note = ""
     if args.device_calibration:
         kept = references_path(args.stored) if stored is not None else None
@@ -226,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     frame = pd.DataFrame(rows)
     if stored is None:
+        if args.tuning_trials:  # tune everything first: nothing else runs while measuring
+            tune_start = time.perf_counter()
+            for i, onnx in enumerate(models):
+                backend.compile(onnx)
+                print(f"tuned {i + 1}/{len(models)} models, "
+                      f"{time.perf_counter() - tune_start:.0f} s", file=sys.stderr)
+            tuning_s = time.perf_counter() - tune_start
         measure = MeasureSettings(max_time_s=1.5, min_runs=args.min_runs,
                                   round_runs=max(1, args.min_runs // 2))
         first = backend.measure_many(models, measure, rounds=args.rounds)
@@ -268,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
              f"- {len(candidates)} random candidates of search_spaces/default.yaml "
              f"({args.candidates} per family, seed {args.seed}); each measured in two "
              f"interleaved passes of {args.rounds} rounds; the second pass is the noise floor",
-             f"- total time {time.perf_counter() - start:.0f} s",
+             f"- total time {time.perf_counter() - start:.0f} s"
+             + (f", of which tuning the models {tuning_s:.0f} s (tasks the cache held "
+                f"were not tuned again)" if tuning_s else ""),
              *([f"- **measurements reused** from {args.stored.name} (measured "
                 f"{_stored_date(args.stored)}), not taken again: only the estimates were "
                 f"computed in this run, by autocompress as it is now"] if stored is not None
@@ -310,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"| {s['mape']:.1%} | {s['spearman']:.3f} |")
     report = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"latency_fidelity_{args.backend}{'_stored' if stored is not None else ''}"
+    name = (f"latency_fidelity_{args.backend}{tuned.replace('-', '_')}"
+            f"{'_stored' if stored is not None else ''}")
     frame.to_csv(args.out / f"{name}.csv", index=False)
     (args.out / f"{name}.md").write_text(report)
     print(report)

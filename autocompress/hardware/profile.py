@@ -116,6 +116,9 @@ class HardwareProfile:
         settings = self.backend_settings
         how = (f"{self.threads} thread(s)" if "threads" in settings or not settings
                else ", ".join(f"{k} {v}" for k, v in settings.items()))
+        if "tuned" in settings:  # a TVM profile: untuned code is not a deployment latency
+            how += (f", tuned {settings.get('tuning_trials')} trials per task"
+                    if settings["tuned"] else ", untuned")
         return (f"{self.backend} {self.backend_version} ({how}) on "
                 f"{self.device.get('cpu', '?')}, {len(self.kernels)} kernels{precisions}, "
                 f"{self.created}")

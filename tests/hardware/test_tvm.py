@@ -228,14 +228,39 @@ def test_cuda_measures_and_matches_onnxruntime(
                                rtol=1e-4, atol=1e-4)
 
 
+def test_tuning_records_are_cached_apart_per_configuration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
+    base = TvmBackend(threads=1, tuning_trials=8).tuning_dir
+    assert base.is_dir() and tmp_path in base.parents
+    assert TvmBackend(threads=1, tuning_trials=8).tuning_dir == base
+    others = {TvmBackend(threads=2, tuning_trials=8).tuning_dir,
+              TvmBackend(threads=1, tuning_trials=16).tuning_dir,
+              TvmBackend('{"kind": "llvm", "mcpu": "znver3"}', tuning_trials=8).tuning_dir}
+    assert base not in others and len(others) == 3
+
+
+def test_a_tvm_profile_says_whether_it_was_tuned() -> None:
+    from autocompress.hardware import HardwareProfile
+
+    root = Path(__file__).resolve().parents[2] / "hw_profiles"
+    assert "untuned" in HardwareProfile.load(root / "tvm-llvm-cpu-t1.json").describe()
+    tuned = HardwareProfile.load(root / "tvm-llvm-cpu-t1-tuned8.json")
+    assert "tuned 8 trials per task" in tuned.describe()
+
+
 @pytest.mark.slow
-def test_a_tuned_convolution_computes_the_same_and_measures(ort: OnnxRuntimeBackend) -> None:
-    """About two minutes on 2 cores, mostly starting meta_schedule's builder workers. How
-    much tuning speeds a kernel up depends on the host: benchmarks/latency_fidelity.py
-    reports it; here only behaviour is checked."""
+def test_a_tuned_convolution_computes_the_same_and_is_tuned_once(
+        ort: OnnxRuntimeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """About 30 s on 2 cores (MetaSchedule's first build imports TVM's tensor intrinsics,
+    ~25 s). How much tuning speeds a kernel up depends on the host: the tuned profile and
+    benchmarks/latency_fidelity.py report it; here only behaviour is checked."""
+    from tvm.s_tir import meta_schedule as ms
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
     model = kernel_graph(Kernel("conv", 32, 32, 16, 16, kernel=3))
     untuned = TvmBackend(threads=1)
-    tuned = TvmBackend(threads=1, tuning_trials=8)
+    tuned = TvmBackend(threads=1, tuning_trials=4)
     assert tuned.settings()["tuned"] is True
     x = np.random.default_rng(5).standard_normal((1, 32, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(tuned.run(model, x), ort.run(model, x), rtol=1e-3, atol=1e-3)
@@ -243,3 +268,14 @@ def test_a_tuned_convolution_computes_the_same_and_measures(ort: OnnxRuntimeBack
                                atol=1e-3)
     measured = tuned.measure(model)
     assert 0 < measured.p25_ms <= measured.median_ms <= measured.p75_ms
+    records = tuned.tuning_dir / "database_tuning_record.json"
+    assert records.is_file() and records.read_text().strip()
+
+    def no_tuning(**_: object) -> None:
+        raise AssertionError("a task in the cache was tuned again")
+
+    monkeypatch.setattr(ms, "tune_tasks", no_tuning)
+    again = TvmBackend(threads=1, tuning_trials=4)  # a new process would start like this
+    np.testing.assert_allclose(again.run(model, x), tuned.run(model, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ExportError, match="tuned again"):  # another budget: not cached
+        TvmBackend(threads=1, tuning_trials=5).compile(model)

@@ -11,11 +11,19 @@ rounds until the median is stable as :class:`MeasureSettings` describes.
 
 **Untuned code is not a deployment latency.** Without tuning TVM applies no schedules: on an
 AVX2 CPU its code measured 7x (tiny CNN) to 40-90x (resnet) slower than ONNX Runtime, and it
-runs on one thread whatever ``threads`` says. With ``tuning_trials > 0`` each model is tuned
-with ``meta_schedule`` (random cost model, ``tuning_trials`` trials per task) before it is
-measured. That costs about two minutes per one-kernel model on a 2-core machine (mostly
-starting the builder workers), so tuning a whole profile grid takes hours; it gave 9x on a
-3x3 convolution with 16 trials. Tuning runs on this machine only (no RPC, no cross target).
+runs on one thread whatever ``threads`` says. With ``tuning_trials > 0`` each of a model's
+tasks (its fused operators: a convolution with its bias, residual add and activation) is tuned
+with ``meta_schedule`` before the model is measured: ``tuning_trials`` schedules sampled at
+random from the task's design space (``replay-trace``; a cost model cannot learn much from a
+few dozen trials), each built and timed on ``threads`` threads, the fastest kept. Tuning
+records are cached per target, TVM version, thread count and trial budget in a MetaSchedule
+database under :func:`~autocompress._io.cache_dir` ``("tvm-tuning", ...)``: a task is tuned
+once, whatever model it is met in (a profile's grid kernel, a candidate, the exported pick),
+and a task that is already there costs nothing. Builds run in this process (MetaSchedule's
+own builder starts new worker processes for every batch, about 40 s each on 2 cores), at
+about 0.36 s per trial on a 2-core AMD EPYC: 16 trials take 6 s per task, after a first
+build that spends about 25 s importing TVM's tensor intrinsics, once per process. Tuning
+runs on this machine only (no RPC, no cross target).
 
 Targets are TVM target dicts (or JSON), or an alias: ``llvm`` (this CPU), ``arm``/``aarch64``
 (64-bit ARM with NEON; cross-compiled, measured over ``rpc``) or ``cuda`` (an NVIDIA GPU).
@@ -37,6 +45,7 @@ then configures the runtime for ``threads`` and checks that it took.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -55,6 +64,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from autocompress._io import cache_dir
 from autocompress.exceptions import ExportError, MissingDependencyError, ProfileError
 from autocompress.hardware._device import describe_device
 from autocompress.hardware.backends._base import (
@@ -68,7 +78,7 @@ from autocompress.hardware.backends._base import (
 from autocompress.hardware.backends._registry import register_backend
 from autocompress.hardware.rules import CostRules
 
-__all__ = ["TARGET_ALIASES", "TVM_RULES", "TvmBackend", "resolve_target"]
+__all__ = ["TARGET_ALIASES", "TUNING_STRATEGY", "TVM_RULES", "TvmBackend", "resolve_target"]
 
 _logger = logging.getLogger(__name__)
 
@@ -85,6 +95,8 @@ _DEVICE_OF_KIND = {"llvm": "cpu", "cuda": "cuda"}
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 # Mode argument of TVM's runtime.config_threadpool: pin workers to the fastest cores (default).
 _BIG_CORES = 1
+#: How tuning samples each task's schedules (see the module docstring).
+TUNING_STRATEGY = "replay-trace"
 # Operators Relax legalizes to elementwise or broadcast TIR, which FuseOps fuses.
 _ELEMENTWISE = frozenset({"Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid",
                           "Tanh", "Add", "Sub", "Mul", "Div", "Neg", "Exp", "Max", "Min",
@@ -242,6 +254,40 @@ def _target_for_device(target: str | dict[str, Any] | None, device: str | None
     return target
 
 
+def _runner_threads(threads: int) -> None:
+    """Initializer of MetaSchedule's runner worker: time candidates on ``threads`` threads,
+    as the tuned model will run."""
+    tvm = _tvm()
+    tvm.get_global_func("runtime.config_threadpool")(_BIG_CORES, threads)
+
+
+@functools.cache
+def _in_process_builder() -> Any:
+    """A MetaSchedule builder that builds candidates in this process, one by one.
+
+    MetaSchedule's ``LocalBuilder`` starts a new pool of worker processes for every batch of
+    candidates (against a memory leak of long-lived workers), and each worker spends about
+    40 s importing TVM on a 2-core machine, once per task: more than the trials themselves.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            results = []
+            for given in build_inputs:
+                try:
+                    built = default_build(given.mod, given.target, None)
+                    results.append(BuilderResult(default_export(built), None))
+                except Exception as exc:  # a schedule that does not build is a failed trial
+                    results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    return InProcessBuilder
+
+
 @register_backend("tvm")
 class TvmBackend(Backend):
     """Apache TVM (Relax) on one target: this CPU, a GPU, or a device behind TVM RPC.
@@ -289,6 +335,8 @@ class TvmBackend(Backend):
         # compiled models by (sha256, batch): tuning takes minutes, compiling ~0.3 s
         self._executables: dict[tuple[str, int | None], tuple[Any, list[_Input]]] = {}
         self._session: Any = None
+        self._database: Any = None
+        self._runner: Any = None
 
     # ------------------------------------------------------------------------ description
 
@@ -332,7 +380,7 @@ class TvmBackend(Backend):
             "rpc": rpc,
             "tuned": self.tuning_trials > 0,
             "tuning_trials": self.tuning_trials,
-            "tuning_cost_model": "random" if self.tuning_trials else None,
+            "tuning_strategy": TUNING_STRATEGY if self.tuning_trials else None,
             "frontend": "relax.frontend.onnx, weights as constants",
         }
 
@@ -374,7 +422,37 @@ class TvmBackend(Backend):
         self._executables[key] = (executable, inputs)
         return executable, inputs
 
+    @property
+    def tuning_dir(self) -> Path:
+        """Where this configuration's tuning records are cached (see the module docstring)."""
+        key = json.dumps({"target": self.target, "tvm": self.version(), "threads": self.threads,
+                          "trials": self.tuning_trials, "strategy": TUNING_STRATEGY},
+                         sort_keys=True)
+        kind = self.target["kind"]
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return cache_dir("tvm-tuning", f"{kind}-t{self.threads}-n{self.tuning_trials}-{digest}")
+
+    def _tuning_database(self) -> Any:
+        from tvm.s_tir import meta_schedule as ms
+
+        if self._database is None:
+            directory = self.tuning_dir
+            self._database = ms.database.JSONDatabase(
+                path_workload=str(directory / "database_workload.json"),
+                path_tuning_record=str(directory / "database_tuning_record.json"))
+        return self._database
+
+    def _tuning_runner(self) -> Any:
+        from tvm.s_tir import meta_schedule as ms
+
+        if self._runner is None:  # one runner worker for the backend's life
+            self._runner = ms.runner.LocalRunner(
+                initializer=functools.partial(_runner_threads, self.threads))
+        return self._runner
+
     def _tune(self, mod: Any, target: Any) -> Any:
+        """``mod`` with every task's best schedule of the tuning database applied, after
+        tuning the tasks the database does not hold yet."""
         tvm = _tvm()
         from tvm import relax
         from tvm.s_tir import meta_schedule as ms
@@ -385,22 +463,37 @@ class TvmBackend(Backend):
                 relax.transform.CanonicalizeBindings(),
                 relax.pipeline.zero_pipeline(),
             ])(mod)
+        database = self._tuning_database()
         tasks = ms.relax_integration.extract_tasks(mod, target)
-        _logger.info("tuning %d TVM tasks, %d trials each", len(tasks), self.tuning_trials)
-        with tempfile.TemporaryDirectory(prefix="autocompress-tvm-tune-") as work_dir:
-            ms.relax_integration.tune_relax(
-                mod, params={}, target=target, work_dir=work_dir,
-                max_trials_global=self.tuning_trials * max(1, len(tasks)),
-                max_trials_per_task=self.tuning_trials,
-                num_trials_per_iter=min(64, self.tuning_trials),
-                # a builder worker takes ~40 s just to import TVM
-                builder=ms.builder.LocalBuilder(timeout_sec=300),
-                runner=ms.runner.LocalRunner(),
-                cost_model="random",  # the default (xgb) needs xgboost
-                seed=0,
-            )
-            with target:
-                return relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)
+        todo = [task for task in tasks if database.query_tuning_record(
+            task.dispatched[0], target, task.task_name) is None]
+        _logger.debug("TVM: %d tasks, %d to tune with %d trials each (%s)", len(tasks),
+                      len(todo), self.tuning_trials, self.tuning_dir)
+        if todo:
+            contexts = [ms.TuneContext(mod=task.dispatched[0], target=target,
+                                       space_generator="post-order-apply",
+                                       search_strategy=TUNING_STRATEGY,
+                                       task_name=task.task_name, rand_state=0)
+                        for task in todo]
+            with tempfile.TemporaryDirectory(prefix="autocompress-tvm-tune-") as work_dir:
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=work_dir,
+                    max_trials_global=self.tuning_trials * len(contexts),
+                    max_trials_per_task=self.tuning_trials,
+                    num_trials_per_iter=min(64, self.tuning_trials),
+                    builder=_in_process_builder()(),
+                    runner=self._tuning_runner(),
+                    database=database,
+                    cost_model="random",  # replay-trace ranks nothing; xgb would need xgboost
+                    task_scheduler="round-robin",
+                )
+            untuned = [task.task_name for task in todo if database.query_tuning_record(
+                task.dispatched[0], target, task.task_name) is None]
+            if untuned:
+                _logger.warning("TVM: no schedule of %s built and ran; they stay untuned",
+                                ", ".join(untuned))
+        with target, database:
+            return relax.transform.MetaScheduleApplyDatabase()(mod)
 
     def export_library(self, onnx_model: bytes, path: str | Path) -> Path:
         """Compile ``onnx_model`` for the target and write it to ``path`` (a ``.tar`` of
