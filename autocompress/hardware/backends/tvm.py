@@ -422,9 +422,10 @@ class TvmBackend(Backend):
         self._executables[key] = (executable, inputs)
         return executable, inputs
 
-    @property
+    @functools.cached_property
     def tuning_dir(self) -> Path:
-        """Where this configuration's tuning records are cached (see the module docstring)."""
+        """Where this configuration's tuning records are cached (see the module docstring);
+        the options are fixed at construction, so it is worked out once."""
         key = json.dumps({"target": self.target, "tvm": self.version(), "threads": self.threads,
                           "trials": self.tuning_trials, "strategy": TUNING_STRATEGY},
                          sort_keys=True)
