@@ -6,14 +6,21 @@ re-estimated on a few training batches, then accuracy on part of the validation 
 weight is trained). The screening study is an Optuna study of its own (``<study>-screening``,
 in the same storage: maximise the score, minimise latency, the budget as a constraint), so
 its sampler learns from hundreds of cheap trials. The candidates to finetune are then taken
-from its Pareto front: the best-scoring ones and others spread over the latency range, so the
-finetuned front covers it.
+alternately among the best-scoring ones and from its Pareto front spread over the latency
+range, so the finetuned front covers it.
+
+"Best-scoring" allows for the score's own noise: it is an accuracy on a few hundred
+validation samples, so scores within one standard error of the best are told apart by the
+latency they spend, and the one that keeps the most of the budget (the most capacity to
+recover in finetuning) goes first. Near an easy budget the scores of mild prunings sit at
+the baseline's, and the score alone picked candidates far below the budget.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,9 +109,9 @@ class Screening:
 
     def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = (),
                measure: Callable[[Mapping[str, Any]], float] | None = None) -> list[Screened]:
-        """``count`` candidates to finetune: from the screening front (then the next fronts),
-        alternately the best-scoring one left and the one farthest in latency from those
-        chosen, skipping parameters in ``exclude``.
+        """``count`` candidates to finetune, skipping parameters in ``exclude``: alternately
+        the best-scoring one left (:meth:`best`) and the one of the screening front left
+        farthest in latency from those chosen.
 
         With ``measure`` (parameters -> measured ms on the device), a candidate estimated
         within :data:`NEAR_BUDGET_MARGIN` of the budget is measured before it is chosen, as
@@ -115,18 +122,30 @@ class Screening:
         pool = [s for s in self.feasible() if dict(s.params) not in skip]
         chosen: list[Screened] = []
         while pool and len(chosen) < count:
-            front = _non_dominated(pool)
-            while front and len(chosen) < count:
-                if len(chosen) % 2 == 0 or not chosen:
-                    pick = max(front, key=lambda s: (s.score, -s.latency_ms))
-                else:
-                    pick = max(front, key=lambda s: min(abs(s.latency_ms - c.latency_ms)
-                                                        for c in chosen))
-                front.remove(pick)
-                pool.remove(pick)
-                if measure is None or self._fits_measured(pick, measure):
-                    chosen.append(pick)
+            if len(chosen) % 2 == 0:
+                pick = self.best(pool)
+            else:
+                pick = max(_non_dominated(pool), key=lambda s: min(
+                    abs(s.latency_ms - c.latency_ms) for c in chosen))
+            pool.remove(pick)
+            if measure is None or self._fits_measured(pick, measure):
+                chosen.append(pick)
         return chosen
+
+    def best(self, pool: Sequence[Screened]) -> Screened:
+        """Of the candidates whose score is within one standard error of the best score (an
+        accuracy on :attr:`samples` images), the slowest: it keeps the most of the budget."""
+        top = max(s.score for s in pool)
+        error = math.sqrt(top * (1 - top) / self.samples)
+        return max((s for s in pool if s.score >= top - error),
+                   key=lambda s: (s.latency_ms, s.score))
+
+    @property
+    def samples(self) -> int:
+        """How many validation samples a score is the accuracy on."""
+        if self.prepared is None:
+            return self.settings.val_samples
+        return min(self.settings.val_samples, len(self.prepared.data.val))
 
     def _fits_measured(self, screened: Screened,
                        measure: Callable[[Mapping[str, Any]], float]) -> bool:
