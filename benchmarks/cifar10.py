@@ -83,6 +83,10 @@ CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 RESULTS = ROOT / "benchmarks" / "results"
 MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
 APPROACHES = ("search", "random", "uniform", "allocation")
+#: a closing pass whose baseline differs from the start's by more than this is taken again
+DRIFT = 0.1
+DRIFT_TRIES = 5
+DRIFT_PAUSE_S = 60
 #: percent of one core other processes may use while this benchmark measures latency
 QUIET_PERCENT = "15"
 
@@ -240,6 +244,28 @@ def measure_all(onnx_models: list[bytes]) -> list[float]:
     return [m.median_ms for m in backend.measure_many(onnx_models, MEASURE, rounds=5)]
 
 
+def measure_against(base_onnx: bytes, base_ms: float, onnx_models: list[bytes]) -> list[float]:
+    """The baseline and ``onnx_models`` measured in one interleaved pass, taken again (after
+    a pause, up to :data:`DRIFT_TRIES` passes) while the pass's baseline differs by more than
+    :data:`DRIFT` from ``base_ms``, the measurement the budget was set from: this VM has slow
+    spells (a closing pass once measured the baseline at 1.46 ms, 1.07 at the start) that no
+    process shows, and in them every model measures over its budget. Returns the pass whose
+    baseline came closest, baseline first."""
+    best: list[float] = []
+    for attempt in range(DRIFT_TRIES):
+        measured = measure_all([base_onnx] + onnx_models)
+        if not best or abs(measured[0] / base_ms - 1) < abs(best[0] / base_ms - 1):
+            best = measured
+        if abs(measured[0] / base_ms - 1) <= DRIFT:
+            break
+        if attempt + 1 < DRIFT_TRIES:
+            _logger.info("closing pass: the baseline measures %.3f ms against %.3f at the "
+                         "start (the machine's speed drifted); measuring again in %d s",
+                         measured[0], base_ms, DRIFT_PAUSE_S)
+            time.sleep(DRIFT_PAUSE_S)
+    return best
+
+
 def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     spec = f"imagefolder:{unpack(args.archive, 100 if args.smoke else None)}"
     checkpoint, record = checkpoint_of(args.model, args.checkpoints)
@@ -261,7 +287,9 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
         runner = run_search if approach in ("search", "random") else run_seed_trial
         outcomes.append(runner(cell, approach))
         _logger.info("%s: accuracy %.4f", approach, outcomes[-1].accuracy)
-    measured = measure_all([base_onnx] + [o.onnx for o in outcomes])
+    for outcome in outcomes:
+        (cell.run_dir(outcome.approach) / "exported.onnx").write_bytes(outcome.onnx)
+    measured = measure_against(base_onnx, base_ms, [o.onnx for o in outcomes])
     profile = HardwareProfile.load(cell.profile)
     rows = []
     for outcome, latency in zip(outcomes, measured[1:], strict=True):
@@ -269,7 +297,9 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "model": args.model, "budget_fraction": args.budget, "approach": outcome.approach,
             "seed": args.seed, "accuracy": outcome.accuracy, "measured_latency_ms": latency,
             "budget_ms": cell.budget_ms, "within_budget": latency <= cell.budget_ms,
+            "latency_fraction": latency / measured[0],
             "baseline_accuracy": record["val_accuracy"], "baseline_ms": measured[0],
+            "baseline_start_ms": base_ms,
             "total_steps": outcome.steps, "seconds": round(outcome.seconds),
             **outcome.extra,
             "trials": args.trials, "finetune_steps": args.finetune_steps,
@@ -281,6 +311,45 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
+    """Measure the exported models of one cell and seed again (``exported.onnx`` in each
+    approach's run folder) beside the baseline, as the closing pass does, and replace the
+    rows' latencies; the first measurement stays in ``first_measured_latency_ms`` and
+    ``first_baseline_ms``. For rows whose closing pass ran in one of the machine's slow
+    spells."""
+    frame = pd.read_csv(csv)
+    space = args.space.name if args.space is not None else "default.yaml"
+    spaces = frame["space"].fillna("default.yaml") if "space" in frame else space
+    rows = frame.index[(frame["model"] == args.model) & (frame["budget_fraction"] == args.budget)
+                       & (frame["seed"] == args.seed) & (spaces == space)
+                       & frame["approach"].isin(args.approaches)]
+    if rows.empty:
+        raise SystemExit(f"no rows of {args.model} at {args.budget}, seed {args.seed} in {csv}")
+    cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, 0, 0, 0, 0,
+                args.smoke, args.space)
+    models = []
+    for approach in frame.loc[rows, "approach"]:
+        path = cell.run_dir(approach) / "exported.onnx"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: the run did not keep its exported model")
+        models.append(path.read_bytes())
+    base_onnx = (cell.run_dir(frame.loc[rows[0], "approach"]) / "baseline" / "model.onnx")
+    start_ms = float(frame.loc[rows[0], "budget_ms"]) / args.budget
+    measured = measure_against(base_onnx.read_bytes(), start_ms, models)
+    for column in ("measured_latency_ms", "baseline_ms"):
+        first = f"first_{column}"
+        if first not in frame:
+            frame[first] = float("nan")
+        frame.loc[rows, first] = frame.loc[rows, first].fillna(frame.loc[rows, column])
+    frame.loc[rows, "measured_latency_ms"] = measured[1:]
+    frame.loc[rows, "baseline_ms"] = measured[0]
+    frame.loc[rows, "latency_fraction"] = [m / measured[0] for m in measured[1:]]
+    frame.loc[rows, "within_budget"] = frame.loc[rows, "measured_latency_ms"] <= \
+        frame.loc[rows, "budget_ms"]
+    frame.loc[rows, "remeasured"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return frame
+
+
 def report(csv: Path, md: Path) -> str:
     """Mean and standard deviation per cell and approach, and what wins."""
     frame = pd.read_csv(csv)
@@ -288,12 +357,16 @@ def report(csv: Path, md: Path) -> str:
     if "space" not in frame:
         frame["space"] = "default.yaml"
     frame["space"] = frame["space"].fillna("default.yaml")
+    # the model's latency over the baseline's in the same closing pass: what a slow spell of
+    # the machine, which slows both, leaves as it was
+    frame["latency_fraction"] = frame["measured_latency_ms"] / frame["baseline_ms"]
     stats = (frame.groupby(["model", "budget_fraction", "space", "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
                   latency_ms=("measured_latency_ms", "mean"),
                   within_budget=("within_budget", "mean"),
-                  hypervolume_mean=("hypervolume", "mean"))
+                  hypervolume_mean=("hypervolume", "mean"),
+                  latency_fraction_max=("latency_fraction", "max"))
              .reset_index())
     lines = ["# CIFAR-10: the search against uniform pruning, random search and the "
              "allocation alone", "",
@@ -337,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
                         help="folder of cifar10-<model>.pt and its .json record")
     parser.add_argument("--report", action="store_true", help="only write the .md from the CSV")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the cell's exported models again (rows of --model, "
+                             "--budget, --seed, --space, --approaches), replacing latencies")
     parser.add_argument("--smoke", action="store_true",
                         help="100 images per class, few steps: checks that it runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -348,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("AUTOCOMPRESS_WAIT_FOR_QUIET", QUIET_PERCENT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.remeasure:
+        frame = remeasure(args, csv)
+        frame.to_csv(csv, index=False)
+        print(frame[frame["remeasured"].notna()].to_string(index=False))
+        return 0
     if args.smoke:
         args.total_steps, args.trials, args.finetune_steps, args.screen = 40, 2, 10, 6
         csv = args.out / "cifar10_search_smoke.csv"
