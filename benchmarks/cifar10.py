@@ -26,7 +26,11 @@ Approaches, each given the same total training steps ``--total-steps`` (T):
               same final finetune;
   uniform     the uniform channel pruning closest below the budget (the search's first seed
               trial), trained T steps;
-  allocation  the latency-aware allocation alone, trained T steps.
+  allocation  the latency-aware allocation alone, trained T steps;
+  search-scorefirst  (ablation, not in the default --approaches) the search with the
+              screening's choice before commit 8f31b9f: the best screening score first,
+              where the search now tells scores within one standard error apart by the
+              latency they keep.
 
 All training uses the search's finetune settings (batch 64, learning rate 0.01, cosine decay,
 random crop and flip). Reported per row: validation accuracy of the exported model, its
@@ -173,12 +177,46 @@ def _search(cell: Cell, approach: str, **options: Any) -> Path:
     return out
 
 
+def _choose_by_score_first(self: Any, count: int, exclude: Any = (),
+                           measure: Any = None) -> list[Any]:
+    """The screening's choice before commit 8f31b9f, for the ablation ``search-scorefirst``:
+    from the screening front, alternately the best score (ties: the faster) and the farthest
+    in latency from those chosen; scores within their noise are not told apart."""
+    from autocompress.study._screen import _non_dominated
+
+    skip = [dict(p) for p in exclude]
+    pool = [s for s in self.feasible() if dict(s.params) not in skip]
+    chosen: list[Any] = []
+    while pool and len(chosen) < count:
+        front = _non_dominated(pool)
+        while front and len(chosen) < count:
+            if len(chosen) % 2 == 0:
+                pick = max(front, key=lambda s: (s.score, -s.latency_ms))
+            else:
+                pick = max(front, key=lambda s: min(abs(s.latency_ms - c.latency_ms)
+                                                    for c in chosen))
+            front.remove(pick)
+            pool.remove(pick)
+            if measure is None or self._fits_measured(pick, measure):
+                chosen.append(pick)
+    return chosen
+
+
 def run_search(cell: Cell, approach: str) -> Outcome:
-    """The search (or random search) and its pick, trained ``T - K*S`` more steps."""
+    """The search (or random search, or the search with the screening's earlier choice) and
+    its pick, trained ``T - K*S`` more steps."""
+    from autocompress.study._screen import Screening
+
     start = time.perf_counter()
-    options: dict[str, Any] = ({} if approach == "search" else
-                               {"sampler": "random", "screen": 0, "allocate": False})
-    out = _search(cell, approach, **options)
+    options: dict[str, Any] = ({"sampler": "random", "screen": 0, "allocate": False}
+                               if approach == "random" else {})
+    choose = Screening.choose
+    if approach == "search-scorefirst":
+        Screening.choose = _choose_by_score_first  # type: ignore[method-assign]
+    try:
+        out = _search(cell, approach, **options)
+    finally:
+        Screening.choose = choose  # type: ignore[method-assign]
     final = cell.total_steps - cell.trials * cell.finetune_steps
     result = pick(out, cell.budget_ms, out / "export", finetune_steps=final,
                   checkpoint=cell.checkpoint)
@@ -187,7 +225,7 @@ def run_search(cell: Cell, approach: str) -> Outcome:
     front = load_front(out)
     extra = {"search_accuracy": result.member.accuracy, "hypervolume": front.hypervolume(),
              "front_size": len(front), "picked_trial": result.member.trial}
-    if approach == "search":
+    if approach.startswith("search"):
         extra.update(screening_correlations(cell, out))
     return Outcome(approach, result.refined.deployed.onnx, result.refined.deployed.accuracy,
                    cell.total_steps, time.perf_counter() - start, extra)
@@ -284,7 +322,8 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
     outcomes = []
     for approach in args.approaches:
-        runner = run_search if approach in ("search", "random") else run_seed_trial
+        runner = (run_search if approach in ("search", "random", "search-scorefirst")
+                  else run_seed_trial)
         outcomes.append(runner(cell, approach))
         _logger.info("%s: accuracy %.4f", approach, outcomes[-1].accuracy)
     for outcome in outcomes:
