@@ -4,6 +4,7 @@ longer, exported."""
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,29 @@ __all__ = ["PickResult", "load_front", "pick"]
 _logger = logging.getLogger("autocompress")
 
 _PICK_MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
+#: A pick measures the run's baseline beside each model; while the baseline differs by more
+#: than this from its measurement when the run began, the machine runs at another speed (a
+#: VM's slow spell measured every model 30-40% slower, and a pick passed over every member
+#: that fitted), and the pass is taken again after a pause.
+DRIFT = 0.1
+_DRIFT_PASSES = 4
+_DRIFT_PAUSE_S = 30.0
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The run's baseline graph and its latency measured when the run began."""
+
+    onnx: bytes
+    latency_ms: float
+
+
+def _reference(folder: RunFolder) -> _Reference | None:
+    path = folder.path / "baseline" / "model.onnx"
+    baseline = folder.run.baseline
+    if baseline.latency_source != "measured" or not path.is_file():
+        return None
+    return _Reference(path.read_bytes(), baseline.latency_ms)
 
 
 def load_study(folder: RunFolder, storage: str | None = None) -> optuna.Study:
@@ -92,6 +116,7 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
     profile = HardwareProfile.load(folder.path / "profile.json")
     backend = backend_for(profile.backend, profile.backend_settings) if is_local(profile) \
         else None
+    reference = _reference(folder) if backend is not None else None
     tried: list[tuple[int, float, float]] = []
     measured_at_pick: dict[int, float] = {}
     searched = front
@@ -102,7 +127,7 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         if member is None:
             break
         onnx_bytes = (folder.path / member.artifact).read_bytes()
-        measured = _measure(backend, onnx_bytes)
+        measured = _measure(backend, onnx_bytes, reference)
         if measured is not None:
             tried.append((member.trial, member.predicted_latency_ms, measured))
             if measured > latency_budget_ms:
@@ -114,7 +139,8 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                 front = front.with_measured(measured_at_pick)
                 continue
         return _export(folder, member, profile, backend, Path(export_dir), latency_budget_ms,
-                       onnx_bytes, measured, tuple(tried), finetune_steps, checkpoint)
+                       onnx_bytes, measured, tuple(tried), finetune_steps, checkpoint,
+                       reference)
     # the front as searched: measurements at pick may have emptied the recomputed one
     fastest = searched.fastest()
     assert fastest is not None   # checked non-empty above
@@ -161,16 +187,43 @@ def _with_preprocessing(info: RunInfo, onnx_bytes: bytes, accuracy: float
     return add_metadata(onnx_bytes, props), extra
 
 
-def _measure(backend: Backend | None, onnx_bytes: bytes) -> float | None:
+def _measure(backend: Backend | None, onnx_bytes: bytes,
+             reference: _Reference | None = None) -> float | None:
+    """The model's median latency on ``backend`` (``None`` without one). With the run's
+    baseline as ``reference``, both are measured in one interleaved pass, taken again while
+    the baseline is off its first measurement by more than :data:`DRIFT`; the pass whose
+    baseline came closest is kept."""
     if backend is None:
         return None
-    return backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
+    if reference is None:
+        return backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
+    closest: tuple[float, float] | None = None   # (drift, the model's latency)
+    for attempt in range(_DRIFT_PASSES):
+        base, model = (m.median_ms for m in backend.measure_many(
+            [reference.onnx, onnx_bytes], _PICK_MEASURE, rounds=3))
+        drift = base / reference.latency_ms - 1
+        if closest is None or abs(drift) < abs(closest[0]):
+            closest = (drift, model)
+        if abs(drift) <= DRIFT:
+            break
+        if attempt + 1 < _DRIFT_PASSES:
+            _logger.info("the baseline measures %.3f ms beside the model, %.3f ms when the "
+                         "run began: this machine's speed drifted (%+.0f%%); measuring again "
+                         "in %.0f s", base, reference.latency_ms, 100 * drift, _DRIFT_PAUSE_S)
+            time.sleep(_DRIFT_PAUSE_S)
+    assert closest is not None
+    if abs(closest[0]) > DRIFT:
+        _logger.warning("measured while this machine ran %+.0f%% off its speed when the run "
+                        "began (the baseline, measured beside the model, %d times)",
+                        100 * closest[0], _DRIFT_PASSES)
+    return closest[1]
 
 
 def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
             backend: Backend | None, out: Path, budget_ms: float, onnx_bytes: bytes,
             measured: float | None, tried: tuple[tuple[int, float, float], ...],
-            finetune_steps: int, checkpoint: str | Path | None) -> PickResult:
+            finetune_steps: int, checkpoint: str | Path | None,
+            reference: _Reference | None = None) -> PickResult:
     """Write the pick (finetuned longer first, when asked) and say what was done."""
     extra: dict[str, Any] = {}
     rejected = [t for t in tried if t[0] != member.trial]
@@ -183,7 +236,7 @@ def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
 
         refined = finetune_member(folder, member, finetune_steps, checkpoint=checkpoint)
         onnx_bytes = refined.deployed.onnx
-        measured = _measure(backend, onnx_bytes)   # the same graph: measured again
+        measured = _measure(backend, onnx_bytes, reference)   # the same graph, again
         extra.update(refined.stats)
         extra.update(accuracy=refined.deployed.accuracy,
                      accuracy_source=refined.deployed.accuracy_source,
@@ -197,7 +250,7 @@ def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
     exported_accuracy = refined.deployed.accuracy if refined is not None else member.accuracy
     onnx_bytes, data_extra = _with_preprocessing(info, onnx_bytes, exported_accuracy)
     if data_extra.get("preprocessing", {}).get("embedded") and backend is not None:
-        measured = _measure(backend, onnx_bytes)   # the graph now normalizes its input
+        measured = _measure(backend, onnx_bytes, reference)   # it normalizes its input
     extra.update(data_extra)
     if data_extra:   # the file as written, with its metadata (and embedded normalization)
         extra.update(size_bytes=len(onnx_bytes),

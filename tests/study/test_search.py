@@ -114,7 +114,8 @@ def test_a_member_measured_over_budget_at_pick_is_passed_over_and_recorded(
     best = max(front, key=lambda m: m.accuracy)
     best_bytes = (Path(config.out) / best.artifact).read_bytes()
     monkeypatch.setattr(pick_module, "_measure",
-                        lambda _backend, onnx: 2 * budget if onnx == best_bytes else budget / 2)
+                        lambda _backend, onnx, *_: 2 * budget if onnx == best_bytes
+                        else budget / 2)
     result = pick(config.out, budget, tmp_path / "export")
     assert result.member is not None and result.member.trial != best.trial
     record = json.loads((tmp_path / "export" / "candidate.json").read_text())
@@ -129,7 +130,7 @@ def test_pick_says_so_when_every_member_measures_over_the_budget(
 
     front = load_front(config.out)
     budget = max(m.predicted_latency_ms for m in front) * 1.5
-    monkeypatch.setattr(pick_module, "_measure", lambda _backend, _onnx: 2 * budget)
+    monkeypatch.setattr(pick_module, "_measure", lambda _backend, _onnx, *_: 2 * budget)
     result = pick(config.out, budget, tmp_path / "none")
     assert result.member is None and result.export_dir is None
     assert {m.trial for m in front} <= {t for t, _, _ in result.tried}
@@ -137,6 +138,48 @@ def test_pick_says_so_when_every_member_measures_over_the_budget(
     fastest = front.fastest()
     assert f"trial {fastest.trial} at {2 * budget:.3f} ms measured" in result.message
     assert not (tmp_path / "none").exists()
+
+
+class _DriftingBackend:
+    """Measures the baseline (``b"base"``) and a model at scripted speeds, pass by pass."""
+
+    def __init__(self, passes: list[tuple[float, float]]) -> None:
+        self.passes = iter(passes)
+        self.calls = 0
+
+    def measure_many(self, models, _settings, rounds):
+        from types import SimpleNamespace
+
+        assert models[0] == b"base" and rounds >= 1
+        self.calls += 1
+        return [SimpleNamespace(median_ms=ms) for ms in next(self.passes)]
+
+
+def test_pick_measures_again_while_the_machine_runs_off_its_speed(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A slow spell slows the baseline and the model alike: a pick measures the run's
+    baseline beside the model and, while it is more than 10% off its first measurement,
+    measures again; the model's latency is taken from the pass in the machine's first
+    state. Speeds are scripted: nothing here depends on this host."""
+    import autocompress.study._pick as pick_module
+
+    monkeypatch.setattr(pick_module, "_DRIFT_PAUSE_S", 0.0)
+    reference = pick_module._Reference(b"base", 1.0)
+    backend = _DriftingBackend([(1.37, 0.58), (1.03, 0.44)])
+    with caplog.at_level("INFO", logger="autocompress"):
+        assert pick_module._measure(backend, b"model", reference) == 0.44
+    assert backend.calls == 2 and "speed drifted (+37%)" in caplog.text
+    # in the first state at once: one pass
+    backend = _DriftingBackend([(0.95, 0.47)])
+    assert pick_module._measure(backend, b"model", reference) == 0.47
+    assert backend.calls == 1
+    # a machine that never comes back: the pass closest to it, and a warning
+    backend = _DriftingBackend([(1.5, 0.6), (1.2, 0.5), (1.4, 0.55), (1.3, 0.52)])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="autocompress"):
+        assert pick_module._measure(backend, b"model", reference) == 0.5
+    assert backend.calls == pick_module._DRIFT_PASSES
+    assert "+20% off its speed" in caplog.text
 
 
 def test_pick_with_a_budget_nothing_meets_names_the_fastest(config, finished, tmp_path) -> None:
