@@ -336,9 +336,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "model": args.model, "budget_fraction": args.budget, "approach": outcome.approach,
             "seed": args.seed, "accuracy": outcome.accuracy, "measured_latency_ms": latency,
             "budget_ms": cell.budget_ms, "within_budget": latency <= cell.budget_ms,
-            "latency_fraction": latency / measured[0],
             "baseline_accuracy": record["val_accuracy"], "baseline_ms": measured[0],
-            "baseline_start_ms": base_ms,
             "total_steps": outcome.steps, "seconds": round(outcome.seconds),
             **outcome.extra,
             "trials": args.trials, "finetune_steps": args.finetune_steps,
@@ -382,7 +380,6 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
         frame.loc[rows, first] = frame.loc[rows, first].fillna(frame.loc[rows, column])
     frame.loc[rows, "measured_latency_ms"] = measured[1:]
     frame.loc[rows, "baseline_ms"] = measured[0]
-    frame.loc[rows, "latency_fraction"] = [m / measured[0] for m in measured[1:]]
     frame.loc[rows, "within_budget"] = frame.loc[rows, "measured_latency_ms"] <= \
         frame.loc[rows, "budget_ms"]
     frame.loc[rows, "remeasured"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
