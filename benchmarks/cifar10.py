@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import tarfile
 import time
@@ -304,6 +305,19 @@ def measure_against(base_onnx: bytes, base_ms: float, onnx_models: list[bytes]) 
     return best
 
 
+def _commit() -> str:
+    """The commit the product code ran at (with ``+`` when the tree had changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "autocompress"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty.strip() else "")
+
+
 def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     spec = f"imagefolder:{unpack(args.archive, 100 if args.smoke else None)}"
     checkpoint, record = checkpoint_of(args.model, args.checkpoints)
@@ -343,6 +357,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "commit": _commit(),
             "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} "
                        f"cores; {profile.backend} {profile.backend_version}"})
     return rows

@@ -109,10 +109,11 @@ def synthetic_int8_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_config(synthetic_profile: Path, tmp_path_factory: pytest.TempPathFactory):
     """A small real search (training, export, accuracy) on a deterministic device: resnet20
-    on scikit-learn digits (8x8), 3 trials, latencies from the synthetic backend."""
+    on scikit-learn digits (8x8), 3 trials of 40 steps (fewer leave every pruned network at
+    chance, and the front one member), latencies from the synthetic backend."""
     from autocompress.study import SearchConfig
 
-    return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=10,
+    return SearchConfig(model="resnet20", data="digits", trials=3, finetune_steps=40,
                         screen=8, profile=synthetic_profile,
                         out=tmp_path_factory.mktemp("run") / "r1")
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from autocompress.evaluation import screening_score
 from autocompress.space import BoundSpace, Candidate
-from autocompress.study._prepare import Prepared, uniform_params
+from autocompress.study._prepare import MEASURED_HEADROOM, Prepared, near_budget, uniform_params
 from autocompress.study._records import AllocationRecord
 
 __all__ = ["Allocation", "GroupSensitivity", "allocate", "allocation_params",
@@ -65,8 +65,9 @@ def _interpolate(values: Mapping[float, float], at: float) -> float:
 
 @dataclass(frozen=True)
 class Allocation:
-    """A keep ratio per group, its estimated latency and the sum of score losses it
-    predicts (relative to the unpruned network)."""
+    """A keep ratio per group, its latency and the score it loses against the unpruned
+    network (scored in context at its last cut; without a score, the sum of the table's
+    losses of each group pruned alone)."""
 
     keep: Mapping[str, float]
     params: Mapping[str, float]
@@ -106,53 +107,89 @@ def _with_keep(base: Candidate, keep: Mapping[str, float]) -> Candidate:
 
 #: Whole-network estimates a give-back pass may spend.
 _GIVE_BACK_CHECKS = 8
+#: Rounds the allocation takes to bring the unpruned network down to the budget (each round
+#: cuts one group by a share of what is left over; the last may need more rounds).
+ROUNDS = 6
+#: Score differences of this size are not told apart from noise (about half the standard
+#: error of an accuracy on 500 images): a cut's loss counts at least this much.
+SCORE_NOISE = 0.01
+
+Score = Callable[[Candidate], float]
 
 
 def allocate(groups: Sequence[GroupSensitivity], base: Candidate, budget_ms: float,
-             estimate_ms: Callable[[Candidate], float]) -> Allocation | None:
-    """The greedy allocation of the module doc for ``budget_ms``; ``None`` when even every
-    group at its smallest ratio does not fit.
+             latency_ms: Callable[[Candidate], float], score: Score | None = None, *,
+             rounds: int = ROUNDS) -> Allocation | None:
+    """The allocation of the module doc for ``budget_ms``; ``None`` when even every group at
+    its smallest ratio does not fit.
 
-    Steps are chosen on the sensitivity table, with the network's latency predicted as the
-    unpruned latency less each group's own saving; the whole network is estimated
-    (``estimate_ms``) once the prediction fits, and again for each step given back."""
+    ``latency_ms`` gives a candidate's whole-network latency (estimated, or measured near the
+    budget), taken once a round and for each step given back; each round's cuts are chosen
+    on the sensitivity table's latencies. ``score`` scores a candidate in context; without
+    it a cut's loss is read off the table (each group pruned alone)."""
     if not groups:
         return None
     index = {g.group: len(g.ratios) - 1 for g in groups}   # every group at its largest ratio
     by_name = {g.group: g for g in groups}
-    base_ms = groups[0].latency_at(1.0)
 
-    def keep() -> dict[str, float]:
-        return {g: by_name[g].ratios[i] for g, i in index.items()}
+    def keep(**change: float) -> dict[str, float]:
+        return {**{g: by_name[g].ratios[i] for g, i in index.items()}, **change}
 
     def predicted() -> float:
+        base_ms = groups[0].latency_at(1.0)
         return base_ms - sum(by_name[g].latency_at(1.0) - by_name[g].latency_at(r)
                              for g, r in keep().items())
 
     def exact() -> float:
-        return estimate_ms(_with_keep(base, keep()))
+        return latency_ms(_with_keep(base, keep()))
 
-    while True:
-        while predicted() > budget_ms:          # steps down chosen on the table alone
-            if not _step_down(groups, index):
-                return None
-        latency = exact()
-        if latency <= budget_ms:
-            break
-        if not _step_down(groups, index):       # the prediction was optimistic: go on
+    def loss(group: GroupSensitivity, j: int) -> tuple[float, float | None]:
+        """The score lost by cutting ``group`` to its ratio ``j``, and the score after."""
+        i, lo = index[group.group], group.ratios[j]
+        if score is None:
+            return group.score_at(group.ratios[i]) - group.score_at(lo), None
+        after = score(_with_keep(base, keep(**{group.group: lo})))
+        return current - after, after
+
+    latency = exact()
+    stride = (latency - budget_ms) / max(rounds, 1)
+    current = score(_with_keep(base, keep())) if score is not None else 0.0
+    while latency > budget_ms:
+        cut = _best_cut(groups, index, min(stride, latency - budget_ms), loss)
+        if cut is None:
             return None
+        group, j, after = cut
+        index[group] = j
+        current = after if after is not None else current
+        latency = exact()
     latency = _give_back(groups, index, budget_ms, latency, predicted, exact)
     kept = keep()
-    loss = sum(by_name[g].score_at(1.0) - by_name[g].score_at(r) for g, r in kept.items())
-    return Allocation(kept, {by_name[g].param: r for g, r in kept.items()}, latency, loss)
+    if score is not None:
+        lost = groups[0].score_at(1.0) - current   # as scored in context at the last cut
+    else:
+        lost = sum(by_name[g].score_at(1.0) - by_name[g].score_at(r) for g, r in kept.items())
+    return Allocation(kept, {by_name[g].param: r for g, r in kept.items()}, latency, lost)
 
 
-def _step_down(groups: Sequence[GroupSensitivity], index: dict[str, int]) -> bool:
-    step = _best_step(groups, index, down=True)
-    if step is None:
-        return False
-    index[step] -= 1
-    return True
+def _best_cut(groups: Sequence[GroupSensitivity], index: Mapping[str, int], want_ms: float,
+              loss: Callable[[GroupSensitivity, int], tuple[float, float | None]]
+              ) -> tuple[str, int, float | None] | None:
+    """Of each group's smallest cut that saves ``want_ms`` by the table (or its largest,
+    when none does), the one with the most latency saved per score lost: (group, its new
+    ratio index, the score after the cut)."""
+    best, best_value = None, -math.inf
+    for g in groups:
+        i = index[g.group]
+        at = g.latency_at(g.ratios[i])
+        cuts = [j for j in range(i - 1, -1, -1) if at - g.latency_at(g.ratios[j]) > 0]
+        if not cuts:
+            continue
+        j = next((j for j in cuts if at - g.latency_at(g.ratios[j]) >= want_ms), cuts[-1])
+        lost, after = loss(g, j)
+        value = (at - g.latency_at(g.ratios[j])) / (max(lost, 0.0) + SCORE_NOISE)
+        if value > best_value:
+            best, best_value = (g.group, j, after), value
+    return best
 
 
 def _give_back(groups: Sequence[GroupSensitivity], index: dict[str, int], budget_ms: float,
@@ -163,7 +200,7 @@ def _give_back(groups: Sequence[GroupSensitivity], index: dict[str, int], budget
     blocked: set[str] = set()
     for _ in range(_GIVE_BACK_CHECKS):
         offset = latency - predicted()       # what the additive prediction misses here
-        step = _best_step([g for g in groups if g.group not in blocked], index, down=False)
+        step = _best_step([g for g in groups if g.group not in blocked], index)
         if step is None:
             break
         index[step] += 1
@@ -175,23 +212,17 @@ def _give_back(groups: Sequence[GroupSensitivity], index: dict[str, int], budget
     return latency
 
 
-def _best_step(groups: Sequence[GroupSensitivity], index: Mapping[str, int], *,
-               down: bool) -> str | None:
-    """The group whose next step (down: one ratio lower; up: one higher) has the best
-    latency saved per score lost (down) or score regained per latency spent (up)."""
+def _best_step(groups: Sequence[GroupSensitivity], index: Mapping[str, int]) -> str | None:
+    """The group whose next step up (one ratio higher) regains the most score per latency
+    spent, by the table."""
     best, best_value = None, -math.inf
     for g in groups:
         i = index[g.group]
-        j = i - 1 if down else i + 1
-        if not 0 <= j < len(g.ratios):
+        if i + 1 >= len(g.ratios):
             continue
-        hi, lo = (i, j) if down else (j, i)
-        saved = g.latency_at(g.ratios[hi]) - g.latency_at(g.ratios[lo])
-        lost = g.score_at(g.ratios[hi]) - g.score_at(g.ratios[lo])
-        if down:
-            value = max(saved, 0.0) / max(lost, 1e-4)
-        else:
-            value = max(lost, 0.0) / max(saved, 1e-6)
+        spent = g.latency_at(g.ratios[i + 1]) - g.latency_at(g.ratios[i])
+        regained = g.score_at(g.ratios[i + 1]) - g.score_at(g.ratios[i])
+        value = max(regained, 0.0) / max(spent, 1e-6)
         if value > best_value:
             best, best_value = g.group, value
     return best
@@ -199,27 +230,44 @@ def _best_step(groups: Sequence[GroupSensitivity], index: Mapping[str, int], *,
 
 # ------------------------------------------------------------------------------ in a search
 
-def compute_allocation(prepared: Prepared, budget_ms: float) -> AllocationRecord | None:
+def compute_allocation(prepared: Prepared, budget_ms: float,
+                       measure: Callable[[Candidate], float] | None = None
+                       ) -> AllocationRecord | None:
     """Sensitivity of every searched group (scored by adaptive BatchNorm, estimated with
-    ``prepared``'s calibrated latency model), and the allocation that fits ``budget_ms``;
-    ``None`` when no allocation fits."""
+    ``prepared``'s calibrated latency model), and the allocation that fits ``budget_ms``,
+    scored in context; ``None`` when no allocation fits.
+
+    With ``measure`` (a candidate's latency measured on the device: this machine), a
+    whole network estimated near the budget is measured instead, and must leave
+    :data:`MEASURED_HEADROOM` of the budget free, as the screening asks of what it
+    finetunes."""
     start = time.perf_counter()
     data = prepared.data
+
+    def score(candidate: Candidate) -> float:
+        return screening_score(prepared.compress(candidate).module, data.train, data.val)
 
     def evaluate(candidate: Candidate) -> tuple[float, float]:
         compressed = prepared.compress(candidate)
         latency = compressed.estimate(prepared.latency_model).latency_ms
         return screening_score(compressed.module, data.train, data.val), latency
 
+    def latency(candidate: Candidate) -> float:
+        estimate = prepared.estimate_ms(candidate)
+        if measure is None or not near_budget(estimate, budget_ms):
+            return estimate
+        return measure(candidate)
+
     groups = measure_sensitivity(prepared.bound, evaluate)
     if not groups:
         return None
-    found = allocate(groups, prepared.bound.uniform(1.0), budget_ms, prepared.estimate_ms)
+    target_ms = budget_ms if measure is None else budget_ms * (1.0 - MEASURED_HEADROOM)
+    found = allocate(groups, prepared.bound.uniform(1.0), target_ms, latency, score)
     seconds = time.perf_counter() - start
     if found is None:
         _logger.info("latency-aware allocation: nothing fits %.3f ms", budget_ms)
         return None
-    _logger.info("latency-aware allocation in %.0f s: estimated %.3f ms (budget %.3f), keep "
+    _logger.info("latency-aware allocation in %.0f s: %.3f ms (budget %.3f), keep "
                  "ratios %s", seconds, found.latency_ms, budget_ms,
                  ", ".join(f"{g} {r:g}" for g, r in found.keep.items()))
     table = {g.group: {f"{r:g}": (g.latency_at(r), g.score.get(r)) for r in g.ratios}

@@ -30,7 +30,7 @@ import optuna
 
 from autocompress.evaluation import ScreeningSettings, screening_score
 from autocompress.study._objective import CONSTRAINT
-from autocompress.study._prepare import Prepared, near_budget
+from autocompress.study._prepare import MEASURED_HEADROOM, Prepared, near_budget
 from autocompress.study._storage import open_study
 from autocompress.transforms import apply_sparsity, make_sparsity_permanent
 
@@ -115,8 +115,9 @@ class Screening:
 
         With ``measure`` (parameters -> measured ms on the device), a candidate estimated
         within :data:`NEAR_BUDGET_MARGIN` of the budget is measured before it is chosen, as
-        the search would measure it, and passed over when it measures over the budget: the
-        finetuning goes to candidates that will be finetuned, not rejected.
+        the search would measure it, and passed over when it measures over the budget less
+        :data:`MEASURED_HEADROOM`: the finetuning goes to candidates that will be finetuned,
+        and will still fit when measured again at the pick.
         """
         skip = [dict(p) for p in exclude]
         pool = [s for s in self.feasible() if dict(s.params) not in skip]
@@ -152,11 +153,13 @@ class Screening:
         if not near_budget(screened.latency_ms, self.budget_ms):
             return True
         measured = measure(screened.params)
-        if measured <= self.budget_ms:
+        limit = self.budget_ms * (1.0 - MEASURED_HEADROOM)
+        if measured <= limit:
             return True
-        _logger.info("screening trial %d (score %.3f) measures %.3f ms, over the budget "
-                     "(%.3f; estimated %.3f): not finetuned", screened.number, screened.score,
-                     measured, self.budget_ms, screened.latency_ms)
+        _logger.info("screening trial %d (score %.3f) measures %.3f ms, over %.3f (the budget "
+                     "%.3f less %.0f%% headroom; estimated %.3f): not finetuned",
+                     screened.number, screened.score, measured, limit, self.budget_ms,
+                     100 * MEASURED_HEADROOM, screened.latency_ms)
         return False
 
 

@@ -21,6 +21,7 @@ from autocompress.exceptions import BudgetError, CheckpointError, RunError
 from autocompress.hardware import HardwareProfile, LatencyModel
 from autocompress.models import resolve_model
 from autocompress.settings import Augmentation
+from autocompress.space import Candidate
 from autocompress.study._allocation import (
     allocation_params,
     compute_allocation,
@@ -84,11 +85,11 @@ def search(config: SearchConfig) -> ParetoFront:
     keeps every completed trial.
     """
     setup = _setup(config)
-    info = _shared_info(config, setup)
+    measure = measurer(setup.profile)
+    info = _shared_info(config, setup, measure)
     prepared = setup.prepared.with_latency_model(setup.prepared.latency_model.calibrated(
         info.calibration.scale, info.calibration.offset_ms))
     budget_ms = info.budget.latency_ms
-    measure = measurer(setup.profile)
     screening = None
     if config.screen_count and prepared.bound.compresses:
         screening = Screening(prepared, budget_ms,
@@ -183,7 +184,8 @@ def _check_joinable(shared: RunInfo, ident: RunIdentity, config: SearchConfig,
                        "budget")
 
 
-def _shared_info(config: SearchConfig, setup: _Setup) -> RunInfo:
+def _shared_info(config: SearchConfig, setup: _Setup,
+                 measure: Callable[[bytes], float] | None = None) -> RunInfo:
     """The run's record: settled on the first run (baseline measured, estimate calibrated,
     budget checked against the fastest model the space allows) and kept in the study, so
     every worker and every rerun uses the same; ``run.json`` is its copy."""
@@ -198,10 +200,11 @@ def _shared_info(config: SearchConfig, setup: _Setup) -> RunInfo:
                 f"this search space can produce ({info.fastest_estimate_ms:.3f} ms estimated); "
                 f"raise --latency-budget-ms or allow smaller keep ratios in {setup.space_src}")
         if config.allocate and setup.prepared.bound.compresses:
+            calibrated = setup.prepared.with_latency_model(
+                setup.prepared.latency_model.calibrated(info.calibration.scale,
+                                                        info.calibration.offset_ms))
             info = dataclasses.replace(info, allocation=compute_allocation(
-                setup.prepared.with_latency_model(setup.prepared.latency_model.calibrated(
-                    info.calibration.scale, info.calibration.offset_ms)),
-                info.budget.latency_ms))
+                calibrated, info.budget.latency_ms, _measure_candidate(calibrated, measure)))
         if _stored_info(setup.study) is None:
             setup.study.set_user_attr(RUN_ATTR, info.to_dict())
         # another worker may have been first: everyone uses what the study holds
@@ -236,18 +239,28 @@ def _enqueue_seeds(study: optuna.Study, prepared: Prepared, budget_ms: float,
                             skip_if_exists=True)
 
 
-def _measure_params(prepared: Prepared, measure: Callable[[bytes], float] | None
-                    ) -> Callable[[Mapping[str, Any]], float] | None:
-    """Parameters -> the measured latency of the candidate they make, as the objective
-    measures it (``None`` where the device is not this machine)."""
+def _measure_candidate(prepared: Prepared, measure: Callable[[bytes], float] | None
+                       ) -> Callable[[Candidate], float] | None:
+    """A candidate -> its measured latency, as the objective measures it (``None`` where the
+    device is not this machine)."""
     if measure is None:
         return None
 
-    def measure_params(params: Mapping[str, Any]) -> float:
-        compressed = prepared.compress(prepared.bound.candidate_from_params(dict(params)))
+    def measure_candidate(candidate: Candidate) -> float:
+        compressed = prepared.compress(candidate)
         return measure(compressed.rewrite(compressed.structure_onnx(), prepared.calibration))
 
-    return measure_params
+    return measure_candidate
+
+
+def _measure_params(prepared: Prepared, measure: Callable[[bytes], float] | None
+                    ) -> Callable[[Mapping[str, Any]], float] | None:
+    """Parameters -> the measured latency of the candidate they make (see
+    :func:`_measure_candidate`)."""
+    by_candidate = _measure_candidate(prepared, measure)
+    if by_candidate is None:
+        return None
+    return lambda params: by_candidate(prepared.bound.candidate_from_params(dict(params)))
 
 
 def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Prepared,

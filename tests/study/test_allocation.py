@@ -89,3 +89,47 @@ def test_measuring_sensitivity_prunes_one_group_at_a_time() -> None:
     assert [g.group for g in groups] == list(COST)
     assert all(sum(r < 1.0 for r in keep.values()) <= 1 for keep in seen)
     assert groups[2].latency_at(0.25) == pytest.approx(_latency({"slow_layer": 0.25}))
+
+
+#: Two groups each cheap to prune alone, ruinous together; a third costlier alone.
+ALONE = {"a": 0.01, "b": 0.01, "c": 0.05}
+
+
+def _score_with_interaction(keep: Mapping[str, float]) -> float:
+    cut = {g: 1.0 - keep.get(g, 1.0) for g in ALONE}
+    return BASE_SCORE - sum(ALONE[g] * cut[g] for g in ALONE) - 0.5 * cut["a"] * cut["b"]
+
+
+def _groups_alone() -> list[GroupSensitivity]:
+    return [GroupSensitivity(
+        group=g, param=f"keep_ratio/{g}", ratios=RATIOS,
+        score={r: _score_with_interaction({g: r}) for r in (0.25, 0.5, 1.0)},
+        latency_ms={r: BASE_MS - (1.0 - r) for r in (0.25, 0.5, 1.0)}) for g in ALONE]
+
+
+def _latency_alone(candidate: Candidate) -> float:
+    return BASE_MS - sum(1.0 - candidate.channel_keep.get(g, 1.0) for g in ALONE)
+
+
+def test_losses_scored_in_context_keep_apart_groups_that_only_hurt_together() -> None:
+    base = Candidate(channel_keep=dict.fromkeys(ALONE, 1.0))
+    scored: list[dict[str, float]] = []
+
+    def score(candidate: Candidate) -> float:
+        scored.append(dict(candidate.channel_keep))
+        return _score_with_interaction(candidate.channel_keep)
+
+    # the table of each group pruned alone calls a and b cheap and prunes both
+    by_table = allocate(_groups_alone(), base, 9.0, _latency_alone)
+    assert by_table is not None and by_table.keep["a"] < 1.0 and by_table.keep["b"] < 1.0
+    # scored in context, once a is pruned, b costs more than c: c goes instead
+    in_context = allocate(_groups_alone(), base, 9.0, _latency_alone, score)
+    assert in_context is not None and in_context.latency_ms <= 9.0
+    assert in_context.keep["b"] == 1.0 and in_context.keep["a"] < 1.0
+    assert in_context.keep["c"] < 1.0
+    assert _score_with_interaction(in_context.keep) > _score_with_interaction(by_table.keep)
+    assert in_context.predicted_loss == pytest.approx(
+        BASE_SCORE - _score_with_interaction(in_context.keep))
+    # every proposal scored is the network pruned so far with one cut added
+    assert scored[0] == dict.fromkeys(ALONE, 1.0)
+    assert all(sum(k < 1.0 for k in keep.values()) <= 2 for keep in scored)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -16,6 +17,7 @@ import pytest
 import autocompress
 from autocompress.exceptions import BudgetError, RunError
 from autocompress.study import RunFolder, SearchConfig, TrialRecord, load_front, pick, search
+from autocompress.study._prepare import MEASURED_HEADROOM
 
 
 @pytest.fixture
@@ -360,11 +362,37 @@ def test_screening_tells_scores_within_their_noise_apart_by_the_budget_they_keep
     assert [c.params["x"] for c in screening.choose(2)] == [0, 2]
 
 
+def test_a_search_measures_each_graph_once(monkeypatch) -> None:
+    # the screening's choice and the trial that finetunes the candidate measure the same
+    # graph: they must see one figure, not two draws of the machine's noise
+    from autocompress.hardware import LatencyMeasurement
+    from autocompress.study import _prepare
+
+    calls: list[bytes] = []
+
+    class Counting:
+        def measure_many(self, models, settings=None, rounds=1):
+            calls.extend(models)
+            return [LatencyMeasurement(median_ms=float(len(calls)), p25_ms=0.0, p75_ms=0.0,
+                                       runs=1, stable=True) for _ in models]
+
+    monkeypatch.setattr(_prepare, "is_local", lambda profile: True)
+    monkeypatch.setattr(_prepare, "backend_for", lambda *a, **k: Counting())
+    profile = SimpleNamespace(backend="onnxruntime", backend_settings={})
+    measure = _prepare.measurer(profile)  # type: ignore[arg-type]
+    assert measure is not None
+    assert measure(b"graph a") == measure(b"graph a") == 1.0
+    assert measure(b"graph b") == 2.0
+    assert calls == [b"graph a", b"graph b"]
+
+
 def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_not_fit() -> None:
-    # x=0 scores best but sits at the budget's edge and measures over it; x=1 is near the
-    # budget and fits when measured; x=2 is far below the budget: trusted, not measured
-    screening = _screening_with([(0.9, 0.99), (0.8, 0.95), (0.5, 0.5)], budget=1.0)
-    measured = {0: 1.05, 1: 0.97}
+    # x=0 scores best but sits at the budget's edge and measures over it; x=1 measures just
+    # inside the budget, within the headroom a second measurement may cross; x=2 is near the
+    # budget and fits with room to spare; x=3 is far below the budget: trusted, not measured
+    screening = _screening_with([(0.9, 0.99), (0.85, 0.97), (0.8, 0.95), (0.5, 0.5)],
+                                budget=1.0)
+    measured = {0: 1.05, 1: 1.0 - MEASURED_HEADROOM / 2, 2: 0.95}
     asked: list[int] = []
 
     def measure(params):
@@ -372,7 +400,7 @@ def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_no
         return measured[params["x"]]
 
     chosen = screening.choose(2, measure=measure)
-    assert [c.params["x"] for c in chosen] == [1, 2]
-    assert sorted(asked) == [0, 1]
+    assert [c.params["x"] for c in chosen] == [2, 3]
+    assert sorted(asked) == [0, 1, 2]
     # without a device to measure on, the estimate decides
-    assert [c.params["x"] for c in screening.choose(2)] == [0, 2]
+    assert [c.params["x"] for c in screening.choose(2)] == [0, 3]
