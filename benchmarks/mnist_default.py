@@ -27,6 +27,9 @@ from autocompress.study import RunFolder, load_front
 from autocompress.study._cache import cache_dir
 from autocompress.study._pick import load_study
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import commit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -53,19 +56,22 @@ def run_seed(seed: int) -> dict[str, object]:
         "uniform_accuracy": uniform_record.accuracy if uniform_record else float("nan"),
         "budget_ms": folder.run.budget.latency_ms, "front_size": len(front),
         "baseline_accuracy": folder.run.baseline.accuracy, "seconds": round(seconds),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit(),
         "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} cores"}
 
 
 def report(csv: Path, md: Path) -> str:
     frame = pd.read_csv(csv)
-    wins = int((~frame["best_is_uniform_seed"].astype(bool)).sum())
+    lines = []
+    for version, rows in frame.groupby("commit", sort=False):
+        wins = int((~rows["best_is_uniform_seed"].astype(bool)).sum())
+        lines.append(f"- code at {version}: the best front member is not the uniform seed in "
+                     f"{wins} of {len(rows)} seeds.")
     text = "\n".join([
         "# The default search on mnist: is its best member the uniform seed?", "",
         "`autocompress search --seed S --out ...` on built-in defaults (resnet20, mnist, half "
         "the baseline's measured latency, 12 finetuned trials of 150 steps).", "",
-        frame.to_markdown(index=False, floatfmt=".4f"), "",
-        f"The best front member is not the uniform seed in {wins} of {len(frame)} seeds.", ""])
+        frame.to_markdown(index=False, floatfmt=".4f"), "", *lines, ""])
     md.write_text(text)
     return text
 
