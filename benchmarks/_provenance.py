@@ -8,13 +8,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: What a row's figures depend on: the product, not the benchmark's results committed since.
+PRODUCT = ("autocompress", "pyproject.toml")
+
+
 def commit() -> str:
-    """The commit the product code ran at, with ``+`` when ``autocompress/`` had changes."""
+    """The last commit that changed the product code (results committed since do not
+    count), with ``+`` when the product code had uncommitted changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "autocompress"],
-                               cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        last = subprocess.run(["git", "log", "-1", "--format=%h", "--", *PRODUCT], cwd=ROOT,
+                              check=True, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *PRODUCT], cwd=ROOT,
+                               check=True, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + ("+" if dirty.strip() else "")
+    return (last or "unknown") + ("+" if dirty.strip() else "")

@@ -57,7 +57,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -72,6 +71,7 @@ import torch
 from autocompress.data import load_data
 from autocompress.evaluation import evaluate_accuracy
 from autocompress.hardware import HardwareProfile, MeasureSettings, get_backend
+from autocompress.hardware.drift import DriftCheck, measure_beside
 from autocompress.hardware.profile import describe_device
 from autocompress.models import create_model
 from autocompress.space import Candidate, SearchSpace
@@ -80,6 +80,9 @@ from autocompress.study._cache import cache_dir
 from autocompress.study._prepare import local_profile
 from autocompress.study._refine import finetune_member
 from autocompress.transforms import compress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10" / "train-jpeg.tar.gz"
@@ -286,36 +289,15 @@ def measure_all(onnx_models: list[bytes]) -> list[float]:
 def measure_against(base_onnx: bytes, base_ms: float, onnx_models: list[bytes]) -> list[float]:
     """The baseline and ``onnx_models`` measured in one interleaved pass, taken again (after
     a pause, up to :data:`DRIFT_TRIES` passes) while the pass's baseline differs by more than
-    :data:`DRIFT` from ``base_ms``, the measurement the budget was set from: this VM has slow
-    spells (a closing pass once measured the baseline at 1.46 ms, 1.07 at the start) that no
-    process shows, and in them every model measures over its budget. Returns the pass whose
-    baseline came closest, baseline first."""
-    best: list[float] = []
-    for attempt in range(DRIFT_TRIES):
-        measured = measure_all([base_onnx] + onnx_models)
-        if not best or abs(measured[0] / base_ms - 1) < abs(best[0] / base_ms - 1):
-            best = measured
-        if abs(measured[0] / base_ms - 1) <= DRIFT:
-            break
-        if attempt + 1 < DRIFT_TRIES:
-            _logger.info("closing pass: the baseline measures %.3f ms against %.3f at the "
-                         "start (the machine's speed drifted); measuring again in %d s",
-                         measured[0], base_ms, DRIFT_PAUSE_S)
-            time.sleep(DRIFT_PAUSE_S)
-    return best
-
-
-def _commit() -> str:
-    """The commit the product code ran at (with ``+`` when the tree had changes)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "autocompress"],
-                               cwd=root, check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+" if dirty.strip() else "")
+    :data:`DRIFT` from ``base_ms``, the measurement the budget was set from
+    (:func:`~autocompress.hardware.drift.measure_beside`): this VM has slow spells (a closing
+    pass once measured the baseline at 1.46 ms, 1.07 at the start) in which every model
+    measures over its budget. Returns the pass whose baseline came closest, baseline first."""
+    found = measure_beside(get_backend("onnxruntime", threads=1), onnx_models,
+                           DriftCheck(base_onnx, base_ms, DRIFT, DRIFT_TRIES, DRIFT_PAUSE_S,
+                                      expected="when the cell began"),
+                           MEASURE, rounds=5)
+    return [found.reference_ms, *found.latencies_ms]
 
 
 def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -357,7 +339,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "commit": _commit(),
+            "commit": commit(),
             "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} "
                        f"cores; {profile.backend} {profile.backend_version}"})
     return rows

@@ -4,7 +4,6 @@ longer, exported."""
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from autocompress._io import write_bytes_atomic, write_text_atomic
 from autocompress.exceptions import BudgetError, RunError
 from autocompress.hardware import HardwareProfile, MeasureSettings
 from autocompress.hardware.backends import Backend, backend_for, is_local
+from autocompress.hardware.drift import DriftCheck, measure_beside
 from autocompress.study._config import RunFolder, redact_url
 from autocompress.study._front import FrontMember, ParetoFront, member_json
 from autocompress.study._records import RunInfo
@@ -190,33 +190,16 @@ def _with_preprocessing(info: RunInfo, onnx_bytes: bytes, accuracy: float
 def _measure(backend: Backend | None, onnx_bytes: bytes,
              reference: _Reference | None = None) -> float | None:
     """The model's median latency on ``backend`` (``None`` without one). With the run's
-    baseline as ``reference``, both are measured in one interleaved pass, taken again while
-    the baseline is off its first measurement by more than :data:`DRIFT`; the pass whose
-    baseline came closest is kept."""
+    baseline as ``reference``, it is measured beside the baseline, again while the baseline
+    is off its first measurement by more than :data:`DRIFT`
+    (:func:`~autocompress.hardware.drift.measure_beside`)."""
     if backend is None:
         return None
     if reference is None:
         return backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
-    closest: tuple[float, float] | None = None   # (drift, the model's latency)
-    for attempt in range(_DRIFT_PASSES):
-        base, model = (m.median_ms for m in backend.measure_many(
-            [reference.onnx, onnx_bytes], _PICK_MEASURE, rounds=3))
-        drift = base / reference.latency_ms - 1
-        if closest is None or abs(drift) < abs(closest[0]):
-            closest = (drift, model)
-        if abs(drift) <= DRIFT:
-            break
-        if attempt + 1 < _DRIFT_PASSES:
-            _logger.info("the baseline measures %.3f ms beside the model, %.3f ms when the "
-                         "run began: this machine's speed drifted (%+.0f%%); measuring again "
-                         "in %.0f s", base, reference.latency_ms, 100 * drift, _DRIFT_PAUSE_S)
-            time.sleep(_DRIFT_PAUSE_S)
-    assert closest is not None
-    if abs(closest[0]) > DRIFT:
-        _logger.warning("measured while this machine ran %+.0f%% off its speed when the run "
-                        "began (the baseline, measured beside the model, %d times)",
-                        100 * closest[0], _DRIFT_PASSES)
-    return closest[1]
+    check = DriftCheck(reference.onnx, reference.latency_ms, DRIFT, _DRIFT_PASSES,
+                       _DRIFT_PAUSE_S, expected="when the run began")
+    return measure_beside(backend, [onnx_bytes], check, _PICK_MEASURE).latencies_ms[0]
 
 
 def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,

@@ -184,6 +184,24 @@ def test_pick_measures_again_while_the_machine_runs_off_its_speed(
     assert "+20% off its speed" in caplog.text
 
 
+def test_a_run_that_begins_in_a_slow_spell_measures_its_baseline_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline (and the calibration models) measured at the start of a run set its
+    budget and calibration: a pass whose baseline is far off the estimate of a profile of
+    this machine is taken again. Speeds are scripted."""
+    from autocompress.study import _prepare
+
+    backend = _DriftingBackend([(1.35,), (1.04,)])
+    monkeypatch.setattr(_prepare, "backend_for", lambda *a, **k: backend)
+    monkeypatch.setattr(_prepare, "_START_PAUSE_S", 0.0)
+    profile = SimpleNamespace(backend="scripted", backend_settings={}, device_calibration=None)
+    model = SimpleNamespace(estimate=lambda onnx: SimpleNamespace(latency_ms=1.06))
+    measured, calibration = _prepare.measure_and_calibrate(
+        profile, model, None, None, b"base", calibrate=False)  # type: ignore[arg-type]
+    assert measured.median_ms == 1.04 and backend.calls == 2
+    assert calibration.raw_estimate_ms == 1.06
+
+
 def test_pick_with_a_budget_nothing_meets_names_the_fastest(config, finished, tmp_path) -> None:
     result = pick(config.out, 1e-6, tmp_path / "none")
     assert result.member is None and result.export_dir is None
