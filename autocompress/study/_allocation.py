@@ -6,12 +6,22 @@ a finetune:
 
 1. *Sensitivity*: each channel group is pruned alone to a few keep ratios; the network is
    scored without training (:func:`~autocompress.evaluation.screening_score`) and its latency
-   estimated. A group whose pruning costs little score and saves much latency is cheap.
-2. *Allocation*: starting from the unpruned network, a greedy solver of the knapsack lowers
-   one group by one grid step at a time, always the step with the most latency saved per
-   score lost (interpolated between the ratios measured), re-estimating the whole network
-   after each step, until the estimate fits the budget; then it gives back steps (most score
-   regained per latency spent first) while the budget still holds.
+   estimated. The table says how much latency each group's channels cost.
+2. *Allocation*: starting from the unpruned network, in rounds (NetAdapt's iterations), every
+   group proposes the smallest cut (in grid steps) that saves a round's share of the latency
+   still over the budget (as the table predicts); each proposal is scored *in context* (the
+   network as pruned so far, with that one cut added), and the cut with the most latency
+   saved per score lost is taken; the whole network is estimated after each round, until it
+   fits the budget. Then steps are given back (most score regained per latency spent first,
+   by the table) while the budget still holds.
+
+Scoring in context matters because pruning losses do not add up. On resnet20 (CIFAR-10,
+adaptive-BN scores on 500 images, half the baseline's latency) each group pruned alone lost
+at most 12 points, and the allocation chosen from that table (a wide first stage, a narrow
+last) scored 0.14, where uniform pruning scored 0.23; chosen in context, 0.30.
+
+Where the device is this machine, the whole network is *measured* near the budget (as
+NetAdapt measures), so that the allocation fits the device and not only its estimate.
 """
 
 from __future__ import annotations
