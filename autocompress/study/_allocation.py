@@ -128,8 +128,8 @@ Score = Callable[[Candidate], float]
 
 
 def allocate(groups: Sequence[GroupSensitivity], base: Candidate, budget_ms: float,
-             latency_ms: Callable[[Candidate], float], score: Score | None = None, *,
-             rounds: int = ROUNDS) -> Allocation | None:
+             latency_ms: Callable[[Candidate], float], score: Score | None = None
+             ) -> Allocation | None:
     """The allocation of the module doc for ``budget_ms``; ``None`` when even every group at
     its smallest ratio does not fit.
 
@@ -162,7 +162,7 @@ def allocate(groups: Sequence[GroupSensitivity], base: Candidate, budget_ms: flo
         return current - after, after
 
     latency = exact()
-    stride = (latency - budget_ms) / max(rounds, 1)
+    stride = (latency - budget_ms) / ROUNDS
     current = score(_with_keep(base, keep())) if score is not None else 0.0
     while latency > budget_ms:
         cut = _best_cut(groups, index, min(stride, latency - budget_ms), loss)
