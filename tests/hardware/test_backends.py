@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.cli.main import _parser
 from autocompress.exceptions import ProfileError
-from autocompress.hardware import HardwareProfile, LatencyMeasurement, backends
+from autocompress.hardware import HardwareProfile, LatencyMeasurement, _device, backends
+from autocompress.hardware._device import cpu_features, describe_device, same_device
 from autocompress.hardware._nnls import nnls
 from autocompress.hardware.backends import (
     BACKENDS,
@@ -195,12 +196,34 @@ def test_is_local_needs_this_device_and_the_installed_backend(tmp_path: Path) ->
     assert is_local(HardwareProfile.load(path))
     other_cpu = replace(profile, device={**profile.device, "cpu": "another CPU"})
     assert not is_local(other_cpu)
+    other_isa = replace(profile, device={**profile.device, "features": ["avx512_vnni"]})
+    assert not is_local(other_isa)
     assert not is_local(replace(profile, backend_version="0.0.1"))
     assert not is_local(replace(profile, backend="no-such-backend"))
     assert not is_local(replace(profile, backend_settings={"threads": 0}))
     pytest.importorskip("tvm")
     remote = replace(profile, backend="tvm", backend_settings={"rpc": "device:9090"})
     assert not is_local(remote)
+
+
+_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_1 avx fma avx2 aes\n"
+
+
+def test_a_cpu_is_told_apart_by_the_kernel_features_its_name_hides(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_device, "_cpuinfo", lambda: _AVX2.replace("avx2", "avx2 avx512f"))
+    profiled = describe_device()
+    monkeypatch.setattr(_device, "_cpuinfo", lambda: _AVX2)
+    here = describe_device()
+    assert profiled["cpu"] == here["cpu"] == "AMD EPYC"
+    assert here["features"] == ["avx", "avx2", "fma", "sse4_1"]
+    assert not same_device(profiled, here)
+    assert same_device(here, describe_device())
+    # a profile written before devices recorded features is compared by the rest
+    assert same_device({k: v for k, v in profiled.items() if k != "features"}, here)
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp sve\n"
+    assert cpu_features(arm) == ["asimd", "asimddp", "sve"]
+    assert cpu_features("") == []
 
 
 # --- measuring -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autocompress.exceptions import AutocompressError, ProfileError
+from autocompress.hardware._device import same_device
 from autocompress.hardware.backends._base import Backend
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
@@ -110,7 +111,7 @@ def is_local(profile: HardwareProfile) -> bool:
         backend = backend_for(profile.backend, profile.backend_settings)
         if not backend.runs_here:
             return False
-        return (backend.describe_device() == dict(profile.device)
+        return (same_device(profile.device, backend.describe_device())
                 and backend.version() == profile.backend_version)
     except (AutocompressError, ImportError, TypeError, ValueError) as exc:
         _logger.debug("profile backend %s is not usable here: %s", profile.backend, exc)
