@@ -83,7 +83,10 @@ def test_two_workers_one_killed_finish_the_study(postgres_url: str, synthetic_pr
             "--no-allocation",
             "--profile", str(synthetic_profile), "--storage", postgres_url, "--study", STUDY,
             "--out", str(run)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # one torch thread each: two workers of as many threads as cores oversubscribe the
+    # machine (on 2 cores this test took 124 s so, 46 s with one thread each, and over 14
+    # minutes beside another busy process)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     # the second worker dies mid-trial (trained, heartbeat running, not complete): the
     # storage's fault hook kills it at that point on any host
     envs = [env, {**env, KILL_AT_TRIAL_ENV: "*:trained"}]
