@@ -152,9 +152,11 @@ def test_every_backends_features_never_fall_with_more_channels(name: str) -> Non
                                                                                   precision)
 
 
-def test_onnxruntime_int8_features_add_a_per_pixel_term() -> None:
+def test_onnxruntime_features_add_a_per_pixel_term() -> None:
     conv = Kernel("conv", 8, 8, 14, 14, kernel=3)
-    assert np.array_equal(ONNXRUNTIME_RULES.features(conv), NEUTRAL_RULES.features(conv))
+    assert ONNXRUNTIME_RULES.features(conv).tolist() == [*NEUTRAL_RULES.features(conv), 14 * 14]
+    gemm = Kernel("gemm", 64, 10, 1, 1)
+    assert np.array_equal(ONNXRUNTIME_RULES.features(gemm), NEUTRAL_RULES.features(gemm))
     int8 = replace(conv, precision="int8")
     assert len(ONNXRUNTIME_RULES.features(int8)) == len(NEUTRAL_RULES.features(int8)) + 1
     assert ONNXRUNTIME_RULES.features(int8)[-1] == 14 * 14

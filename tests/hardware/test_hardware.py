@@ -28,7 +28,6 @@ from autocompress.hardware.kernels import (
     LAYOUT_KINDS,
     Kernel,
     NodeKernel,
-    features,
     kernel_graph,
     kernels_of,
 )
@@ -395,7 +394,7 @@ def test_every_profiled_kind_gets_a_non_negative_fit(latency_model: LatencyModel
     for kind, fit in latency_model.fits.items():
         assert fit.kind == kind and fit.samples >= 2
         assert all(w >= 0 for w in fit.weights)
-        assert len(fit.weights) == len(features(Kernel(kind, 8, 8, 4, 4)))
+        assert len(fit.weights) == len(latency_model.rules.features(Kernel(kind, 8, 8, 4, 4)))
         assert fit.rel_rmse >= 0 and math.isfinite(fit.rel_rmse)
 
 
