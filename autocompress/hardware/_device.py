@@ -13,8 +13,9 @@ __all__ = ["KERNEL_FEATURES", "cpu_features", "describe_device", "same_device"]
 #: CPU features that kernel libraries choose their code by (ONNX Runtime's MLAS, oneDNN,
 #: LLVM for TVM). A CPU's name does not tell them: this project's VMs all call themselves
 #: "AMD EPYC", yet the one with AVX-512 runs ONNX Runtime's convolutions in blocks of 16
-#: channels and the one without in blocks of 8, and the same models measured 1.45-1.98x
-#: slower on the second (``benchmarks/results/latency_fidelity_onnxruntime_avx2host.md``).
+#: channels and the one without in blocks of 8, and on the second the same models ran
+#: 1.45-1.98x slower than the first's profile says
+#: (``benchmarks/results/latency_fidelity_onnxruntime_avx2host.md``).
 KERNEL_FEATURES = frozenset({
     # x86
     "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
