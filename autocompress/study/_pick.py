@@ -38,20 +38,19 @@ _DRIFT_PASSES = 4
 _DRIFT_PAUSE_S = 30.0
 
 
-@dataclass(frozen=True)
-class _Reference:
-    """The run's baseline graph and its latency measured when the run began."""
+def _drift_check(baseline_onnx: bytes, baseline_ms: float) -> DriftCheck:
+    """The run's baseline graph and its latency measured when the run began, as the
+    reference a pick measures beside each model."""
+    return DriftCheck(baseline_onnx, baseline_ms, DRIFT, _DRIFT_PASSES, _DRIFT_PAUSE_S,
+                      expected="when the run began")
 
-    onnx: bytes
-    latency_ms: float
 
-
-def _reference(folder: RunFolder) -> _Reference | None:
+def _reference(folder: RunFolder) -> DriftCheck | None:
     path = folder.path / "baseline" / "model.onnx"
     baseline = folder.run.baseline
     if baseline.latency_source != "measured" or not path.is_file():
         return None
-    return _Reference(path.read_bytes(), baseline.latency_ms)
+    return _drift_check(path.read_bytes(), baseline.latency_ms)
 
 
 def load_study(folder: RunFolder, storage: str | None = None) -> optuna.Study:
@@ -188,7 +187,7 @@ def _with_preprocessing(info: RunInfo, onnx_bytes: bytes, accuracy: float
 
 
 def _measure(backend: Backend | None, onnx_bytes: bytes,
-             reference: _Reference | None = None) -> float | None:
+             reference: DriftCheck | None = None) -> float | None:
     """The model's median latency on ``backend`` (``None`` without one). With the run's
     baseline as ``reference``, it is measured beside the baseline, again while the baseline
     is off its first measurement by more than :data:`DRIFT`
@@ -197,16 +196,14 @@ def _measure(backend: Backend | None, onnx_bytes: bytes,
         return None
     if reference is None:
         return backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
-    check = DriftCheck(reference.onnx, reference.latency_ms, DRIFT, _DRIFT_PASSES,
-                       _DRIFT_PAUSE_S, expected="when the run began")
-    return measure_beside(backend, [onnx_bytes], check, _PICK_MEASURE).latencies_ms[0]
+    return measure_beside(backend, [onnx_bytes], reference, _PICK_MEASURE).latencies_ms[0]
 
 
 def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
             backend: Backend | None, out: Path, budget_ms: float, onnx_bytes: bytes,
             measured: float | None, tried: tuple[tuple[int, float, float], ...],
             finetune_steps: int, checkpoint: str | Path | None,
-            reference: _Reference | None = None) -> PickResult:
+            reference: DriftCheck | None = None) -> PickResult:
     """Write the pick (finetuned longer first, when asked) and say what was done."""
     extra: dict[str, Any] = {}
     rejected = [t for t in tried if t[0] != member.trial]

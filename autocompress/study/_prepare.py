@@ -71,6 +71,8 @@ def near_budget(latency_ms: float, budget_ms: float, margin: float = NEAR_BUDGET
     """Whether an estimate lies within ``margin`` of the budget, where its error decides
     which side of the budget a candidate falls on: there a local device is measured."""
     return abs(latency_ms - budget_ms) <= margin * budget_ms
+
+
 #: A baseline measured further than this off the local profile's estimate of it, at the
 #: start of a run, is measured again after a pause (see :func:`measure_and_calibrate`).
 #: Wide: it is there for the VM's slow spells (+23% to +40% seen), not the estimate's error.

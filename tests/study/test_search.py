@@ -166,7 +166,7 @@ def test_pick_measures_again_while_the_machine_runs_off_its_speed(
     import autocompress.study._pick as pick_module
 
     monkeypatch.setattr(pick_module, "_DRIFT_PAUSE_S", 0.0)
-    reference = pick_module._Reference(b"base", 1.0)
+    reference = pick_module._drift_check(b"base", 1.0)
     backend = _DriftingBackend([(1.37, 0.58), (1.03, 0.44)])
     with caplog.at_level("INFO", logger="autocompress"):
         assert pick_module._measure(backend, b"model", reference) == 0.44
