@@ -32,6 +32,7 @@ from autocompress.hardware.backends import (
     register_backend,
     rules_for,
 )
+from autocompress.hardware.backends._ort_lowering import FILTER_SET_BLOCKS, nchwc_block
 from autocompress.hardware.backends.onnxruntime import ONNXRUNTIME_RULES
 from autocompress.hardware.backends.tvm import TVM_RULES
 from autocompress.hardware.kernels import KINDS, PRECISIONS, Kernel, kernel_graph, kernels_of
@@ -154,13 +155,36 @@ def test_every_backends_features_never_fall_with_more_channels(name: str) -> Non
 
 def test_onnxruntime_features_add_a_per_pixel_term() -> None:
     conv = Kernel("conv", 8, 8, 14, 14, kernel=3)
-    assert ONNXRUNTIME_RULES.features(conv).tolist() == [*NEUTRAL_RULES.features(conv), 14 * 14]
+    per_pixel = ONNXRUNTIME_RULES.features(conv)[:-1]
+    assert per_pixel.tolist() == [*NEUTRAL_RULES.features(conv), 14 * 14]
     gemm = Kernel("gemm", 64, 10, 1, 1)
     assert np.array_equal(ONNXRUNTIME_RULES.features(gemm), NEUTRAL_RULES.features(gemm))
     int8 = replace(conv, precision="int8")
     assert len(ONNXRUNTIME_RULES.features(int8)) == len(NEUTRAL_RULES.features(int8)) + 1
     assert ONNXRUNTIME_RULES.features(int8)[-1] == 14 * 14
     assert TVM_RULES.features(int8).tolist() == NEUTRAL_RULES.features(int8).tolist()
+
+
+def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs() -> None:
+    """MLAS computes up to four blocks of output channels in one pass over the input, so 8
+    outputs read the input as often as a whole set's and one channel more than a set twice."""
+    block = nchwc_block()
+    assert block in (4, 8, 16)
+    width = FILTER_SET_BLOCKS * block
+
+    def passes(c_in: int, c_out: int, **kw: Any) -> float:
+        return float(ONNXRUNTIME_RULES.features(Kernel("conv", c_in, c_out, 14, 14, kernel=3,
+                                                       **kw))[-1])
+
+    one_read = 64 * 9 * 14 * 14
+    assert passes(64, 8) == passes(64, width) == one_read
+    assert passes(64, width + block) == passes(64, 2 * width) == 2 * one_read
+    # grouped: per group; depthwise and unblocked convolutions have no filter sets
+    assert passes(64, 64, groups=2) == 2 * (32 * 9 * 14 * 14) * -(-32 // width)
+    assert passes(64, 64, unblocked=True) == 0.0
+    depthwise = Kernel("dwconv", 64, 64, 14, 14, kernel=3, groups=64)
+    assert ONNXRUNTIME_RULES.features(depthwise)[-1] == 0.0
+    assert ONNXRUNTIME_RULES.features(replace(depthwise, precision="int8")).size == 6
 
 
 def _residual_block() -> onnx.ModelProto:

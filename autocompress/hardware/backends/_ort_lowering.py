@@ -31,15 +31,24 @@ import tempfile
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.hardware._kernel import LAYOUT_KINDS, Kernel
 from autocompress.hardware.kernels import FREE_OPS, NodeKernel, costed_node, inferred_shapes
 
-__all__ = ["LAYOUT_KINDS", "as_run", "carried_layout", "optimized_graph", "runtime_kernels"]
+__all__ = ["FILTER_SET_BLOCKS", "LAYOUT_KINDS", "as_run", "carried_layout", "nchwc_block",
+           "optimized_graph", "runtime_kernels"]
 
 NCHWC = "com.microsoft.nchwc"
 _CONV_KINDS = ("conv", "conv1x1", "dwconv")
+#: Output-channel blocks an NCHWc convolution kernel of ONNX Runtime (MLAS) computes in one
+#: pass over its input: its filter set (``MaximumFilterSetSize``). A convolution of fewer
+#: output channels than a set makes as many passes as one of a whole set.
+FILTER_SET_BLOCKS = 4
+#: The block :func:`nchwc_block` assumes where no runtime is here to ask (AVX2's).
+_DEFAULT_BLOCK = 8
 #: Operators of the rewritten graph costed as another operator.
 _AS = {"FusedConv": "Conv", "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
 
@@ -75,6 +84,26 @@ def optimized_graph(model: onnx.ModelProto | bytes) -> onnx.ModelProto | None:
         return onnx.load(path)
     finally:
         os.unlink(path)
+
+
+@functools.lru_cache(maxsize=1)
+def nchwc_block() -> int:
+    """The channel block of ONNX Runtime's NCHWc layout on this machine (8 with AVX2, 16 with
+    AVX-512): the output channels it pads a 4-channel convolution's weights to. 8 where
+    onnxruntime is not installed or does not block that convolution."""
+    weight = numpy_helper.from_array(np.ones((4, 16, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    optimized = optimized_graph(helper.make_model(graph,
+                                                  opset_imports=[helper.make_opsetid("", 17)]))
+    if optimized is None:
+        return _DEFAULT_BLOCK
+    weights = {tensor.name: list(tensor.dims) for tensor in optimized.graph.initializer}
+    padded = [weights[node.input[1]][0] for node in optimized.graph.node
+              if node.domain == NCHWC and node.op_type == "Conv" and node.input[1] in weights]
+    return padded[0] if padded else _DEFAULT_BLOCK
 
 
 def runtime_kernels(model: onnx.ModelProto) -> list[NodeKernel] | None:
