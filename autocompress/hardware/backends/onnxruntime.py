@@ -99,10 +99,14 @@ def _filter_set_passes(kernel: Kernel) -> float:
 
 
 #: Grouped convolutions (not depthwise) measured besides the default grid, group widths 4 to
-#: 64 (ResNeXt, RegNet) on 7 to 56 px: ONNX Runtime runs the narrow-group ones (4, 8, 24, 56
-#: on this AVX-512 CPU) outside its blocked layout, at about half the speed per
-#: multiply-add, and estimates fit those apart (``conv:grouped``); the others run blocked and
-#: join the dense fit.
+#: 64 (ResNeXt, RegNet) on 6 to 56 px: ONNX Runtime runs those whose groups are not a
+#: multiple of its channel block wide (4, 8, 24, 56 on an AVX-512 CPU; on an AVX2 one only
+#: 4) outside its blocked layout, at about half the speed per multiply-add, and estimates
+#: fit those apart (``conv:grouped``); the others run blocked and join the dense fit. The
+#: widths 12 to 60 are off the block with AVX2's 8 channels and AVX-512's 16 alike (a RegNet
+#: pruned to half its width has them). Without them an AVX2 profile fitted ``conv:grouped``
+#: on four convolutions of 4-wide groups, and regnet_x_8gf pruned to 60-wide groups was
+#: estimated at 1.58x its measurement (AVX2 VM, 18:03); with them, at 1.05x (18:24).
 GROUPED_CONVS = tuple(
     Kernel("conv", c, c, s, s, kernel=3, stride=stride, groups=c // width)
     for c, width, s, stride in (
@@ -111,7 +115,9 @@ GROUPED_CONVS = tuple(
         (96, 16, 28, 1), (64, 16, 28, 2), (128, 16, 14, 1), (256, 16, 7, 1),
         (72, 24, 28, 1), (168, 24, 14, 2), (408, 24, 7, 1),
         (128, 32, 28, 1), (256, 32, 14, 1), (512, 32, 7, 1), (1024, 32, 7, 2),
-        (128, 64, 28, 1), (448, 56, 14, 1), (256, 64, 14, 1), (512, 64, 7, 1)))
+        (128, 64, 28, 1), (448, 56, 14, 1), (256, 64, 14, 1), (512, 64, 7, 1),
+        (96, 12, 28, 1), (192, 12, 14, 1), (120, 20, 28, 2), (240, 20, 14, 1),
+        (168, 28, 14, 1), (360, 36, 7, 1), (120, 60, 12, 1), (360, 60, 6, 1)))
 #: Convolutions on channel counts off a multiple of 4, which ONNX Runtime runs outside its
 #: blocked layout (what a model pruned without rounding has): depthwise, 3x3 and 1x1.
 UNBLOCKED_CONVS = (
