@@ -86,10 +86,11 @@ def _filter_set_passes(kernel: Kernel) -> float:
 
     A convolution of fewer output channels than a set costs a whole set's reads. On an AVX2
     VM (8-channel blocks, 32-channel sets) a 3x3 convolution from 192 to 8 channels at 16x16
-    ran 0.23 ms where a fit on multiply-adds said 0.10; in the channel sweep (3x3, 16x16,
-    as many inputs as outputs) 32 channels took 1.32x 24's time (multiply-adds 1.78x, reads
-    1.33x) and 40 took 1.88x 32's (1.56x, 2.5x), where the second set starts. With this
-    term the dense fit's relative error on its own profile fell from 17.8% to 4.3% there."""
+    ran 0.23 ms where a fit on multiply-adds said 0.12 (0.235 with this term); in the
+    channel sweep (3x3, 16x16, as many inputs as outputs) 32 channels took 1.32x 24's time
+    (multiply-adds 1.78x, reads 1.33x) and 40 took 1.88x 32's (1.56x, 2.5x), where the
+    second set starts. With this term the dense fit's relative error on its own profile fell
+    from 17.8% to 4.3% there."""
     if kernel.kind not in ("conv", "conv1x1") or kernel.unblocked:
         return 0.0
     out_per_group = kernel.out_channels // kernel.groups
