@@ -33,7 +33,7 @@ from autocompress.hardware.backends import (
     rules_for,
 )
 from autocompress.hardware.backends._ort_lowering import FILTER_SET_BLOCKS, nchwc_block
-from autocompress.hardware.backends.onnxruntime import ONNXRUNTIME_RULES
+from autocompress.hardware.backends.onnxruntime import GROUPED_CONVS, ONNXRUNTIME_RULES
 from autocompress.hardware.backends.tvm import TVM_RULES
 from autocompress.hardware.kernels import KINDS, PRECISIONS, Kernel, kernel_graph, kernels_of
 from autocompress.hardware.profiler import profile_backend
@@ -185,6 +185,17 @@ def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs()
     depthwise = Kernel("dwconv", 64, 64, 14, 14, kernel=3, groups=64)
     assert ONNXRUNTIME_RULES.features(depthwise)[-1] == 0.0
     assert ONNXRUNTIME_RULES.features(replace(depthwise, precision="int8")).size == 6
+
+
+def test_onnxruntime_grid_has_grouped_convolutions_off_every_x86_block() -> None:
+    """Groups not a multiple of the block wide run ONNX Runtime's generic path, fitted apart
+    (``conv:grouped``); the grid must give that fit wide groups with 8- and 16-channel blocks
+    alike, not only the 4-wide ones (a RegNet pruned to half has 28- and 60-wide groups)."""
+    widths = sorted({k.in_channels // k.groups for k in GROUPED_CONVS})
+    off_block = [w for w in widths if w % 8 and w > 4]
+    assert len(off_block) >= 5 and max(off_block) >= 56, widths
+    narrow = [k for k in GROUPED_CONVS if (k.in_channels // k.groups) % 8]
+    assert len(narrow) >= 10
 
 
 def _residual_block() -> onnx.ModelProto:
