@@ -167,20 +167,21 @@ def test_onnxruntime_features_add_a_per_pixel_term() -> None:
 
 def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs() -> None:
     """MLAS computes up to four blocks of output channels in one pass over the input, so 8
-    outputs read the input as often as a whole set's and one channel more than a set twice."""
+    outputs read the input as often as a whole set does, and one block more than a set
+    reads it twice."""
     block = nchwc_block()
     assert block in (4, 8, 16)
-    width = FILTER_SET_BLOCKS * block
+    set_width = FILTER_SET_BLOCKS * block
 
     def passes(c_in: int, c_out: int, **kw: Any) -> float:
         return float(ONNXRUNTIME_RULES.features(Kernel("conv", c_in, c_out, 14, 14, kernel=3,
                                                        **kw))[-1])
 
     one_read = 64 * 9 * 14 * 14
-    assert passes(64, 8) == passes(64, width) == one_read
-    assert passes(64, width + block) == passes(64, 2 * width) == 2 * one_read
+    assert passes(64, 8) == passes(64, set_width) == one_read
+    assert passes(64, set_width + block) == passes(64, 2 * set_width) == 2 * one_read
     # grouped: per group; depthwise and unblocked convolutions have no filter sets
-    assert passes(64, 64, groups=2) == 2 * (32 * 9 * 14 * 14) * -(-32 // width)
+    assert passes(64, 64, groups=2) == 2 * (32 * 9 * 14 * 14) * -(-32 // set_width)
     assert passes(64, 64, unblocked=True) == 0.0
     depthwise = Kernel("dwconv", 64, 64, 14, 14, kernel=3, groups=64)
     assert ONNXRUNTIME_RULES.features(depthwise)[-1] == 0.0
