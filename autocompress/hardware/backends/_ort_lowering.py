@@ -31,9 +31,7 @@ import tempfile
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.hardware._kernel import LAYOUT_KINDS, Kernel
 from autocompress.hardware.kernels import FREE_OPS, NodeKernel, costed_node, inferred_shapes
@@ -84,26 +82,6 @@ def optimized_graph(model: onnx.ModelProto | bytes) -> onnx.ModelProto | None:
         return onnx.load(path)
     finally:
         os.unlink(path)
-
-
-@functools.lru_cache(maxsize=1)
-def nchwc_block() -> int:
-    """The channel block of ONNX Runtime's NCHWc layout on this machine (8 with AVX2, 16 with
-    AVX-512): the output channels it pads a 4-channel convolution's weights to. 8 where
-    onnxruntime is not installed or does not block that convolution."""
-    weight = numpy_helper.from_array(np.ones((4, 16, 3, 3), np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
-    optimized = optimized_graph(helper.make_model(graph,
-                                                  opset_imports=[helper.make_opsetid("", 17)]))
-    if optimized is None:
-        return _DEFAULT_BLOCK
-    weights = {tensor.name: list(tensor.dims) for tensor in optimized.graph.initializer}
-    padded = [weights[node.input[1]][0] for node in optimized.graph.node
-              if node.domain == NCHWC and node.op_type == "Conv" and node.input[1] in weights]
-    return padded[0] if padded else _DEFAULT_BLOCK
 
 
 def runtime_kernels(model: onnx.ModelProto) -> list[NodeKernel] | None:
@@ -261,3 +239,15 @@ def as_run(kernel: Kernel) -> Kernel:
     ran = [n.kernel for n in nodes or () if n.kernel is not None
            and n.kernel.kind in _CONV_KINDS]
     return ran[0] if len(ran) == 1 else kernel
+
+
+@functools.lru_cache(maxsize=1)
+def nchwc_block() -> int:
+    """The channel block of ONNX Runtime's NCHWc layout on this machine (8 with AVX2, 16 with
+    AVX-512): the output channels it runs a 4-channel convolution on (:func:`as_run`). 8
+    where onnxruntime is not installed or does not block that convolution."""
+    probe = Kernel("conv", 16, 4, 8, 8, kernel=3)
+    if _one_kernel(probe) is None:
+        return _DEFAULT_BLOCK
+    ran = as_run(probe)
+    return _DEFAULT_BLOCK if ran.unblocked else ran.out_channels
