@@ -421,6 +421,12 @@ def report(csv: Path, md: Path) -> str:
         if {"search", "random"} <= set(by.index) and by.loc["random", "hypervolume_mean"] > 0:
             ratio = by.loc["search", "hypervolume_mean"] / by.loc["random", "hypervolume_mean"]
             verdicts.append(f"  - front hypervolume search / random: {ratio:.2f}")
+        if {"search", "allocation"} <= set(by.index):
+            gap = by.loc["search", "accuracy_mean"] - by.loc["allocation", "accuracy_mean"]
+            noise = max(by.loc["search", "accuracy_std"], by.loc["allocation", "accuracy_std"])
+            verdicts.append(f"  - search - allocation alone = {gap:+.4f} (larger std "
+                            f"{noise:.4f}): " + ("the search adds beyond the noise"
+                                                 if gap > noise else "within the noise"))
     lines += ["## What wins", "", *verdicts, ""]
     text = "\n".join(lines)
     md.write_text(text)
