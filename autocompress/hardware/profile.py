@@ -88,6 +88,9 @@ class HardwareProfile:
     channel_sweep: tuple[KernelMeasurement, ...] = ()
     #: the device's correction of raw estimates (``autocompress calibrate``), if any
     device_calibration: DeviceCalibration | None = None
+    #: the channel block the runtime lays convolutions out in, as it said without timing
+    #: (:attr:`~autocompress.hardware.Backend.layout_block`; 1: none known)
+    layout_block: int = 1
 
     @property
     def threads(self) -> int:
@@ -100,16 +103,26 @@ class HardwareProfile:
         return tuple(p for p in PRECISIONS if p in found)
 
     @property
-    def channel_block(self) -> int | None:
-        """The multiple of channels this device runs convolutions fastest at, read from the
-        channel sweep (:func:`~autocompress.hardware.alignment.channel_block`); ``None``
-        for a profile without a sweep."""
+    def sweep_block(self) -> int | None:
+        """The block the channel sweep's timings show
+        (:func:`~autocompress.hardware.alignment.channel_block`); ``None`` for a profile
+        without a sweep."""
         if not self.channel_sweep:
             return None
         from autocompress.hardware.alignment import channel_block
 
         return channel_block({m.kernel.out_channels: m.latency.median_ms
                               for m in self.channel_sweep})
+
+    @property
+    def channel_block(self) -> int | None:
+        """The multiple of channels this device runs convolutions fastest at: the channel
+        sweep's block (:attr:`sweep_block`), never below the block the runtime lays
+        convolutions out in (:attr:`layout_block`: counts between its multiples run padded
+        to the next, so rounding to it costs nothing; a sweep timed while the machine's speed
+        drifted can show no block at all); ``None`` for a profile without a sweep."""
+        swept = self.sweep_block
+        return None if swept is None else max(swept, self.layout_block)
 
     def describe(self) -> str:
         precisions = "" if self.precisions == ("fp32",) else f" ({'+'.join(self.precisions)})"
@@ -140,7 +153,8 @@ class HardwareProfile:
             "overhead": self.overhead.to_dict(),
             "kernels": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
                         for m in self.kernels],
-            "channel_block": self.channel_block,   # read from the sweep, for people
+            "channel_block": self.channel_block,   # derived, for people
+            "layout_block": self.layout_block,
             "channel_sweep": [{**m.kernel.to_dict(), "latency": m.latency.to_dict()}
                               for m in self.channel_sweep],
             "device_calibration": to_jsonable(self.device_calibration),
@@ -195,6 +209,7 @@ class HardwareProfile:
                 grid=str(data.get("grid", "")),
                 measure_settings=dict(data.get("measure_settings", {})),
                 elapsed_s=float(data.get("elapsed_s", 0.0)),
+                layout_block=int(data.get("layout_block", 1)),
             )
         except (KeyError, TypeError, ValueError, RecordError) as exc:
             raise ProfileError(f"{source} is a malformed profile ({type(exc).__name__}: "

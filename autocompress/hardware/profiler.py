@@ -332,10 +332,12 @@ def profile_backend(
     ``adaptive`` more kernels are sampled around the kernels the grid's linear fit explains
     worst (:func:`adaptive_kernels`). The channel sweep of
     :mod:`~autocompress.hardware.alignment` is measured with the grid (shuffled in with it)
-    and kept apart, for the device's channel block (``sweep=False`` leaves it out: the
-    profile then has no block, and spaces that leave ``round_to`` to the device do not
-    round). The backend's layout conversions (:attr:`Backend.layout_kernels`: ONNX Runtime's
-    reorders into and out of its blocked layout on a CPU) are measured with the grid too
+    and kept apart, for the device's channel block, which is never below the block the
+    backend lays convolutions out in (:attr:`Backend.layout_block`, recorded too;
+    ``sweep=False`` leaves the sweep out: the profile then has no block, and spaces that
+    leave ``round_to`` to the device do not round). The backend's layout conversions
+    (:attr:`Backend.layout_kernels`: ONNX Runtime's reorders into and out of its blocked
+    layout on a CPU) are measured with the grid too
     (``layout=False`` leaves them out: estimates then follow the backend's hand-written
     rules), and so are its weight-streaming chains (:attr:`Backend.stream_kernels`), from
     which estimates charge a model whose weights outgrow the caches for reading them
@@ -385,9 +387,17 @@ def profile_backend(
                           "precisions": list(precisions)},
         elapsed_s=time.perf_counter() - start,
         channel_sweep=tuple(KernelMeasurement(k, session.result(k)) for k in sweep),
+        layout_block=backend.layout_block,
     )
     profile.save(out)
     partial_path.unlink(missing_ok=True)
+    if profile.sweep_block is not None and profile.sweep_block < profile.layout_block:
+        _logger.warning(
+            "the channel sweep's timings showed a block of %d channels, below the %d that %s "
+            "lays convolutions out in (the profile uses %d): the machine's speed probably "
+            "drifted while it measured, and its other kernels may be off too; profiling "
+            "again on a quiet machine gives a truer profile", profile.sweep_block,
+            profile.layout_block, backend.name, profile.channel_block)
     if progress:
         progress(total, total)
     return profile
@@ -398,8 +408,9 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     sweep; the matrix products over many rows, :data:`TOKEN_GEMMS`; the backend's own grid
     kernels, :attr:`~autocompress.hardware.rules.CostRules.grid_kernels`; the layout conversions
     of its backend, :attr:`Backend.layout_kernels`; its weight-streaming chains,
-    :attr:`Backend.stream_kernels`) and add it,
-    on the profile's own backend, which must run here. The grid's kernels stay as they are.
+    :attr:`Backend.stream_kernels`) and add it, with the backend's layout block
+    (:attr:`Backend.layout_block`), on the profile's own backend, which must run here. The
+    grid's kernels stay as they are.
 
     Raises:
         ProfileError: the profile's backend does not run on this machine.
@@ -419,7 +430,7 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     have = {m.kernel for m in profile.kernels}
     missing = [k for k in (*TOKEN_GEMMS, *backend.cost_rules.grid_kernels,
                            *backend.layout_kernels, *backend.stream_kernels) if k not in have]
-    if not sweep and not missing:
+    if not sweep and not missing and profile.layout_block == backend.layout_block:
         return profile
     partial = path.with_name(path.name + ".upgrade.partial")
     session = _Rounds(backend, settings, rounds, seed, partial, None,
@@ -427,6 +438,7 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     session.measure_all(sweep + missing)
     upgraded = replace(
         profile,
+        layout_block=backend.layout_block,
         kernels=profile.kernels + tuple(KernelMeasurement(k, session.result(k)) for k in missing),
         channel_sweep=profile.channel_sweep or tuple(KernelMeasurement(k, session.result(k))
                                                      for k in sweep))

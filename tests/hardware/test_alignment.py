@@ -131,3 +131,41 @@ def test_the_sweep_alone_upgrades_a_profile_measured_without_it(
     assert upgraded.channel_block == 8 and "channel block 8" in capsys.readouterr().out
     # the rest is as it was; what the profile lacked is added: the many-row matrix products
     assert [m.kernel for m in upgraded.kernels] == [*_GRID, *TOKEN_GEMMS]
+
+
+def test_the_runtimes_layout_block_is_a_floor_under_the_sweeps_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A sweep timed while the machine's speed drifted can show no block at all (an AVX2 VM
+    in a slow spell read 1 where ONNX Runtime lays convolutions out in blocks of 8); the
+    block the runtime says it lays convolutions out in, read without timing, is a floor."""
+    from autocompress.cli.main import main
+
+    monkeypatch.setattr(SyntheticBackend, "layout_block", property(lambda self: 8))
+    with caplog.at_level(logging.WARNING, logger="autocompress"):
+        smooth = profile_backend(SyntheticBackend(scale=1.0, channel_block=1),
+                                 tmp_path / "smooth.json", grid=_GRID, rounds=1, adaptive=0)
+    assert (smooth.sweep_block, smooth.layout_block, smooth.channel_block) == (1, 8, 8)
+    assert "showed a block of 1 channels, below the 8" in caplog.text
+    loaded = HardwareProfile.load(tmp_path / "smooth.json")
+    assert (loaded.layout_block, loaded.channel_block) == (8, 8)
+    assert SearchSpace.default().for_device(loaded.channel_block, "a VM").round_to == 8
+    # a sweep that shows a larger block than the layout keeps it
+    wider = profile_backend(SyntheticBackend(scale=1.0, channel_block=16),
+                            tmp_path / "wider.json", grid=_GRID, rounds=1, adaptive=0)
+    assert (wider.sweep_block, wider.channel_block) == (16, 16)
+    # a profile written before the layout block was recorded reads the sweep alone, and
+    # --upgrade records the block (and says what the sweep showed)
+    data = json.loads((tmp_path / "smooth.json").read_text())
+    del data["layout_block"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert HardwareProfile.load(tmp_path / "old.json").channel_block == 1
+    assert main(["profile", "--upgrade", "--out", str(tmp_path / "old.json"),
+                 "--rounds", "1"]) == 0
+    assert HardwareProfile.load(tmp_path / "old.json").channel_block == 8
+    assert "channel block 8" in capsys.readouterr().out
+
+
+def test_a_profile_records_no_layout_block_for_a_backend_without_one(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, 4)
+    assert (profile.layout_block, profile.sweep_block, profile.channel_block) == (1, 4, 4)

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
-from autocompress.hardware.backends._ort_lowering import carried_layout, runtime_kernels
+from autocompress.hardware.backends._ort_lowering import as_run, carried_layout, runtime_kernels
 from autocompress.hardware.export import export_onnx
 from autocompress.hardware.kernels import LAYOUT_KINDS, Kernel, kernels_of
 from autocompress.hardware.profiler import TOKEN_GEMMS, profile_backend, upgrade_profile
@@ -156,4 +156,16 @@ def test_upgrade_measures_what_an_older_profile_lacks(tmp_path: Path) -> None:
     assert set(TOKEN_GEMMS) <= set(kernels)
     assert {k.kind for k in kernels} >= set(LAYOUT_KINDS)
     assert upgraded.channel_block is not None
+    assert upgraded.layout_block == get_backend("onnxruntime", threads=1).layout_block
+    assert upgraded.channel_block >= upgraded.layout_block
     assert LatencyModel(HardwareProfile.load(path)).lowered
+
+
+def test_the_layout_block_is_read_from_the_graph_the_runtime_runs() -> None:
+    """No timing: the block is the channels ONNX Runtime pads a 4-channel convolution's
+    outputs to in its blocked layout (8 with AVX2, 16 with AVX-512), 1 where it runs the
+    convolution unblocked."""
+    block = get_backend("onnxruntime", threads=1).layout_block
+    ran = as_run(Kernel("conv", 16, 4, 8, 8, kernel=3))
+    assert block == (1 if ran.unblocked else ran.out_channels)
+    assert block in (1, 8, 16)

@@ -203,6 +203,14 @@ class Backend(ABC):
         return self.cost_rules.stream_kernels
 
     @property
+    def layout_block(self) -> int:
+        """The channel block the runtime lays convolutions out in here, as it says without
+        timing anything (1: none known). A channel count between two multiples of it runs
+        padded to the next or on a slower path, so a profile's channel block is never
+        smaller (:attr:`~autocompress.hardware.HardwareProfile.channel_block`)."""
+        return 1
+
+    @property
     def runs_here(self) -> bool:
         """Whether it measures on this machine (not on a device behind RPC)."""
         return True

@@ -37,7 +37,7 @@ from autocompress.hardware._kernel import LAYOUT_KINDS, Kernel
 from autocompress.hardware.kernels import FREE_OPS, NodeKernel, costed_node, inferred_shapes
 
 __all__ = ["FILTER_SET_BLOCKS", "LAYOUT_KINDS", "as_run", "carried_layout", "nchwc_block",
-           "optimized_graph", "runtime_kernels"]
+           "optimized_graph", "probed_block", "runtime_kernels"]
 
 NCHWC = "com.microsoft.nchwc"
 _CONV_KINDS = ("conv", "conv1x1", "dwconv")
@@ -242,12 +242,18 @@ def as_run(kernel: Kernel) -> Kernel:
 
 
 @functools.lru_cache(maxsize=1)
-def nchwc_block() -> int:
+def probed_block() -> int | None:
     """The channel block of ONNX Runtime's NCHWc layout on this machine (8 with AVX2, 16 with
-    AVX-512): the output channels it runs a 4-channel convolution on (:func:`as_run`). 8
-    where onnxruntime is not installed or does not block that convolution."""
+    AVX-512): the output channels it runs a 4-channel convolution on (:func:`as_run`), read
+    from its optimized graph, not timed. ``None`` where onnxruntime is not installed or does
+    not block that convolution (a CPU without the blocked layout)."""
     probe = Kernel("conv", 16, 4, 8, 8, kernel=3)
     if _one_kernel(probe) is None:
-        return _DEFAULT_BLOCK
+        return None
     ran = as_run(probe)
-    return _DEFAULT_BLOCK if ran.unblocked else ran.out_channels
+    return None if ran.unblocked else ran.out_channels
+
+
+def nchwc_block() -> int:
+    """:func:`probed_block`, or 8 where it cannot tell (what the cost formulas assume)."""
+    return probed_block() or _DEFAULT_BLOCK

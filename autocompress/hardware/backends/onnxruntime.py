@@ -31,6 +31,7 @@ from autocompress.hardware.backends._ort_lowering import (
     as_run,
     carried_layout,
     nchwc_block,
+    probed_block,
     runtime_kernels,
 )
 from autocompress.hardware.backends._registry import register_backend
@@ -223,6 +224,13 @@ class OnnxRuntimeBackend(Backend):
         """The reorders into and out of the blocked layout of its CPU provider (none on CUDA,
         which has no such layout)."""
         return self.cost_rules.layout_kernels if self.device == "cpu" else ()
+
+    @property
+    def layout_block(self) -> int:
+        """The NCHWc block of ONNX Runtime's CPU convolutions here (8 with AVX2, 16 with
+        AVX-512), read from how it lays out a convolution of 4 channels; 1 on CUDA or where
+        it does not block convolutions."""
+        return (probed_block() or 1) if self.device == "cpu" else 1
 
     @property
     def stream_kernels(self) -> tuple[Kernel, ...]:
