@@ -42,6 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("res", "bottleneck", "mbv2", "se")
 
 
+
+def machine() -> str:
+    """This machine in a few words: CPU, cores and its vector extensions."""
+    device = describe_device()
+    vectors = "+".join(f for f in device.get("features", []) if f.startswith("avx"))
+    return f"{device['cpu']}, {device['logical_cores']} cores, {vectors or 'no AVX'}"
+
 class _Builder:
     """Nodes and initializers of one network, with fresh tensor names."""
 
@@ -144,7 +151,7 @@ def report(df: pd.DataFrame, args: argparse.Namespace) -> str:
     return "\n".join([
         "# Synthetic networks: raw profile estimate against measurement",
         "",
-        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {describe_device()}; "
+        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {machine()}; "
         f"Python {platform.python_version()}; ONNX Runtime, {args.threads} thread(s)",
         f"- profile: {args.profile.name}, measured {HardwareProfile.load(args.profile).created}; "
         f"networks: seeds {args.first_seed} to "

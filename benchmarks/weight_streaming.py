@@ -51,6 +51,13 @@ FOOTPRINTS_MIB = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48)
 PLATEAU_MIB = 24.0
 
 
+
+def machine() -> str:
+    """This machine in a few words: CPU, cores and its vector extensions."""
+    device = describe_device()
+    vectors = "+".join(f for f in device.get("features", []) if f.startswith("avx"))
+    return f"{device['cpu']}, {device['logical_cores']} cores, {vectors or 'no AVX'}"
+
 def layer_bytes(kernel: str) -> int:
     c, _, window = KERNELS[kernel]
     return c * c * max(window, 1) ** 2 * 4
@@ -118,7 +125,7 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             "ms_per_layer": float(np.mean(per_layer)),
             "extra_ms_per_mib": float(np.mean(extra)),
             "extra_ms_per_mib_passes": "/".join(f"{e:.4f}" for e in extra),
-            "charge_ms_per_mib": charge, "date": date,
+            "charge_ms_per_mib": charge, "date": date, "machine": machine(),
         })
     return pd.DataFrame(rows)
 
@@ -132,8 +139,8 @@ def report(df: pd.DataFrame, args: argparse.Namespace) -> str:
         "# Weight streaming by kernel",
         "",
         f"- measured: {df['date'].iloc[0]}; machine: "
-        f"{describe_device()}; Python {platform.python_version()}; ONNX Runtime, "
-        f"{args.threads} thread(s)",
+        f"{df['machine'].iloc[0] if 'machine' in df else machine()}; "
+        f"Python {platform.python_version()}; ONNX Runtime, {args.threads} thread(s)",
         f"- profile (the charge): {args.profile.name if args.profile else 'none given'}"
         + (f", measured {HardwareProfile.load(args.profile).created}" if args.profile else ""),
         "- extra_ms_per_mib: what a chain of n layers costs per layer over a chain of one, "
