@@ -1,9 +1,11 @@
-"""What a benchmark row ran: the commit of the product code."""
+"""What a benchmark row ran: the commit of the product code, and the machine."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+from autocompress.hardware.profile import describe_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,3 +25,10 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return (last or "unknown") + ("+" if dirty.strip() else "")
+
+
+def machine() -> str:
+    """This machine in a few words: CPU, cores and its vector extensions."""
+    device = describe_device()
+    vectors = "+".join(f for f in device.get("features", []) if f.startswith("avx"))
+    return f"{device['cpu']}, {device['logical_cores']} cores, {vectors or 'no AVX'}"

@@ -36,18 +36,13 @@ from onnx import TensorProto, helper, numpy_helper
 from scipy.stats import spearmanr
 
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
-from autocompress.hardware.profile import describe_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("res", "bottleneck", "mbv2", "se")
 
-
-
-def machine() -> str:
-    """This machine in a few words: CPU, cores and its vector extensions."""
-    device = describe_device()
-    vectors = "+".join(f for f in device.get("features", []) if f.startswith("avx"))
-    return f"{device['cpu']}, {device['logical_cores']} cores, {vectors or 'no AVX'}"
 
 class _Builder:
     """Nodes and initializers of one network, with fresh tensor names."""

@@ -39,7 +39,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
 from autocompress.hardware.kernels import Kernel, kernel_graph, overhead_graph
-from autocompress.hardware.profile import describe_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -50,13 +52,6 @@ FOOTPRINTS_MIB = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48)
 #: footprints from which the per-MiB costs are summarised as the kernel's plateau
 PLATEAU_MIB = 24.0
 
-
-
-def machine() -> str:
-    """This machine in a few words: CPU, cores and its vector extensions."""
-    device = describe_device()
-    vectors = "+".join(f for f in device.get("features", []) if f.startswith("avx"))
-    return f"{device['cpu']}, {device['logical_cores']} cores, {vectors or 'no AVX'}"
 
 def layer_bytes(kernel: str) -> int:
     c, _, window = KERNELS[kernel]
