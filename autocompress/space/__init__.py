@@ -8,6 +8,7 @@ from autocompress.space._candidate import (
     CANDIDATE_FORMAT_VERSION,
     Candidate,
     ChannelPruning,
+    Depth,
     LowRank,
     Quantization,
     Schedule,
@@ -21,9 +22,8 @@ if TYPE_CHECKING:
     from autocompress.space._students import StudentPlan
 
 __all__ = ["CANDIDATE_FORMAT_VERSION", "DEFAULT_SPACE_PATH", "BoundSpace", "Candidate",
-           "ChannelPruning", "LowRank", "Quantization", "Schedule", "SearchSpace", "Sparsity",
-           "Student",
-           "StudentPlan", "TransformConfig"]
+           "ChannelPruning", "Depth", "LowRank", "Quantization", "Schedule", "SearchSpace",
+           "Sparsity", "Student", "StudentPlan", "TransformConfig"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from autocompress.space._students import StudentPlan
 
 __all__ = ["CANDIDATE_FORMAT_VERSION", "DATA_IMPORTANCES", "EVERY", "IMPORTANCES", "PRECISIONS",
-           "SCHEDULES", "Candidate", "ChannelPruning", "Importance", "LowRank", "Schedule",
+           "SCHEDULES", "Candidate", "ChannelPruning", "Depth", "Importance", "LowRank",
+           "Schedule",
            "ScheduleKind",
            "Precision", "Quantization", "QuantizationMethod", "Sparsity", "Student",
            "TransformConfig"]
@@ -154,6 +155,14 @@ class Student:
 
 
 @dataclass(frozen=True)
+class Depth:
+    """Drop the residual branches of the blocks named in ``drop`` (each block's output
+    becomes its input; see :mod:`autocompress.transforms._depth`)."""
+
+    drop: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ChannelPruning:
     """Keep ``keep[group]`` of each dependency group's output channels (groups not named keep
     all), ranked by ``importance``, rounded to multiples of ``round_to``."""
@@ -193,7 +202,7 @@ class Quantization:
     method: QuantizationMethod = "ptq"
 
 
-TransformConfig = Student | ChannelPruning | LowRank | Sparsity | Quantization
+TransformConfig = Student | Depth | ChannelPruning | LowRank | Sparsity | Quantization
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,10 @@ class Candidate:
     ``student``, when set, is a :class:`~autocompress.space.StudentPlan` (family spec and
     distillation settings): the candidate is that student trained by distillation from the
     original model instead of a compression of it.
+    ``depth`` maps the name of a residual block (see
+    :func:`autocompress.transforms.find_residual_blocks`) to 1.0 (kept) or 0.0 (its branch
+    dropped); blocks not named are kept. Names of layers and groups inside a dropped block
+    are ignored by the other transforms.
 
     :meth:`transforms` lists the plan as one typed config per transform, in the order the
     pipeline (:func:`autocompress.transforms.compress`) applies them.
@@ -225,9 +238,18 @@ class Candidate:
     student: StudentPlan | None = None
     rank: Mapping[str, float] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
+    depth: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_keep", _frozen(self.channel_keep))
+        object.__setattr__(self, "depth", _frozen(self.depth))
+        bad = sorted(k for k, v in self.depth.items() if v not in (0.0, 1.0))
+        if bad:
+            raise SearchSpaceError(f"depth values are 1 (block kept) or 0 (dropped); blocks "
+                                   f"{bad[:5]} have {[self.depth[k] for k in bad[:5]]}")
+        if self.dropped_blocks and self.student is not None:
+            raise SearchSpaceError("a student candidate cannot also drop residual blocks: "
+                                   "choose its depth in the student's spec")
         object.__setattr__(self, "sparsity", _frozen(self.sparsity))
         object.__setattr__(self, "rank", _frozen(self.rank))
         bad = sorted(k for k, v in self.rank.items() if not 0.0 < v <= 1.0)
@@ -258,12 +280,14 @@ class Candidate:
 
     def transforms(self) -> tuple[TransformConfig, ...]:
         """The plan as typed transform configs, in the order they apply: the student (if any)
-        replaces the model, then channels are pruned, layers are factorized (low rank, on the
-        pruned shapes), sparsity is attached for training, and layers are quantized at
-        export."""
+        replaces the model, residual branches are dropped, then channels are pruned, layers
+        are factorized (low rank, on the pruned shapes), sparsity is attached for training,
+        and layers are quantized at export."""
         found: list[TransformConfig] = []
         if self.student is not None:
             found.append(Student(self.student))
+        if self.dropped_blocks:
+            found.append(Depth(self.dropped_blocks))
         if any(r < 1.0 for r in self.channel_keep.values()):
             found.append(ChannelPruning(self.channel_keep, self.importance, self.round_to,
                                         self.min_channels, self.schedule))
@@ -274,6 +298,11 @@ class Candidate:
         if self.quantized_layers:
             found.append(Quantization(self.precision, self.quantization))
         return tuple(found)
+
+    @property
+    def dropped_blocks(self) -> tuple[str, ...]:
+        """The residual blocks whose branch this candidate drops."""
+        return tuple(name for name, keep in self.depth.items() if keep < 1.0)
 
     @property
     def unresolved(self) -> bool:
@@ -297,9 +326,10 @@ class Candidate:
     @property
     def combines(self) -> str:
         """What the candidate combines, in application order: ``student`` (distilled),
-        ``channels``, ``lowrank``, ``sparsity``, ``bits`` (int8/fp16 layers); ``none``."""
-        names = {Student: "student", ChannelPruning: "channels", LowRank: "lowrank",
-                 Sparsity: "sparsity", Quantization: "bits"}
+        ``depth``, ``channels``, ``lowrank``, ``sparsity``, ``bits`` (int8/fp16 layers);
+        ``none``."""
+        names = {Student: "student", Depth: "depth", ChannelPruning: "channels",
+                 LowRank: "lowrank", Sparsity: "sparsity", Quantization: "bits"}
         return "+".join(names[type(c)] for c in self.transforms()) or "none"
 
     @property
@@ -320,7 +350,7 @@ class Candidate:
 
     @property
     def is_identity(self) -> bool:
-        return (self.student is None and not self.quantized_layers
+        return (self.student is None and not self.quantized_layers and not self.dropped_blocks
                 and all(r >= 1.0 for r in self.channel_keep.values())
                 and all(s <= 0.0 for s in self.sparsity.values())
                 and all(r >= 1.0 for r in self.rank.values()))
@@ -342,6 +372,8 @@ class Candidate:
             out["rank"] = dict(self.rank)
         if self.schedule != Schedule():  # likewise
             out["schedule"] = self.schedule.to_dict()
+        if self.depth:  # likewise
+            out["depth"] = dict(self.depth)
         return out
 
     def to_json(self) -> str:
@@ -376,6 +408,7 @@ class Candidate:
                 student=student,
                 rank=dict(data.get("rank", {})),
                 schedule=Schedule.from_dict(data.get("schedule", {})),
+                depth=dict(data.get("depth", {})),
             )
         except (TypeError, ValueError) as exc:
             raise SearchSpaceError(f"malformed candidate: {exc}") from exc

@@ -34,10 +34,11 @@ SPACE_FORMAT_VERSION = 1
 DEFAULT_SPACE_PATH = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
 
 _TOP_KEYS = {"format_version", "description", "channels", "sparsity", "precision",
-             "students", "lowrank", "schedule"}
+             "students", "lowrank", "schedule", "depth"}
 _CHANNEL_KEYS = {"importance", "round_to", "min_channels", "rules"}
 _SPARSITY_KEYS = {"rules"}
 _LOWRANK_KEYS = {"rules"}
+_DEPTH_KEYS = {"rules"}
 _PRECISION_KEYS = {"method", "calibration_samples", "rules"}
 _METHODS = ("ptq", "qat")
 _SCHEDULE_KEYS = {"kind", "stages", "power", "begin", "end", "initial_sparsity"}
@@ -105,6 +106,9 @@ class SearchSpace:
     #: how pruning reaches its targets (its kind is the first of ``schedule_choices``)
     schedule: Schedule = Schedule()
     schedule_choices: tuple[str, ...] = ()
+    #: whether residual blocks are kept (1) or their branch dropped (0), matched against the
+    #: names of the model's residual blocks
+    depth_rules: tuple[Rule, ...] = ()
 
     @classmethod
     def default(cls) -> SearchSpace:
@@ -173,6 +177,7 @@ class SearchSpace:
             lowrank.get("rules", []), f"{source}: lowrank.rules", "rank_ratio",
             minimum=0.0, include_minimum=False,
         )
+        depth_rules = _parse_depth(raw.get("depth"), f"{source}: depth")
         precision = _parse_precision(raw.get("precision"), f"{source}: precision")
         schedule, schedules = _parse_schedule(raw.get("schedule"), f"{source}: schedule")
         if "polynomial" in schedules and (lowrank_rules or (
@@ -186,17 +191,17 @@ class SearchSpace:
 
             students = parse_students_section(raw["students"], f"{source}: students")
         if (not channel_rules and not sparsity_rules and not lowrank_rules
-                and precision is None and students is None):
+                and not depth_rules and precision is None and students is None):
             raise SearchSpaceError(
-                f"{source}: no rules; add channels.rules, sparsity.rules, lowrank.rules, "
-                "precision.rules or students to search over"
+                f"{source}: no rules; add channels.rules, depth.rules, sparsity.rules, "
+                "lowrank.rules, precision.rules or students to search over"
             )
         return cls(
             channel_rules=channel_rules, sparsity_rules=sparsity_rules,
             importance=importances[0], importance_choices=importances,  # type: ignore[arg-type]
             round_to=round_to, min_channels=min_channels, source=source,
             precision=precision, students=students, lowrank_rules=lowrank_rules,
-            schedule=schedule, schedule_choices=schedules,
+            schedule=schedule, schedule_choices=schedules, depth_rules=depth_rules,
         )
 
     @property
@@ -239,15 +244,18 @@ class SearchSpace:
             )
 
     def bind(self, groups: Sequence[str], layers: Sequence[str], *,
-             sparsity: bool = True) -> BoundSpace:
+             sparsity: bool = True, blocks: Sequence[str] = ()) -> BoundSpace:
         """Tie the rules to a model's prunable ``groups`` and sparsifiable ``layers``
-        (precision and low-rank rules also match ``layers``, its Conv2d/Linear layers). With
+        (precision and low-rank rules also match ``layers``, its Conv2d/Linear layers) and
+        its residual ``blocks`` (depth rules;
+        :func:`~autocompress.transforms.find_residual_blocks`). With
         ``sparsity=False`` the sparsity rules are left out (no layer is made sparse): for
         searches whose objectives sparsity cannot move, as latency on dense kernels. A space
         that leaves ``round_to`` to the device and was not given one (:meth:`for_device`)
         does not round channel counts."""
         if self.round_to is None:   # no device given: channel counts are not rounded
-            return replace(self, round_to=1).bind(groups, layers, sparsity=sparsity)
+            return replace(self, round_to=1).bind(groups, layers, sparsity=sparsity,
+                                                  blocks=blocks)
         precision_params: tuple[_ChoiceParam, ...] = ()
         method: _ChoiceParam | None = None
         if self.precision is not None:
@@ -273,6 +281,7 @@ class SearchSpace:
             importance_param=importance,
             schedule_param=schedule,
             lowrank_params=_assign(self.lowrank_rules, layers, "lowrank", self.source),
+            depth_params=_assign(self.depth_rules, blocks, "depth", self.source),
         )
 
 
@@ -314,10 +323,12 @@ class BoundSpace:
     importance_param: _ChoiceParam | None = None
     lowrank_params: tuple[_Param, ...] = ()
     schedule_param: _ChoiceParam | None = None
+    depth_params: tuple[_Param, ...] = ()
 
     @property
     def _numeric_params(self) -> tuple[_Param, ...]:
-        return (*self.channel_params, *self.sparsity_params, *self.lowrank_params)
+        return (*self.channel_params, *self.sparsity_params, *self.lowrank_params,
+                *self.depth_params)
 
     @property
     def compresses(self) -> bool:
@@ -399,13 +410,16 @@ class BoundSpace:
 
     def uniform(self, keep_ratio: float, precision: str = "fp32") -> Candidate:
         """Every searched channel group at the same keep ratio; no sparsity and no low-rank
-        factorization; every layer with a precision rule at ``precision``."""
+        factorization; every layer with a precision rule at ``precision``; every residual
+        block kept unless a depth rule fixes it."""
         return Candidate(
             channel_keep={p.target: keep_ratio for p in self.channel_params},
             importance=self.space.importance, round_to=self.space.round_to,
             min_channels=self.space.min_channels, schedule=self.space.schedule,
             precision={c.target: precision for c in self.precision_params
                        if precision in c.choices or precision == "fp32"},
+            depth={p.target: p.value.fixed for p in self.depth_params
+                   if p.value.fixed is not None},
         )
 
     def _student(self, plan: Any, keep: float, precision: str, schedule: Schedule
@@ -445,6 +459,7 @@ class BoundSpace:
             quantization=method,  # type: ignore[arg-type]
             rank={p.target: resolve(p) for p in self.lowrank_params},
             schedule=schedule,
+            depth={p.target: resolve(p) for p in self.depth_params},
         )
 
 
@@ -531,6 +546,25 @@ def _parse_schedule(raw: Any, where: str) -> tuple[Schedule, tuple[str, ...]]:
     except SearchSpaceError as exc:
         raise SearchSpaceError(f"{where}: {exc}") from None
     return schedule, kinds
+
+
+def _parse_depth(raw: Any, where: str) -> tuple[Rule, ...]:
+    """``depth: {rules: [{match: "layer*", keep: {choices: [0, 1]}}]}``: 1 keeps a matched
+    residual block, 0 drops its branch."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise SearchSpaceError(f"{where}: must be a mapping with 'rules'")
+    _check_keys(raw, _DEPTH_KEYS, where)
+    rules = _parse_rules(raw.get("rules", []), f"{where}.rules", "keep", minimum=0.0,
+                         include_minimum=True)
+    for rule in rules:
+        ranged = rule.value.low is not None
+        if not set(rule.value.values()) <= {0.0, 1.0} or ranged and rule.value.step != 1.0:
+            raise SearchSpaceError(
+                f"{where}.rules ({rule.match!r}): keep is 1 (the block stays) or 0 (its "
+                "residual branch is dropped); write keep: {choices: [0, 1]} to search it")
+    return rules
 
 
 def _parse_precision(raw: Any, where: str) -> PrecisionSpace | None:

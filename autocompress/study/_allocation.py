@@ -22,6 +22,10 @@ last) scored 0.14, where uniform pruning scored 0.23; chosen in context, 0.30.
 
 Where the device is this machine, the whole network is *measured* near the budget (as
 NetAdapt measures), so that the allocation fits the device and not only its estimate.
+
+Where the space searches depth, every residual block is one more item with two ratios: 1.0
+(kept) and 0.0 (its branch dropped), scored and estimated like a channel group, so a cut may
+remove a whole block when that saves more latency per score lost than thinning layers.
 """
 
 from __future__ import annotations
@@ -51,15 +55,17 @@ SENSITIVITY_RATIOS = (0.25, 0.5, 0.75)
 
 @dataclass(frozen=True)
 class GroupSensitivity:
-    """One channel group: its Optuna parameter, the keep ratios it may take, and the score and
-    estimated latency of the network with only this group pruned, at a few ratios and 1.0
-    (other ratios are interpolated)."""
+    """One channel group (or residual block, ``kind`` ``depth``: ratios 0.0, dropped, and
+    1.0): its Optuna parameter, the keep ratios it may take, and the score and estimated
+    latency of the network with only this group pruned, at a few ratios and 1.0 (other
+    ratios are interpolated)."""
 
     group: str
     param: str
     ratios: tuple[float, ...]                  # ascending, 1.0 last
     score: Mapping[float, float]
     latency_ms: Mapping[float, float]
+    kind: str = "channels"
 
     def score_at(self, ratio: float) -> float:
         return _interpolate(self.score, ratio)
@@ -94,25 +100,37 @@ def measure_sensitivity(bound: BoundSpace, evaluate: Evaluate) -> list[GroupSens
     base = bound.uniform(1.0)
     base_score, base_ms = evaluate(base)
     found = []
-    for p in bound.channel_params:
+    items = [(p, "channels") for p in bound.channel_params] + [
+        (p, "depth") for p in bound.depth_params]
+    for p, kind in items:
         if p.param is None:
             continue
         ratios = tuple(sorted(set(p.value.grid()) | {1.0}))
         probe = sorted({r for r in SENSITIVITY_RATIOS if ratios[0] <= r < 1.0}
                        | ({ratios[0]} if ratios[0] < 1.0 else set()))
+        if kind == "depth":       # a block is kept or dropped: nothing in between
+            probe = [r for r in ratios if r < 1.0]
         scores, latencies = {1.0: base_score}, {1.0: base_ms}
         for ratio in probe:
-            scores[ratio], latencies[ratio] = evaluate(_with_keep(base, {p.target: ratio}))
-        found.append(GroupSensitivity(p.target, p.param, ratios, scores, latencies))
+            scores[ratio], latencies[ratio] = evaluate(
+                _with_block_keep(base, {p.target: ratio}, depth=kind == "depth"))
+        found.append(GroupSensitivity(p.target, p.param, ratios, scores, latencies, kind))
         _logger.debug("sensitivity of %s: %s", p.target,
                       ", ".join(f"{r:g}: {s:.3f}" for r, s in sorted(scores.items())))
     return found
 
 
-def _with_keep(base: Candidate, keep: Mapping[str, float]) -> Candidate:
+def _with_block_keep(base: Candidate, keep: Mapping[str, float], *, depth: bool = False,
+               blocks: frozenset[str] = frozenset()) -> Candidate:
+    """``base`` with the keep ratios of ``keep``: residual blocks (all of ``keep`` with
+    ``depth``, else those named in ``blocks``) kept (1.0) or dropped (0.0), channel groups
+    pruned."""
     from dataclasses import replace
 
-    return replace(base, channel_keep={**base.channel_keep, **keep})
+    dropped = {k: v for k, v in keep.items() if depth or k in blocks}
+    channels = {k: v for k, v in keep.items() if k not in dropped}
+    return replace(base, channel_keep={**base.channel_keep, **channels},
+                   depth={**base.depth, **dropped})
 
 
 #: Whole-network estimates a give-back pass may spend.
@@ -141,6 +159,10 @@ def allocate(groups: Sequence[GroupSensitivity], base: Candidate, budget_ms: flo
         return None
     index = {g.group: len(g.ratios) - 1 for g in groups}   # every group at its largest ratio
     by_name = {g.group: g for g in groups}
+    blocks = frozenset(g.group for g in groups if g.kind == "depth")
+
+    def with_keep(base: Candidate, keep: Mapping[str, float]) -> Candidate:
+        return _with_block_keep(base, keep, blocks=blocks)
 
     def keep(**change: float) -> dict[str, float]:
         return {**{g: by_name[g].ratios[i] for g, i in index.items()}, **change}
@@ -151,19 +173,19 @@ def allocate(groups: Sequence[GroupSensitivity], base: Candidate, budget_ms: flo
                              for g, r in keep().items())
 
     def exact() -> float:
-        return latency_ms(_with_keep(base, keep()))
+        return latency_ms(with_keep(base, keep()))
 
     def loss(group: GroupSensitivity, j: int) -> tuple[float, float | None]:
         """The score lost by cutting ``group`` to its ratio ``j``, and the score after."""
         i, lo = index[group.group], group.ratios[j]
         if score is None:
             return group.score_at(group.ratios[i]) - group.score_at(lo), None
-        after = score(_with_keep(base, keep(**{group.group: lo})))
+        after = score(with_keep(base, keep(**{group.group: lo})))
         return current - after, after
 
     latency = exact()
     stride = (latency - budget_ms) / ROUNDS
-    current = score(_with_keep(base, keep())) if score is not None else 0.0
+    current = score(with_keep(base, keep())) if score is not None else 0.0
     while latency > budget_ms:
         cut = _best_cut(groups, index, min(stride, latency - budget_ms), loss)
         if cut is None:

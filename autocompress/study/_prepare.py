@@ -418,7 +418,8 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
 def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> dict[str, Any]:
     """Parameters putting every channel group at the allowed value nearest below ``ratio``,
     every sparsity at its smallest allowed value, every layer at ``precision`` where allowed
-    (post-training quantization), no low-rank factorization (the largest rank ratio allowed)
+    (post-training quantization), no low-rank factorization (the largest rank ratio allowed),
+    every residual block kept
     and one-shot pruning where the schedule is searched: what a user does by hand."""
     params: dict[str, Any] = {}
     if bound.student_space is not None:
@@ -440,6 +441,9 @@ def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> 
         if p.param is not None:
             params[p.param] = min(p.value.grid())
     for p in bound.lowrank_params:
+        if p.param is not None:
+            params[p.param] = max(p.value.grid())
+    for p in bound.depth_params:   # every residual block kept
         if p.param is not None:
             params[p.param] = max(p.value.grid())
     schedule = bound.schedule_param

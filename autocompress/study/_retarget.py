@@ -74,6 +74,7 @@ from autocompress.transforms import (
     CompressedModel,
     compress,
     find_channel_groups,
+    find_residual_blocks,
     sparsifiable_layers,
 )
 
@@ -212,8 +213,10 @@ class _Structures:
                                   ).eval()
         example = torch.zeros(shape)
         groups = find_channel_groups(module, example) if space.channel_rules else []
+        blocks = find_residual_blocks(module, example) if space.depth_rules else []
         bound = space.bind([g.name for g in groups], sparsifiable_layers(module),
-                           sparsity="size" in info.identity.objectives)
+                           sparsity="size" in info.identity.objectives,
+                           blocks=[b.name for b in blocks])
         return cls(module, example, info.num_classes, bound)
 
     def compress(self, candidate: Candidate) -> CompressedModel:

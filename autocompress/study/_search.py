@@ -53,7 +53,7 @@ from autocompress.study._prepare import (
 from autocompress.study._records import AllocationRecord, RunIdentity, RunInfo, TrialRecord
 from autocompress.study._screen import Screening
 from autocompress.study._storage import GRACE_S, fail_stale_trials, open_storage, open_study
-from autocompress.transforms import find_channel_groups, sparsifiable_layers
+from autocompress.transforms import find_channel_groups, find_residual_blocks, sparsifiable_layers
 
 __all__ = ["search"]
 
@@ -159,8 +159,10 @@ def _setup(config: SearchConfig) -> _Setup:
     if space.sparsity_rules and not search_sparsity:
         _logger.info("the space's sparsity rules are not searched: sparsity does not change "
                      "latency on %s; add size to --objectives to search it", profile.backend)
+    blocks = (find_residual_blocks(baseline.module, torch.zeros(data.input_shape))
+              if space.depth_rules else [])
     bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module),
-                       sparsity=search_sparsity)
+                       sparsity=search_sparsity, blocks=[b.name for b in blocks])
     if not bound.distributions and bound.student_space is None:
         raise RunError(f"the search space {space_src} leaves nothing to search for this model")
     prepared = Prepared(data, baseline, bound, LatencyModel(profile))

@@ -1,6 +1,6 @@
-"""Compression transforms: students, channel pruning, low-rank factorization, sparsity and
-mixed precision, each a config type with one handler, applied by one pipeline
-(:func:`compress`)."""
+"""Compression transforms: students, dropped residual branches, channel pruning, low-rank
+factorization, sparsity and mixed precision, each a config type with one handler, applied by
+one pipeline (:func:`compress`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from autocompress.transforms._channels import (
     kept_channels,
     prune_channels,
 )
+from autocompress.transforms._depth import ResidualBlock, drop_blocks, find_residual_blocks
 from autocompress.transforms._handlers import QAT_LR_FACTOR
 from autocompress.transforms._importance import GradientStatistics, gradient_statistics
 from autocompress.transforms._lowrank import (
@@ -62,14 +63,17 @@ __all__ = [
     "FactorizedLayer",
     "Precision",
     "QatHandle",
+    "ResidualBlock",
     "apply_sparsity",
     "classifier_layer",
     "compress",
+    "drop_blocks",
     "exported_precisions",
     "factor_names",
     "factorize_layer",
     "full_rank",
     "find_channel_groups",
+    "find_residual_blocks",
     "gradient_statistics",
     "finish_qat",
     "fold_batchnorms",

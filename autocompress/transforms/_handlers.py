@@ -1,11 +1,11 @@
 """The handlers of the built-in transforms, and the training phase that runs them.
 
 Order of a candidate's transforms (:meth:`~autocompress.space.Candidate.transforms`): a
-student replaces the network; channels are pruned; layers are factorized into two smaller
-ones (low rank, on the pruned shapes); sparsity zeroes the smallest weights and
-keeps them zero while the network trains; quantization fake-quantizes int8 layers during a
-quantization-aware finetune (``qat``) and rewrites the exported graph with ONNX Runtime's
-tools (both ``ptq`` and ``qat``).
+student replaces the network; residual branches are dropped; channels are pruned; layers are
+factorized into two smaller ones (low rank, on the pruned shapes); sparsity zeroes the
+smallest weights and keeps them zero while the network trains; quantization fake-quantizes
+int8 layers during a quantization-aware finetune (``qat``) and rewrites the exported graph
+with ONNX Runtime's tools (both ``ptq`` and ``qat``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 
 from autocompress.data import DataSplit
-from autocompress.space import ChannelPruning, LowRank, Quantization, Sparsity, Student
+from autocompress.space import ChannelPruning, Depth, LowRank, Quantization, Sparsity, Student
 from autocompress.space._candidate import DATA_IMPORTANCES, EVERY
 from autocompress.transforms._channels import find_channel_groups, prune_channels
+from autocompress.transforms._depth import drop_blocks
 from autocompress.transforms._importance import training_statistics
 from autocompress.transforms._lowrank import factor_names, low_rank, rename_layers
 from autocompress.transforms._pipeline import (
@@ -64,6 +66,28 @@ class StudentHandler(TransformHandler[Student]):
             groups = ([g.name for g in find_channel_groups(model.module, model.example_input)]
                       if EVERY in candidate.channel_keep else [])
             model.candidate = candidate.resolved(groups, sparsifiable_layers(model.module))
+
+
+@register_transform(Depth)
+class DepthHandler(TransformHandler[Depth]):
+    """Drops the named residual branches (the network becomes a ``torch.fx.GraphModule``
+    whose layers keep their names); what the candidate says of layers and channel groups
+    that went with them is dropped too."""
+
+    def build(self, model: CompressedModel, config: Depth) -> None:
+        before = {name for name, _ in model.module.named_modules()}
+        model.module = drop_blocks(model.module, config.drop, model.example_input).eval()
+        gone = before - {name for name, _ in model.module.named_modules()}
+        model.state["depth_removed"] = tuple(sorted(gone))
+        candidate = model.candidate
+
+        def kept(mapping: Mapping[str, Any]) -> dict[str, Any]:
+            return {name: value for name, value in mapping.items() if name not in gone}
+
+        model.candidate = replace(
+            candidate, channel_keep=kept(candidate.channel_keep),
+            sparsity=kept(candidate.sparsity), precision=kept(candidate.precision),
+            rank=kept(candidate.rank))
 
 
 @register_transform(ChannelPruning)

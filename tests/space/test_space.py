@@ -454,3 +454,39 @@ def test_unknown_importance_lists_the_criteria() -> None:
     with pytest.raises(SearchSpaceError, match="channels.importance.*apoz.*l1, l2, "
                                                "taylor, obd, activation"):
         _space([{"match": "*", "keep_ratio": 0.5}], importance={"choices": ["apoz"]})
+
+
+DEPTH_BLOCKS = ["layer1.1", "layer1.2", "layer2.1"]
+
+
+def test_the_depth_space_searches_each_block_kept_or_dropped() -> None:
+    space = SearchSpace.from_yaml(Path(__file__).parents[2] / "search_spaces" / "depth.yaml")
+    bound = space.for_device(8, "test").bind(["conv1", "layer2.1.conv1"], [],
+                                             blocks=DEPTH_BLOCKS)
+    assert bound.distributions["depth/layer1.2"] == optuna.distributions.CategoricalDistribution(
+        (0.0, 1.0))
+    # the uniform pruning keeps every block; the smallest network drops them all
+    assert bound.uniform(0.5).depth == {}
+    assert bound.extreme("min").dropped_blocks == tuple(DEPTH_BLOCKS)
+    trial = optuna.create_study().ask()
+    sampled = bound.sample(trial)
+    assert set(sampled.depth) == set(DEPTH_BLOCKS)
+    assert bound.candidate_from_params(trial.params) == sampled
+
+
+def test_a_depth_rule_fixed_at_zero_drops_its_block_in_every_candidate() -> None:
+    space = SearchSpace.from_dict({
+        "format_version": 1,
+        "channels": {"rules": [{"match": "*", "keep_ratio": {"low": 0.5, "high": 1.0}}]},
+        "depth": {"rules": [{"match": "layer1.*", "keep": 0},
+                            {"match": "*", "keep": {"choices": [0, 1]}}]}})
+    bound = space.bind(["conv1"], [], blocks=DEPTH_BLOCKS)
+    assert set(bound.distributions) == {"keep_ratio/conv1", "depth/layer2.1"}
+    assert bound.uniform(0.5).dropped_blocks == ("layer1.1", "layer1.2")
+
+
+@pytest.mark.parametrize("keep", [0.5, {"low": 0, "high": 1}, {"choices": [0, 0.5]}])
+def test_depth_keep_is_zero_or_one(keep: object) -> None:
+    with pytest.raises(SearchSpaceError, match=r"depth.rules.*keep is 1 .*or 0"):
+        SearchSpace.from_dict({"format_version": 1, "depth": {
+            "rules": [{"match": "*", "keep": keep}]}})

@@ -133,3 +133,40 @@ def test_losses_scored_in_context_keep_apart_groups_that_only_hurt_together() ->
     # every proposal scored is the network pruned so far with one cut added
     assert scored[0] == dict.fromkeys(ALONE, 1.0)
     assert all(sum(k < 1.0 for k in keep.values()) <= 2 for keep in scored)
+
+
+def test_a_block_dropped_whole_when_that_saves_most_per_score_lost() -> None:
+    """A residual block whose removal saves 3 ms for 0.02 of score competes with channel
+    groups, and is dropped before any group is thinned far."""
+    block = GroupSensitivity("block", "depth/block", (0.0, 1.0), {0.0: BASE_SCORE - 0.02,
+                             1.0: BASE_SCORE}, {0.0: BASE_MS - 3.0, 1.0: BASE_MS}, "depth")
+
+    def latency(candidate: Candidate) -> float:
+        dropped = 3.0 if candidate.depth.get("block", 1.0) == 0.0 else 0.0
+        return _latency(candidate.channel_keep) - dropped
+
+    found = allocate([*_groups(), block], Candidate(channel_keep=dict.fromkeys(COST, 1.0)),
+                     7.0, latency)
+    assert found is not None and found.latency_ms <= 7.0
+    assert found.keep["block"] == 0.0 and found.params["depth/block"] == 0.0
+    assert found.keep["costly"] == 1.0
+
+
+def test_measuring_sensitivity_drops_each_block_alone() -> None:
+    from autocompress.space import SearchSpace
+    from autocompress.study._allocation import measure_sensitivity
+
+    space = SearchSpace.from_dict({"format_version": 1, "depth": {
+        "rules": [{"match": "*", "keep": {"choices": [0, 1]}}]}})
+    bound = space.bind([], [], blocks=["b1", "b2"])
+    seen: list[tuple[str, ...]] = []
+
+    def evaluate(candidate: Candidate) -> tuple[float, float]:
+        seen.append(candidate.dropped_blocks)
+        return 0.9 - 0.1 * len(candidate.dropped_blocks), 5.0 - len(candidate.dropped_blocks)
+
+    groups = measure_sensitivity(bound, evaluate)
+    assert [(g.group, g.kind, g.ratios) for g in groups] == [
+        ("b1", "depth", (0.0, 1.0)), ("b2", "depth", (0.0, 1.0))]
+    assert seen == [(), ("b1",), ("b2",)]
+    assert groups[0].latency_at(0.0) == 4.0

@@ -422,3 +422,22 @@ def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_no
     assert sorted(asked) == [0, 1, 2]
     # without a device to measure on, the estimate decides
     assert [c.params["x"] for c in screening.choose(2)] == [0, 3]
+
+
+def test_a_search_with_depth_drops_blocks_to_meet_a_budget_channels_alone_cannot(
+        config, finished, tmp_path) -> None:
+    """Below what thinning every layer can reach, the depth space still finds models: the
+    allocation drops residual blocks, and the search records and exports them."""
+    fastest_channels = RunFolder.open(config.out).run.fastest_estimate_ms
+    space = Path(__file__).parents[2] / "search_spaces" / "depth.yaml"
+    out = tmp_path / "depth"
+    front = search(replace(config, out=out, space=space, trials=2, screen=6,
+                           latency_budget_ms=fastest_channels * 0.9))
+    info = RunFolder.open(out).run
+    assert info.fastest_estimate_ms < fastest_channels * 0.9
+    assert info.allocation is not None and info.allocation.latency_ms <= info.budget.latency_ms
+    assert any(k.startswith("depth/") and v == 0.0 for k, v in info.allocation.params.items())
+    finetuned = [r for r in _records(out).values() if r.finetuned]
+    assert finetuned and all(r.candidate.dropped_blocks for r in finetuned)
+    assert all(r.latency_ms <= info.budget.latency_ms for r in finetuned)
+    assert len(front) >= 1

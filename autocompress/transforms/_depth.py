@@ -1,0 +1,193 @@
+"""Depth: dropping whole residual branches, ``y = x + f(x)`` becoming ``y = x``.
+
+Channel pruning thins every layer but keeps the network's depth, and on a CPU the layers'
+fixed costs (a kernel launch, a pass over the activations) stay; a latency budget far below
+the model's can only be met by running fewer layers. A residual network tolerates losing
+single blocks (Veit et al., 2016: "Residual networks behave like ensembles of relatively
+shallow networks"; Huang et al., 2016: stochastic depth), and a short finetune recovers
+what is lost. This module finds the branches that can go, in any model ``torch.fx`` traces,
+and removes them; it needs no knowledge of the architecture.
+
+A *residual block* is an addition ``skip + branch`` whose ``branch`` is computed from
+``skip`` alone (through layers with weights; ``nn.Identity`` shortcuts are looked through),
+whose intermediate results nothing else reads, and whose output has ``skip``'s shape (no
+broadcasting). Blocks with a projection shortcut (a strided convolution beside the branch)
+change the shape or read the input through other layers, and are not blocks here: dropping
+them would change the network's interface. A block is named after its layers' common dotted
+prefix (``layer2.1`` in resnet20), so rules can match blocks as they match layers.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from autocompress.exceptions import ModelError
+
+__all__ = ["ResidualBlock", "drop_blocks", "find_residual_blocks"]
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    """A residual branch that can be dropped: its name (the common prefix of ``layers``),
+    the traced addition that merges it, and the modules it runs."""
+
+    name: str
+    add: str
+    layers: tuple[str, ...]
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
+        raise ModelError(
+            f"depth rules need a model torch.fx can trace, and {type(model).__name__} cannot "
+            f"be traced ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            "; remove the depth section from the search space for this model") from exc
+
+
+def _operands(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The two tensor operands of a plain addition (``a + b``, ``torch.add(a, b)``,
+    ``a.add(b)``), else ``None``."""
+    is_add = ((node.op == "call_function" and node.target in _ADDS)
+              or (node.op == "call_method" and node.target in ("add", "add_")))
+    if not is_add or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+        return a, b
+    return None
+
+
+def _source(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """``node`` seen through ``nn.Identity`` calls."""
+    while (node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.Identity)
+           and len(node.all_input_nodes) == 1):
+        node = node.all_input_nodes[0]
+    return node
+
+
+def _branch(skip: fx.Node, out: fx.Node) -> set[fx.Node] | None:
+    """The nodes computing ``out`` from ``skip``, or ``None`` when ``out`` reads anything
+    else (another input, an activation from elsewhere) or does not depend on ``skip``."""
+    found: set[fx.Node] = set()
+    stack, reached = [out], False
+    while stack:
+        node = stack.pop()
+        if node is skip:
+            reached = True
+            continue
+        if node in found or node.op == "get_attr":
+            continue
+        if node.op in ("placeholder", "output"):
+            return None
+        found.add(node)
+        stack.extend(node.all_input_nodes)
+    return found if reached else None
+
+
+def _prefix(names: Iterable[str]) -> str:
+    parts = [name.split(".") for name in names]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _blocks(traced: fx.GraphModule, example_input: torch.Tensor) -> list[ResidualBlock]:
+    modules = dict(traced.named_modules())
+    with torch.no_grad():
+        ShapeProp(traced).propagate(example_input)
+    found: list[ResidualBlock] = []
+    names: set[str] = set()
+    for node in traced.graph.nodes:
+        operands = _operands(node)
+        if operands is None:
+            continue
+        for skip, out in (operands, operands[::-1]):
+            branch = _branch(_source(skip, modules), out)
+            if branch is None or any(user is not node and user not in branch
+                                     for n in branch for user in n.users):
+                continue
+            layers = tuple(str(n.target) for n in traced.graph.nodes
+                           if n in branch and n.op == "call_module")
+            weighted = [name for name in layers
+                        if any(True for _ in modules[name].parameters(recurse=False))]
+            shapes = [n.meta.get("tensor_meta") for n in (skip, out)]
+            if not weighted or None in shapes or shapes[0].shape != shapes[1].shape:
+                continue
+            name = _prefix(weighted) or node.name
+            if name in names:
+                name = f"{name}:{node.name}"
+            names.add(name)
+            found.append(ResidualBlock(name, node.name, layers))
+            break
+    return found
+
+
+def find_residual_blocks(model: nn.Module, example_input: torch.Tensor
+                         ) -> list[ResidualBlock]:
+    """The residual blocks of ``model`` (see the module doc), in the order they run.
+
+    Raises:
+        ModelError: ``model`` cannot be traced by ``torch.fx``.
+    """
+    return _blocks(_trace(model), example_input)
+
+
+def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Tensor
+                ) -> fx.GraphModule:
+    """A copy of ``model`` (a ``torch.fx.GraphModule`` sharing no state with it, its layers
+    keeping their names) without the residual branches named in ``names``: each block's
+    output is its input.
+
+    Raises:
+        ModelError: ``model`` cannot be traced, or ``names`` holds a name that is not one of
+            its residual blocks.
+    """
+    import copy
+
+    traced = _trace(copy.deepcopy(model))
+    blocks = {b.name: b for b in _blocks(traced, example_input)}
+    unknown = sorted(set(names) - set(blocks))
+    if unknown:
+        raise ModelError(f"{type(model).__name__} has no residual block(s) {unknown[:5]}; its "
+                         f"blocks are {sorted(blocks)[:10]}")
+    adds = {blocks[name].add for name in names}
+    for node in list(traced.graph.nodes):
+        if node.name in adds:
+            operands = _operands(node)
+            assert operands is not None
+            modules = dict(traced.named_modules())
+            skip = next(s for s, o in (operands, operands[::-1])
+                        if _branch(_source(s, modules), o) is not None)
+            node.replace_all_uses_with(skip)
+            traced.graph.erase_node(node)
+    traced.graph.eliminate_dead_code()
+    traced.delete_all_unused_submodules()
+    _out_of_place(traced)
+    traced.recompile()
+    return traced
+
+
+def _out_of_place(traced: fx.GraphModule) -> None:
+    """Make in-place activations write new tensors. What followed a dropped addition (the
+    ReLU after resnet's ``out + x``) now reads the previous block's output, which that
+    block's own activation saved for its gradient: changing it in place would break the
+    backward pass."""
+    for module in traced.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False  # type: ignore[assignment]
+    for node in traced.graph.nodes:
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}

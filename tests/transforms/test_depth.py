@@ -1,0 +1,164 @@
+"""Dropping residual branches: which additions are blocks, what dropping one does to the
+network, and how the other transforms follow (on resnet20 and small models built here)."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from autocompress.exceptions import ModelError, SearchSpaceError
+from autocompress.hardware.export import export_onnx
+from autocompress.models.cifar_resnet import resnet20
+from autocompress.space import Candidate
+from autocompress.transforms import compress, drop_blocks, find_residual_blocks
+
+X = torch.zeros(1, 3, 32, 32)
+IDENTITY_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1",
+                   "layer3.2"]
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return resnet20(num_classes=10).eval()
+
+
+def _convs(module: nn.Module) -> int:
+    graph = onnx.load_from_string(export_onnx(module, X)).graph
+    return sum(node.op_type == "Conv" for node in graph.node)
+
+
+def test_resnet20_has_a_block_per_identity_shortcut(model) -> None:
+    blocks = find_residual_blocks(model, X)
+    # the first block of stages 2 and 3 changes the shape through a projection: not a block
+    assert [b.name for b in blocks] == IDENTITY_BLOCKS
+    assert blocks[3].layers == ("layer2.1.conv1", "layer2.1.bn1", "layer2.1.relu",
+                                "layer2.1.conv2", "layer2.1.bn2")
+
+
+def test_a_dropped_block_passes_its_input_through(model) -> None:
+    dropped = drop_blocks(model, ["layer3.2"], X)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.layer3[1](model.layer3[0](model.layer2(model.layer1(
+            model.relu(model.bn1(model.conv1(x)))))))
+        expected = model.fc(torch.flatten(model.avgpool(features), 1))
+        assert torch.allclose(dropped(x), expected, atol=1e-5)
+        assert not torch.allclose(model(x), expected, atol=1e-3)   # the block did something
+    names = {name for name, _ in dropped.named_modules()}
+    assert "layer3.1.conv1" in names and "layer3.2.conv1" not in names
+    assert _convs(dropped) == _convs(model) - 2
+    # the model itself is left whole
+    assert "layer3.2.conv1" in {name for name, _ in model.named_modules()}
+
+
+def test_dropping_an_unknown_block_names_the_blocks_there_are(model) -> None:
+    with pytest.raises(ModelError, match="layer2.1"):
+        drop_blocks(model, ["layer2.0"], X)
+
+
+class _ReadElsewhere(nn.Module):
+    """``x + f(x)`` where ``f(x)`` is also read by the head: dropping it would change more
+    than the addition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.f(x)
+        return (x + branch).mean() + branch.mean()
+
+
+class _Broadcast(nn.Module):
+    """``x + f(x)`` where ``f`` pools to one value per channel: a broadcast, not a block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x)
+
+
+class _TwoInputs(nn.Module):
+    """The branch reads the network's input besides the skip: not computed from it alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.f = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return h + self.f(h * x)
+
+
+class _Plain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(x) + x
+
+
+@pytest.mark.parametrize("module", [_ReadElsewhere(), _Broadcast(), _TwoInputs()],
+                         ids=["read-elsewhere", "broadcast", "two-inputs"])
+def test_additions_that_are_not_blocks(module: nn.Module) -> None:
+    assert find_residual_blocks(module, X) == []
+
+
+def test_a_block_outside_any_submodule_is_named_after_its_layer() -> None:
+    (block,) = find_residual_blocks(_Plain(), X)
+    assert block.name == "f" and block.layers == ("f",)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(drop_blocks(_Plain(), ["f"], X)(x), x)
+
+
+class _Untraceable(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:          # data-dependent control flow: torch.fx cannot trace it
+            return x
+        return -x
+
+
+def test_an_untraceable_model_gets_a_clear_error() -> None:
+    with pytest.raises(ModelError, match=r"torch\.fx.*remove the depth section"):
+        find_residual_blocks(_Untraceable(), X)
+
+
+def test_a_candidate_drops_blocks_before_pruning_channels(model) -> None:
+    candidate = Candidate(depth={"layer1.1": 0.0, "layer3.2": 0.0, "layer3.1": 1.0},
+                          channel_keep={"conv1": 0.5, "layer1.1.conv1": 0.5,
+                                        "layer2.1.conv1": 0.5},
+                          sparsity={"layer3.2.conv2": 0.5}, round_to=8)
+    assert candidate.combines == "depth+channels+sparsity"
+    assert candidate.dropped_blocks == ("layer1.1", "layer3.2")
+    compressed = compress(model, candidate, X)
+    # groups and layers inside a dropped block are gone from the plan; the others are pruned
+    assert compressed.candidate.channel_keep == {"conv1": 0.5, "layer2.1.conv1": 0.5}
+    assert compressed.candidate.sparsity == {}
+    assert compressed.channels["layer2.1.conv1"] == (32, 16)
+    assert "layer1.1.conv1" not in compressed.channels
+    assert _convs(compressed.module) == _convs(model) - 4
+    assert Candidate.from_json(candidate.to_json()) == candidate
+
+
+def test_depth_values_are_kept_or_dropped() -> None:
+    with pytest.raises(SearchSpaceError, match="1 .block kept. or 0"):
+        Candidate(depth={"layer1.1": 0.5})
+    # a candidate without depth keeps its JSON (and hash) as before depth existed
+    assert "depth" not in Candidate(channel_keep={"conv1": 0.5}).to_dict()
+    assert Candidate(depth={"layer1.1": 1.0}).is_identity
+    assert not Candidate(depth={"layer1.1": 0.0}).is_identity
+
+
+def test_a_network_with_dropped_blocks_trains(model) -> None:
+    # the ReLU after a dropped addition reads the previous block's output: in place, it
+    # would overwrite what that block's ReLU saved for the backward pass
+    dropped = drop_blocks(model, ["layer1.1", "layer1.2"], X).train()
+    dropped(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert model.relu.inplace   # the model's own layers are untouched
