@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,12 +415,13 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
 
 # ------------------------------------------------------------------------------ seeding
 
-def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> dict[str, Any]:
+def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32",
+                   drop: Sequence[str] = ()) -> dict[str, Any]:
     """Parameters putting every channel group at the allowed value nearest below ``ratio``,
     every sparsity at its smallest allowed value, every layer at ``precision`` where allowed
     (post-training quantization), no low-rank factorization (the largest rank ratio allowed),
-    every residual block kept
-    and one-shot pruning where the schedule is searched: what a user does by hand."""
+    every residual block kept but those in ``drop`` (where the space lets them go), and
+    one-shot pruning where the schedule is searched: what a user does by hand."""
     params: dict[str, Any] = {}
     if bound.student_space is not None:
         params[KIND_PARAM] = "compressed"
@@ -443,9 +444,9 @@ def uniform_params(bound: BoundSpace, ratio: float, precision: str = "fp32") -> 
     for p in bound.lowrank_params:
         if p.param is not None:
             params[p.param] = max(p.value.grid())
-    for p in bound.depth_params:   # every residual block kept
+    for p in bound.depth_params:
         if p.param is not None:
-            params[p.param] = max(p.value.grid())
+            params[p.param] = min(p.value.grid()) if p.target in drop else max(p.value.grid())
     schedule = bound.schedule_param
     if schedule is not None and schedule.param is not None:
         params[schedule.param] = "oneshot" if "oneshot" in schedule.choices else \
@@ -458,19 +459,35 @@ def seed_params(prepared: Prepared, budget_ms: float,
                 precision: str = "fp32") -> dict[str, Any] | None:
     """Parameters of the uniform pruning (same keep ratio everywhere, every layer at
     ``precision``) that fits closest below the budget: what a user would try by hand, as a
-    first trial. As in the objective, a candidate whose estimate is within
-    :data:`NEAR_BUDGET_MARGIN` of the budget is measured when ``measure`` is given."""
-    channel = [p for p in prepared.bound.channel_params if p.param is not None]
+    first trial. Where the space searches depth and no keep ratio fits with every residual
+    block, blocks are dropped evenly through the network (:func:`evenly`), as few as fit: a
+    shallower network of the same family, thinned uniformly. As in the objective, a
+    candidate whose estimate is within :data:`NEAR_BUDGET_MARGIN` of the budget is measured
+    when ``measure`` is given."""
+    bound = prepared.bound
+    channel = [p for p in bound.channel_params if p.param is not None]
     if not channel:
         return None
     ratios = sorted({v for p in channel for v in p.value.grid()}, reverse=True)
-    for ratio in ratios:
-        params = uniform_params(prepared.bound, ratio, precision)
-        compressed = prepared.compress(prepared.bound.candidate_from_params(params))
-        latency = compressed.estimate(prepared.latency_model).latency_ms
-        if measure is not None and near_budget(latency, budget_ms):
-            latency = measure(compressed.rewrite(compressed.structure_onnx(),
-                                                 prepared.calibration))
-        if latency <= budget_ms:
-            return params
+    blocks = [p.target for p in bound.depth_params
+              if p.param is not None and min(p.value.grid()) == 0.0]
+    for count in range(len(blocks) + 1):
+        for ratio in ratios:
+            params = uniform_params(bound, ratio, precision, drop=evenly(blocks, count))
+            compressed = prepared.compress(bound.candidate_from_params(params))
+            latency = compressed.estimate(prepared.latency_model).latency_ms
+            if measure is not None and near_budget(latency, budget_ms):
+                latency = measure(compressed.rewrite(compressed.structure_onnx(),
+                                                     prepared.calibration))
+            if latency <= budget_ms:
+                return params
     return None
+
+
+def evenly(blocks: Sequence[str], count: int) -> tuple[str, ...]:
+    """``count`` of ``blocks`` (in the order they run) spread evenly through them: the middle
+    of each of ``count`` equal stretches (resnet20's 7 blocks, 3 dropped: one per stage)."""
+    if count <= 0:
+        return ()
+    return tuple(blocks[min(int((i + 0.5) * len(blocks) / count), len(blocks) - 1)]
+                 for i in range(count))

@@ -170,3 +170,13 @@ def test_measuring_sensitivity_drops_each_block_alone() -> None:
         ("b1", "depth", (0.0, 1.0)), ("b2", "depth", (0.0, 1.0))]
     assert seen == [(), ("b1",), ("b2",)]
     assert groups[0].latency_at(0.0) == 4.0
+
+
+def test_blocks_dropped_by_hand_are_spread_evenly() -> None:
+    from autocompress.study._prepare import evenly
+
+    blocks = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1",
+              "layer3.2"]
+    assert evenly(blocks, 0) == ()
+    assert evenly(blocks, 3) == ("layer1.1", "layer2.1", "layer3.1")   # one per stage
+    assert all(len(set(evenly(blocks, k))) == k for k in range(len(blocks) + 1))
