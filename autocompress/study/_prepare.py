@@ -24,7 +24,7 @@ from autocompress.hardware.backends import backend_for, is_local
 from autocompress.hardware.drift import DriftCheck, measure_beside
 from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import describe_device
-from autocompress.hardware.profiler import GRID_NAME, profile_backend
+from autocompress.hardware.profiler import GRID_NAME, profile_backend, upgrade_profile
 from autocompress.models import resolve_model
 from autocompress.settings import NO_AUGMENTATION, STANDARD_AUGMENTATION, Augmentation
 from autocompress.space import DEFAULT_SPACE_PATH, BoundSpace, Candidate, SearchSpace
@@ -257,6 +257,16 @@ def local_profile(threads: int, precisions: tuple[str, ...] = ("fp32",)) -> Path
     key = hashlib.sha256(repr(material).encode()).hexdigest()[:12]
     path = cache_dir("profiles") / f"onnxruntime-t{threads}-{key}.json"
     if path.is_file():
+        # a profile cached by an older autocompress gets what profiling records today (the
+        # layout block read from ONNX Runtime's graph: a sweep taken in a slow spell may read
+        # none); nothing is measured again that it holds
+        before = HardwareProfile.load(path)
+        after = upgrade_profile(path)
+        if (after.layout_block, len(after.kernels), len(after.channel_sweep)) != (
+                before.layout_block, len(before.kernels), len(before.channel_sweep)):
+            _logger.info("cached profile %s: recorded what profiling adds today (layout "
+                         "block %d, %d kernels more)", path, after.layout_block,
+                         len(after.kernels) - len(before.kernels))
         return path
     _logger.info("profiling this CPU with ONNX Runtime (%d thread(s), %s); done once, cached "
                  "at %s", threads, "+".join(precisions), path)

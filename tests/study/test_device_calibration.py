@@ -98,3 +98,29 @@ def test_a_search_on_a_calibrated_remote_profile_applies_its_calibration(
     assert device.baseline.latency_ms == pytest.approx(
         device.calibration.offset_ms + device.calibration.scale * raw.baseline.latency_ms)
     assert device.budget.latency_ms == pytest.approx(device.baseline.latency_ms / 2)
+
+
+def test_a_cached_local_profile_is_brought_up_to_date(synthetic_profile, tmp_path,
+                                                      monkeypatch) -> None:
+    """The profile of this machine is measured once; a copy cached by an older autocompress
+    gets what profiling records today (its layout block) the next time a search reads it."""
+    from autocompress.study import _prepare
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
+    profiled: list[Path] = []
+    upgraded: list[Path] = []
+
+    def profile_backend(backend, path, **_: object) -> None:
+        profiled.append(Path(path))
+        shutil.copy(synthetic_profile, path)
+
+    def upgrade_profile(path):
+        upgraded.append(Path(path))
+        return HardwareProfile.load(path)
+
+    monkeypatch.setattr(_prepare, "profile_backend", profile_backend)
+    monkeypatch.setattr(_prepare, "upgrade_profile", upgrade_profile)
+    first = _prepare.local_profile(1)
+    assert profiled == [first] and upgraded == []
+    assert _prepare.local_profile(1) == first
+    assert profiled == [first] and upgraded == [first]
