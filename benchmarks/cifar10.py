@@ -46,7 +46,11 @@ screening score, and of the accuracy right after pruning, with the finetuned acc
 the baseline no fp32 channel pruning reaches the budget on a CPU whose convolutions run in
 blocks of 16 channels (resnet20's first stage has 16); with
 ``--space search_spaces/mixed_precision.yaml`` the hand-made reference is what a user would
-then do by hand: uniform pruning quantized all-int8, the search's int8 seed trial.
+then do by hand: uniform pruning quantized all-int8, the search's int8 seed trial. With
+``--space search_spaces/depth.yaml`` whole residual blocks may go as well; the hand-made
+reference is then a shallower resnet thinned uniformly (the search's seed trial: as few
+blocks dropped as fit, spread evenly, every channel group at one keep ratio). Rows record the
+blocks each exported model dropped (``dropped_blocks``).
 """
 
 from __future__ import annotations
@@ -228,7 +232,8 @@ def run_search(cell: Cell, approach: str) -> Outcome:
         raise SystemExit(f"{approach}: {result.message}")
     front = load_front(out)
     extra = {"search_accuracy": result.member.accuracy, "hypervolume": front.hypervolume(),
-             "front_size": len(front), "picked_trial": result.member.trial}
+             "front_size": len(front), "picked_trial": result.member.trial,
+             "dropped_blocks": " ".join(result.member.candidate.dropped_blocks)}
     if approach.startswith("search"):
         extra.update(screening_correlations(cell, out))
     return Outcome(approach, result.refined.deployed.onnx, result.refined.deployed.accuracy,
@@ -252,7 +257,8 @@ def run_seed_trial(cell: Cell, approach: str) -> Outcome:
     keep = sorted(set(member.candidate.channel_keep.values()))
     return Outcome(approach, refined.deployed.onnx, refined.deployed.accuracy,
                    cell.total_steps, time.perf_counter() - start,
-                   {"keep_ratios": " ".join(f"{k:g}" for k in keep)})
+                   {"keep_ratios": " ".join(f"{k:g}" for k in keep),
+                    "dropped_blocks": " ".join(member.candidate.dropped_blocks)})
 
 
 def _study(folder: RunFolder) -> Any:
