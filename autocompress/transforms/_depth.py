@@ -19,8 +19,9 @@ prefix (``layer2.1`` in resnet20), so rules can match blocks as they match layer
 
 from __future__ import annotations
 
+import copy
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,12 +105,12 @@ def _prefix(names: Iterable[str]) -> str:
     return ".".join(common)
 
 
-def _blocks(traced: fx.GraphModule, example_input: torch.Tensor) -> list[ResidualBlock]:
+def _branches(traced: fx.GraphModule
+              ) -> Iterator[tuple[fx.Node, fx.Node, fx.Node, tuple[str, ...]]]:
+    """Every addition of ``traced`` that merges a branch computed from the other operand
+    alone and read nowhere else: (the addition, the skip operand, the branch's output, the
+    modules the branch runs); shapes are not checked here."""
     modules = dict(traced.named_modules())
-    with torch.no_grad():
-        ShapeProp(traced).propagate(example_input)
-    found: list[ResidualBlock] = []
-    names: set[str] = set()
     for node in traced.graph.nodes:
         operands = _operands(node)
         if operands is None:
@@ -121,17 +122,37 @@ def _blocks(traced: fx.GraphModule, example_input: torch.Tensor) -> list[Residua
                 continue
             layers = tuple(str(n.target) for n in traced.graph.nodes
                            if n in branch and n.op == "call_module")
-            weighted = [name for name in layers
-                        if any(True for _ in modules[name].parameters(recurse=False))]
-            shapes = [n.meta.get("tensor_meta") for n in (skip, out)]
-            if not weighted or None in shapes or shapes[0].shape != shapes[1].shape:
-                continue
-            name = _prefix(weighted) or node.name
-            if name in names:
-                name = f"{name}:{node.name}"
-            names.add(name)
-            found.append(ResidualBlock(name, node.name, layers))
-            break
+            if any(any(True for _ in modules[name].parameters(recurse=False))
+                   for name in layers):
+                yield node, skip, out, layers
+                break
+
+
+def _owner(node: fx.Node) -> str:
+    """The module whose ``forward`` runs ``node`` (``""``: the model's own)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(next(reversed(stack.values()))[0]) if stack else ""
+
+
+def _blocks(traced: fx.GraphModule, example_input: torch.Tensor
+            ) -> list[tuple[ResidualBlock, str]]:
+    """The residual blocks, each with the module whose ``forward`` adds it."""
+    modules = dict(traced.named_modules())
+    with torch.no_grad():
+        ShapeProp(traced).propagate(example_input)
+    found: list[tuple[ResidualBlock, str]] = []
+    names: set[str] = set()
+    for node, skip, out, layers in _branches(traced):
+        shapes = [n.meta.get("tensor_meta") for n in (skip, out)]
+        if None in shapes or shapes[0].shape != shapes[1].shape:
+            continue
+        weighted = [name for name in layers
+                    if any(True for _ in modules[name].parameters(recurse=False))]
+        name = _prefix(weighted) or node.name
+        if name in names:
+            name = f"{name}:{node.name}"
+        names.add(name)
+        found.append((ResidualBlock(name, node.name, layers), _owner(node)))
     return found
 
 
@@ -142,52 +163,79 @@ def find_residual_blocks(model: nn.Module, example_input: torch.Tensor
     Raises:
         ModelError: ``model`` cannot be traced by ``torch.fx``.
     """
-    return _blocks(_trace(model), example_input)
+    return [block for block, _ in _blocks(_trace(model), example_input)]
 
 
 def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Tensor
-                ) -> fx.GraphModule:
-    """A copy of ``model`` (a ``torch.fx.GraphModule`` sharing no state with it, its layers
-    keeping their names) without the residual branches named in ``names``: each block's
-    output is its input.
+                ) -> nn.Module:
+    """A copy of ``model`` (sharing no state with it) without the residual branches named in
+    ``names``: each block's output is its input.
+
+    Only the module whose ``forward`` adds a dropped branch (resnet's ``BasicBlock``,
+    torchvision's ``InvertedResidual``) is replaced, by a ``torch.fx.GraphModule`` of itself
+    without the branch; every other module stays as it was, so the exported graph keeps
+    the layers' names (ONNX node scopes follow the module calls) and int8 and other
+    per-layer rules still find them.
 
     Raises:
         ModelError: ``model`` cannot be traced, or ``names`` holds a name that is not one of
             its residual blocks.
     """
-    import copy
-
-    traced = _trace(copy.deepcopy(model))
-    blocks = {b.name: b for b in _blocks(traced, example_input)}
-    unknown = sorted(set(names) - set(blocks))
+    model = copy.deepcopy(model)
+    found = {block.name: (block, owner) for block, owner in _blocks(_trace(model),
+                                                                    example_input)}
+    unknown = sorted(set(names) - set(found))
     if unknown:
         raise ModelError(f"{type(model).__name__} has no residual block(s) {unknown[:5]}; its "
-                         f"blocks are {sorted(blocks)[:10]}")
-    adds = {blocks[name].add for name in names}
-    for node in list(traced.graph.nodes):
-        if node.name in adds:
-            operands = _operands(node)
-            assert operands is not None
-            modules = dict(traced.named_modules())
-            skip = next(s for s, o in (operands, operands[::-1])
-                        if _branch(_source(s, modules), o) is not None)
+                         f"blocks are {sorted(found)[:10]}")
+    by_owner: dict[str, list[ResidualBlock]] = {}
+    for name in names:
+        block, owner = found[name]
+        by_owner.setdefault(owner, []).append(block)
+    # the deepest owners first: an owner's trace then runs through what replaced the others
+    for owner in sorted(by_owner, key=lambda o: -len(o.split("."))):
+        replaced = _without(model.get_submodule(owner), owner, by_owner[owner])
+        if not owner:
+            model = replaced
+        else:
+            parent, _, attribute = owner.rpartition(".")
+            setattr(model.get_submodule(parent), attribute, replaced)
+    _out_of_place(model)
+    return model
+
+
+def _without(module: nn.Module, owner: str, blocks: Sequence[ResidualBlock]
+             ) -> fx.GraphModule:
+    """``module`` (named ``owner`` in the model) traced, without the branches of
+    ``blocks``."""
+    traced = _trace(module)
+    prefix = f"{owner}." if owner else ""
+    wanted = {block.layers for block in blocks}
+    dropped = 0
+    for node, skip, _, layers in list(_branches(traced)):
+        if tuple(prefix + layer for layer in layers) in wanted:
             node.replace_all_uses_with(skip)
             traced.graph.erase_node(node)
+            dropped += 1
+    if dropped != len(blocks):   # not expected: the module traces as it did in the model
+        raise ModelError(f"{owner or type(module).__name__}: found {dropped} of the "
+                         f"{len(blocks)} residual branches to drop when tracing it alone")
     traced.graph.eliminate_dead_code()
     traced.delete_all_unused_submodules()
-    _out_of_place(traced)
     traced.recompile()
     return traced
 
 
-def _out_of_place(traced: fx.GraphModule) -> None:
+def _out_of_place(model: nn.Module) -> None:
     """Make in-place activations write new tensors. What followed a dropped addition (the
-    ReLU after resnet's ``out + x``) now reads the previous block's output, which that
-    block's own activation saved for its gradient: changing it in place would break the
-    backward pass."""
-    for module in traced.modules():
+    ReLU after resnet's ``out + x``, or the next block) now reads the previous block's
+    output, which that block's own activation may have saved for its gradient: changing it
+    in place would break the backward pass."""
+    for module in model.modules():
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False  # type: ignore[assignment]
-    for node in traced.graph.nodes:
-        if node.kwargs.get("inplace") is True:
-            node.kwargs = {**node.kwargs, "inplace": False}
+        if isinstance(module, fx.GraphModule):
+            for node in module.graph.nodes:
+                if node.kwargs.get("inplace") is True:
+                    node.kwargs = {**node.kwargs, "inplace": False}
+            module.recompile()

@@ -70,9 +70,9 @@ class StudentHandler(TransformHandler[Student]):
 
 @register_transform(Depth)
 class DepthHandler(TransformHandler[Depth]):
-    """Drops the named residual branches (the network becomes a ``torch.fx.GraphModule``
-    whose layers keep their names); what the candidate says of layers and channel groups
-    that went with them is dropped too."""
+    """Drops the named residual branches (each module that added one becomes a
+    ``torch.fx.GraphModule`` of itself without it; layers keep their names); what the
+    candidate says of layers and channel groups that went with them is dropped too."""
 
     def build(self, model: CompressedModel, config: Depth) -> None:
         before = {name for name, _ in model.module.named_modules()}

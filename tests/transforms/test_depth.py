@@ -162,3 +162,15 @@ def test_a_network_with_dropped_blocks_trains(model) -> None:
     dropped = drop_blocks(model, ["layer1.1", "layer1.2"], X).train()
     dropped(torch.randn(2, 3, 32, 32)).sum().backward()
     assert model.relu.inplace   # the model's own layers are untouched
+
+
+def test_the_exported_graph_keeps_every_remaining_layer_name(model) -> None:
+    """Only the module that adds a dropped branch is replaced: ONNX node scopes still name
+    every layer, so int8 (and any per-layer rule) finds them."""
+    from autocompress.transforms import onnx_layer_nodes, sparsifiable_layers
+
+    dropped = drop_blocks(model, ["layer1.1", "layer3.2"], X)
+    assert type(dropped) is type(model)
+    graph = onnx.load_from_string(export_onnx(dropped, X))
+    assert set(onnx_layer_nodes(graph)) == set(sparsifiable_layers(dropped))
+    assert "layer1.2.conv1" in onnx_layer_nodes(graph)
