@@ -139,7 +139,7 @@ def _blocks(traced: fx.GraphModule, example_input: torch.Tensor
     """The residual blocks, each with the module whose ``forward`` adds it."""
     modules = dict(traced.named_modules())
     with torch.no_grad():
-        ShapeProp(traced).propagate(example_input)
+        ShapeProp(traced.eval()).propagate(example_input)
     found: list[tuple[ResidualBlock, str]] = []
     names: set[str] = set()
     for node, skip, out, layers in _branches(traced):
@@ -163,7 +163,9 @@ def find_residual_blocks(model: nn.Module, example_input: torch.Tensor
     Raises:
         ModelError: ``model`` cannot be traced by ``torch.fx``.
     """
-    return [block for block, _ in _blocks(_trace(model), example_input)]
+    # a copy: tracing shares the model's layers, and running it in training mode would
+    # update BatchNorm statistics
+    return [block for block, _ in _blocks(_trace(copy.deepcopy(model)), example_input)]
 
 
 def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Tensor
@@ -181,6 +183,7 @@ def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Ten
         ModelError: ``model`` cannot be traced, or ``names`` holds a name that is not one of
             its residual blocks.
     """
+    training = model.training
     model = copy.deepcopy(model)
     found = {block.name: (block, owner) for block, owner in _blocks(_trace(model),
                                                                     example_input)}
@@ -201,7 +204,7 @@ def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Ten
             parent, _, attribute = owner.rpartition(".")
             setattr(model.get_submodule(parent), attribute, replaced)
     _out_of_place(model)
-    return model
+    return model.train(training)
 
 
 def _without(module: nn.Module, owner: str, blocks: Sequence[ResidualBlock]

@@ -3,6 +3,8 @@ network, and how the other transforms follow (on resnet20 and small models built
 
 from __future__ import annotations
 
+import copy
+
 import onnx
 import pytest
 import torch
@@ -174,3 +176,11 @@ def test_the_exported_graph_keeps_every_remaining_layer_name(model) -> None:
     graph = onnx.load_from_string(export_onnx(dropped, X))
     assert set(onnx_layer_nodes(graph)) == set(sparsifiable_layers(dropped))
     assert "layer1.2.conv1" in onnx_layer_nodes(graph)
+
+
+def test_finding_blocks_leaves_the_model_as_it_was(model) -> None:
+    trained = copy.deepcopy(model).train()
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    find_residual_blocks(trained, torch.randn(2, 3, 32, 32))
+    assert trained.training
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
