@@ -113,22 +113,22 @@ def measure_sensitivity(bound: BoundSpace, evaluate: Evaluate) -> list[GroupSens
         scores, latencies = {1.0: base_score}, {1.0: base_ms}
         for ratio in probe:
             scores[ratio], latencies[ratio] = evaluate(
-                _with_block_keep(base, {p.target: ratio}, depth=kind == "depth"))
+                _with_keep(base, {p.target: ratio},
+                           blocks=frozenset({p.target}) if kind == "depth" else frozenset()))
         found.append(GroupSensitivity(p.target, p.param, ratios, scores, latencies, kind))
         _logger.debug("sensitivity of %s: %s", p.target,
                       ", ".join(f"{r:g}: {s:.3f}" for r, s in sorted(scores.items())))
     return found
 
 
-def _with_block_keep(base: Candidate, keep: Mapping[str, float], *, depth: bool = False,
+def _with_keep(base: Candidate, keep: Mapping[str, float], *,
                blocks: frozenset[str] = frozenset()) -> Candidate:
-    """``base`` with the keep ratios of ``keep``: residual blocks (all of ``keep`` with
-    ``depth``, else those named in ``blocks``) kept (1.0) or dropped (0.0), channel groups
-    pruned."""
+    """``base`` with the keep ratios of ``keep``: the residual ``blocks`` kept (1.0) or
+    dropped (0.0), the other names channel groups pruned to their ratio."""
     from dataclasses import replace
 
-    dropped = {k: v for k, v in keep.items() if depth or k in blocks}
-    channels = {k: v for k, v in keep.items() if k not in dropped}
+    dropped = {k: v for k, v in keep.items() if k in blocks}
+    channels = {k: v for k, v in keep.items() if k not in blocks}
     return replace(base, channel_keep={**base.channel_keep, **channels},
                    depth={**base.depth, **dropped})
 
@@ -162,7 +162,7 @@ def allocate(groups: Sequence[GroupSensitivity], base: Candidate, budget_ms: flo
     blocks = frozenset(g.group for g in groups if g.kind == "depth")
 
     def with_keep(base: Candidate, keep: Mapping[str, float]) -> Candidate:
-        return _with_block_keep(base, keep, blocks=blocks)
+        return _with_keep(base, keep, blocks=blocks)
 
     def keep(**change: float) -> dict[str, float]:
         return {**{g: by_name[g].ratios[i] for g, i in index.items()}, **change}

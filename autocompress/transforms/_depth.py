@@ -105,6 +105,12 @@ def _prefix(names: Iterable[str]) -> str:
     return ".".join(common)
 
 
+def _weighted(modules: dict[str, nn.Module], layers: Iterable[str]) -> list[str]:
+    """The ``layers`` that hold weights of their own."""
+    return [name for name in layers
+            if any(True for _ in modules[name].parameters(recurse=False))]
+
+
 def _branches(traced: fx.GraphModule
               ) -> Iterator[tuple[fx.Node, fx.Node, fx.Node, tuple[str, ...]]]:
     """Every addition of ``traced`` that merges a branch computed from the other operand
@@ -122,8 +128,7 @@ def _branches(traced: fx.GraphModule
                 continue
             layers = tuple(str(n.target) for n in traced.graph.nodes
                            if n in branch and n.op == "call_module")
-            if any(any(True for _ in modules[name].parameters(recurse=False))
-                   for name in layers):
+            if _weighted(modules, layers):
                 yield node, skip, out, layers
                 break
 
@@ -146,9 +151,7 @@ def _blocks(traced: fx.GraphModule, example_input: torch.Tensor
         shapes = [n.meta.get("tensor_meta") for n in (skip, out)]
         if None in shapes or shapes[0].shape != shapes[1].shape:
             continue
-        weighted = [name for name in layers
-                    if any(True for _ in modules[name].parameters(recurse=False))]
-        name = _prefix(weighted) or node.name
+        name = _prefix(_weighted(modules, layers)) or node.name
         if name in names:
             name = f"{name}:{node.name}"
         names.add(name)
@@ -238,7 +241,9 @@ def _out_of_place(model: nn.Module) -> None:
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False  # type: ignore[assignment]
         if isinstance(module, fx.GraphModule):
-            for node in module.graph.nodes:
-                if node.kwargs.get("inplace") is True:
-                    node.kwargs = {**node.kwargs, "inplace": False}
-            module.recompile()
+            changed = [node for node in module.graph.nodes
+                       if node.kwargs.get("inplace") is True]
+            for node in changed:
+                node.kwargs = {**node.kwargs, "inplace": False}
+            if changed:
+                module.recompile()
