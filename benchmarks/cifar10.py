@@ -51,6 +51,11 @@ then do by hand: uniform pruning quantized all-int8, the search's int8 seed tria
 reference is then a shallower resnet thinned uniformly (the search's seed trial: as few
 blocks dropped as fit, spread evenly, every channel group at one keep ratio). Rows record the
 blocks each exported model dropped (``dropped_blocks``).
+
+``--finetune-distill kl`` trains every approach's finetunes (the search's trials, its pick,
+the uniform pruning and the allocation) from the baseline's outputs as well as the labels
+(the search's ``--finetune-distill``); rows record it in ``finetune_distill`` and the report
+keeps such rows apart.
 """
 
 from __future__ import annotations
@@ -168,11 +173,14 @@ class Cell:
     screen: int
     smoke: bool = False
     space: Path | None = None
+    finetune_distill: str = "none"
 
     def run_dir(self, approach: str) -> Path:
         space = f"-{self.space.stem}" if self.space is not None else ""
-        return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}{space}-"
-                         f"seed{self.seed}-{approach}{'-smoke' if self.smoke else ''}")
+        distill = f"-{self.finetune_distill}" if self.finetune_distill != "none" else ""
+        return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}{space}"
+                         f"{distill}-seed{self.seed}-{approach}"
+                         f"{'-smoke' if self.smoke else ''}")
 
 
 def _search(cell: Cell, approach: str, **options: Any) -> Path:
@@ -180,7 +188,8 @@ def _search(cell: Cell, approach: str, **options: Any) -> Path:
     config = dict(model=cell.model, data=cell.spec, checkpoint=cell.checkpoint,
                   latency_budget_ms=cell.budget_ms, trials=cell.trials,
                   finetune_steps=cell.finetune_steps, profile=cell.profile, out=out,
-                  seed=cell.seed, split_seed=0, screen=cell.screen, space=cell.space)
+                  seed=cell.seed, split_seed=0, screen=cell.screen, space=cell.space,
+                  finetune_distill=cell.finetune_distill)
     search(SearchConfig(**{**config, **options}))
     return out
 
@@ -339,7 +348,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
                 local_profile(threads=1, precisions=precisions), args.budget * base_ms,
                 args.total_steps, args.trials, args.finetune_steps, args.screen, args.smoke,
-                args.space)
+                args.space, args.finetune_distill)
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
     outcomes = []
@@ -364,6 +373,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "trials": args.trials, "finetune_steps": args.finetune_steps,
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
+            "finetune_distill": args.finetune_distill,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": commit(),
             "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} "
@@ -380,13 +390,15 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     frame = pd.read_csv(csv)
     space = args.space.name if args.space is not None else "default.yaml"
     spaces = frame["space"].fillna("default.yaml") if "space" in frame else space
+    distills = _distill_column(frame)
     rows = frame.index[(frame["model"] == args.model) & (frame["budget_fraction"] == args.budget)
                        & (frame["seed"] == args.seed) & (spaces == space)
+                       & (distills == args.finetune_distill)
                        & frame["approach"].isin(args.approaches)]
     if rows.empty:
         raise SystemExit(f"no rows of {args.model} at {args.budget}, seed {args.seed} in {csv}")
     cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, 0, 0, 0, 0,
-                args.smoke, args.space)
+                args.smoke, args.space, args.finetune_distill)
     models = []
     for approach in frame.loc[rows, "approach"]:
         path = cell.run_dir(approach) / "exported.onnx"
@@ -409,6 +421,13 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     return frame
 
 
+def _distill_column(frame: pd.DataFrame) -> pd.Series:
+    """How each row's finetunes learned (rows written before the column: ``none``)."""
+    if "finetune_distill" not in frame:
+        return pd.Series("none", index=frame.index)
+    return frame["finetune_distill"].fillna("none")
+
+
 def report(csv: Path, md: Path) -> str:
     """Mean and standard deviation per cell and approach, and what wins."""
     frame = pd.read_csv(csv)
@@ -416,10 +435,11 @@ def report(csv: Path, md: Path) -> str:
     if "space" not in frame:
         frame["space"] = "default.yaml"
     frame["space"] = frame["space"].fillna("default.yaml")
+    frame["finetune_distill"] = _distill_column(frame)
     # the model's latency over the baseline's in the same closing pass: what a slow spell of
     # the machine, which slows both, leaves as it was
     frame["latency_fraction"] = frame["measured_latency_ms"] / frame["baseline_ms"]
-    stats = (frame.groupby(["model", "budget_fraction", "space", "approach"])
+    stats = (frame.groupby(["model", "budget_fraction", "space", "finetune_distill", "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
                   latency_ms=("measured_latency_ms", "mean"),
@@ -433,13 +453,14 @@ def report(csv: Path, md: Path) -> str:
              "`python benchmarks/cifar10.py --report`.", "",
              stats.to_markdown(index=False, floatfmt=".4f"), ""]
     verdicts = []
-    for (model, fraction, space), cell in stats.groupby(["model", "budget_fraction",
-                                                         "space"]):
+    for (model, fraction, space, distill), cell in stats.groupby(
+            ["model", "budget_fraction", "space", "finetune_distill"]):
         by = cell.set_index("approach")
+        setting = space if distill == "none" else f"{space}, finetunes distilled: {distill}"
         if {"search", "uniform"} <= set(by.index):
             gap = by.loc["search", "accuracy_mean"] - by.loc["uniform", "accuracy_mean"]
             noise = max(by.loc["search", "accuracy_std"], by.loc["uniform", "accuracy_std"])
-            verdicts.append(f"- {model} at {fraction:.0%} ({space}): search - uniform = "
+            verdicts.append(f"- {model} at {fraction:.0%} ({setting}): search - uniform = "
                             f"{gap:+.4f} "
                             f"(larger std {noise:.4f}): "
                             + ("the search wins beyond the noise" if gap > noise else
@@ -469,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--screen", type=int, default=100)
+    parser.add_argument("--finetune-distill", choices=("none", "kl"), default="none",
+                        help="every approach's finetunes also learn from the baseline's "
+                             "outputs (the search's --finetune-distill); rows say which")
     parser.add_argument("--space", type=Path, default=None,
                         help="search space of every approach (default: the shipped one)")
     parser.add_argument("--archive", type=Path, default=ARCHIVE)

@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
                         "unstructured sparsity, which only shrinks the model)")
     s.add_argument("--no-allocation", action="store_true",
                    help="do not seed the search with a latency-aware allocation of channels")
+    s.add_argument("--finetune-distill", choices=("none", "kl"), default="none",
+                   help="kl: finetunes (in the search and at pick) also learn from the "
+                        "uncompressed model's outputs (knowledge distillation, T=4, half the "
+                        "loss on the labels); costs one forward pass of that model per step "
+                        "(default: none)")
 
     f = sub.add_parser("front", help="print a run's Pareto front; write front.csv, front.png")
     f.add_argument("run", type=Path)
@@ -275,7 +280,7 @@ def _search(args: argparse.Namespace) -> int:
         threads=args.threads,
         input_shape=args.input_shape, calibrate=not args.no_calibrate, sampler=args.sampler,
         augment=args.augment, screen=args.screen, objectives=args.objectives,
-        allocate=not args.no_allocation,
+        allocate=not args.no_allocation, finetune_distill=args.finetune_distill,
     )
     front = search(config)
     _write_front(front, args.out)

@@ -10,13 +10,31 @@ from typing import Any, Literal
 
 from autocompress._io import write_json_atomic
 from autocompress.exceptions import RunError
+from autocompress.settings import Augmentation, DistillSettings
 from autocompress.study._records import RunIdentity, RunInfo
 
-__all__ = ["OBJECTIVE_SETS", "RunFolder", "SearchConfig", "check_same_identity", "identity",
-           "redact_url", "sha256_file"]
+__all__ = ["FINETUNE_DISTILL", "OBJECTIVE_SETS", "RunFolder", "SearchConfig",
+           "check_same_identity", "finetune_recovery", "identity", "redact_url", "sha256_file"]
 
 #: The objectives a search can trade off.
 OBJECTIVE_SETS = (("accuracy", "latency"), ("accuracy", "latency", "size"))
+#: How a compressed candidate's finetune learns: from the labels only (``none``), or from the
+#: uncompressed model's outputs as well (``kl``: :func:`finetune_recovery`).
+FINETUNE_DISTILL = ("none", "kl")
+
+
+def finetune_recovery(name: str) -> DistillSettings | None:
+    """The distillation losses of a finetune set to ``name`` (one of
+    :data:`FINETUNE_DISTILL`): for ``kl``, Hinton's KL divergence from the uncompressed
+    model's outputs at temperature 4, weighted equally with the cross-entropy on the labels
+    (the students' defaults). The finetune's own settings (steps, learning rate,
+    augmentation) are kept; the uncompressed model runs on every batch."""
+    if name == "none":
+        return None
+    if name == "kl":
+        return DistillSettings(loss="kl", temperature=4.0, alpha=0.5, early_stopping=None)
+    raise RunError(f"--finetune-distill must be one of {', '.join(FINETUNE_DISTILL)}, "
+                   f"got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,9 @@ class SearchConfig:
     objectives: tuple[str, ...] = ("accuracy", "latency")
     #: seed the search with a latency-aware allocation of channels (see _allocation.py)
     allocate: bool = True
+    #: finetunes of compressed candidates (in the search and at ``pick``) learn from the
+    #: labels only (``none``) or also from the uncompressed model's outputs (``kl``)
+    finetune_distill: str = "none"
     #: the training data, as ``data`` (an alias of it; given, it replaces ``data``)
     train_data: str | Any | None = None
     #: separate validation data (a spec or a Dataset): ``data`` is then all training data
@@ -110,9 +131,8 @@ class SearchConfig:
             raise RunError(f"--objectives must be one of "
                            f"{', '.join(','.join(o) for o in OBJECTIVE_SETS)}, got "
                            f"{','.join(self.objectives)!r}")
+        finetune_recovery(self.finetune_distill)
         if self.augment != "auto":
-            from autocompress.settings import Augmentation
-
             try:
                 Augmentation.parse(self.augment)
             except Exception as exc:
@@ -235,6 +255,7 @@ def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
     return RunIdentity(
         augmentation=augmentation, screen=config.screen,
         objectives=tuple(config.objectives), allocate=config.allocate,
+        finetune_distill=config.finetune_distill,
         val_data=spec_name(config.val_data) if config.val_data is not None else None,
         normalize=config.normalize.strip().lower(), resize=config.resize,
         center_crop=config.center_crop, embed_preprocessing=config.embed_preprocessing,

@@ -16,6 +16,7 @@ from autocompress._io import write_bytes_atomic, write_json_atomic
 from autocompress.evaluation import TrainSettings, evaluate_accuracy, model_stats
 from autocompress.exceptions import ExportError, FinetuneDivergedError
 from autocompress.hardware.export import export_onnx
+from autocompress.settings import DistillSettings
 from autocompress.study._config import trial_seed
 from autocompress.study._prepare import NEAR_BUDGET_MARGIN, Prepared, near_budget
 from autocompress.study._records import TrialRecord
@@ -61,6 +62,8 @@ class Objective:
     objectives: tuple[str, ...] = ("accuracy", "latency")
     #: scores an untrained network without training it (recorded before the finetune)
     screen: Callable[[torch.nn.Module], float] | None = None
+    #: finetunes learn from the uncompressed model's outputs too, with these losses
+    recovery: DistillSettings | None = None
     _teacher_logits: torch.Tensor | None = field(default=None, repr=False)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
@@ -91,7 +94,8 @@ class Objective:
             outcome = compressed.train(prepared.data, replace(
                                            self.finetune,
                                            seed=trial_seed(self.finetune.seed, trial.number)),
-                                       teacher_logits=self._shared_teacher_logits(compressed))
+                                       teacher_logits=self._shared_teacher_logits(compressed),
+                                       recovery=self.recovery)
             steps = outcome.steps
             stopped_early = outcome.stopped_early if compressed.candidate.student else None
             deployed = compressed.deploy(prepared.data, prepared.calibration)
@@ -128,9 +132,12 @@ class Objective:
 
     def _shared_teacher_logits(self, compressed: CompressedModel) -> torch.Tensor | None:
         """The teacher's outputs on the training split, computed once per search for the
-        students that can use them (no hints on intermediate features)."""
+        students and finetunes that can use them (no hints, no augmentation: the teacher
+        must see each augmented batch)."""
         student = compressed.candidate.student
-        if student is None or student.distill.needs_teacher_per_batch:
+        distills = (student.distill if student is not None else
+                    self.recovery and replace(self.recovery, training=self.finetune))
+        if distills is None or distills.needs_teacher_per_batch:
             return None
         from autocompress.evaluation._distill import caches_teacher_logits, teacher_logits_for
 

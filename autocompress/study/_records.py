@@ -146,6 +146,8 @@ class RunIdentity:
     screen: int | None = 0
     objectives: tuple[str, ...] = ("accuracy", "latency")
     allocate: bool = False
+    #: how finetunes learned (:data:`~autocompress.study._config.FINETUNE_DISTILL`)
+    finetune_distill: str = "none"
     #: separate validation data (None: a share of ``data``) and the preprocessing settings
     val_data: str | None = None
     normalize: str = "dataset"

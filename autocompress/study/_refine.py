@@ -22,7 +22,7 @@ from autocompress.settings import Augmentation
 from autocompress.space import SearchSpace
 from autocompress.space._candidate import DATA_IMPORTANCES
 from autocompress.study._baseline import BASELINE_TRAINING, prepare_baseline
-from autocompress.study._config import RunFolder, sha256_file, trial_seed
+from autocompress.study._config import RunFolder, finetune_recovery, sha256_file, trial_seed
 from autocompress.study._front import FrontMember
 from autocompress.study._prepare import calibration_inputs, importance_statistics, run_data
 from autocompress.transforms import Deployed, compress
@@ -95,7 +95,8 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
                              seed=trial_seed(ident.seed, member.trial),
                              augmentation=Augmentation.parse(ident.augmentation))
     _logger.info("trial %d: finetuning for %d steps before export", member.trial, steps)
-    outcome = compressed.train(data, settings)
+    outcome = compressed.train(data, settings,
+                               recovery=finetune_recovery(ident.finetune_distill))
     if outcome.stopped_early:
         _logger.info("trial %d: distillation stopped early after %d steps", member.trial,
                      outcome.steps)

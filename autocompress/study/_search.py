@@ -32,6 +32,7 @@ from autocompress.study._config import (
     RunFolder,
     SearchConfig,
     check_same_identity,
+    finetune_recovery,
     identity,
     sha256_file,
 )
@@ -110,6 +111,7 @@ def search(config: SearchConfig) -> ParetoFront:
                                seed=config.seed),   # the run's; each trial's: trial_seed
         trial_dir=setup.folder.trial_dir, measure=measure, objectives=config.objectives,
         screen=screening.score if screening is not None else None,
+        recovery=finetune_recovery(config.finetune_distill),
         on_record=_Progress(setup.study, config.trials, budget_ms))
     _optimize(setup.study, objective, config.trials)
     return load_front(setup.folder.path, storage=config.storage)

@@ -32,6 +32,8 @@ from torch import nn
 
 from autocompress.data import DataSplit
 from autocompress.evaluation import (
+    DistillationLoss,
+    DistillSettings,
     TrainSettings,
     distill,
     evaluate_accuracy,
@@ -199,12 +201,17 @@ class CompressedModel:
         return onnx_bytes
 
     def train(self, data: DataSplit, settings: TrainSettings, *,
-              teacher_logits: torch.Tensor | None = None) -> TrainOutcome:
+              teacher_logits: torch.Tensor | None = None,
+              recovery: DistillSettings | None = None) -> TrainOutcome:
         """Train the module in place the way the search does: a finetune (with the hooks the
         transforms add), or a distillation from the teacher when the candidate is a student.
-        ``teacher_logits`` (the teacher's outputs on ``data.train``) may be shared."""
+        ``teacher_logits`` (the teacher's outputs on ``data.train``) may be shared.
+
+        ``recovery``: the finetune of a compressed (not student) candidate learns from the
+        uncompressed model's outputs as well as from the labels, with these losses (their
+        ``training`` and ``early_stopping`` are not used: ``settings`` train, every step)."""
         self._structure = None  # the weights change; the structure export is rebuilt
-        return _run_training(self, data, settings, teacher_logits)
+        return _run_training(self, data, settings, teacher_logits, recovery)
 
     def deploy(self, data: DataSplit, calibration: Callable[[], np.ndarray]) -> Deployed:
         """Export the trained module as the device runs it and measure its validation
@@ -222,10 +229,12 @@ class CompressedModel:
 
 
 def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettings,
-                 teacher_logits: torch.Tensor | None) -> TrainOutcome:
+                  teacher_logits: torch.Tensor | None,
+                  recovery: DistillSettings | None) -> TrainOutcome:
     """Train ``model.module`` in place: every handler's ``before_training``, then a finetune
-    (or, for a student, a distillation from ``model.teacher`` with the plan's settings and
-    ``settings``' steps and seed), then every ``after_training``."""
+    (from ``model.teacher``'s outputs too with ``recovery``; or, for a student, a
+    distillation from it with the plan's settings and ``settings``' steps and seed), then
+    every ``after_training``."""
     steps = [(config, handler) for handler, config in model._steps()]
     hooks = [h for config, handler in steps
              if (h := handler.before_training(model, config, data)) is not None]
@@ -245,7 +254,11 @@ def _run_training(model: CompressedModel, data: DataSplit, settings: TrainSettin
     student = next((c for c, _ in steps if isinstance(c, Student)), None)
     if student is None:
         settings = replace(settings, lr=settings.lr * lr_factor)
-        train(model.module, data.train, None, settings, on_step=on_step)
+        loss = None
+        if recovery is not None:
+            recovery = replace(recovery, training=settings, early_stopping=None)
+            loss = DistillationLoss(model.teacher, recovery, teacher_logits=teacher_logits)
+        train(model.module, data.train, None, settings, loss=loss, on_step=on_step)
         outcome = TrainOutcome(settings.steps)
     else:
         plan = student.plan

@@ -444,3 +444,32 @@ def test_a_search_with_depth_drops_blocks_to_meet_a_budget_channels_alone_cannot
     assert len(set(first.channel_keep.values())) == 1 and first.dropped_blocks
     assert all(r.latency_ms <= info.budget.latency_ms for r in finetuned)
     assert len(front) >= 1
+
+
+def test_finetunes_learn_from_the_uncompressed_model_when_asked(config, finished, tmp_path,
+                                                                monkeypatch) -> None:
+    """``finetune_distill="kl"``: every finetune step of the search and of ``pick`` runs the
+    distillation loss; the run records the setting and resumes only with it."""
+    from autocompress.transforms import _pipeline
+
+    calls = []
+
+    class Counting(_pipeline.DistillationLoss):
+        def __call__(self, *args, **kwargs):
+            calls.append(self.settings.alpha)
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(_pipeline, "DistillationLoss", Counting)
+    out = tmp_path / "kl"
+    kl = replace(config, out=out, trials=1, screen=0, finetune_steps=6, finetune_distill="kl")
+    search(kl)
+    assert RunFolder.open(out).run.identity.finetune_distill == "kl"
+    assert len(calls) == 6 and set(calls) == {0.5}
+    result = pick(out, RunFolder.open(out).run.budget.latency_ms * 1.5, tmp_path / "export",
+                  finetune_steps=4)
+    assert result.member is not None, result.message
+    assert len(calls) == 10
+    with pytest.raises(RunError, match="finetune_distill"):
+        search(replace(kl, finetune_distill="none"))
+    with pytest.raises(RunError, match="--finetune-distill"):
+        replace(kl, finetune_distill="hints")
