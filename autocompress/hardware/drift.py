@@ -6,7 +6,10 @@ and every model of that pass measured over its budget). A graph whose latency is
 earlier (a run's baseline, measured when the run began; at the start of a run, the estimate
 of a profile measured on this machine) is measured in the same interleaved pass as the
 models; while it is off that latency by more than a tolerance, the pass is taken again after
-a pause, and the pass whose reference came closest is kept.
+a pause, and the pass whose reference came closest is kept. Where the expected latency is an
+estimate (``slower_only``), a reference faster than it is the estimate's error, not the
+machine's: only a slower one is measured again, and the fastest pass is kept, since a slow
+spell only ever adds time.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ _logger = logging.getLogger("autocompress")
 @dataclass(frozen=True)
 class DriftCheck:
     """A reference graph and the latency expected of it (``expected``: where that figure
-    comes from, for the log); a pass whose reference is more than ``tolerance`` off it is
-    taken again after ``pause_s``, up to ``passes`` passes in all."""
+    comes from, for the log); a pass whose reference is more than ``tolerance`` off it
+    (with ``slower_only``: slower than it by more) is taken again after ``pause_s``, up to
+    ``passes`` passes in all."""
 
     onnx: bytes
     latency_ms: float
@@ -35,6 +39,7 @@ class DriftCheck:
     passes: int = 4
     pause_s: float = 30.0
     expected: str = "when first measured"
+    slower_only: bool = False
 
     def __post_init__(self) -> None:
         if self.latency_ms <= 0 or self.passes < 1 or self.tolerance < 0 or self.pause_s < 0:
@@ -45,6 +50,20 @@ class DriftCheck:
     def drift(self, measured_ms: float) -> float:
         """How far ``measured_ms`` is off the reference's expected latency (0.1: 10% slower)."""
         return measured_ms / self.latency_ms - 1.0
+
+    def off(self, measured_ms: float) -> float:
+        """How far off a pass whose reference measured ``measured_ms`` counts: its drift's
+        size, or with ``slower_only`` only its slowness (a faster reference counts 0)."""
+        drift = self.drift(measured_ms)
+        return max(drift, 0.0) if self.slower_only else abs(drift)
+
+    def better(self, measured_ms: float, than_ms: float) -> bool:
+        """Whether a pass whose reference measured ``measured_ms`` is kept over one that
+        measured ``than_ms``: the closer to the expected latency, or with ``slower_only``
+        the faster."""
+        if self.slower_only:
+            return measured_ms < than_ms
+        return abs(self.drift(measured_ms)) < abs(self.drift(than_ms))
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,7 @@ class MeasuredBeside:
 
     @property
     def steady(self) -> bool:
-        return abs(self.drift) <= self.check.tolerance
+        return self.check.off(self.reference_ms) <= self.check.tolerance
 
 
 def measure_beside(backend: Backend, models: Sequence[bytes], check: DriftCheck,
@@ -85,9 +104,9 @@ def measure_beside(backend: Backend, models: Sequence[bytes], check: DriftCheck,
         passes += 1
         found = backend.measure_many([check.onnx, *models], settings, rounds=rounds)
         drift = check.drift(found[0].median_ms)
-        if closest is None or abs(drift) < abs(check.drift(closest[0].median_ms)):
+        if closest is None or check.better(found[0].median_ms, closest[0].median_ms):
             closest = list(found)
-        if abs(drift) <= check.tolerance:
+        if check.off(found[0].median_ms) <= check.tolerance:
             break
         if passes < check.passes:
             _logger.info("the reference measures %.3f ms beside the models, %.3f ms %s: this "

@@ -42,3 +42,20 @@ def test_a_machine_that_stays_off_gives_the_closest_pass_and_a_warning(caplog) -
 def test_a_check_that_cannot_work_is_refused(bad) -> None:
     with pytest.raises(ValueError, match="drift check"):
         DriftCheck(b"ref", **{"latency_ms": 1.0, **bad})
+
+
+def test_against_an_estimate_only_a_slower_reference_is_measured_again() -> None:
+    """``slower_only``: a reference faster than its estimate is the estimate's error and is
+    kept at once; a slower one is measured again, and the fastest pass is kept."""
+    check = DriftCheck(b"ref", 1.0, tolerance=0.1, passes=3, pause_s=0.0, slower_only=True)
+    backend = _Scripted([(0.75, 0.3)])
+    found = measure_beside(backend, [b"m"], check)
+    assert found.passes == 1 and found.steady and found.latencies_ms == (0.3,)
+    backend = _Scripted([(1.17, 0.5), (1.12, 0.48), (1.3, 0.55)])
+    found = measure_beside(backend, [b"m"], check)
+    assert found.passes == 3 and not found.steady
+    assert found.reference_ms == 1.12 and found.latencies_ms == (0.48,)
+    # measured symmetrically, 0.75 against 1.0 is 25% off: measured again
+    backend = _Scripted([(0.75, 0.3), (0.98, 0.4)])
+    found = measure_beside(backend, [b"m"], DriftCheck(b"ref", 1.0, passes=2, pause_s=0.0))
+    assert found.passes == 2 and found.latencies_ms == (0.4,)
