@@ -100,6 +100,8 @@ CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 RESULTS = ROOT / "benchmarks" / "results"
 MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
 APPROACHES = ("search", "random", "uniform", "allocation")
+#: the training steps every approach gets unless ``--total-steps`` says otherwise
+TOTAL_STEPS = 2400
 #: a closing pass whose baseline differs from the start's by more than this is taken again
 DRIFT = 0.1
 DRIFT_TRIES = 5
@@ -178,8 +180,9 @@ class Cell:
     def run_dir(self, approach: str) -> Path:
         space = f"-{self.space.stem}" if self.space is not None else ""
         distill = f"-{self.finetune_distill}" if self.finetune_distill != "none" else ""
+        steps = f"-T{self.total_steps}" if self.total_steps != TOTAL_STEPS else ""
         return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}{space}"
-                         f"{distill}-seed{self.seed}-{approach}"
+                         f"{distill}{steps}-seed{self.seed}-{approach}"
                          f"{'-smoke' if self.smoke else ''}")
 
 
@@ -394,11 +397,12 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     rows = frame.index[(frame["model"] == args.model) & (frame["budget_fraction"] == args.budget)
                        & (frame["seed"] == args.seed) & (spaces == space)
                        & (distills == args.finetune_distill)
+                       & (frame["total_steps"] == args.total_steps)
                        & frame["approach"].isin(args.approaches)]
     if rows.empty:
         raise SystemExit(f"no rows of {args.model} at {args.budget}, seed {args.seed} in {csv}")
-    cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, 0, 0, 0, 0,
-                args.smoke, args.space, args.finetune_distill)
+    cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, args.total_steps,
+                0, 0, 0, args.smoke, args.space, args.finetune_distill)
     models = []
     for approach in frame.loc[rows, "approach"]:
         path = cell.run_dir(approach) / "exported.onnx"
@@ -439,7 +443,8 @@ def report(csv: Path, md: Path) -> str:
     # the model's latency over the baseline's in the same closing pass: what a slow spell of
     # the machine, which slows both, leaves as it was
     frame["latency_fraction"] = frame["measured_latency_ms"] / frame["baseline_ms"]
-    stats = (frame.groupby(["model", "budget_fraction", "space", "finetune_distill", "approach"])
+    keys = ["model", "budget_fraction", "space", "finetune_distill", "total_steps"]
+    stats = (frame.groupby([*keys, "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
                   latency_ms=("measured_latency_ms", "mean"),
@@ -453,10 +458,10 @@ def report(csv: Path, md: Path) -> str:
              "`python benchmarks/cifar10.py --report`.", "",
              stats.to_markdown(index=False, floatfmt=".4f"), ""]
     verdicts = []
-    for (model, fraction, space, distill), cell in stats.groupby(
-            ["model", "budget_fraction", "space", "finetune_distill"]):
+    for (model, fraction, space, distill, steps), cell in stats.groupby(keys):
         by = cell.set_index("approach")
-        setting = space if distill == "none" else f"{space}, finetunes distilled: {distill}"
+        setting = ", ".join([space, f"{steps:,} steps",
+                             *([f"finetunes distilled: {distill}"] if distill != "none" else [])])
         if {"search", "uniform"} <= set(by.index):
             gap = by.loc["search", "accuracy_mean"] - by.loc["uniform", "accuracy_mean"]
             noise = max(by.loc["search", "accuracy_std"], by.loc["uniform", "accuracy_std"])
@@ -486,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0.5, help="fraction of the baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--approaches", default=",".join(APPROACHES))
-    parser.add_argument("--total-steps", type=int, default=2400)
+    parser.add_argument("--total-steps", type=int, default=TOTAL_STEPS)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--screen", type=int, default=100)
