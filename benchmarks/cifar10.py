@@ -86,6 +86,7 @@ from autocompress.models import create_model
 from autocompress.space import Candidate, SearchSpace
 from autocompress.study import FrontMember, RunFolder, SearchConfig, load_front, pick, search
 from autocompress.study._cache import cache_dir
+from autocompress.study._config import FINETUNE_DISTILL
 from autocompress.study._prepare import local_profile
 from autocompress.study._refine import finetune_member
 from autocompress.transforms import compress
@@ -495,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--screen", type=int, default=100)
-    parser.add_argument("--finetune-distill", choices=("none", "kl"), default="none",
+    parser.add_argument("--finetune-distill", choices=FINETUNE_DISTILL, default="none",
                         help="every approach's finetunes also learn from the baseline's "
                              "outputs (the search's --finetune-distill); rows say which")
     parser.add_argument("--space", type=Path, default=None,

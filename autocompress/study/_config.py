@@ -85,7 +85,7 @@ class SearchConfig:
     allocate: bool = True
     #: finetunes of compressed candidates (in the search and at ``pick``) learn from the
     #: labels only (``none``) or also from the uncompressed model's outputs (``kl``)
-    finetune_distill: str = "none"
+    finetune_distill: Literal["none", "kl"] = "none"
     #: the training data, as ``data`` (an alias of it; given, it replaces ``data``)
     train_data: str | Any | None = None
     #: separate validation data (a spec or a Dataset): ``data`` is then all training data
