@@ -180,7 +180,8 @@ def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Ten
     torchvision's ``InvertedResidual``) is replaced, by a ``torch.fx.GraphModule`` of itself
     without the branch; every other module stays as it was, so the exported graph keeps
     the layers' names (ONNX node scopes follow the module calls) and int8 and other
-    per-layer rules still find them.
+    per-layer rules still find them. A block nested in another block named here is dropped
+    with it.
 
     Raises:
         ModelError: ``model`` cannot be traced, or ``names`` holds a name that is not one of
@@ -194,8 +195,13 @@ def drop_blocks(model: nn.Module, names: Sequence[str], example_input: torch.Ten
     if unknown:
         raise ModelError(f"{type(model).__name__} has no residual block(s) {unknown[:5]}; its "
                          f"blocks are {sorted(found)[:10]}")
+    # a block inside another dropped block (a residual around a stage of residual blocks)
+    # goes with it: its addition is no longer in the model once the outer branch is gone
+    chosen = {name: set(found[name][0].layers) for name in names}
     by_owner: dict[str, list[ResidualBlock]] = {}
-    for name in names:
+    for name in dict.fromkeys(names):
+        if any(chosen[name] < layers for layers in chosen.values()):
+            continue
         block, owner = found[name]
         by_owner.setdefault(owner, []).append(block)
     # the deepest owners first: an owner's trace then runs through what replaced the others

@@ -184,3 +184,55 @@ def test_finding_blocks_leaves_the_model_as_it_was(model) -> None:
     find_residual_blocks(trained, torch.randn(2, 3, 32, 32))
     assert trained.training
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.bn(self.conv(x)))
+
+
+class _Stage(nn.Module):
+    """A residual around a stage of residual blocks."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(_Block(c), _Block(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.blocks(x)
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.stage, self.head = nn.Conv2d(3, 8, 3, padding=1), _Stage(8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage(self.stem(x)).mean((2, 3)))
+
+
+def test_a_block_nested_in_a_dropped_block_goes_with_it() -> None:
+    torch.manual_seed(0)
+    nested, x = _Nested().eval(), torch.randn(2, 3, 8, 8)
+    small = torch.zeros(1, 3, 8, 8)
+    assert [b.name for b in find_residual_blocks(nested, small)] == [
+        "stage.blocks.0", "stage.blocks.1", "stage.blocks"]
+    outer = drop_blocks(nested, ["stage.blocks"], small)
+    with torch.no_grad():
+        assert torch.allclose(outer(x), nested.head(nested.stem(x).mean((2, 3))), atol=1e-6)
+        for names in (["stage.blocks", "stage.blocks.0"], ["stage.blocks.1", "stage.blocks"]):
+            both = drop_blocks(nested, names, small)
+            assert torch.allclose(both(x), outer(x), atol=1e-6)
+    # inner blocks alone still drop one at a time
+    inner = drop_blocks(nested, ["stage.blocks.0"], small)
+    assert {n for n, _ in inner.named_modules()} >= {"stage.blocks.1.conv"}
+    assert "stage.blocks.0.conv" not in {n for n, _ in inner.named_modules()}
+    # and through a candidate, with channels named inside the dropped stage ignored
+    plan = Candidate(depth={"stage.blocks": 0.0, "stage.blocks.0": 0.0},
+                     channel_keep={"stage.blocks.1.conv": 0.5, "stem": 0.5})
+    compressed = compress(nested, plan, small, num_classes=4)
+    assert not any(n.startswith("stage.blocks") for n, _ in compressed.module.named_modules())
