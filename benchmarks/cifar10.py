@@ -56,6 +56,10 @@ blocks each exported model dropped (``dropped_blocks``).
 the uniform pruning and the allocation) from the baseline's outputs as well as the labels
 (the search's ``--finetune-distill``); rows record it in ``finetune_distill`` and the report
 keeps such rows apart.
+
+``--finetune-lr`` sets the learning rate of every approach's finetunes (the search's
+``--finetune-lr``; default the product's); rows record it in ``finetune_lr`` and the report
+keeps such rows apart.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ import os
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +107,8 @@ MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
 APPROACHES = ("search", "random", "uniform", "allocation")
 #: the training steps every approach gets unless ``--total-steps`` says otherwise
 TOTAL_STEPS = 2400
+#: the product's finetune learning rate (rows before the ``finetune_lr`` column used it)
+FINETUNE_LR = next(f.default for f in fields(SearchConfig) if f.name == "finetune_lr")
 #: a closing pass whose baseline differs from the start's by more than this is taken again
 DRIFT = 0.1
 DRIFT_TRIES = 5
@@ -177,13 +183,15 @@ class Cell:
     smoke: bool = False
     space: Path | None = None
     finetune_distill: str = "none"
+    finetune_lr: float = FINETUNE_LR
 
     def run_dir(self, approach: str) -> Path:
         space = f"-{self.space.stem}" if self.space is not None else ""
         distill = f"-{self.finetune_distill}" if self.finetune_distill != "none" else ""
         steps = f"-T{self.total_steps}" if self.total_steps != TOTAL_STEPS else ""
+        lr = f"-lr{self.finetune_lr:g}" if self.finetune_lr != FINETUNE_LR else ""
         return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}{space}"
-                         f"{distill}{steps}-seed{self.seed}-{approach}"
+                         f"{distill}{steps}{lr}-seed{self.seed}-{approach}"
                          f"{'-smoke' if self.smoke else ''}")
 
 
@@ -193,7 +201,7 @@ def _search(cell: Cell, approach: str, **options: Any) -> Path:
                   latency_budget_ms=cell.budget_ms, trials=cell.trials,
                   finetune_steps=cell.finetune_steps, profile=cell.profile, out=out,
                   seed=cell.seed, split_seed=0, screen=cell.screen, space=cell.space,
-                  finetune_distill=cell.finetune_distill)
+                  finetune_distill=cell.finetune_distill, finetune_lr=cell.finetune_lr)
     search(SearchConfig(**{**config, **options}))
     return out
 
@@ -352,7 +360,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
                 local_profile(threads=1, precisions=precisions), args.budget * base_ms,
                 args.total_steps, args.trials, args.finetune_steps, args.screen, args.smoke,
-                args.space, args.finetune_distill)
+                args.space, args.finetune_distill, args.finetune_lr)
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
     outcomes = []
@@ -377,7 +385,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "trials": args.trials, "finetune_steps": args.finetune_steps,
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
-            "finetune_distill": args.finetune_distill,
+            "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": commit(),
             "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} "
@@ -398,12 +406,13 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     rows = frame.index[(frame["model"] == args.model) & (frame["budget_fraction"] == args.budget)
                        & (frame["seed"] == args.seed) & (spaces == space)
                        & (distills == args.finetune_distill)
+                       & (_lr_column(frame) == args.finetune_lr)
                        & (frame["total_steps"] == args.total_steps)
                        & frame["approach"].isin(args.approaches)]
     if rows.empty:
         raise SystemExit(f"no rows of {args.model} at {args.budget}, seed {args.seed} in {csv}")
     cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, args.total_steps,
-                0, 0, 0, args.smoke, args.space, args.finetune_distill)
+                0, 0, 0, args.smoke, args.space, args.finetune_distill, args.finetune_lr)
     models = []
     for approach in frame.loc[rows, "approach"]:
         path = cell.run_dir(approach) / "exported.onnx"
@@ -433,6 +442,13 @@ def _distill_column(frame: pd.DataFrame) -> pd.Series:
     return frame["finetune_distill"].fillna("none")
 
 
+def _lr_column(frame: pd.DataFrame) -> pd.Series:
+    """Each row's finetune learning rate (rows written before the column: the default)."""
+    if "finetune_lr" not in frame:
+        return pd.Series(FINETUNE_LR, index=frame.index)
+    return frame["finetune_lr"].fillna(FINETUNE_LR)
+
+
 def report(csv: Path, md: Path) -> str:
     """Mean and standard deviation per cell and approach, and what wins."""
     frame = pd.read_csv(csv)
@@ -441,10 +457,12 @@ def report(csv: Path, md: Path) -> str:
         frame["space"] = "default.yaml"
     frame["space"] = frame["space"].fillna("default.yaml")
     frame["finetune_distill"] = _distill_column(frame)
+    frame["finetune_lr"] = _lr_column(frame)
     # the model's latency over the baseline's in the same closing pass: what a slow spell of
     # the machine, which slows both, leaves as it was
     frame["latency_fraction"] = frame["measured_latency_ms"] / frame["baseline_ms"]
-    keys = ["model", "budget_fraction", "space", "finetune_distill", "total_steps"]
+    keys = ["model", "budget_fraction", "space", "finetune_distill", "finetune_lr",
+            "total_steps"]
     stats = (frame.groupby([*keys, "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
@@ -459,10 +477,11 @@ def report(csv: Path, md: Path) -> str:
              "`python benchmarks/cifar10.py --report`.", "",
              stats.to_markdown(index=False, floatfmt=".4f"), ""]
     verdicts = []
-    for (model, fraction, space, distill, steps), cell in stats.groupby(keys):
+    for (model, fraction, space, distill, lr, steps), cell in stats.groupby(keys):
         by = cell.set_index("approach")
         setting = ", ".join([space, f"{steps:,} steps",
-                             *([f"finetunes distilled: {distill}"] if distill != "none" else [])])
+                             *([f"finetunes distilled: {distill}"] if distill != "none" else []),
+                             *([f"finetune lr {lr:g}"] if lr != FINETUNE_LR else [])])
         if {"search", "uniform"} <= set(by.index):
             gap = by.loc["search", "accuracy_mean"] - by.loc["uniform", "accuracy_mean"]
             noise = max(by.loc["search", "accuracy_std"], by.loc["uniform", "accuracy_std"])
@@ -499,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-distill", choices=FINETUNE_DISTILL, default="none",
                         help="every approach's finetunes also learn from the baseline's "
                              "outputs (the search's --finetune-distill); rows say which")
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR,
+                        help="learning rate of every approach's finetunes (the search's "
+                             f"--finetune-lr; default {FINETUNE_LR:g}); rows say which")
     parser.add_argument("--space", type=Path, default=None,
                         help="search space of every approach (default: the shipped one)")
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
