@@ -401,12 +401,10 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     spells."""
     frame = pd.read_csv(csv)
     space = args.space.name if args.space is not None else "default.yaml"
-    spaces = frame["space"].fillna("default.yaml") if "space" in frame else space
-    distills = _distill_column(frame)
     rows = frame.index[(frame["model"] == args.model) & (frame["budget_fraction"] == args.budget)
-                       & (frame["seed"] == args.seed) & (spaces == space)
-                       & (distills == args.finetune_distill)
-                       & (_lr_column(frame) == args.finetune_lr)
+                       & (frame["seed"] == args.seed) & (_setting(frame, "space") == space)
+                       & (_setting(frame, "finetune_distill") == args.finetune_distill)
+                       & (_setting(frame, "finetune_lr") == args.finetune_lr)
                        & (frame["total_steps"] == args.total_steps)
                        & frame["approach"].isin(args.approaches)]
     if rows.empty:
@@ -435,29 +433,26 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     return frame
 
 
-def _distill_column(frame: pd.DataFrame) -> pd.Series:
-    """How each row's finetunes learned (rows written before the column: ``none``)."""
-    if "finetune_distill" not in frame:
-        return pd.Series("none", index=frame.index)
-    return frame["finetune_distill"].fillna("none")
+#: settings added to the rows over time, and what rows written before their column ran with
+SETTING_DEFAULTS = {"space": "default.yaml", "finetune_distill": "none",
+                    "finetune_lr": FINETUNE_LR}
 
 
-def _lr_column(frame: pd.DataFrame) -> pd.Series:
-    """Each row's finetune learning rate (rows written before the column: the default)."""
-    if "finetune_lr" not in frame:
-        return pd.Series(FINETUNE_LR, index=frame.index)
-    return frame["finetune_lr"].fillna(FINETUNE_LR)
+def _setting(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Each row's ``column`` (one of :data:`SETTING_DEFAULTS`), its default where a row was
+    written before the column existed."""
+    default = SETTING_DEFAULTS[column]
+    if column not in frame:
+        return pd.Series(default, index=frame.index)
+    return frame[column].fillna(default)
 
 
 def report(csv: Path, md: Path) -> str:
     """Mean and standard deviation per cell and approach, and what wins."""
     frame = pd.read_csv(csv)
     frame = frame[~frame["smoke"].astype(bool)]
-    if "space" not in frame:
-        frame["space"] = "default.yaml"
-    frame["space"] = frame["space"].fillna("default.yaml")
-    frame["finetune_distill"] = _distill_column(frame)
-    frame["finetune_lr"] = _lr_column(frame)
+    for column in SETTING_DEFAULTS:
+        frame[column] = _setting(frame, column)
     # the model's latency over the baseline's in the same closing pass: what a slow spell of
     # the machine, which slows both, leaves as it was
     frame["latency_fraction"] = frame["measured_latency_ms"] / frame["baseline_ms"]
