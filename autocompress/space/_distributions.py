@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import optuna
 
 from autocompress.exceptions import SearchSpaceError
 
-__all__ = ["ValueSpec", "parse_value_spec"]
+__all__ = ["ValueSpec", "check_keys", "parse_choices", "parse_value_spec"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,24 @@ def check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> Non
         raise SearchSpaceError(
             f"{where}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(allowed)}"
         )
+
+
+def parse_choices(raw: object, where: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    """``name`` or ``{choices: [name, ...]}``, each one of ``allowed`` and none twice."""
+    listed = ", ".join(allowed)
+    if isinstance(raw, dict):
+        check_keys(raw, {"choices"}, where)
+        values = raw.get("choices")
+        if not isinstance(values, list) or not values:
+            raise SearchSpaceError(f"{where}.choices: expected a non-empty list of names from: "
+                                   f"{listed}")
+    else:
+        values = [raw]
+    names: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or value not in allowed:
+            raise SearchSpaceError(f"{where}: {value!r} is not allowed; choose from: {listed}")
+        if value in names:
+            raise SearchSpaceError(f"{where}: {value!r} is listed twice")
+        names.append(value)
+    return tuple(names)

@@ -24,6 +24,7 @@ from autocompress.space._candidate import (
 )
 from autocompress.space._distributions import ValueSpec, parse_value_spec
 from autocompress.space._distributions import check_keys as _check_keys
+from autocompress.space._distributions import parse_choices as _parse_choices
 
 __all__ = ["DEFAULT_SPACE_PATH", "KIND_PARAM", "SPACE_FORMAT_VERSION", "BoundSpace",
            "ChoiceRule", "PrecisionSpace", "Rule", "SearchSpace"]
@@ -501,26 +502,6 @@ def _assign_choices(rules: Sequence[ChoiceRule], targets: Sequence[str], source:
                     ) -> tuple[_ChoiceParam, ...]:
     return tuple(_ChoiceParam(target=target, param=name, choices=rule.choices)
                  for target, name, rule in _match(rules, targets, "precision", source))
-
-
-def _parse_choices(raw: Any, where: str, allowed: Sequence[str]) -> tuple[str, ...]:
-    """``int8`` or ``{choices: [fp32, int8]}``, each value one of ``allowed``."""
-    if isinstance(raw, dict):
-        _check_keys(raw, {"choices"}, where)
-        values = raw.get("choices")
-        if not isinstance(values, list) or not values:
-            raise SearchSpaceError(f"{where}.choices: expected a non-empty list, e.g. "
-                                   f"[{', '.join(allowed)}]")
-    else:
-        values = [raw]
-    out: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or value not in allowed:
-            raise SearchSpaceError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
-        if value in out:
-            raise SearchSpaceError(f"{where}: {value!r} is listed twice")
-        out.append(value)
-    return tuple(out)
 
 
 def _parse_schedule(raw: Any, where: str) -> tuple[Schedule, tuple[str, ...]]:

@@ -74,6 +74,7 @@ from autocompress.settings import (
     TrainSettings,
 )
 from autocompress.space._distributions import check_keys as _check_keys
+from autocompress.space._distributions import parse_choices as _parse_choices
 from autocompress.space._distributions import parse_value_spec
 
 __all__ = ["PLAN_FORMAT_VERSION", "STUDENT_KEEP_PARAM", "STUDENT_PARAM_PREFIX",
@@ -229,22 +230,7 @@ def _number_dim(raw: object, where: str, param: str, bounds: tuple[float, float]
 
 def _name_dim(raw: object, where: str, param: str, allowed: Sequence[str]) -> _Dim:
     """``name`` or ``{choices: [name, ...]}``, each one of ``allowed``."""
-    listed = ", ".join(allowed)
-    if isinstance(raw, dict):
-        _check_keys(raw, {"choices"}, where)
-        values = raw.get("choices")
-        if not isinstance(values, list) or not values:
-            raise SearchSpaceError(f"{where}.choices: expected a non-empty list of names from: "
-                                   f"{listed}")
-    else:
-        values = [raw]
-    names: list[str] = []
-    for value in values:
-        if not isinstance(value, str) or value not in allowed:
-            raise SearchSpaceError(f"{where}: {value!r} is not allowed; choose from: {listed}")
-        if value in names:
-            raise SearchSpaceError(f"{where}: {value!r} is listed twice")
-        names.append(value)
+    names = _parse_choices(raw, where, allowed)
     if len(names) == 1:
         return _Dim(param, fixed=names[0])
     return _Dim(param, distribution=CategoricalDistribution(tuple(names)))

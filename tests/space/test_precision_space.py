@@ -63,12 +63,13 @@ def test_shared_precision_rule_is_one_parameter() -> None:
 
 
 @pytest.mark.parametrize(("precision", "message"), [
-    ({"rules": [{"match": "*", "precision": "int4"}]}, "'int4' is not one of fp32, fp16, int8"),
+    ({"rules": [{"match": "*", "precision": "int4"}]},
+     "'int4' is not allowed; choose from: fp32, fp16, int8"),
     ({"rules": [{"match": "*", "precision": {"choices": []}}]}, "non-empty list"),
     ({"rules": [{"match": "*", "bits": "int8"}]}, "unknown key(s) ['bits']"),
     ({"rules": []}, "non-empty list of rules"),
     ({"method": "awq", "rules": [{"match": "*", "precision": "int8"}]},
-     "'awq' is not one of ptq, qat"),
+     "'awq' is not allowed; choose from: ptq, qat"),
     ({"calibration_samples": 0, "rules": [{"match": "*", "precision": "int8"}]},
      "positive integer"),
     ("int8", "must be a mapping"),
