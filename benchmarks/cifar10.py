@@ -447,6 +447,20 @@ def _setting(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].fillna(default)
 
 
+def _versus(by: pd.DataFrame, other: str, label: str, words: tuple[str, str, str]) -> str:
+    """The search's mean accuracy against ``other``'s, judged against the larger of their two
+    standard deviations: ``words`` for ahead beyond it, ahead within it, and behind. With
+    fewer than 2 seeds on either side there is no spread to judge by, and no verdict."""
+    gap = by.loc["search", "accuracy_mean"] - by.loc[other, "accuracy_mean"]
+    seeds = int(min(by.loc["search", "seeds"], by.loc[other, "seeds"]))
+    if seeds < 2:
+        return f"{label} = {gap:+.4f} ({seeds} seed on one side: no verdict)"
+    noise = max(by.loc["search", "accuracy_std"], by.loc[other, "accuracy_std"])
+    ahead, level, behind = words
+    return (f"{label} = {gap:+.4f} (larger std {noise:.4f}): "
+            + (ahead if gap > noise else level if gap > 0 else behind))
+
+
 def report(csv: Path, md: Path) -> str:
     """Mean and standard deviation per cell and approach, and what wins."""
     frame = pd.read_csv(csv)
@@ -478,22 +492,17 @@ def report(csv: Path, md: Path) -> str:
                              *([f"finetunes distilled: {distill}"] if distill != "none" else []),
                              *([f"finetune lr {lr:g}"] if lr != FINETUNE_LR else [])])
         if {"search", "uniform"} <= set(by.index):
-            gap = by.loc["search", "accuracy_mean"] - by.loc["uniform", "accuracy_mean"]
-            noise = max(by.loc["search", "accuracy_std"], by.loc["uniform", "accuracy_std"])
-            verdicts.append(f"- {model} at {fraction:.0%} ({setting}): search - uniform = "
-                            f"{gap:+.4f} "
-                            f"(larger std {noise:.4f}): "
-                            + ("the search wins beyond the noise" if gap > noise else
-                               "not beyond the noise" if gap > 0 else "uniform is ahead"))
+            verdicts.append(f"- {model} at {fraction:.0%} ({setting}): "
+                            + _versus(by, "uniform", "search - uniform",
+                                      ("the search wins beyond the noise",
+                                       "not beyond the noise", "uniform is ahead")))
         if {"search", "random"} <= set(by.index) and by.loc["random", "hypervolume_mean"] > 0:
             ratio = by.loc["search", "hypervolume_mean"] / by.loc["random", "hypervolume_mean"]
             verdicts.append(f"  - front hypervolume search / random: {ratio:.2f}")
         if {"search", "allocation"} <= set(by.index):
-            gap = by.loc["search", "accuracy_mean"] - by.loc["allocation", "accuracy_mean"]
-            noise = max(by.loc["search", "accuracy_std"], by.loc["allocation", "accuracy_std"])
-            verdicts.append(f"  - search - allocation alone = {gap:+.4f} (larger std "
-                            f"{noise:.4f}): " + ("the search adds beyond the noise"
-                                                 if gap > noise else "within the noise"))
+            verdicts.append("  - " + _versus(by, "allocation", "search - allocation alone",
+                                             ("the search adds beyond the noise",
+                                              "within the noise", "within the noise")))
     lines += ["## What wins", "", *verdicts, ""]
     text = "\n".join(lines)
     md.write_text(text)
