@@ -125,6 +125,10 @@ def unpack(archive: Path, limit: int | None) -> Path:
     target = cache_dir("data", "cifar10")
     train = target / "train"
     if not train.is_dir():
+        if not archive.is_file():
+            raise SystemExit(f"no CIFAR-10 archive at {archive} (by default the one in "
+                             "shared/data/cifar10/ beside the checkout); give its path with "
+                             "--archive PATH/train-jpeg.tar.gz")
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
         if digest != SHA256:
             raise SystemExit(f"{archive}: sha256 {digest} is not the expected {SHA256}")
@@ -470,8 +474,11 @@ def report(csv: Path, md: Path) -> str:
     # the model's latency over the baseline's in the same closing pass: what a slow spell of
     # the machine, which slows both, leaves as it was
     frame["latency_fraction"] = frame["measured_latency_ms"] / frame["baseline_ms"]
+    # a budget is a fraction of the baseline's latency on the machine that measured it, so
+    # the same cell on another CPU searches another trade-off: rows of each machine apart
+    frame["cpu"] = frame["machine"].str.split(";").str[0]
     keys = ["model", "budget_fraction", "space", "finetune_distill", "finetune_lr",
-            "total_steps"]
+            "total_steps", "cpu"]
     stats = (frame.groupby([*keys, "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
@@ -486,11 +493,13 @@ def report(csv: Path, md: Path) -> str:
              "`python benchmarks/cifar10.py --report`.", "",
              stats.to_markdown(index=False, floatfmt=".4f"), ""]
     verdicts = []
-    for (model, fraction, space, distill, lr, steps), cell in stats.groupby(keys):
+    several_cpus = stats["cpu"].nunique() > 1
+    for (model, fraction, space, distill, lr, steps, cpu), cell in stats.groupby(keys):
         by = cell.set_index("approach")
         setting = ", ".join([space, f"{steps:,} steps",
                              *([f"finetunes distilled: {distill}"] if distill != "none" else []),
-                             *([f"finetune lr {lr:g}"] if lr != FINETUNE_LR else [])])
+                             *([f"finetune lr {lr:g}"] if lr != FINETUNE_LR else []),
+                             *([cpu] if several_cpus else [])])
         if {"search", "uniform"} <= set(by.index):
             verdicts.append(f"- {model} at {fraction:.0%} ({setting}): "
                             + _versus(by, "uniform", "search - uniform",
