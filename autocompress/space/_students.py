@@ -233,7 +233,7 @@ def _name_dim(raw: object, where: str, param: str, allowed: Sequence[str]) -> _D
     names = _parse_choices(raw, where, allowed)
     if len(names) == 1:
         return _Dim(param, fixed=names[0])
-    return _Dim(param, distribution=CategoricalDistribution(tuple(names)))
+    return _Dim(param, distribution=CategoricalDistribution(names))
 
 
 # --- families ------------------------------------------------------------------------------
