@@ -443,6 +443,14 @@ def _estimate(args: argparse.Namespace) -> int:
               f"device's cache")
     if estimate.unmodelled:
         print(f"note: operators costed as elementwise: {', '.join(estimate.unmodelled)}")
+    if estimate.subnormal_softmax:
+        count = len(estimate.subnormal_softmax)
+        print(f"note: {count} softmax node(s) take a mask whose exponential is a subnormal "
+              f"float (e.g. {estimate.subnormal_softmax[0]}; Swin's -100). CPUs that stall "
+              "on subnormals run such a model slower than this estimate unless they are "
+              "flushed to zero (measured: swin_t 1.31x on an Intel Xeon, 1 thread; ONNX "
+              "Runtime's session.set_denormal_as_zero reaches only its thread pool). See "
+              "docs/latency.md, 'A CPU the estimate was not developed on'.")
     return 0
 
 

@@ -43,6 +43,7 @@ import onnx
 
 from autocompress.exceptions import ProfileError
 from autocompress.hardware._nnls import nnls
+from autocompress.hardware._subnormal import subnormal_softmaxes
 from autocompress.hardware.backends import rules_for
 from autocompress.hardware.kernels import (
     BOUNDARY_KINDS,
@@ -96,6 +97,10 @@ class LatencyEstimate:
     #: What reading weights beyond the caches adds (:class:`WeightStreaming`), included in
     #: latency_ms and in each node's time.
     streaming_ms: float = 0.0
+    #: Softmax nodes whose mask makes subnormal floats (Swin's -100): on CPUs that stall on
+    #: subnormals the model runs slower than estimated unless they are flushed to zero
+    #: (:mod:`autocompress.hardware._subnormal`); not included in latency_ms.
+    subnormal_softmax: tuple[str, ...] = ()
 
 
 #: Bytes per weight by the precision a node computes in.
@@ -376,6 +381,12 @@ class LatencyModel:
         """
         if isinstance(model, bytes):
             model = onnx.load_from_string(model)
+        estimate = self._estimate(model, precisions)
+        masked = subnormal_softmaxes(model)
+        return replace(estimate, subnormal_softmax=masked) if masked else estimate
+
+    def _estimate(self, model: onnx.ModelProto, precisions: Mapping[str, str] | None
+                  ) -> LatencyEstimate:
         all_fp32 = precisions is None or set(precisions.values()) <= {"fp32"}
         if all_fp32 and self.lowered and self.rules.lowering is not None:
             lowered = self.rules.lowering(model)
