@@ -180,6 +180,11 @@ def _parser() -> argparse.ArgumentParser:
                          "measures today (the channel sweep; on ONNX Runtime on a CPU its "
                          "layout conversions, grouped convolutions, elementwise operator "
                          "classes and weight-streaming chains) and add it (seconds)")
+    pr.add_argument("--check", action="store_true",
+                    help="measure 40 of the existing profile --out's kernels again (about "
+                         "20 s) and say whether this machine still runs them as fast as when "
+                         "it was profiled (exit status 1 where it does not: profile again); "
+                         "writes nothing")
     pr.add_argument("--precisions", type=_precisions, default=("fp32",),
                     help="comma-separated precisions to measure kernels in, fp32 among "
                          "them (default: fp32); e.g. fp32,int8 for mixed-precision "
@@ -368,6 +373,22 @@ def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    if args.check:
+        if args.upgrade:
+            raise SystemExit("--check and --upgrade are two runs: check first, then upgrade")
+        from autocompress.hardware.profiler import check_profile
+
+        check = check_profile(args.out, rounds=args.rounds)
+        print(f"{args.out} (profiled {check.profiled_at}): {check.describe()}")
+        if check.holds:
+            print("this machine still runs as when it was profiled")
+            return 0
+        direction = "slower" if check.median_ratio > 1 else "faster"
+        print(f"this machine now runs the profile's kernels {direction} than when it was "
+              f"profiled: estimates from it are off by about as much; profile again "
+              f"(`autocompress profile --out {args.out}`), or check again later if the "
+              f"machine is shared and busy")
+        return 1
     if args.upgrade:
         from autocompress.hardware.kernels import LAYOUT_KINDS
         from autocompress.hardware.profiler import upgrade_profile

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,9 @@ from autocompress.hardware.kernels import (
 from autocompress.hardware.profile import HardwareProfile, KernelMeasurement
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
-__all__ = ["GRID_NAME", "TOKEN_GEMMS", "adaptive_kernels", "check_precisions", "default_grid",
-           "precision_grid", "profile_backend", "upgrade_profile"]
+__all__ = ["GRID_NAME", "TOKEN_GEMMS", "ProfileCheck", "adaptive_kernels", "check_precisions",
+           "check_profile", "default_grid", "precision_grid", "profile_backend",
+           "upgrade_profile"]
 
 _logger = logging.getLogger(__name__)
 
@@ -445,3 +446,91 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     upgraded.save(path)
     partial.unlink(missing_ok=True)
     return upgraded
+
+
+#: a profile still describes the machine while the median of its re-measured kernels is
+#: within this share of their profiled times
+CHECK_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class ProfileCheck:
+    """Kernels of a profile measured again on its machine: ``(kernel, profiled ms, now ms)``
+    each, and when the profile was measured."""
+
+    measured: tuple[tuple[Kernel, float, float], ...]
+    profiled_at: str
+
+    @property
+    def ratios(self) -> np.ndarray:
+        """Each kernel's time now over its profiled time."""
+        return np.array([now / then for _, then, now in self.measured])
+
+    @property
+    def median_ratio(self) -> float:
+        return float(np.median(self.ratios))
+
+    def within(self, tolerance: float = CHECK_TOLERANCE) -> float:
+        """The share of kernels measured within ``tolerance`` of their profiled time."""
+        return float(np.mean(np.abs(self.ratios - 1.0) <= tolerance))
+
+    @property
+    def holds(self) -> bool:
+        """Whether the machine still runs the profile's kernels as fast as when profiled
+        (median within :data:`CHECK_TOLERANCE`)."""
+        return abs(self.median_ratio - 1.0) <= CHECK_TOLERANCE
+
+    def describe(self) -> str:
+        q25, q75 = np.percentile(self.ratios, [25, 75])
+        return (f"{len(self.measured)} of its kernels measured again: median "
+                f"{self.median_ratio:.2f}x their profiled time (quartiles {q25:.2f}-"
+                f"{q75:.2f}x), {100 * self.within():.0f}% within ±"
+                f"{100 * CHECK_TOLERANCE:.0f}%")
+
+
+def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: int = 0
+                  ) -> ProfileCheck:
+    """Measure again ``sample`` of the fp32 model kernels of the profile at ``path`` (a
+    fixed-seed draw spread over its kinds) on its own backend, which must run here, to tell
+    whether the machine still runs as when it was profiled. A virtual machine's speed can
+    drift for hours: on a 2-core Xeon VM (2026-12-02) the default grid's compute-bound
+    convolutions took 1.15-1.25x their morning time three hours later and the smallest
+    0.85-1.05x, and estimates from the morning's profile were then off by as much (see
+    docs/latency.md). Nothing is written to the profile.
+
+    Raises:
+        ProfileError: the profile's backend does not run on this machine, or it has no fp32
+            model kernels.
+    """
+    from autocompress.hardware.backends import backend_for, is_local
+
+    path = Path(path)
+    profile = HardwareProfile.load(path)
+    if not is_local(profile):
+        raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
+                           f"only its device can check it")
+    pool = [m for m in profile.kernels if m.kernel.precision == "fp32" and m.kernel.kind in KINDS]
+    if not pool:
+        raise ProfileError(f"{path} has no fp32 model kernels to measure again")
+    rng = random.Random(seed)
+    by_kind: dict[str, list[KernelMeasurement]] = {}
+    for m in pool:
+        by_kind.setdefault(m.kernel.kind, []).append(m)
+    for group in by_kind.values():
+        rng.shuffle(group)
+    chosen: list[KernelMeasurement] = []
+    while len(chosen) < min(sample, len(pool)):  # round-robin over kinds
+        for group in by_kind.values():
+            if group and len(chosen) < sample:
+                chosen.append(group.pop())
+    backend = backend_for(profile.backend, profile.backend_settings)
+    known = set(asdict(MeasureSettings()))
+    settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
+                                  if k in known})
+    partial = path.with_name(path.name + ".check.partial")
+    partial.unlink(missing_ok=True)  # an earlier check's timings are not this one's
+    session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(chosen))
+    session.measure_all([m.kernel for m in chosen])
+    partial.unlink(missing_ok=True)
+    return ProfileCheck(tuple((m.kernel, m.latency.median_ms, session.result(m.kernel).median_ms)
+                              for m in chosen), profile.created)

@@ -1,0 +1,85 @@
+"""`autocompress profile --check`: kernels of a profile measured again on its machine."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from autocompress.cli.main import main
+from autocompress.exceptions import ProfileError
+from autocompress.hardware.backends.synthetic import SyntheticBackend
+from autocompress.hardware.kernels import KINDS
+from autocompress.hardware.profiler import check_profile, default_grid, profile_backend
+
+
+@pytest.fixture
+def profile_path(tmp_path: Path) -> Path:
+    grid = [k for kind in KINDS for k in [g for g in default_grid() if g.kind == kind][::6]]
+    path = tmp_path / "p.json"
+    profile_backend(SyntheticBackend(scale=1.0), path, grid=grid, rounds=1, adaptive=0,
+                    sweep=False)
+    return path
+
+
+def _scale_kernels(path: Path, factor: float) -> None:
+    """The profile as if measured when the machine ran ``1 / factor`` times as fast."""
+    data = json.loads(path.read_text())
+    for k in data["kernels"]:
+        for key in ("median_ms", "p25_ms", "p75_ms"):
+            k["latency"][key] *= factor
+    path.write_text(json.dumps(data))
+
+
+def test_a_machine_that_runs_as_profiled_holds(profile_path: Path) -> None:
+    check = check_profile(profile_path, sample=12)
+    assert len(check.measured) == 12
+    # drawn evenly over the kinds, not all from the first
+    kinds = Counter(k.kind for k, _, _ in check.measured)
+    assert set(kinds) == set(KINDS) and max(kinds.values()) - min(kinds.values()) <= 1
+    assert check.median_ratio == pytest.approx(1.0)
+    assert check.within() == 1.0 and check.holds
+    assert not Path(str(profile_path) + ".check.partial").exists()
+
+
+def test_a_machine_slower_than_when_profiled_does_not_hold(profile_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    before = profile_path.read_text()
+    _scale_kernels(profile_path, 0.5)
+    scaled = profile_path.read_text()
+    check = check_profile(profile_path, sample=8)
+    assert check.median_ratio == pytest.approx(2.0)
+    assert check.within() == 0.0 and not check.holds
+    assert "median 2.00x" in check.describe()
+
+    assert main(["profile", "--backend", "synthetic", "--check", "--out",
+                 str(profile_path)]) == 1
+    out = capsys.readouterr().out
+    assert "slower than when it was profiled" in out and "profile again" in out
+    assert profile_path.read_text() == scaled != before  # a check writes nothing
+
+
+def test_a_faster_machine_and_one_that_holds_from_the_cli(profile_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    assert main(["profile", "--check", "--out", str(profile_path)]) == 0
+    assert "still runs as when it was profiled" in capsys.readouterr().out
+    _scale_kernels(profile_path, 1.5)
+    assert main(["profile", "--check", "--out", str(profile_path)]) == 1
+    assert "faster than when it was profiled" in capsys.readouterr().out
+
+
+def test_a_profile_of_another_machine_cannot_be_checked_here(profile_path: Path) -> None:
+    data = json.loads(profile_path.read_text())
+    data["device"] = {"cpu": "a board elsewhere", "scale": 1.0}
+    profile_path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match="not measured on this machine"):
+        check_profile(profile_path)
+
+
+def test_check_and_upgrade_are_not_one_run(profile_path: Path) -> None:
+    with pytest.raises(SystemExit, match="check first"):
+        main(["profile", "--check", "--upgrade", "--out", str(profile_path)])
