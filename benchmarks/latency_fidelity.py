@@ -43,9 +43,11 @@ import torch
 from scipy.stats import spearmanr
 
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware.backends import is_local
 from autocompress.hardware.export import export_onnx
 from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import describe_device
+from autocompress.hardware.profiler import check_profile
 from autocompress.models import create_model
 from autocompress.space import SearchSpace
 from autocompress.transforms import find_channel_groups, prune_channels, sparsifiable_layers
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     stored = pd.read_csv(args.stored) if args.stored else None
     tuning_s = 0.0
     references_note = ""
+    staleness = ""
     if args.device_calibration:
         kept = references_path(args.stored) if stored is not None else None
         if kept is not None and kept.is_file():
@@ -244,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             tuning_s = time.perf_counter() - tune_start
         measure = MeasureSettings(max_time_s=1.5, min_runs=args.min_runs,
                                   round_runs=max(1, args.min_runs // 2))
+        if is_local(profile):  # how the machine runs the profile's kernels now, right before
+            staleness = check_profile(profile_path).describe()
         first = backend.measure_many(models, measure, rounds=args.rounds)
         second = backend.measure_many(models, measure, rounds=args.rounds)
         frame["measured_ms"] = [m.median_ms for m in first]
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- machine: {describe_device()}; Python {platform.python_version()}",
              f"- backend: {backend.name} {backend.version()} {backend.settings()}",
              f"- profile: {profile_path.name} ({profile.describe()})",
+             *([f"- the profile's kernels right before the models were measured "
+                f"(`autocompress profile --check`): {staleness}"] if staleness else []),
              f"- {len(candidates)} random candidates of search_spaces/default.yaml "
              f"({args.candidates} per family, seed {args.seed}); each measured in two "
              f"interleaved passes of {args.rounds} rounds; the second pass is the noise floor",
