@@ -404,6 +404,12 @@ def profile_backend(
     return profile
 
 
+def _recorded_settings(profile: HardwareProfile) -> MeasureSettings:
+    """The measurement settings ``profile`` was measured with."""
+    known = set(asdict(MeasureSettings()))
+    return MeasureSettings(**{k: v for k, v in profile.measure_settings.items() if k in known})
+
+
 def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> HardwareProfile:
     """Measure what the profile at ``path`` lacks that profiling measures today (the channel
     sweep; the matrix products over many rows, :data:`TOKEN_GEMMS`; the backend's own grid
@@ -424,9 +430,7 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
         raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
                            f"what it lacks can only be measured on its device")
     backend = backend_for(profile.backend, profile.backend_settings)
-    known = set(asdict(MeasureSettings()))
-    settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
-                                  if k in known})
+    settings = _recorded_settings(profile)
     sweep = [] if profile.channel_sweep else sweep_kernels()
     have = {m.kernel for m in profile.kernels}
     missing = [k for k in (*TOKEN_GEMMS, *backend.cost_rules.grid_kernels,
@@ -495,8 +499,7 @@ def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: 
     whether the machine still runs as when it was profiled. A virtual machine's speed can
     drift for hours: on a 2-core Xeon VM (2026-12-02) the default grid's compute-bound
     convolutions took 1.15-1.25x their morning time three hours later and the smallest
-    0.85-1.05x, and estimates from the morning's profile were then off by as much (see
-    docs/latency.md). Nothing is written to the profile.
+    0.85-1.05x (see docs/latency.md). Nothing is written to the profile.
 
     Raises:
         ProfileError: the profile's backend does not run on this machine, or it has no fp32
@@ -504,6 +507,8 @@ def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: 
     """
     from autocompress.hardware.backends import backend_for, is_local
 
+    if sample < 1:
+        raise ValueError(f"a check measures at least one kernel, got sample={sample}")
     path = Path(path)
     profile = HardwareProfile.load(path)
     if not is_local(profile):
@@ -524,9 +529,7 @@ def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: 
             if group and len(chosen) < sample:
                 chosen.append(group.pop())
     backend = backend_for(profile.backend, profile.backend_settings)
-    known = set(asdict(MeasureSettings()))
-    settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
-                                  if k in known})
+    settings = _recorded_settings(profile)
     partial = path.with_name(path.name + ".check.partial")
     partial.unlink(missing_ok=True)  # an earlier check's timings are not this one's
     session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(chosen))
