@@ -182,9 +182,9 @@ def _parser() -> argparse.ArgumentParser:
                          "classes and weight-streaming chains) and add it (seconds)")
     pr.add_argument("--check", action="store_true",
                     help="measure 40 of the existing profile --out's kernels again "
-                         "(seconds on ONNX Runtime; TVM compiles each) and say whether this machine still runs them as fast as when "
-                         "it was profiled (exit status 1 where it does not: profile again); "
-                         "writes nothing")
+                         "(seconds on ONNX Runtime; TVM compiles each) and say whether "
+                         "this machine still runs them as fast as when it was profiled "
+                         "(exit status 1 where it does not: profile again); writes nothing")
     pr.add_argument("--precisions", type=_precisions, default=("fp32",),
                     help="comma-separated precisions to measure kernels in, fp32 among "
                          "them (default: fp32); e.g. fp32,int8 for mixed-precision "
