@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -404,10 +405,21 @@ def profile_backend(
     return profile
 
 
-def _recorded_settings(profile: HardwareProfile) -> MeasureSettings:
-    """The measurement settings ``profile`` was measured with."""
+def _on_its_backend(path: Path, refusal: str
+                    ) -> tuple[HardwareProfile, Backend, MeasureSettings]:
+    """The profile at ``path``, its backend rebuilt from the recorded settings and the
+    measurement settings it was measured with; :class:`ProfileError` (``refusal`` after the
+    reason) where that backend does not run on this machine."""
+    from autocompress.hardware.backends import backend_for, is_local
+
+    profile = HardwareProfile.load(path)
+    if not is_local(profile):
+        raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
+                           f"{refusal}")
     known = set(asdict(MeasureSettings()))
-    return MeasureSettings(**{k: v for k, v in profile.measure_settings.items() if k in known})
+    settings = MeasureSettings(**{k: v for k, v in profile.measure_settings.items()
+                                  if k in known})
+    return profile, backend_for(profile.backend, profile.backend_settings), settings
 
 
 def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> HardwareProfile:
@@ -422,15 +434,9 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     Raises:
         ProfileError: the profile's backend does not run on this machine.
     """
-    from autocompress.hardware.backends import backend_for, is_local
-
     path = Path(path)
-    profile = HardwareProfile.load(path)
-    if not is_local(profile):
-        raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
-                           f"what it lacks can only be measured on its device")
-    backend = backend_for(profile.backend, profile.backend_settings)
-    settings = _recorded_settings(profile)
+    profile, backend, settings = _on_its_backend(
+        path, "what it lacks can only be measured on its device")
     sweep = [] if profile.channel_sweep else sweep_kernels()
     have = {m.kernel for m in profile.kernels}
     missing = [k for k in (*TOKEN_GEMMS, *backend.cost_rules.grid_kernels,
@@ -505,31 +511,22 @@ def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: 
         ProfileError: the profile's backend does not run on this machine, or it has no fp32
             model kernels.
     """
-    from autocompress.hardware.backends import backend_for, is_local
-
     if sample < 1:
         raise ValueError(f"a check measures at least one kernel, got sample={sample}")
     path = Path(path)
-    profile = HardwareProfile.load(path)
-    if not is_local(profile):
-        raise ProfileError(f"{path} was not measured on this machine ({profile.describe()}): "
-                           f"only its device can check it")
-    pool = [m for m in profile.kernels if m.kernel.precision == "fp32" and m.kernel.kind in KINDS]
-    if not pool:
-        raise ProfileError(f"{path} has no fp32 model kernels to measure again")
+    profile, backend, settings = _on_its_backend(path, "only its device can check it")
     rng = random.Random(seed)
     by_kind: dict[str, list[KernelMeasurement]] = {}
-    for m in pool:
-        by_kind.setdefault(m.kernel.kind, []).append(m)
+    for m in profile.kernels:
+        if m.kernel.precision == "fp32" and m.kernel.kind in KINDS:
+            by_kind.setdefault(m.kernel.kind, []).append(m)
+    if not by_kind:
+        raise ProfileError(f"{path} has no fp32 model kernels to measure again")
     for group in by_kind.values():
         rng.shuffle(group)
-    chosen: list[KernelMeasurement] = []
-    while len(chosen) < min(sample, len(pool)):  # round-robin over kinds
-        for group in by_kind.values():
-            if group and len(chosen) < sample:
-                chosen.append(group.pop())
-    backend = backend_for(profile.backend, profile.backend_settings)
-    settings = _recorded_settings(profile)
+    # one of each kind in turn, until the sample is drawn or the kinds run out
+    chosen = [m for turn in itertools.zip_longest(*by_kind.values()) for m in turn
+              if m is not None][:sample]
     partial = path.with_name(path.name + ".check.partial")
     partial.unlink(missing_ok=True)  # an earlier check's timings are not this one's
     session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(chosen))
