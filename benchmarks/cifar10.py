@@ -488,7 +488,7 @@ def report(csv: Path, md: Path) -> str:
                   accuracy_std=("accuracy", "std"),
                   latency_ms=("measured_latency_ms", "mean"),
                   within_budget=("within_budget", "mean"),
-                  hypervolume_mean=("hypervolume_per_budget", "mean"),
+                  hypervolume_per_budget_mean=("hypervolume_per_budget", "mean"),
                   latency_fraction_max=("latency_fraction", "max"))
              .reset_index())
     lines = ["# CIFAR-10: the search against uniform pruning, random search and the "
@@ -509,8 +509,9 @@ def report(csv: Path, md: Path) -> str:
                             + _versus(by, "uniform", "search - uniform",
                                       ("the search wins beyond the noise",
                                        "not beyond the noise", "uniform is ahead")))
-        if {"search", "random"} <= set(by.index) and by.loc["random", "hypervolume_mean"] > 0:
-            ratio = by.loc["search", "hypervolume_mean"] / by.loc["random", "hypervolume_mean"]
+        hypervolume = "hypervolume_per_budget_mean"
+        if {"search", "random"} <= set(by.index) and by.loc["random", hypervolume] > 0:
+            ratio = by.loc["search", hypervolume] / by.loc["random", hypervolume]
             verdicts.append(f"  - front hypervolume search / random: {ratio:.2f}")
         if {"search", "allocation"} <= set(by.index):
             verdicts.append("  - " + _versus(by, "allocation", "search - allocation alone",
