@@ -452,18 +452,18 @@ def _setting(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].fillna(default)
 
 
-def _versus(by: pd.DataFrame, other: str, label: str, words: tuple[str, str, str]) -> str:
+def _versus(by: pd.DataFrame, other: str, label: str) -> str:
     """The search's mean accuracy against ``other``'s, judged against the larger of their two
-    standard deviations: ``words`` for ahead beyond it, ahead within it, and behind. With
-    fewer than 2 seeds on either side there is no spread to judge by, and no verdict."""
+    standard deviations: ahead or behind beyond it, or within it. With fewer than 2 seeds on
+    either side there is no spread to judge by, and no verdict."""
     gap = by.loc["search", "accuracy_mean"] - by.loc[other, "accuracy_mean"]
     seeds = int(min(by.loc["search", "seeds"], by.loc[other, "seeds"]))
     if seeds < 2:
         return f"{label} = {gap:+.4f} ({seeds} seed on one side: no verdict)"
     noise = max(by.loc["search", "accuracy_std"], by.loc[other, "accuracy_std"])
-    ahead, level, behind = words
-    return (f"{label} = {gap:+.4f} (larger std {noise:.4f}): "
-            + (ahead if gap > noise else level if gap > 0 else behind))
+    verdict = ("the search is ahead beyond the noise" if gap > noise else
+               f"{other} is ahead beyond the noise" if gap < -noise else "within the noise")
+    return f"{label} = {gap:+.4f} (larger std {noise:.4f}): {verdict}"
 
 
 def report(csv: Path, md: Path) -> str:
@@ -506,17 +506,13 @@ def report(csv: Path, md: Path) -> str:
                              *([cpu] if several_cpus else [])])
         if {"search", "uniform"} <= set(by.index):
             verdicts.append(f"- {model} at {fraction:.0%} ({setting}): "
-                            + _versus(by, "uniform", "search - uniform",
-                                      ("the search wins beyond the noise",
-                                       "not beyond the noise", "uniform is ahead")))
+                            + _versus(by, "uniform", "search - uniform"))
         hypervolume = "hypervolume_per_budget_mean"
         if {"search", "random"} <= set(by.index) and by.loc["random", hypervolume] > 0:
             ratio = by.loc["search", hypervolume] / by.loc["random", hypervolume]
             verdicts.append(f"  - front hypervolume search / random: {ratio:.2f}")
         if {"search", "allocation"} <= set(by.index):
-            verdicts.append("  - " + _versus(by, "allocation", "search - allocation alone",
-                                             ("the search adds beyond the noise",
-                                              "within the noise", "within the noise")))
+            verdicts.append("  - " + _versus(by, "allocation", "search - allocation alone"))
     lines += ["## What wins", "", *verdicts, ""]
     text = "\n".join(lines)
     md.write_text(text)
