@@ -1,0 +1,69 @@
+"""The CIFAR-10 benchmark's report says who wins as the rows say it, never kinder."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cifar10.py"
+
+
+@pytest.fixture(scope="module")
+def cifar10():
+    spec = importlib.util.spec_from_file_location("bench_cifar10", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(approach, seed, accuracy, hypervolume=float("nan")):
+    return {"model": "resnet20", "budget_fraction": 0.5, "approach": approach, "seed": seed,
+            "accuracy": accuracy, "measured_latency_ms": 0.2, "budget_ms": 0.25,
+            "within_budget": True, "baseline_ms": 0.5, "total_steps": 2400,
+            "hypervolume": hypervolume, "smoke": False, "machine": "Test CPU, 2 cores; x86_64"}
+
+
+def _report(cifar10, tmp_path, search, other, name):
+    rows = ([_row("search", s, a, hypervolume=0.05) for s, a in enumerate(search)]
+            + [_row(name, s, a, hypervolume=0.04) for s, a in enumerate(other)])
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return cifar10.report(csv, tmp_path / "rows.md")
+
+
+def test_the_search_behind_beyond_the_noise_is_said_so(cifar10, tmp_path):
+    text = _report(cifar10, tmp_path, [0.85, 0.86, 0.855], [0.88, 0.881, 0.879], "allocation")
+    assert "search - allocation alone = -0.0250" in text
+    assert "allocation is ahead beyond the noise" in text
+    assert "within the noise" not in text
+
+
+@pytest.mark.parametrize(("search", "verdict"), [
+    ([0.83, 0.835, 0.84], "the search is ahead beyond the noise"),
+    ([0.81, 0.815, 0.82], "within the noise"),
+    ([0.79, 0.795, 0.80], "uniform is ahead beyond the noise"),
+])
+def test_the_search_against_uniform_pruning(cifar10, tmp_path, search, verdict):
+    # uniform: 0.810 +- 0.010, the larger standard deviation in every case
+    text = _report(cifar10, tmp_path, search, [0.80, 0.81, 0.82], "uniform")
+    assert f"(larger std 0.0100): {verdict}" in text
+
+
+def test_one_seed_on_a_side_gives_no_verdict(cifar10, tmp_path):
+    text = _report(cifar10, tmp_path, [0.85, 0.86, 0.855], [0.88], "allocation")
+    assert "1 seed on one side: no verdict" in text
+
+
+def test_hypervolume_is_compared_per_budget(cifar10, tmp_path):
+    rows = [_row("search", 0, 0.85, 0.05), _row("search", 1, 0.85, 0.05),
+            {**_row("random", 0, 0.80, 0.05), "budget_ms": 0.5},
+            {**_row("random", 1, 0.80, 0.05), "budget_ms": 0.5}]
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    text = cifar10.report(csv, tmp_path / "rows.md")
+    assert "front hypervolume search / random: 2.00" in text
