@@ -211,8 +211,7 @@ def _search(cell: Cell, approach: str, **options: Any) -> Path:
     return out
 
 
-def _choose_by_score_first(self: Any, count: int, exclude: Any = (),
-                           measure: Any = None) -> list[Any]:
+def _choose_by_score_first(self: Any, count: int, exclude: Any = ()) -> list[Any]:
     """The screening's choice before commit 8f31b9f, for the ablation ``search-scorefirst``:
     from the screening front, alternately the best score (ties: the faster) and the farthest
     in latency from those chosen; scores within their noise are not told apart."""
@@ -231,7 +230,7 @@ def _choose_by_score_first(self: Any, count: int, exclude: Any = (),
                                                     for c in chosen))
             front.remove(pick)
             pool.remove(pick)
-            if measure is None or self._fits_measured(pick, measure):
+            if self.measure is None or self._fits_measured(pick, self.measure):
                 chosen.append(pick)
     return chosen
 

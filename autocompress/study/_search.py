@@ -96,14 +96,15 @@ def search(config: SearchConfig) -> ParetoFront:
         screening = Screening(prepared, budget_ms,
                               open_storage(setup.folder.storage_url(config.storage),
                                            heartbeat=False),
-                              f"{config.study}-screening", config.seed, config.sampler)
+                              f"{config.study}-screening", config.seed, config.sampler,
+                              measure=_measure_params(prepared, measure))
     if not setup.study.trials:
         # with screening, the allocation is screened like any candidate and finetuned only
         # if it ranks among the best: every finetuned step counts against the pick's
         _enqueue_seeds(setup.study, prepared, budget_ms, measure,
                        None if screening is not None else info.allocation)
     if screening is not None:
-        _screen_and_enqueue(setup.study, screening, prepared, config, info, measure)
+        _screen_and_enqueue(setup.study, screening, prepared, config, info)
     objective = Objective(
         prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
@@ -268,8 +269,7 @@ def _measure_params(prepared: Prepared, measure: Callable[[bytes], float] | None
 
 
 def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Prepared,
-                        config: SearchConfig, info: RunInfo,
-                        measure: Callable[[bytes], float] | None = None) -> None:
+                        config: SearchConfig, info: RunInfo) -> None:
     """Screen ``config.screen_count`` candidates (uniform prunings at every keep ratio of the
     grid and the allocation first), then queue the best for finetuning, beside the seeds."""
     bound = prepared.bound
@@ -283,8 +283,7 @@ def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Pre
     room = config.trials - len(study.get_trials(deepcopy=False,
                                                 states=(optuna.trial.TrialState.WAITING,)))
     room -= len(_finetuned(study))
-    for chosen in screening.choose(max(room, 0), exclude=queued,
-                                   measure=_measure_params(prepared, measure)):
+    for chosen in screening.choose(max(room, 0), exclude=queued):
         study.enqueue_trial(dict(chosen.params), user_attrs={
             "seeded": f"screened (trial {chosen.number} of the screening study)"},
             skip_if_exists=True)

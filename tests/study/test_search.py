@@ -362,12 +362,13 @@ def test_augmentation_is_off_for_digits_and_on_for_image_folders(config, finishe
         SearchConfig(augment="rotate")
 
 
-def _screening_with(points: list[tuple[float, float]], budget: float):
-    """A screening study holding candidates ``x`` = 0, 1, ... with (score, estimated ms)."""
+def _screening_with(points: list[tuple[float, float]], budget: float, measure=None):
+    """A screening study holding candidates ``x`` = 0, 1, ... with (score, estimated ms);
+    ``measure`` (parameters -> ms) where the device is this machine."""
     from autocompress.study._screen import Screening
 
     screening = Screening(None, budget, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
-                          "random")
+                          "random", measure=measure)
     for x, (score, ms) in enumerate(points):
         screening.study.add_trial(optuna.trial.create_trial(
             params={"x": x}, distributions={"x": optuna.distributions.IntDistribution(0, 99)},
@@ -416,8 +417,7 @@ def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_no
     # x=0 scores best but sits at the budget's edge and measures over it; x=1 measures just
     # inside the budget, within the headroom a second measurement may cross; x=2 is near the
     # budget and fits with room to spare; x=3 is far below the budget: trusted, not measured
-    screening = _screening_with([(0.9, 0.99), (0.85, 0.97), (0.8, 0.95), (0.5, 0.5)],
-                                budget=1.0)
+    points = [(0.9, 0.99), (0.85, 0.97), (0.8, 0.95), (0.5, 0.5)]
     measured = {0: 1.05, 1: 1.0 - MEASURED_HEADROOM / 2, 2: 0.95}
     asked: list[int] = []
 
@@ -425,11 +425,54 @@ def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_no
         asked.append(params["x"])
         return measured[params["x"]]
 
-    chosen = screening.choose(2, measure=measure)
+    chosen = _screening_with(points, budget=1.0, measure=measure).choose(2)
     assert [c.params["x"] for c in chosen] == [2, 3]
     assert sorted(asked) == [0, 1, 2]
     # without a device to measure on, the estimate decides
-    assert [c.params["x"] for c in screening.choose(2)] == [0, 3]
+    assert [c.params["x"] for c in _screening_with(points, budget=1.0).choose(2)] == [0, 3]
+
+
+def test_screening_takes_a_candidate_estimated_just_over_the_budget_that_measures_within_it(
+        ) -> None:
+    # x=0 (the allocation, say, measured to fit when it was made) is estimated 5% over the
+    # budget and measures 4% under it; x=1 is estimated 20% over: not near, never measured
+    points = [(0.7, 1.05), (0.8, 1.2), (0.5, 0.9), (0.3, 0.5)]
+    measured = {0: 0.96, 2: 0.88}
+
+    def measure(params):
+        return measured[params["x"]]
+
+    with_device = _screening_with(points, budget=1.0, measure=measure)
+    assert [s.params["x"] for s in with_device.feasible()] == [0, 2, 3]
+    assert [c.params["x"] for c in with_device.choose(2)] == [0, 3]
+    # a profile of another device: the estimate alone decides, x=0 is over the budget
+    without = _screening_with(points, budget=1.0)
+    assert [c.params["x"] for c in without.choose(2)] == [2, 3]
+
+
+@pytest.mark.parametrize(("measurable", "scored"), [(True, [0, 1]), (False, [0])])
+def test_screening_scores_candidates_estimated_near_the_budget_where_it_can_measure(
+        measurable, scored) -> None:
+    from autocompress.study._screen import SCORE_ATTR, Screening
+
+    estimates = {0: 0.9, 1: 1.05, 2: 1.3}   # within, just over, far over a 1.0 ms budget
+
+    def compress(x):
+        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=estimates[x]),
+                               module=x, candidate=SimpleNamespace(sparsity={}))
+
+    prepared = SimpleNamespace(compress=compress, latency_model=None, bound=SimpleNamespace(
+        sample=lambda trial: trial.suggest_int("x", 0, 2)))
+    screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
+                          "random", measure=(lambda params: 0.95) if measurable else None)
+    screening.score = lambda module: 0.5 + 0.1 * module  # type: ignore[method-assign]
+    for x in range(3):
+        screening.study.enqueue_trial({"x": x})
+        screening._screen_one()
+    scores = {t.params["x"]: t.user_attrs[SCORE_ATTR] for t in screening.study.trials}
+    assert [x for x, score in scores.items() if score > 0] == scored
+    # scoring is not measuring: what is chosen is measured then
+    assert [t.values[1] for t in screening.study.trials] == [0.9, 1.05, 1.3]
 
 
 def test_a_search_with_depth_drops_blocks_to_meet_a_budget_channels_alone_cannot(
