@@ -86,7 +86,6 @@ from autocompress.data import load_data
 from autocompress.evaluation import evaluate_accuracy
 from autocompress.hardware import HardwareProfile, MeasureSettings, get_backend
 from autocompress.hardware.drift import DriftCheck, measure_beside
-from autocompress.hardware.profile import describe_device
 from autocompress.models import create_model
 from autocompress.space import Candidate, SearchSpace
 from autocompress.study import FrontMember, RunFolder, SearchConfig, load_front, pick, search
@@ -97,7 +96,7 @@ from autocompress.study._refine import finetune_member
 from autocompress.transforms import compress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import commit  # noqa: E402
+from _provenance import commit, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10" / "train-jpeg.tar.gz"
@@ -392,8 +391,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": commit(),
-            "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} "
-                       f"cores; {profile.backend} {profile.backend_version}"})
+            "machine": f"{machine()}; {profile.backend} {profile.backend_version}"})
     return rows
 
 

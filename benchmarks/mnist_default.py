@@ -22,13 +22,12 @@ import optuna
 import pandas as pd
 
 from autocompress.cli import main as cli
-from autocompress.hardware.profile import describe_device
 from autocompress.study import RunFolder, load_front
 from autocompress.study._cache import cache_dir
 from autocompress.study._pick import load_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import commit  # noqa: E402
+from _provenance import commit, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,7 +56,7 @@ def run_seed(seed: int) -> dict[str, object]:
         "budget_ms": folder.run.budget.latency_ms, "front_size": len(front),
         "baseline_accuracy": folder.run.baseline.accuracy, "seconds": round(seconds),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit(),
-        "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} cores"}
+        "machine": machine()}
 
 
 def report(csv: Path, md: Path) -> str:

@@ -37,11 +37,13 @@ import pandas as pd
 from autocompress.exceptions import AutocompressError
 from autocompress.hardware import HardwareProfile, MeasureSettings
 from autocompress.hardware.backends import backend_for, is_local
-from autocompress.hardware.profile import describe_device
 from autocompress.study import RunFolder, load_front, pick
 from autocompress.study._cache import cache_dir
 from autocompress.study._pick import load_study
 from autocompress.study._retarget import retarget
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -101,7 +103,7 @@ def run_seed(seed: int, profile_path: Path, budget_ms: float | None
         # the quiet gate waited for as many cores as threads (rows before it did not)
         "cores_probe": True,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{describe_device()['cpu']}, {describe_device()['logical_cores']} cores"}
+        "machine": machine()}
     return run_row, rows
 
 
