@@ -16,6 +16,7 @@ import pytest
 
 import autocompress
 from autocompress.exceptions import BudgetError, RunError
+from autocompress.space import Candidate
 from autocompress.study import RunFolder, SearchConfig, TrialRecord, load_front, pick, search
 from autocompress.study._prepare import MEASURED_HEADROOM
 
@@ -459,7 +460,7 @@ def test_screening_scores_candidates_estimated_near_the_budget_where_it_can_meas
 
     def compress(x):
         return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=estimates[x]),
-                               module=x, candidate=SimpleNamespace(sparsity={}))
+                               module=x, candidate=Candidate(channel_keep={"g": 0.5 + x / 8}))
 
     prepared = SimpleNamespace(compress=compress, latency_model=None, bound=SimpleNamespace(
         sample=lambda trial: trial.suggest_int("x", 0, 2)))
