@@ -18,7 +18,7 @@ from autocompress.hardware.backends import Backend, backend_for, is_local
 from autocompress.hardware.drift import DriftCheck, measure_beside
 from autocompress.study._config import RunFolder, redact_url
 from autocompress.study._front import FrontMember, ParetoFront, member_json
-from autocompress.study._records import RunInfo
+from autocompress.study._records import BaselineRecord, RunInfo
 from autocompress.study._storage import open_storage
 
 if TYPE_CHECKING:
@@ -45,12 +45,16 @@ def _drift_check(baseline_onnx: bytes, baseline_ms: float) -> DriftCheck:
                       expected="when the run began")
 
 
-def _reference(folder: RunFolder) -> DriftCheck | None:
-    path = folder.path / "baseline" / "model.onnx"
-    baseline = folder.run.baseline
-    if baseline.latency_source != "measured" or not path.is_file():
+def run_reference(baseline: BaselineRecord, baseline_onnx: Path) -> DriftCheck | None:
+    """The reference a run measures models beside: its baseline's graph and the latency it
+    measured when the run began (``None`` where it was not measured)."""
+    if baseline.latency_source != "measured" or not baseline_onnx.is_file():
         return None
-    return _drift_check(path.read_bytes(), baseline.latency_ms)
+    return _drift_check(baseline_onnx.read_bytes(), baseline.latency_ms)
+
+
+def _reference(folder: RunFolder) -> DriftCheck | None:
+    return run_reference(folder.run.baseline, folder.path / "baseline" / "model.onnx")
 
 
 def load_study(folder: RunFolder, storage: str | None = None) -> optuna.Study:

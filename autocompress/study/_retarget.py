@@ -45,6 +45,7 @@ from autocompress._io import write_bytes_atomic, write_json_atomic
 from autocompress._version import __version__
 from autocompress.exceptions import BudgetError, ProfileError, RunError
 from autocompress.hardware import HardwareProfile, LatencyEstimate, LatencyModel, is_local
+from autocompress.hardware.drift import DriftCheck
 from autocompress.models import create_model, resolve_model
 from autocompress.space import BoundSpace, Candidate, SearchSpace
 from autocompress.space._candidate import DATA_IMPORTANCES
@@ -275,7 +276,12 @@ def retarget(run: str | Path, profile: str | Path, out: str | Path, *,
     estimates = [_estimate(structures, model, trial, record, source.path)
                  for trial, record in trials]
     _check_reachable(new_info, estimates, source.path, profile_path)
-    measured = _measure_near_budget(measurer(new_profile), source, trials, estimates,
+    measure = measurer(new_profile)
+    if measure is not None and new_info.baseline.latency_source == "measured":
+        # scaled to the machine's speed when the baseline was measured, as a search does
+        measure.reference = DriftCheck(baseline_onnx, new_info.baseline.latency_ms,
+                                       expected="when the retarget began")
+    measured = _measure_near_budget(measure, source, trials, estimates,
                                     new_info.budget.latency_ms)
     previous = ParetoFront.from_study(study, budget_ms=info.budget.latency_ms,
                                       baseline=info.baseline)

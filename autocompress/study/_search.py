@@ -38,8 +38,9 @@ from autocompress.study._config import (
 )
 from autocompress.study._front import ParetoFront
 from autocompress.study._objective import TRIAL_ERRORS, Objective
-from autocompress.study._pick import load_front
+from autocompress.study._pick import load_front, run_reference
 from autocompress.study._prepare import (
+    Measurer,
     Prepared,
     first_run_info,
     for_device,
@@ -189,16 +190,19 @@ def _check_joinable(shared: RunInfo, ident: RunIdentity, config: SearchConfig,
                        "budget")
 
 
-def _shared_info(config: SearchConfig, setup: _Setup,
-                 measure: Callable[[bytes], float] | None = None) -> RunInfo:
+def _shared_info(config: SearchConfig, setup: _Setup, measure: Measurer | None = None
+                 ) -> RunInfo:
     """The run's record: settled on the first run (baseline measured, estimate calibrated,
     budget checked against the fastest model the space allows) and kept in the study, so
-    every worker and every rerun uses the same; ``run.json`` is its copy."""
+    every worker and every rerun uses the same; ``run.json`` is its copy. ``measure`` gets
+    the run's baseline as its reference once it is known."""
+    baseline_onnx = setup.folder.path / "baseline" / "model.onnx"
     info = _stored_info(setup.study) or setup.folder.info
     if info is None:
         info = first_run_info(config, setup.prepared, setup.profile, setup.profile_src,
-                              setup.ident, setup.space_src,
-                              setup.folder.path / "baseline" / "model.onnx")
+                              setup.ident, setup.space_src, baseline_onnx)
+        if measure is not None:
+            measure.reference = run_reference(info.baseline, baseline_onnx)
         if info.fastest_estimate_ms > info.budget.latency_ms:
             raise BudgetError(
                 f"the latency budget {info.budget.latency_ms:.3f} ms is below the fastest model "
@@ -222,6 +226,8 @@ def _shared_info(config: SearchConfig, setup: _Setup,
             if source.resolve() != copy.resolve():
                 write_bytes_atomic(copy, source.read_bytes())
         setup.folder.save(info)
+    if measure is not None:
+        measure.reference = run_reference(info.baseline, baseline_onnx)
     return info
 
 

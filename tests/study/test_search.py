@@ -414,6 +414,44 @@ def test_a_search_measures_each_graph_once(monkeypatch) -> None:
     assert calls == [b"graph a", b"graph b"]
 
 
+def test_near_budget_measurements_are_scaled_to_the_speed_the_run_began_at() -> None:
+    # a slow spell of the VM slows every graph alike: measured beside the run's baseline,
+    # a candidate's figure is the one it would have had when the baseline was measured
+    from autocompress.hardware import LatencyMeasurement
+    from autocompress.hardware.drift import DriftCheck
+    from autocompress.study._prepare import Measurer
+
+    nominal = {b"baseline": 1.0, b"candidate": 0.5}
+
+    class Drifting:
+        speed = 1.0
+        passes: list[list[bytes]] = []
+
+        def measure_many(self, models, settings=None, rounds=1):
+            self.passes.append(list(models))
+            return [LatencyMeasurement(median_ms=nominal[m] * self.speed, p25_ms=0.0,
+                                       p75_ms=0.0, runs=1, stable=True) for m in models]
+
+    backend = Drifting()
+    measure = Measurer(backend)  # type: ignore[arg-type]
+    backend.speed = 1.2
+    assert measure(b"candidate") == pytest.approx(0.6)   # no reference yet: as measured
+    measure.reference = DriftCheck(b"baseline", 1.0)
+    assert measure(b"candidate") == pytest.approx(0.6)   # a graph is measured once
+    nominal[b"other"] = 0.4
+    assert measure(b"other") == pytest.approx(0.4)       # 0.48 measured, the baseline at 1.2
+    assert backend.passes[-1] == [b"baseline", b"other"]
+
+
+def test_a_search_run_keeps_the_reference_its_measurements_are_scaled_by(config,
+                                                                         finished) -> None:
+    from autocompress.study._pick import run_reference
+
+    folder = RunFolder.open(config.out)
+    reference = run_reference(folder.run.baseline, folder.path / "baseline" / "model.onnx")
+    assert reference is not None and reference.latency_ms == folder.run.baseline.latency_ms
+
+
 def test_screening_measures_near_budget_choices_and_passes_over_those_that_do_not_fit() -> None:
     # x=0 scores best but sits at the budget's edge and measures over it; x=1 measures just
     # inside the budget, within the headroom a second measurement may cross; x=2 is near the
