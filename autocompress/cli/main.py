@@ -116,8 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="training augmentation: auto (crop and flip for image folders, none "
                         "for mnist/digits), none, standard, or e.g. crop=4,flip")
     s.add_argument("--screen", type=int, default=None,
-                   help="candidates scored without training (adaptive BatchNorm) before the "
-                        "best are finetuned (default: 10 per trial; 0: off)")
+                   help="distinct networks scored without training (adaptive BatchNorm) "
+                        "before the best are finetuned (default: 10 per trial; 0: off)")
     s.add_argument("--objectives", type=_objectives, default=("accuracy", "latency"),
                    help="accuracy,latency (default) or accuracy,latency,size (also searches "
                         "unstructured sparsity, which only shrinks the model)")

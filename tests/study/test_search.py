@@ -16,7 +16,6 @@ import pytest
 
 import autocompress
 from autocompress.exceptions import BudgetError, RunError
-from autocompress.space import Candidate
 from autocompress.study import RunFolder, SearchConfig, TrialRecord, load_front, pick, search
 from autocompress.study._prepare import MEASURED_HEADROOM
 
@@ -491,20 +490,22 @@ def test_screening_takes_a_candidate_estimated_just_over_the_budget_that_measure
 
 @pytest.mark.parametrize(("measurable", "scored"), [(True, [0, 1]), (False, [0])])
 def test_screening_scores_candidates_estimated_near_the_budget_where_it_can_measure(
-        measurable, scored) -> None:
+        measurable, scored, monkeypatch) -> None:
+    from autocompress.study import _screen
     from autocompress.study._screen import SCORE_ATTR, Screening
 
     estimates = {0: 0.9, 1: 1.05, 2: 1.3}   # within, just over, far over a 1.0 ms budget
 
     def compress(x):
         return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=estimates[x]),
-                               module=x, candidate=Candidate(channel_keep={"g": 0.5 + x / 8}))
+                               module=x, candidate=SimpleNamespace(sparsity={}))
 
     prepared = SimpleNamespace(compress=compress, latency_model=None, bound=SimpleNamespace(
         sample=lambda trial: trial.suggest_int("x", 0, 2)))
     screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
                           "random", measure=(lambda params: 0.95) if measurable else None)
     screening.score = lambda module: 0.5 + 0.1 * module  # type: ignore[method-assign]
+    monkeypatch.setattr(_screen, "network_key", lambda compressed: str(compressed.module))
     for x in range(3):
         screening.study.enqueue_trial({"x": x})
         screening._screen_one()
