@@ -66,10 +66,12 @@ keeps such rows apart.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import tarfile
@@ -189,14 +191,21 @@ class Cell:
     finetune_distill: str = "none"
     finetune_lr: float = FINETUNE_LR
 
-    def run_dir(self, approach: str) -> Path:
+    def _name(self, approach: str) -> str:
         space = f"-{self.space.stem}" if self.space is not None else ""
         distill = f"-{self.finetune_distill}" if self.finetune_distill != "none" else ""
         steps = f"-T{self.total_steps}" if self.total_steps != TOTAL_STEPS else ""
         lr = f"-lr{self.finetune_lr:g}" if self.finetune_lr != FINETUNE_LR else ""
-        return cache_dir("benchmarks", "cifar10-runs", f"{self.model}-{self.fraction:g}{space}"
-                         f"{distill}{steps}{lr}-seed{self.seed}-{approach}"
-                         f"{'-smoke' if self.smoke else ''}")
+        return (f"{self.model}-{self.fraction:g}{space}{distill}{steps}{lr}-seed{self.seed}"
+                f"-{approach}{'-smoke' if self.smoke else ''}")
+
+    def run_dir(self, approach: str) -> Path:
+        return cache_dir("benchmarks", "cifar10-runs", self._name(approach))
+
+    def start_record(self) -> Path:
+        """Where the cell keeps the baseline measurement its budget was set from, so that
+        a cell run again (after it was killed) resumes its searches with the same budget."""
+        return cache_dir("benchmarks", "cifar10-runs") / f"{self._name('start')}.json"
 
 
 def _search(cell: Cell, approach: str, **options: Any) -> Path:
@@ -311,6 +320,9 @@ def screening_correlations(cell: Cell, out: Path) -> dict[str, Any]:
             "finetuned_trials": len(records)}
 
 
+#: the approaches that run a search (a run folder that a cell run again resumes)
+SEARCHES = ("search", "random", "search-scorefirst")
+
 #: passes the baseline is measured in at the start of a cell, and the pause between them
 START_PASSES = 3
 START_PAUSE_S = 20
@@ -329,6 +341,30 @@ def measure_baseline(base_onnx: bytes) -> float:
     _logger.info("baseline at the start: %s ms; the fastest sets the budget",
                  ", ".join(f"{p:.3f}" for p in passes))
     return min(passes)
+
+
+def start_baseline(cell: Cell, approaches: list[str], base_onnx: bytes) -> float:
+    """The baseline's latency the cell's budget is set from: as kept in the cell's start
+    record when a search of the cell was started before on this machine with this baseline
+    (a killed cell run again; measured afresh, its budget would differ from the one its
+    searches were started with, and they would refuse to resume), else measured now
+    (:func:`measure_baseline`) and kept there."""
+    record = cell.start_record()
+    digest = hashlib.sha256(base_onnx).hexdigest()
+    started = any((cell.run_dir(a) / "run.json").is_file() for a in approaches
+                  if a in SEARCHES)
+    if started and record.is_file():
+        kept = json.loads(record.read_text())
+        if kept.get("baseline_sha256") == digest and kept.get("machine") == machine():
+            _logger.info("the cell was started before: its budget is set from the baseline "
+                         "as measured then, %.3f ms (%s, %s)", kept["baseline_ms"],
+                         kept["measured_at"], record)
+            return float(kept["baseline_ms"])
+    base_ms = measure_baseline(base_onnx)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    record.write_text(json.dumps({"baseline_ms": base_ms, "baseline_sha256": digest,
+                                  "machine": machine(), "measured_at": now}, indent=1) + "\n")
+    return base_ms
 
 
 def measure_all(onnx_models: list[bytes]) -> list[float]:
@@ -357,19 +393,19 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     baseline = create_model(args.model, num_classes=data.num_classes, in_channels=3)
     baseline.load_state_dict(torch.load(checkpoint, weights_only=True))
     base_onnx = compress(baseline, Candidate(), torch.zeros(data.input_shape)).structure_onnx()
-    base_ms = measure_baseline(base_onnx)
     precisions = (tuple(sorted(SearchSpace.from_yaml(args.space).precisions))
                   if args.space is not None else ("fp32",))
     cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
-                local_profile(threads=1, precisions=precisions), args.budget * base_ms,
+                local_profile(threads=1, precisions=precisions), math.nan,
                 args.total_steps, args.trials, args.finetune_steps, args.screen, args.smoke,
                 args.space, args.finetune_distill, args.finetune_lr)
+    base_ms = start_baseline(cell, args.approaches, base_onnx)
+    cell = dataclasses.replace(cell, budget_ms=args.budget * base_ms)
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
     outcomes = []
     for approach in args.approaches:
-        runner = (run_search if approach in ("search", "random", "search-scorefirst")
-                  else run_seed_trial)
+        runner = run_search if approach in SEARCHES else run_seed_trial
         outcomes.append(runner(cell, approach))
         _logger.info("%s: accuracy %.4f", approach, outcomes[-1].accuracy)
     for outcome in outcomes:

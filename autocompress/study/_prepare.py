@@ -304,12 +304,32 @@ class Measurer:
     settled. The VM's slow spells slow every model alike; unscaled, one CIFAR-10 screening
     measured its 22 candidates near the budget while the baseline ran 14-16% slow, found
     every one over the budget (estimated 0.349-0.368 ms, measured 0.388-0.457 against
-    0.373), and finetuned none of them."""
+    0.373), and finetuned none of them.
+
+    With ``fastest`` (a budget given in milliseconds, not derived from the baseline's
+    measurement), the reference's latency follows the fastest the baseline has measured
+    in this run: slow spells only add time, so that is the machine's own speed, which the
+    user's budget is about. One CIFAR-10 run whose baseline read 0.853 ms at its start (in a
+    slow spell; 0.731 a minute before) scaled its allocation's 0.277 ms up to 0.319 against
+    a budget of 0.365, and stopped thinning it well inside the budget. A budget derived from
+    the baseline's own measurement keeps that measurement as the reference, whatever its
+    speed: the budget is a fraction of it."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.reference: DriftCheck | None = None
+        self.fastest = False
         self._measured: dict[str, float] = {}
+
+    def refer_to(self, reference: DriftCheck | None, *, fastest: bool) -> None:
+        """Measure beside ``reference`` from now on (see the class); with ``fastest``, a
+        faster latency already seen of the same graph is kept."""
+        current = self.reference
+        if (fastest and reference is not None and current is not None
+                and current.onnx == reference.onnx
+                and current.latency_ms < reference.latency_ms):
+            reference = current
+        self.reference, self.fastest = reference, fastest
 
     def __call__(self, onnx_bytes: bytes) -> float:
         key = hashlib.sha256(onnx_bytes).hexdigest()
@@ -324,6 +344,13 @@ class Measurer:
                                              rounds=2)[0].median_ms
         beside, model = self.backend.measure_many([reference.onnx, onnx_bytes],
                                                   _NEAR_BUDGET_MEASURE, rounds=2)
+        if self.fastest and beside.median_ms < reference.latency_ms:
+            _logger.info("the baseline measured %.3f ms, faster than its %.3f ms %s: this "
+                         "run's figures are at this speed from now on", beside.median_ms,
+                         reference.latency_ms, reference.expected)
+            reference = self.reference = dataclasses.replace(
+                reference, latency_ms=beside.median_ms,
+                expected="at the fastest this run has measured it")
         drift = reference.drift(beside.median_ms)
         scaled = model.median_ms / (1.0 + drift)
         if abs(drift) > reference.tolerance:

@@ -279,8 +279,9 @@ def retarget(run: str | Path, profile: str | Path, out: str | Path, *,
     measure = measurer(new_profile)
     if measure is not None and new_info.baseline.latency_source == "measured":
         # scaled to the machine's speed when the baseline was measured, as a search does
-        measure.reference = DriftCheck(baseline_onnx, new_info.baseline.latency_ms,
-                                       expected="when the retarget began")
+        measure.refer_to(DriftCheck(baseline_onnx, new_info.baseline.latency_ms,
+                                    expected="when the retarget began"),
+                         fastest=new_info.budget.source == "given")
     measured = _measure_near_budget(measure, source, trials, estimates,
                                     new_info.budget.latency_ms)
     previous = ParetoFront.from_study(study, budget_ms=info.budget.latency_ms,

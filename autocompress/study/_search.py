@@ -202,7 +202,8 @@ def _shared_info(config: SearchConfig, setup: _Setup, measure: Measurer | None =
         info = first_run_info(config, setup.prepared, setup.profile, setup.profile_src,
                               setup.ident, setup.space_src, baseline_onnx)
         if measure is not None:
-            measure.reference = run_reference(info.baseline, baseline_onnx)
+            measure.refer_to(run_reference(info.baseline, baseline_onnx),
+                             fastest=info.budget.source == "given")
         if info.fastest_estimate_ms > info.budget.latency_ms:
             raise BudgetError(
                 f"the latency budget {info.budget.latency_ms:.3f} ms is below the fastest model "
@@ -227,7 +228,8 @@ def _shared_info(config: SearchConfig, setup: _Setup, measure: Measurer | None =
                 write_bytes_atomic(copy, source.read_bytes())
         setup.folder.save(info)
     if measure is not None:
-        measure.reference = run_reference(info.baseline, baseline_onnx)
+        measure.refer_to(run_reference(info.baseline, baseline_onnx),
+                         fastest=info.budget.source == "given")
     return info
 
 

@@ -67,3 +67,19 @@ def test_hypervolume_is_compared_per_budget(cifar10, tmp_path):
     pd.DataFrame(rows).to_csv(csv, index=False)
     text = cifar10.report(csv, tmp_path / "rows.md")
     assert "front hypervolume search / random: 2.00" in text
+
+
+def test_a_cell_run_again_resumes_its_searches_with_the_budget_it_began_with(
+        cifar10, tmp_path, monkeypatch):
+    # a killed cell is run again: the baseline measured afresh would set another budget,
+    # and its searches would refuse to resume; the start record keeps the first
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
+    readings = iter([0.8, 0.7])
+    monkeypatch.setattr(cifar10, "measure_baseline", lambda onnx: next(readings))
+    cell = cifar10.Cell("resnet20", 0.5, 0, "spec", Path("ck.pt"), Path("p.json"), 0.0,
+                        1000, 3, 100, 10)
+    assert cifar10.start_baseline(cell, ["search"], b"graph") == 0.8
+    (cell.run_dir("search") / "run.json").write_text("{}")      # the search had started
+    assert cifar10.start_baseline(cell, ["search"], b"graph") == 0.8
+    # another baseline (a new checkpoint) is measured again
+    assert cifar10.start_baseline(cell, ["search"], b"another graph") == 0.7

@@ -442,6 +442,42 @@ def test_near_budget_measurements_are_scaled_to_the_speed_the_run_began_at() -> 
     assert backend.passes[-1] == [b"baseline", b"other"]
 
 
+def test_a_given_budget_is_held_to_the_fastest_the_baseline_has_run() -> None:
+    # a run that began in a slow spell: its baseline read 1.2 ms, the machine's own speed
+    # is 1.0. A budget given in milliseconds is about the machine's speed: candidates are
+    # never scaled up to the slow start, and a slower pass later is scaled down to the
+    # fastest the baseline has run; a budget derived from the baseline keeps its speed
+    from autocompress.hardware import LatencyMeasurement
+    from autocompress.hardware.drift import DriftCheck
+    from autocompress.study._prepare import Measurer
+
+    nominal = {b"baseline": 1.0, b"a": 0.5, b"b": 0.4, b"c": 0.3}
+
+    class Drifting:
+        speed = 1.0
+
+        def measure_many(self, models, settings=None, rounds=1):
+            return [LatencyMeasurement(median_ms=nominal[m] * self.speed, p25_ms=0.0,
+                                       p75_ms=0.0, runs=1, stable=True) for m in models]
+
+    backend = Drifting()
+    derived = Measurer(backend)  # type: ignore[arg-type]
+    derived.refer_to(DriftCheck(b"baseline", 1.2), fastest=False)
+    assert derived(b"a") == pytest.approx(0.6)          # at the speed the budget was set at
+
+    given = Measurer(backend)  # type: ignore[arg-type]
+    given.refer_to(DriftCheck(b"baseline", 1.2), fastest=True)
+    assert given(b"a") == pytest.approx(0.5)            # as measured: the fastest so far
+    assert given.reference is not None and given.reference.latency_ms == pytest.approx(1.0)
+    backend.speed = 1.1
+    assert given(b"b") == pytest.approx(0.4)            # 0.44 in a slow spell, scaled down
+    # the run's record sets the reference again (at its end): the faster one is kept
+    given.refer_to(DriftCheck(b"baseline", 1.2), fastest=True)
+    assert given.reference.latency_ms == pytest.approx(1.0)
+    given.refer_to(DriftCheck(b"other baseline", 1.2), fastest=True)
+    assert given.reference.latency_ms == pytest.approx(1.2)
+
+
 def test_a_search_run_keeps_the_reference_its_measurements_are_scaled_by(config,
                                                                          finished) -> None:
     from autocompress.study._pick import run_reference
