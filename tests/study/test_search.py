@@ -413,6 +413,47 @@ def test_a_search_measures_each_graph_once(monkeypatch) -> None:
     assert calls == [b"graph a", b"graph b"]
 
 
+def test_the_uniform_seed_measures_prunings_a_skewed_estimate_puts_over_the_budget() -> None:
+    # an estimate 25% high (a calibration fitted while the machine drifted): the keep-0.5
+    # pruning is estimated over the budget but fits it; the seed measures it and takes it,
+    # and measures nothing estimated further off than SEED_MEASURE_MARGIN
+    from autocompress.space import SearchSpace
+    from autocompress.study._prepare import SEED_MEASURE_MARGIN, seed_params
+
+    bound = SearchSpace.default().bind(["a", "b"], [])
+
+    class Compressed:
+        def __init__(self, ratio: float) -> None:
+            self.ratio = ratio
+
+        def estimate(self, model):
+            return SimpleNamespace(latency_ms=1.25 * self.ratio)
+
+        def structure_onnx(self) -> float:
+            return self.ratio
+
+        def rewrite(self, onnx, calibration):
+            return onnx
+
+    prepared = SimpleNamespace(bound=bound, latency_model=None, calibration=None,
+                               compress=lambda c: Compressed(max(c.channel_keep.values())))
+    measured: list[float] = []
+
+    def measure(ratio: float) -> float:
+        measured.append(ratio)
+        return ratio   # the truth: latency proportional to the keep ratio
+
+    params = seed_params(prepared, 0.5, measure)  # type: ignore[arg-type]
+    assert params is not None
+    assert set(bound.candidate_from_params(params).channel_keep.values()) == {0.5}
+    assert measured == [0.5]   # 0.625's estimate, 0.78, is 56% over
+    assert 1.25 * 0.625 > 0.5 * (1 + SEED_MEASURE_MARGIN)
+    # from the estimate alone, the seed would have been the smaller pruning
+    alone = seed_params(prepared, 0.5)  # type: ignore[arg-type]
+    assert alone is not None
+    assert set(bound.candidate_from_params(alone).channel_keep.values()) == {0.375}
+
+
 def test_near_budget_measurements_are_scaled_to_the_speed_the_run_began_at() -> None:
     # a slow spell of the VM slows every graph alike: measured beside the run's baseline,
     # a candidate's figure is the one it would have had when the baseline was measured
