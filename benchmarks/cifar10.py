@@ -26,6 +26,9 @@ Approaches, each given the same total training steps ``--total-steps`` (T):
               same final finetune;
   uniform     the uniform channel pruning closest below the budget (the search's first seed
               trial), trained T steps;
+  uniform-int8  (not in the default --approaches; where the space quantizes) the same, all
+              layers int8 (post-training quantization after the T steps): what a user
+              with an int8 runtime does by hand;
   allocation  the latency-aware allocation alone, trained T steps;
   search-scorefirst  (ablation, not in the default --approaches) the search with the
               screening's choice before commit 8f31b9f: the best screening score first,
@@ -273,14 +276,26 @@ def run_search(cell: Cell, approach: str) -> Outcome:
                    cell.total_steps, time.perf_counter() - start, extra)
 
 
+#: the seed trial of each approach that trains one, by the start of its ``seeded`` label
+SEEDED = {"uniform": "uniform keep ratio", "uniform-int8": "uniform keep ratio, int8",
+          "allocation": "latency-aware allocation"}
+
+
 def run_seed_trial(cell: Cell, approach: str) -> Outcome:
-    """Uniform pruning (the search's first seed trial) or the latency-aware allocation (its
-    second), trained for all ``T`` steps."""
+    """Uniform pruning (the search's first seed trial), uniform pruning quantized all-int8
+    or the latency-aware allocation, trained for all ``T`` steps."""
     start = time.perf_counter()
-    out = _search(cell, approach, trials=2 if approach == "allocation" else 1,
-                  finetune_steps=0, screen=0, allocate=approach == "allocation")
+    # the seeds run first, in this order: uniform fp32, uniform int8 (where the space
+    # quantizes), the allocation
+    int8 = cell.space is not None and "int8" in SearchSpace.from_yaml(cell.space).precisions
+    if approach == "uniform-int8" and not int8:
+        raise SystemExit("uniform-int8 needs a --space whose precision rules offer int8 "
+                         "(search_spaces/depth_int8.yaml)")
+    trials = {"uniform": 1, "uniform-int8": 2, "allocation": 3 if int8 else 2}[approach]
+    out = _search(cell, approach, trials=trials, finetune_steps=0, screen=0,
+                  allocate=approach == "allocation")
     folder = RunFolder.open(out)
-    seeded = "latency-aware allocation" if approach == "allocation" else "uniform keep ratio"
+    seeded = SEEDED[approach]
     front = load_front(out)
     study_trials = {t.number: t for t in _study(folder).get_trials()}
     number = next(n for n, t in study_trials.items()
@@ -540,6 +555,8 @@ def report(csv: Path, md: Path) -> str:
         if {"search", "uniform"} <= set(by.index):
             verdicts.append(f"- {model} at {fraction:.0%} ({setting}): "
                             + _versus(by, "uniform", "search - uniform"))
+        if {"search", "uniform-int8"} <= set(by.index):
+            verdicts.append("  - " + _versus(by, "uniform-int8", "search - uniform int8"))
         hypervolume = "hypervolume_per_budget_mean"
         if {"search", "random"} <= set(by.index) and by.loc["random", hypervolume] > 0:
             ratio = by.loc["search", hypervolume] / by.loc["random", hypervolume]

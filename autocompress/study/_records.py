@@ -223,8 +223,9 @@ class ProfileRef:
 
 @dataclass(frozen=True)
 class AllocationRecord:
-    """The latency-aware allocation: keep ratio per group, its estimated latency and the
-    sensitivity it came from (score and latency per group and keep ratio)."""
+    """The latency-aware allocation: keep ratio per group, its estimated latency, the
+    sensitivity it came from (score and latency per group and keep ratio) and the precision
+    its layers run at."""
 
     keep: Mapping[str, float]
     params: Mapping[str, float]
@@ -232,6 +233,8 @@ class AllocationRecord:
     predicted_loss: float
     sensitivity: Mapping[str, Mapping[str, tuple[float, float | None]]]
     seconds: float
+    #: the precision of every layer (where the space offers it) the allocation started from
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

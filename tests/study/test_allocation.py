@@ -180,3 +180,100 @@ def test_blocks_dropped_by_hand_are_spread_evenly() -> None:
     assert evenly(blocks, 0) == ()
     assert evenly(blocks, 3) == ("layer1.1", "layer2.1", "layer3.1")   # one per stage
     assert all(len(set(evenly(blocks, k))) == k for k in range(len(blocks) + 1))
+
+
+def _quantizable() -> object:
+    """Channel groups a, b, c, each also a layer that may run fp32 or int8 (one choice for
+    the whole network)."""
+    from autocompress.space import SearchSpace
+
+    space = SearchSpace.from_dict({"format_version": 1, "channels": {"rules": [
+        {"match": "*", "keep_ratio": {"low": 0.25, "high": 1.0, "step": 0.25}}]},
+        "precision": {"rules": [{"match": "*", "shared": True, "name": "network",
+                                 "precision": {"choices": ["fp32", "int8"]}}]}})
+    return space.bind(list(ALONE), list(ALONE), sparsity=False)
+
+
+def _int8_device(speedup: float):
+    """(evaluate, latency): the toy device of ``_latency_alone``, an all-int8 network
+    ``speedup`` times faster; the score (of the float network) as
+    ``_score_with_interaction``."""
+    def latency(candidate: Candidate) -> float:
+        int8 = set(candidate.precision.values()) == {"int8"}
+        return _latency_alone(candidate) / (speedup if int8 else 1.0)
+
+    def evaluate(candidate: Candidate) -> tuple[float, float]:
+        return _score_with_interaction(candidate.channel_keep), latency(candidate)
+
+    return evaluate, latency
+
+
+def test_the_allocation_starts_from_int8_where_that_loses_less() -> None:
+    from autocompress.study._allocation import allocate_precisions
+
+    evaluate, latency = _int8_device(speedup=1.6)
+    found = allocate_precisions(_quantizable(), evaluate, 5.5, latency,
+                                lambda c: _score_with_interaction(c.channel_keep))
+    assert found is not None
+    precision, groups, allocation = found
+    # fp32 must cut 4.5 ms of 10; all-int8 (6.25 ms) cuts less than 1 ms and loses less
+    assert precision == "int8"
+    assert allocation.latency_ms <= 5.5
+    assert allocation.predicted_loss < 0.05
+    assert groups[0].latency_at(1.0) == pytest.approx(BASE_MS / 1.6)
+
+
+def test_fp32_is_kept_where_int8_buys_nothing() -> None:
+    from autocompress.study._allocation import allocate_precisions
+
+    evaluate, latency = _int8_device(speedup=1.0)
+    found = allocate_precisions(_quantizable(), evaluate, 8.0, latency,
+                                lambda c: _score_with_interaction(c.channel_keep))
+    assert found is not None and found[0] == "fp32"
+
+
+def test_a_float_only_space_allocates_in_fp32_only() -> None:
+    from autocompress.space import SearchSpace
+    from autocompress.study._allocation import allocation_precisions
+
+    assert allocation_precisions(_quantizable()) == ("fp32", "int8")
+    bound = SearchSpace.default().bind(list(COST), list(COST), sparsity=False)
+    assert allocation_precisions(bound) == ("fp32",)
+
+
+def test_an_int8_allocation_seeds_every_layer_in_int8() -> None:
+    from autocompress.study._allocation import allocation_params
+    from autocompress.study._records import AllocationRecord
+
+    bound = _quantizable()
+    record = AllocationRecord({"a": 0.5}, {"keep_ratio/a": 0.5}, 5.0, 0.01, {}, 1.0, "int8")
+    params = allocation_params(bound, record)
+    candidate = bound.candidate_from_params(params)
+    assert set(candidate.precision.values()) == {"int8"}
+    assert candidate.channel_keep["a"] == 0.5 and candidate.channel_keep["b"] == 1.0
+
+
+def test_the_allocation_record_keeps_its_precision_and_reads_older_records() -> None:
+    from dataclasses import asdict
+
+    from autocompress._records import fields_to_jsonable, from_jsonable
+    from autocompress.study._records import AllocationRecord
+
+    record = AllocationRecord({"a": 0.5}, {"keep_ratio/a": 0.5}, 5.0, 0.01,
+                              {"a": {"0.5": (5.0, 0.8)}}, 1.0, "int8")
+    data = fields_to_jsonable(record)
+    assert from_jsonable(AllocationRecord, data).precision == "int8"
+    data.pop("precision")            # a run recorded before the allocation weighed int8
+    older = from_jsonable(AllocationRecord, data)
+    assert older.precision == "fp32" and asdict(older)["keep"] == {"a": 0.5}
+
+
+def test_the_screening_seeds_uniform_prunings_at_each_precision() -> None:
+    from autocompress.study._allocation import uniform_grid_params
+
+    bound = _quantizable()
+    seeds = [bound.candidate_from_params(p) for p in uniform_grid_params(bound)]
+    by_precision = {}
+    for c in seeds:
+        by_precision.setdefault(c.precision_summary, set()).add(c.channel_keep["a"])
+    assert by_precision == {"fp32": {0.25, 0.5, 0.75, 1.0}, "int8": {0.25, 0.5, 0.75, 1.0}}
