@@ -441,7 +441,7 @@ def test_the_uniform_seed_measures_prunings_a_skewed_estimate_puts_over_the_budg
 
     def measure(ratio: float) -> float:
         measured.append(ratio)
-        return ratio   # the truth: latency proportional to the keep ratio
+        return 0.95 * ratio   # the truth: latency proportional to the keep ratio
 
     params = seed_params(prepared, 0.5, measure)  # type: ignore[arg-type]
     assert params is not None
@@ -452,6 +452,39 @@ def test_the_uniform_seed_measures_prunings_a_skewed_estimate_puts_over_the_budg
     alone = seed_params(prepared, 0.5)  # type: ignore[arg-type]
     assert alone is not None
     assert set(bound.candidate_from_params(alone).channel_keep.values()) == {0.375}
+
+
+def test_a_uniform_seed_measured_just_inside_the_budget_is_not_taken() -> None:
+    # measured once 1% inside the budget: too close to hold when measured again at the pick
+    from autocompress.space import SearchSpace
+    from autocompress.study._prepare import MEASURED_HEADROOM, seed_params
+
+    bound = SearchSpace.default().bind(["a", "b"], [])
+
+    class Compressed:
+        def __init__(self, ratio: float) -> None:
+            self.ratio = ratio
+
+        def estimate(self, model):
+            return SimpleNamespace(latency_ms=self.ratio)
+
+        def structure_onnx(self) -> float:
+            return self.ratio
+
+        def rewrite(self, onnx, calibration):
+            return onnx
+
+    prepared = SimpleNamespace(bound=bound, latency_model=None, calibration=None,
+                               compress=lambda c: Compressed(max(c.channel_keep.values())))
+    truth = {0.625: 0.99 * 0.5, 0.5: 0.4}
+
+    def measure(ratio: float) -> float:
+        return truth.get(ratio, 2.0 * ratio)
+
+    params = seed_params(prepared, 0.5, measure)  # type: ignore[arg-type]
+    assert params is not None
+    assert set(bound.candidate_from_params(params).channel_keep.values()) == {0.5}
+    assert truth[0.625] > 0.5 * (1 - MEASURED_HEADROOM)
 
 
 def test_near_budget_measurements_are_scaled_to_the_speed_the_run_began_at() -> None:
