@@ -328,21 +328,21 @@ def compute_allocation(prepared: Prepared, budget_ms: float,
     data = prepared.data
     scores: dict[str, float] = {}
 
-    def score_of(candidate: Candidate, module: Any) -> float:
+    def score_of(candidate: Candidate, module: Callable[[], Any]) -> float:
         # the score is of the float network: the same network at another precision is not
-        # scored again
+        # built or scored again
         key = json.dumps({**candidate.to_dict(), "precision": {}}, sort_keys=True)
         if key not in scores:
-            scores[key] = screening_score(module, data.train, data.val)
+            scores[key] = screening_score(module(), data.train, data.val)
         return scores[key]
 
     def score(candidate: Candidate) -> float:
-        return score_of(candidate, prepared.compress(candidate).module)
+        return score_of(candidate, lambda: prepared.compress(candidate).module)
 
     def evaluate(candidate: Candidate) -> tuple[float, float]:
         compressed = prepared.compress(candidate)
         latency = compressed.estimate(prepared.latency_model).latency_ms
-        return score_of(candidate, compressed.module), latency
+        return score_of(candidate, lambda: compressed.module), latency
 
     def latency(candidate: Candidate) -> float:
         estimate = prepared.estimate_ms(candidate)

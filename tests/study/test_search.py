@@ -413,6 +413,27 @@ def test_a_search_measures_each_graph_once(monkeypatch) -> None:
     assert calls == [b"graph a", b"graph b"]
 
 
+def _seed_prepared(bound, estimate_scale: float) -> SimpleNamespace:
+    """What :func:`seed_params` reads of a run: ``bound``, and candidates whose estimate is
+    ``estimate_scale`` x their largest keep ratio and whose graph is that ratio (so a
+    ``measure`` of the graph is a function of the ratio)."""
+    class Compressed:
+        def __init__(self, ratio: float) -> None:
+            self.ratio = ratio
+
+        def estimate(self, model):
+            return SimpleNamespace(latency_ms=estimate_scale * self.ratio)
+
+        def structure_onnx(self) -> float:
+            return self.ratio
+
+        def rewrite(self, onnx, calibration):
+            return onnx
+
+    return SimpleNamespace(bound=bound, latency_model=None, calibration=None,
+                           compress=lambda c: Compressed(max(c.channel_keep.values())))
+
+
 def test_the_uniform_seed_measures_prunings_a_skewed_estimate_puts_over_the_budget() -> None:
     # an estimate 25% high (a calibration fitted while the machine drifted): the keep-0.5
     # pruning is estimated over the budget but fits it; the seed measures it and takes it,
@@ -422,21 +443,7 @@ def test_the_uniform_seed_measures_prunings_a_skewed_estimate_puts_over_the_budg
 
     bound = SearchSpace.default().bind(["a", "b"], [])
 
-    class Compressed:
-        def __init__(self, ratio: float) -> None:
-            self.ratio = ratio
-
-        def estimate(self, model):
-            return SimpleNamespace(latency_ms=1.25 * self.ratio)
-
-        def structure_onnx(self) -> float:
-            return self.ratio
-
-        def rewrite(self, onnx, calibration):
-            return onnx
-
-    prepared = SimpleNamespace(bound=bound, latency_model=None, calibration=None,
-                               compress=lambda c: Compressed(max(c.channel_keep.values())))
+    prepared = _seed_prepared(bound, estimate_scale=1.25)
     measured: list[float] = []
 
     def measure(ratio: float) -> float:
@@ -461,21 +468,7 @@ def test_a_uniform_seed_measured_just_inside_the_budget_is_not_taken() -> None:
 
     bound = SearchSpace.default().bind(["a", "b"], [])
 
-    class Compressed:
-        def __init__(self, ratio: float) -> None:
-            self.ratio = ratio
-
-        def estimate(self, model):
-            return SimpleNamespace(latency_ms=self.ratio)
-
-        def structure_onnx(self) -> float:
-            return self.ratio
-
-        def rewrite(self, onnx, calibration):
-            return onnx
-
-    prepared = SimpleNamespace(bound=bound, latency_model=None, calibration=None,
-                               compress=lambda c: Compressed(max(c.channel_keep.values())))
+    prepared = _seed_prepared(bound, estimate_scale=1.0)
     truth = {0.625: 0.99 * 0.5, 0.5: 0.4}
 
     def measure(ratio: float) -> float:
