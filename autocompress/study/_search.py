@@ -89,8 +89,8 @@ def search(config: SearchConfig) -> ParetoFront:
     setup = _setup(config)
     measure = measurer(setup.profile)
     info = _shared_info(config, setup, measure)
-    prepared = setup.prepared.with_latency_model(setup.prepared.latency_model.calibrated(
-        info.calibration.scale, info.calibration.offset_ms))
+    prepared = setup.prepared.with_latency_model(
+        info.calibration.apply(setup.prepared.latency_model))
     budget_ms = info.budget.latency_ms
     screening = None
     if config.screen_count and prepared.bound.compresses:
@@ -211,8 +211,7 @@ def _shared_info(config: SearchConfig, setup: _Setup, measure: Measurer | None =
                 f"raise --latency-budget-ms or allow smaller keep ratios in {setup.space_src}")
         if config.allocate and setup.prepared.bound.compresses:
             calibrated = setup.prepared.with_latency_model(
-                setup.prepared.latency_model.calibrated(info.calibration.scale,
-                                                        info.calibration.offset_ms))
+                info.calibration.apply(setup.prepared.latency_model))
             info = dataclasses.replace(info, allocation=compute_allocation(
                 calibrated, info.budget.latency_ms, _measure_candidate(calibrated, measure)))
         if _stored_info(setup.study) is None:
