@@ -199,10 +199,18 @@ class LatencyModel:
     """Estimates latency on the profiled device; see the module docstring for the method."""
 
     def __init__(self, profile: HardwareProfile, scale: float = 1.0,
-                 offset_ms: float = 0.0) -> None:
+                 offset_ms: float = 0.0,
+                 precision_scales: Mapping[str, float] | None = None,
+                 precision_node_ms: Mapping[str, float] | None = None) -> None:
         self.profile = profile
         self.scale = scale
         self.offset_ms = offset_ms
+        #: precision -> factor on the time of every node (and conversion into or out of it)
+        #: in that precision, and a time added per costed node in it, before ``scale``: what
+        #: measuring whole networks in that precision showed the profile's one-kernel
+        #: measurements miss (see :meth:`calibrated`)
+        self.precision_scales = dict(precision_scales or {})
+        self.precision_node_ms = dict(precision_node_ms or {})
         #: the cost rules of the profile's backend
         self.rules: CostRules = rules_for(profile.backend)
         #: whether fp32 estimates cost the graph the runtime runs (:attr:`CostRules.lowering`)
@@ -280,15 +288,27 @@ class LatencyModel:
             fits[precision] = by_kind
         return fits
 
-    def calibrated(self, scale: float, offset_ms: float = 0.0) -> LatencyModel:
-        """The same model with every estimate mapped to ``offset_ms + scale * estimate``.
+    def calibrated(self, scale: float, offset_ms: float = 0.0,
+                   precision_scales: Mapping[str, float] | None = None,
+                   precision_node_ms: Mapping[str, float] | None = None) -> LatencyModel:
+        """The same model with every estimate mapped to ``offset_ms + scale * estimate``;
+        before that, the time of each node in a precision named in ``precision_scales`` (and
+        of each conversion into or out of it) is multiplied by its factor, and each costed
+        node in a precision named in ``precision_node_ms`` costs that much more (a fixed cost
+        per node the profile's one-kernel graphs did not show).
 
         The map comes from measuring reference models on the device (see
-        :func:`fit_calibration`); ``scale > 0`` keeps estimates monotone in channels.
+        :func:`fit_calibration`); ``scale > 0`` and non-negative factors keep estimates
+        monotone in channels.
         """
-        if not math.isfinite(scale) or scale <= 0 or not math.isfinite(offset_ms):
-            raise ValueError(f"calibration needs a positive scale, got {scale}, {offset_ms}")
-        return LatencyModel(self.profile, scale, offset_ms)
+        factors = dict(precision_scales or {})
+        per_node = dict(precision_node_ms or {})
+        if not math.isfinite(scale) or scale <= 0 or not math.isfinite(offset_ms) or any(
+                not math.isfinite(v) or v < 0 for v in (*factors.values(),
+                                                         *per_node.values())):
+            raise ValueError(f"calibration needs a positive scale and non-negative precision "
+                             f"terms, got {scale}, {offset_ms}, {factors}, {per_node}")
+        return LatencyModel(self.profile, scale, offset_ms, factors, per_node)
 
     def _fit_for(self, kernel: Kernel, what: str) -> KindFit:
         precision = kernel.precision
@@ -341,8 +361,13 @@ class LatencyModel:
         per_node = []
         footprint = sum(weight_bytes(node.kernel) for node in nodes)
         streaming = 0.0
+        factors, per_node_ms = self.precision_scales, self.precision_node_ms
         for node in nodes:
             ms, std = self.kernel_ms(node)
+            if node.kernel is not None and (factors or per_node_ms):
+                factor = factors.get(node.kernel.precision, 1.0)
+                ms = ms * factor + per_node_ms.get(node.kernel.precision, 0.0)
+                std = std * factor
             if self.streaming is not None:
                 read = self.streaming.node_ms(weight_bytes(node.kernel), footprint)
                 ms += read
@@ -353,6 +378,10 @@ class LatencyModel:
         per_boundary = []
         for boundary in boundaries:
             ms, std = self.boundary_ms(boundary)
+            if factors:
+                factor = factors.get(boundary.target if boundary.target != "fp32"
+                                     else boundary.source, 1.0)
+                ms, std = ms * factor, std * factor
             total += ms
             var += std**2
             per_boundary.append((boundary.tensor, boundary.kernel.kind, ms * self.scale))

@@ -20,6 +20,7 @@ from autocompress.data import DataSplit, load_data, spec_name
 from autocompress.evaluation import EarlyStopping, TrainSettings, model_stats
 from autocompress.exceptions import DataError, ProfileError, RunError
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware._nnls import nnls
 from autocompress.hardware.backends import Backend, backend_for, is_local
 from autocompress.hardware.drift import DriftCheck, measure_beside
 from autocompress.hardware.latency import fit_calibration
@@ -50,7 +51,7 @@ from autocompress.transforms import (
 from autocompress.transforms._importance import training_statistics
 
 __all__ = ["MEASURED_HEADROOM", "NEAR_BUDGET_MARGIN", "SEED_MEASURE_MARGIN", "Measurer",
-           "Prepared", "calibration_inputs", "device_calibration",
+           "Prepared", "calibrated_precisions", "calibration_inputs", "device_calibration",
            "fastest_estimate_ms", "first_run_info", "for_device", "importance_statistics",
            "load_search_data", "load_space", "local_profile", "measure_and_calibrate",
            "near_budget", "run_data", "search_data", "seed_params"]
@@ -91,6 +92,11 @@ _START_PAUSE_S = 30.0
 _BASELINE_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
 _NEAR_BUDGET_MEASURE = MeasureSettings(max_time_s=1.0, min_runs=60, round_runs=30)
 _CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
+#: Keep ratios of the copies at another precision: a budget a precision helps to meet is
+#: where a network at that precision keeps most of its channels.
+_PRECISION_RATIOS = (1.0, 0.75, 0.5)
+#: A precision's factor is held below this: beyond it the profile is of another device.
+_PRECISION_FACTOR_MAX = 4.0
 
 
 def calibration_inputs(data: DataSplit, samples: int) -> np.ndarray:
@@ -399,11 +405,12 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
     if local:
         measured, calibration = measure_and_calibrate(
             profile, prepared.latency_model, prepared.compress, prepared.bound, onnx_bytes,
-            calibrate=config.calibrate)
+            calibrate=config.calibrate, precisions=calibrated_precisions(prepared.bound),
+            calibration_data=prepared.calibration)
         _logger.info("baseline: accuracy %.4f, measured %.3f ms on %s; profile estimate "
-                     "%.3f ms, calibrated as %.3f ms + %.3f x estimate", baseline.accuracy,
+                     "%.3f ms, calibrated as %.3f ms + %.3f x estimate%s", baseline.accuracy,
                      measured.median_ms, profile.backend, raw_ms, calibration.offset_ms,
-                     calibration.scale)
+                     calibration.scale, calibration.describe_precisions())
     else:
         _logger.info("baseline: accuracy %.4f, profile estimate %.3f ms (the profile is of "
                      "another device, so nothing is measured here)%s", baseline.accuracy,
@@ -424,8 +431,7 @@ def first_run_info(config: SearchConfig, prepared: Prepared, profile: HardwarePr
         latency_source="measured" if measured else "estimate",
         predicted_latency_ms=calibration.offset_ms + calibration.scale * raw_ms,
         measured_latency=measured, **stats.to_dict())
-    calibrated = prepared.with_latency_model(prepared.latency_model.calibrated(
-        calibration.scale, calibration.offset_ms))
+    calibrated = prepared.with_latency_model(calibration.apply(prepared.latency_model))
     data = prepared.data
     data_record = dataclasses.replace(data.record, preprocessing=dataclasses.replace(
         data.record.preprocessing, embedded=config.embed_preprocessing))
@@ -450,14 +456,36 @@ def device_calibration(profile: HardwareProfile, raw_ms: float) -> Calibration:
                        raw_estimate_ms=raw_ms, source="device")
 
 
+def calibrated_precisions(bound: BoundSpace) -> tuple[str, ...]:
+    """The precisions besides fp32 that the space's layers may run, each calibrated on copies
+    of the baseline measured at it (:func:`measure_and_calibrate`)."""
+    if not bound.precision_params:
+        return ()
+    return tuple(sorted(bound.space.precisions - {"fp32"}))
+
+
 def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
                           compress: Callable[[Candidate], CompressedModel], bound: BoundSpace,
-                          onnx_bytes: bytes, *, calibrate: bool) -> tuple[Any, Calibration]:
+                          onnx_bytes: bytes, *, calibrate: bool,
+                          precisions: Sequence[str] = (),
+                          calibration_data: Callable[[], np.ndarray] | None = None
+                          ) -> tuple[Any, Calibration]:
     """Measure the baseline's graph ``onnx_bytes`` on ``profile``'s backend (this machine)
     and, with ``calibrate``, uniformly pruned copies of it (built by ``compress`` from
     ``bound``), interleaved; fit ``measured = offset + scale * estimate`` over them, the
     estimate being ``latency_model``'s (uncalibrated). Returns the baseline's measurement
     and the calibration (without ``calibrate``: the profile's device calibration, if any).
+
+    For each of ``precisions`` (int8, where the space lets its layers run it), copies with
+    every layer at that precision (keep ratios :data:`_PRECISION_RATIOS`, quantized with
+    ``calibration_data`` as the search deploys them) are measured in the same pass, and a
+    factor on that precision's node times and a fixed time per node are fitted to bring
+    their calibrated estimates to their measurements (:func:`precision_terms`): the fp32
+    copies do not tell how far the profile's one-kernel int8 measurements are from int8
+    inside a network (on an AVX-512 VNNI VM, all-int8 resnet20 measured nearly the same at
+    every width, and less with fewer blocks; in the steadiest of three interleaved passes,
+    the fp32 calibration put int8 networks with two or four blocks dropped at 1.5x their
+    measurement, the int8 terms five of six int8 networks they were not fitted on within 6%).
 
     A pass whose baseline measures slower than the profile's estimate of it by more than
     :data:`START_DRIFT` is taken again, after a pause, up to three passes, and the fastest
@@ -470,10 +498,18 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
     backend = backend_for(profile.backend, profile.backend_settings)
     raw_ms = latency_model.estimate(onnx_bytes).latency_ms
     models, keeps = [onnx_bytes], [1.0]
+    copies: list[tuple[str, float, CompressedModel]] = []
     if calibrate:
         for ratio in _CALIBRATION_RATIOS[1:]:
             models.append(compress(bound.uniform(ratio)).structure_onnx())
             keeps.append(ratio)
+        if precisions and calibration_data is None:
+            raise ValueError("calibrating other precisions needs calibration_data")
+        for precision in precisions:
+            for ratio in _PRECISION_RATIOS:
+                copy = compress(bound.uniform(ratio, precision))
+                copies.append((precision, ratio, copy))
+                models.append(copy.rewrite(copy.structure_onnx(), calibration_data))
     # the profile was measured on this machine: its estimate of the baseline tells a slow
     # spell at the start of the run, which would scale every estimate of the run
     check = DriftCheck(onnx_bytes, raw_ms, START_DRIFT, passes=3, pause_s=_START_PAUSE_S,
@@ -482,14 +518,60 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
     results = [kept.reference, *kept.measurements]
     calibration = device_calibration(profile, raw_ms)
     if calibrate:
-        raws = [latency_model.estimate(m).latency_ms for m in models]
-        measured = [r.median_ms for r in results]
+        floats = len(keeps)
+        raws = [latency_model.estimate(m).latency_ms for m in models[:floats]]
+        measured = [r.median_ms for r in results[:floats]]
         scale, offset = fit_calibration(raws, measured)
+        points = [CalibrationPoint(k, e, m) for k, e, m in zip(keeps, raws, measured, strict=True)]
+        factors: dict[str, float] = {}
+        per_node: dict[str, float] = {}
+        for precision in precisions:
+            mine = [(ratio, copy, result) for (p, ratio, copy), result
+                    in zip(copies, results[floats:], strict=True) if p == precision]
+            ms = [result.median_ms for _, _, result in mine]
+            factors[precision], per_node[precision] = precision_terms(
+                latency_model, scale, offset, precision, [copy for _, copy, _ in mine], ms)
+            points += [CalibrationPoint(ratio, copy.estimate(latency_model).latency_ms, m,
+                                        precision)
+                       for (ratio, copy, _), m in zip(mine, ms, strict=True)]
         calibration = Calibration(
             scale=scale, offset_ms=offset, applied=True, raw_estimate_ms=raw_ms, source="model",
-            points=tuple(CalibrationPoint(k, e, m)
-                         for k, e, m in zip(keeps, raws, measured, strict=True)))
+            points=tuple(points), precision_scales=factors, precision_node_ms=per_node)
     return results[0], calibration
+
+
+def precision_terms(latency_model: LatencyModel, scale: float, offset_ms: float,
+                    precision: str, copies: Sequence[CompressedModel],
+                    measured_ms: Sequence[float]) -> tuple[float, float]:
+    """(factor, ms per node) on ``precision``'s nodes that bring the estimates of ``copies``,
+    calibrated by ``scale`` and ``offset_ms``, closest to ``measured_ms``: a non-negative
+    least-squares fit, relative to each measurement (each copy's estimate is linear in both
+    terms). ``(1, 0)`` where the copies leave the terms undetermined."""
+    plain = latency_model.calibrated(scale, offset_ms)
+    doubled = latency_model.calibrated(scale, offset_ms, {precision: 2.0})
+    counted = latency_model.calibrated(scale, offset_ms, None, {precision: 1.0})
+    rows, targets = [], []
+    for copy, ms in zip(copies, measured_ms, strict=True):
+        at_one = copy.estimate(plain).latency_ms
+        part = copy.estimate(doubled).latency_ms - at_one      # its nodes' time, calibrated
+        nodes = copy.estimate(counted).latency_ms - at_one     # scale x their count
+        rows.append((part / ms, nodes / ms))
+        targets.append((ms - (at_one - part)) / ms)
+    a, b = np.array(rows), np.array(targets)
+    columns = a.max(axis=0) if len(rows) >= 2 and np.all(np.isfinite(a)) else None
+    if columns is None or np.any(columns <= 0):
+        return 1.0, 0.0
+    (factor, per_node), _ = nnls(a / columns, b)
+    factor, per_node = factor / columns[0], per_node / columns[1]
+    if factor == 0.0 and per_node == 0.0:
+        return 1.0, 0.0
+    if factor > _PRECISION_FACTOR_MAX:
+        _logger.warning("the %s copies of the baseline measured %.1fx the profile's %s kernels "
+                        "(held at %.1fx): the profile may be of another device; re-profile "
+                        "with `autocompress profile --precisions fp32,%s`", precision, factor,
+                        precision, _PRECISION_FACTOR_MAX, precision)
+        factor = _PRECISION_FACTOR_MAX
+    return float(factor), float(per_node)
 
 
 # ------------------------------------------------------------------------------ seeding

@@ -19,7 +19,7 @@ from autocompress._records import RecordError, fields_to_jsonable, from_jsonable
 from autocompress._version import __version__
 from autocompress.data._preprocess import DataRecord
 from autocompress.exceptions import RunError, SearchSpaceError
-from autocompress.hardware import LatencyMeasurement
+from autocompress.hardware import LatencyMeasurement, LatencyModel
 from autocompress.space import Candidate
 
 __all__ = ["RECORD_ATTR", "RUN_FORMAT_VERSION", "TRIAL_RECORD_VERSION", "AllocationRecord",
@@ -174,6 +174,8 @@ class CalibrationPoint:
     keep_ratio: float
     estimate_ms: float
     measured_ms: float
+    #: the precision every layer of the copy ran at
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,10 @@ class Calibration:
     """``measured = offset_ms + scale * estimate``, fitted on measured reference models:
     uniformly pruned copies of the baseline (``source`` "model", a search on the profiled
     machine) or the profile's device calibration (``source`` "device": reference models
-    measured on a device the search cannot reach); identity when not ``applied``."""
+    measured on a device the search cannot reach); identity when not ``applied``.
+    ``precision_scales`` and ``precision_node_ms``: a factor on the time of the nodes in each
+    other precision (int8) and a time added per such node, fitted on copies measured at that
+    precision (see :meth:`~autocompress.hardware.LatencyModel.calibrated`)."""
 
     scale: float = 1.0
     offset_ms: float = 0.0
@@ -189,6 +194,20 @@ class Calibration:
     points: tuple[CalibrationPoint, ...] = ()
     raw_estimate_ms: float | None = None
     source: str = ""
+    precision_scales: Mapping[str, float] = field(default_factory=dict)
+    precision_node_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def describe_precisions(self) -> str:
+        """``"; int8 nodes x 0.620 + 0.0040 ms each"`` for each precision's terms (``""``
+        when none)."""
+        return "".join(f"; {p} nodes x {self.precision_scales.get(p, 1.0):.3f} + "
+                       f"{self.precision_node_ms.get(p, 0.0):.4f} ms each"
+                       for p in sorted({*self.precision_scales, *self.precision_node_ms}))
+
+    def apply(self, raw: LatencyModel) -> LatencyModel:
+        """``raw`` (the profile's uncalibrated model) with this calibration."""
+        return raw.calibrated(self.scale, self.offset_ms, self.precision_scales,
+                              self.precision_node_ms)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,8 @@ def _header(folder: RunFolder, trials: Sequence[optuna.trial.FrozenTrial],
                    f"{failed} failed"),
         ("profile", info.profile.describe),
         ("calibration", f"measured = {_num(cal.offset_ms, '+.4f')} ms + "
-                        f"{_num(cal.scale, '.4f')} × estimate ({fitted})"),
+                        f"{_num(cal.scale, '.4f')} × estimate"
+                        f"{escape(cal.describe_precisions())} ({fitted})"),
         ("run", f"{folder.path} (created {info.created}, "
                 f"autocompress {info.autocompress_version})"),
         ("report date", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")),

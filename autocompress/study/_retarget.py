@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -55,6 +56,7 @@ from autocompress.study._objective import CONSTRAINT
 from autocompress.study._pick import load_study
 from autocompress.study._prepare import (
     NEAR_BUDGET_MARGIN,
+    calibrated_precisions,
     device_calibration,
     fastest_estimate_ms,
     for_device,
@@ -85,6 +87,8 @@ _logger = logging.getLogger("autocompress")
 
 #: The trial user attribute saying where a retargeted trial comes from.
 RETARGET_ATTR = "retargeted"
+#: Random inputs setting the activation ranges of int8 copies measured for the calibration.
+_RANDOM_INPUTS = 32
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ class RetargetResult:
         if calibration.applied:
             how = (f"calibrated on {len(calibration.points)} models measured on this machine "
                    f"(measured = {calibration.offset_ms:+.4f} ms + {calibration.scale:.4f} x "
-                   "estimate)")
+                   f"estimate{calibration.describe_precisions()})")
         elif info.profile.local:
             how = "not calibrated (the run was searched with --no-calibrate)"
         else:
@@ -219,6 +223,11 @@ class _Structures:
                            sparsity="size" in info.identity.objectives,
                            blocks=[b.name for b in blocks])
         return cls(module, example, info.num_classes, bound)
+
+    def random_inputs(self) -> np.ndarray:
+        """Inputs that set int8 activation ranges where only latency matters (seeded)."""
+        shape = (_RANDOM_INPUTS, *self.example_input.shape[1:])
+        return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
     def compress(self, candidate: Candidate) -> CompressedModel:
         if candidate.importance in DATA_IMPORTANCES:
@@ -309,8 +318,10 @@ def _settle(info: RunInfo, structures: _Structures, profile: HardwareProfile,
                      "models) on it, as a search does")
         measured, calibration = measure_and_calibrate(
             profile, raw, structures.compress, structures.bound, baseline_onnx,
-            calibrate=info.identity.calibrate)
-    model = raw.calibrated(calibration.scale, calibration.offset_ms)
+            calibrate=info.identity.calibrate,
+            precisions=calibrated_precisions(structures.bound),
+            calibration_data=structures.random_inputs)
+    model = calibration.apply(raw)
     baseline_ms = (measured.median_ms if measured is not None else
                    calibration.offset_ms + calibration.scale * raw_ms)
     budget = _budget(info, baseline_ms, measured is not None, given_budget_ms, run)

@@ -37,7 +37,7 @@ from autocompress.study._config import (
     sha256_file,
 )
 from autocompress.study._front import ParetoFront
-from autocompress.study._objective import TRIAL_ERRORS, Objective
+from autocompress.study._objective import SEEDED_ATTR, TRIAL_ERRORS, Objective
 from autocompress.study._pick import load_front, run_reference
 from autocompress.study._prepare import (
     Measurer,
@@ -89,8 +89,8 @@ def search(config: SearchConfig) -> ParetoFront:
     setup = _setup(config)
     measure = measurer(setup.profile)
     info = _shared_info(config, setup, measure)
-    prepared = setup.prepared.with_latency_model(setup.prepared.latency_model.calibrated(
-        info.calibration.scale, info.calibration.offset_ms))
+    prepared = setup.prepared.with_latency_model(
+        info.calibration.apply(setup.prepared.latency_model))
     budget_ms = info.budget.latency_ms
     screening = None
     if config.screen_count and prepared.bound.compresses:
@@ -211,8 +211,7 @@ def _shared_info(config: SearchConfig, setup: _Setup, measure: Measurer | None =
                 f"raise --latency-budget-ms or allow smaller keep ratios in {setup.space_src}")
         if config.allocate and setup.prepared.bound.compresses:
             calibrated = setup.prepared.with_latency_model(
-                setup.prepared.latency_model.calibrated(info.calibration.scale,
-                                                        info.calibration.offset_ms))
+                info.calibration.apply(setup.prepared.latency_model))
             info = dataclasses.replace(info, allocation=compute_allocation(
                 calibrated, info.budget.latency_ms, _measure_candidate(calibrated, measure)))
         if _stored_info(setup.study) is None:
@@ -244,11 +243,12 @@ def _enqueue_seeds(study: optuna.Study, prepared: Prepared, budget_ms: float,
             continue
         params = seed_params(prepared, budget_ms, measure, precision)
         if params:  # skip_if_exists: workers starting together enqueue it once
-            study.enqueue_trial(params, user_attrs={"seeded": f"uniform keep ratio, {precision}"},
+            study.enqueue_trial(params,
+                                user_attrs={SEEDED_ATTR: f"uniform keep ratio, {precision}"},
                                 skip_if_exists=True)
     if allocation is not None:
         study.enqueue_trial(allocation_params(prepared.bound, allocation),
-                            user_attrs={"seeded": "latency-aware allocation"},
+                            user_attrs={SEEDED_ATTR: "latency-aware allocation"},
                             skip_if_exists=True)
 
 
@@ -293,7 +293,7 @@ def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Pre
     room -= len(_finetuned(study))
     for chosen in screening.choose(max(room, 0), exclude=queued):
         study.enqueue_trial(dict(chosen.params), user_attrs={
-            "seeded": f"screened (trial {chosen.number} of the screening study)"},
+            SEEDED_ATTR: f"screened (trial {chosen.number} of the screening study)"},
             skip_if_exists=True)
 
 

@@ -272,6 +272,44 @@ def test_int8_fits_have_their_own_weights(int8_profile: HardwareProfile) -> None
     assert int8["island"].samples >= 4  # what a conversion costs between convolutions
 
 
+def test_a_precision_factor_scales_that_precision_and_nothing_else(
+        int8_profile: HardwareProfile, resnet20: bytes) -> None:
+    """What a run calibration measured of int8 inside a network (its factor) multiplies the
+    int8 nodes and conversions only, and its time per node is added to int8 nodes only: fp32
+    estimates stay as they were, and the run's offset and scale apply on top."""
+    raw = LatencyModel(int8_profile)
+    factored = raw.calibrated(1.2, 0.05, {"int8": 0.5})
+    plain = raw.calibrated(1.2, 0.05)
+    assert factored.estimate(resnet20) == plain.estimate(resnet20)
+    int8 = _all(resnet20, "int8")
+    before, after = plain.estimate(resnet20, int8), factored.estimate(resnet20, int8)
+    assert [ms for *_, ms in after.per_node_ms] == pytest.approx(
+        [ms / 2 for *_, ms in before.per_node_ms])
+    assert [ms for *_, ms in after.boundary_ms] == pytest.approx(
+        [ms / 2 for *_, ms in before.boundary_ms])
+    inside = before.latency_ms - 0.05 - before.overhead_ms
+    assert after.latency_ms == pytest.approx(0.05 + before.overhead_ms + inside / 2)
+    # half the nodes in int8: the fp32 half keeps its time
+    names = [n.name for n in onnx.load_from_string(resnet20).graph.node]
+    mixed = {name: "int8" for name in names[len(names) // 2:]}
+    half_before = dict((n, ms) for n, _, ms in plain.estimate(resnet20, mixed).per_node_ms)
+    half_after = dict((n, ms) for n, _, ms in factored.estimate(resnet20, mixed).per_node_ms)
+    kept = [n for n in names[:len(names) // 2] if half_before.get(n)]
+    assert kept and all(half_after[n] == pytest.approx(half_before[n]) for n in kept)
+    # a fixed time per int8 node the profile's one-kernel graphs did not show
+    costed = sum(1 for n in kernels_of(onnx.load_from_string(resnet20), int8)
+                 if n.kernel is not None)
+    per_node = raw.calibrated(1.2, 0.05, None, {"int8": 0.01}).estimate(resnet20, int8)
+    assert per_node.latency_ms == pytest.approx(before.latency_ms + 1.2 * 0.01 * costed)
+    assert raw.calibrated(1.2, 0.05, None, {"int8": 0.01}).estimate(resnet20) == \
+        plain.estimate(resnet20)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="non-negative"):
+            raw.calibrated(1.0, 0.0, {"int8": bad})
+        with pytest.raises(ValueError, match="non-negative"):
+            raw.calibrated(1.0, 0.0, None, {"int8": bad})
+
+
 def test_all_int8_estimate_uses_int8_fits(int8_profile: HardwareProfile, resnet20: bytes
                                           ) -> None:
     model = LatencyModel(int8_profile)

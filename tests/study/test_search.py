@@ -245,11 +245,31 @@ def test_estimate_of_a_picked_candidate_is_below_the_uncompressed_model(
     assert compressed.estimate.latency_ms < full.estimate.latency_ms
 
 
-def test_near_budget_candidates_are_measured(config: SearchConfig, finished) -> None:
+def test_near_budget_and_queued_candidates_are_measured(config: SearchConfig, finished) -> None:
+    """Near the budget a candidate is measured; one the search queued itself (a seed, the
+    allocation, a screened network) is measured wherever its estimate lies."""
     budget = RunFolder.open(config.out).run.budget.latency_ms
-    for r in _records(Path(config.out)).values():
+    records = _records(Path(config.out))
+    queued = {t.number for t in _complete(Path(config.out)) if "seeded" in t.user_attrs}
+    for number, r in records.items():
         near = abs(r.estimated_latency_ms - budget) <= 0.1 * budget
-        assert r.latency_source == ("measured" if near else "estimate")
+        assert r.latency_source == ("measured" if near or number in queued else "estimate")
+
+
+def test_a_queued_trial_is_measured_wherever_its_estimate_lies(config, finished, tmp_path,
+                                                               monkeypatch) -> None:
+    # no estimate counts as near the budget: only the trials the search queued are measured
+    from autocompress.study import _objective
+
+    monkeypatch.setattr(_objective, "near_budget", lambda *a, **k: False)
+    out = tmp_path / "queued"
+    search(replace(config, out=out, trials=3, finetune_steps=2, screen=0, allocate=False))
+    sources = {t.number: (TrialRecord.of(t).latency_source, "seeded" in t.user_attrs)
+               for t in _complete(out)}
+    assert any(queued for _, queued in sources.values())
+    assert any(not queued for _, queued in sources.values())
+    assert all(source == ("measured" if queued else "estimate")
+               for source, queued in sources.values())
 
 
 def test_diverging_finetunes_fail_their_trials_with_the_reason(config, tmp_path) -> None:
