@@ -47,9 +47,10 @@ class Objective:
 
     Every candidate goes through the one pipeline (:class:`~autocompress.transforms.
     CompressedModel`): built, estimated (measured instead, where the profile is of this
-    machine, when the estimate is near the budget or the search queued the trial), trained (finetune, quantization-aware
-    finetune or distillation), exported as deployed (quantized by ONNX Runtime's tools), and
-    its accuracy measured on that: in ONNX Runtime for a rewritten graph.
+    machine, when the estimate is near the budget or the search queued the trial), trained
+    (finetune, quantization-aware finetune or distillation), exported as deployed
+    (quantized by ONNX Runtime's tools), and its accuracy measured on that: in ONNX Runtime
+    for a rewritten graph.
     """
 
     prepared: Prepared
