@@ -29,7 +29,10 @@ four proposals in five); each screened trial records the network it built
 (:data:`NETWORK_ATTR`), and one network is chosen for finetuning once. A proposal whose channel
 ratios round to the counts of one built before (:func:`plan_key`) is told that network's
 estimate and score without being built again: building took 0.2 s a proposal, and the copies
-took two thirds of a screening's time.
+took two thirds of a screening's time. The screening runs in an in-memory study, stored in the
+search's storage when it ends or stops: in SQLite every parameter a trial is given is a write
+of its own, and those writes took half of what was left. Together: 127 s -> 44 s for one
+CIFAR-10 screening of 73 networks (500 proposals) in the int8 space, the same trials stored.
 """
 
 from __future__ import annotations
@@ -165,23 +168,33 @@ class Screening:
         limit = PROPOSALS_PER_NETWORK * total
         if len(scores) >= total or len(done) >= limit:
             return
+        # screened in memory, stored when done (or stopped): in a database every parameter
+        # of a trial is a write of its own, half of a screening's time on SQLite
+        work = optuna.create_study(directions=self.study.directions, sampler=self.study.sampler)
+        work.add_trials(done)
         for params in seeds:
-            self.study.enqueue_trial(dict(params), skip_if_exists=True)
+            work.enqueue_trial(dict(params), skip_if_exists=True)
         start, count, known = time.perf_counter(), 0, len(scores)
-        while len(scores) < total and len(done) + count < limit:
-            self._screen_one(scores)
-            count += 1
+        try:
+            while len(scores) < total and len(done) + count < limit:
+                self._screen_one(scores, work)
+                count += 1
+        finally:
+            self.study.add_trials(work.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[len(done):])
         seconds = time.perf_counter() - start
         new = len(scores) - known
         _logger.info("screened %d networks without training in %.0f s (%.0f per minute); %d "
                      "more proposals built a network already screened", new, seconds,
                      60 * new / max(seconds, 1e-9), count - new)
 
-    def _screen_one(self, scores: dict[str | int, float] | None = None) -> None:
-        """Ask, build, estimate and (where it may fit the budget) score one candidate;
-        ``scores`` (network -> score) gives the score of a network screened before, and
-        gets this one's."""
-        trial = self.study.ask()
+    def _screen_one(self, scores: dict[str | int, float] | None = None,
+                    study: optuna.Study | None = None) -> None:
+        """Ask, build, estimate and (where it may fit the budget) score one candidate in
+        ``study`` (default: the screening study); ``scores`` (network -> score) gives the
+        score of a network screened before, and gets this one's."""
+        study = study or self.study
+        trial = study.ask()
         candidate = self.prepared.bound.sample(trial)
         plan = plan_key(candidate, self.prepared.groups)
         compressed = None
@@ -210,7 +223,7 @@ class Screening:
                 scores[network] = score
         trial.set_user_attr(SCORE_ATTR, score)
         trial.set_user_attr(NETWORK_ATTR, network)
-        self.study.tell(trial, [score, latency])
+        study.tell(trial, [score, latency])
 
     def _complete(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False,

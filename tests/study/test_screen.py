@@ -178,3 +178,32 @@ def test_a_copy_by_rounding_is_not_built_again(monkeypatch) -> None:
     assert len(trials) > 4 and sorted(x // 3 for x in built) == [0, 1, 2, 3]
     assert all(t.values[1] == pytest.approx(0.1 * (t.params["x"] // 3)) for t in trials)
     assert all(t.user_attrs[NETWORK_ATTR] == f"net{t.params['x'] // 3}" for t in trials)
+
+
+def test_a_screening_stopped_midway_keeps_what_it_screened(monkeypatch, tmp_path) -> None:
+    # screened in memory, stored at the end: a screening stopped by an error stores the
+    # networks scored before it, and a rerun goes on from them
+    def compress(x):
+        if x == "stop":
+            raise KeyboardInterrupt
+        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=0.5),
+                               module=x, candidate=SimpleNamespace(sparsity={}))
+
+    proposals = iter([0, 1, 2, "stop"])
+
+    def sample(trial):
+        trial.suggest_int("x", 0, 99)
+        return next(proposals)
+
+    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
+    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: None)
+    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
+                               bound=SimpleNamespace(sample=sample))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    screening = Screening(prepared, 1.0, storage, "s", 0, "random")  # type: ignore[arg-type]
+    screening.score = lambda module: 0.5  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        screening.run(10)
+    stored = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.user_attrs[NETWORK_ATTR] for t in stored] == ["net0", "net1", "net2"]
+    assert all(t.user_attrs[SCORE_ATTR] == 0.5 and t.values == [0.5, 0.5] for t in stored)
