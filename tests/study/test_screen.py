@@ -20,7 +20,12 @@ from autocompress.study._screen import (
     network_key,
     plan_key,
 )
-from autocompress.transforms import compress, find_channel_groups, find_residual_blocks
+from autocompress.transforms import (
+    ChannelGroup,
+    compress,
+    find_channel_groups,
+    find_residual_blocks,
+)
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -153,6 +158,10 @@ def test_plan_keys_tell_counts_and_settings_apart(model) -> None:
     assert key(depth={"layer1.1": 0.0}) != key()
     # groups the model does not have: not told from the parameters
     assert key(channel_keep={"nowhere": 0.5}) is None
+    # nor where a group has blocks (grouped convolutions): pruning others can change them
+    blocked = [ChannelGroup(g.name, g.channels, g.members, 4 if i == 0 else 1)
+               for i, g in enumerate(groups)]
+    assert plan_key(Candidate(round_to=16, channel_keep={"conv1": 0.5}), blocked) is None
 
 
 def test_a_copy_by_rounding_is_not_built_again(monkeypatch) -> None:
