@@ -44,6 +44,7 @@ from autocompress.study._records import (
     RunInfo,
 )
 from autocompress.transforms import (
+    ChannelGroup,
     CompressedModel,
     GradientStatistics,
     compress,
@@ -114,12 +115,14 @@ def importance_statistics(module: torch.nn.Module, data: DataSplit) -> GradientS
 
 @dataclass
 class Prepared:
-    """The data, the baseline, the space bound to it, and the (calibrated) latency model."""
+    """The data, the baseline, the space bound to it, the (calibrated) latency model and the
+    baseline's channel groups (empty where the space prunes no channels)."""
 
     data: DataSplit
     baseline: Baseline
     bound: BoundSpace
     latency_model: LatencyModel
+    groups: tuple[ChannelGroup, ...] = ()
     _gradients: GradientStatistics | None = field(default=None, init=False, repr=False)
 
     @property

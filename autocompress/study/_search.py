@@ -169,7 +169,7 @@ def _setup(config: SearchConfig) -> _Setup:
                        sparsity=search_sparsity, blocks=[b.name for b in blocks])
     if not bound.distributions and bound.student_space is None:
         raise RunError(f"the search space {space_src} leaves nothing to search for this model")
-    prepared = Prepared(data, baseline, bound, LatencyModel(profile))
+    prepared = Prepared(data, baseline, bound, LatencyModel(profile), tuple(groups))
     return _Setup(folder, study, storage, ident, prepared, profile, profile_src, space_src,
                   augmentation)
 

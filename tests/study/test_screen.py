@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from autocompress.models.cifar_resnet import resnet20
-from autocompress.space import Candidate
+from autocompress.space import Candidate, SearchSpace
 from autocompress.study import _screen
 from autocompress.study._screen import (
     NETWORK_ATTR,
@@ -18,8 +18,14 @@ from autocompress.study._screen import (
     SCORE_ATTR,
     Screening,
     network_key,
+    plan_key,
 )
-from autocompress.transforms import compress
+from autocompress.transforms import (
+    ChannelGroup,
+    compress,
+    find_channel_groups,
+    find_residual_blocks,
+)
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -95,8 +101,10 @@ def test_a_screening_counts_networks_and_scores_each_once(monkeypatch) -> None:
                                module=x // 3, candidate=SimpleNamespace(sparsity={}))
 
     monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
-    prepared = SimpleNamespace(compress=compress, latency_model=None, bound=SimpleNamespace(
-        sample=lambda trial: trial.suggest_int("x", 0, 11)))
+    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: f"plan{candidate}")
+    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
+                               bound=SimpleNamespace(
+                                   sample=lambda trial: trial.suggest_int("x", 0, 11)))
     screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
                           "random")
     scored: list[int] = []
@@ -110,3 +118,101 @@ def test_a_screening_counts_networks_and_scores_each_once(monkeypatch) -> None:
     screening.run(10)
     assert len(screening.study.trials) == PROPOSALS_PER_NETWORK * 10
     assert sorted(scored) == [0, 1, 2, 3]
+
+
+def test_equal_plan_keys_build_one_network(model) -> None:
+    # random candidates of the depth and channel space at a channel block of 16: every plan
+    # key names one network, and ratios that round alike share a key
+    groups = find_channel_groups(model, X)
+    blocks = [b.name for b in find_residual_blocks(model, X)]
+    space = SearchSpace.from_yaml("search_spaces/depth.yaml").for_device(16, "any")
+    bound = space.bind([g.name for g in groups], [], blocks=blocks)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    networks: dict[str, set[str]] = {}
+    for _ in range(24):
+        candidate = bound.sample(study.ask())
+        # the same counts from other ratios: 16-channel groups keep 8 from 0.25 to 0.625
+        ratios = {k: (0.25 if v <= 0.625 else v) if k.startswith(("conv1", "layer1")) else v
+                  for k, v in candidate.channel_keep.items()}
+        for plan in (candidate, Candidate.from_dict({**candidate.to_dict(),
+                                                     "channel_keep": ratios})):
+            networks.setdefault(plan_key(plan, groups) or "", set()).add(
+                network_key(compress(model, plan, X)))
+    assert "" not in networks and all(len(found) == 1 for found in networks.values())
+    assert len(networks) > 12  # the candidates were not all one plan
+
+
+def test_plan_keys_tell_counts_and_settings_apart(model) -> None:
+    groups = find_channel_groups(model, X)
+
+    def key(**plan):
+        return plan_key(Candidate(round_to=16, min_channels=8, **plan), groups)
+
+    assert key(channel_keep={"layer1.0.conv1": 0.25}) == key(
+        channel_keep={"layer1.0.conv1": 0.625})
+    assert key(channel_keep={"layer1.0.conv1": 0.25}) != key(
+        channel_keep={"layer1.0.conv1": 0.75})
+    assert key(channel_keep={"layer1.0.conv1": 1.0}) == key()
+    assert key(channel_keep={"layer1.0.conv1": 0.5}) != key(
+        channel_keep={"layer1.0.conv1": 0.5}, importance="l1")
+    assert key(depth={"layer1.1": 0.0}) != key()
+    # groups the model does not have: not told from the parameters
+    assert key(channel_keep={"nowhere": 0.5}) is None
+    # nor where a group has blocks (grouped convolutions): pruning others can change them
+    blocked = [ChannelGroup(g.name, g.channels, g.members, 4 if i == 0 else 1)
+               for i, g in enumerate(groups)]
+    assert plan_key(Candidate(round_to=16, channel_keep={"conv1": 0.5}), blocked) is None
+
+
+def test_a_copy_by_rounding_is_not_built_again(monkeypatch) -> None:
+    # parameters x = 0..11 make 4 plans (x // 3), as ratios that round alike: each plan is
+    # built once, its copies told its network and estimate
+    built: list[int] = []
+
+    def compress(x):
+        built.append(x)
+        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=0.1 * (x // 3)),
+                               module=x // 3, candidate=SimpleNamespace(sparsity={}))
+
+    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
+    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: f"plan{candidate // 3}")
+    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
+                               bound=SimpleNamespace(
+                                   sample=lambda trial: trial.suggest_int("x", 0, 11)))
+    screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
+                          "random")
+    screening.score = lambda module: 0.5  # type: ignore[method-assign]
+    screening.run(4)
+    trials = screening.study.trials
+    assert len(trials) > 4 and sorted(x // 3 for x in built) == [0, 1, 2, 3]
+    assert all(t.values[1] == pytest.approx(0.1 * (t.params["x"] // 3)) for t in trials)
+    assert all(t.user_attrs[NETWORK_ATTR] == f"net{t.params['x'] // 3}" for t in trials)
+
+
+def test_a_screening_stopped_midway_keeps_what_it_screened(monkeypatch, tmp_path) -> None:
+    # screened in memory, stored at the end: a screening stopped by an error stores the
+    # networks scored before it, and a rerun goes on from them
+    def compress(x):
+        if x == "stop":
+            raise KeyboardInterrupt
+        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=0.5),
+                               module=x, candidate=SimpleNamespace(sparsity={}))
+
+    proposals = iter([0, 1, 2, "stop"])
+
+    def sample(trial):
+        trial.suggest_int("x", 0, 99)
+        return next(proposals)
+
+    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
+    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: None)
+    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
+                               bound=SimpleNamespace(sample=sample))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    screening = Screening(prepared, 1.0, storage, "s", 0, "random")  # type: ignore[arg-type]
+    screening.score = lambda module: 0.5  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        screening.run(10)
+    stored = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.user_attrs[NETWORK_ATTR] for t in stored] == ["net0", "net1", "net2"]
+    assert all(t.user_attrs[SCORE_ATTR] == 0.5 and t.values == [0.5, 0.5] for t in stored)

@@ -623,12 +623,14 @@ def test_screening_scores_candidates_estimated_near_the_budget_where_it_can_meas
         return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=estimates[x]),
                                module=x, candidate=SimpleNamespace(sparsity={}))
 
-    prepared = SimpleNamespace(compress=compress, latency_model=None, bound=SimpleNamespace(
-        sample=lambda trial: trial.suggest_int("x", 0, 2)))
+    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
+                               bound=SimpleNamespace(
+                                   sample=lambda trial: trial.suggest_int("x", 0, 2)))
     screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
                           "random", measure=(lambda params: 0.95) if measurable else None)
     screening.score = lambda module: 0.5 + 0.1 * module  # type: ignore[method-assign]
     monkeypatch.setattr(_screen, "network_key", lambda compressed: str(compressed.module))
+    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: None)
     for x in range(3):
         screening.study.enqueue_trial({"x": x})
         screening._screen_one()
