@@ -163,7 +163,8 @@ class Screening:
         """Screen until the study holds ``total`` distinct networks (``seeds`` first), or
         :data:`PROPOSALS_PER_NETWORK` times as many trials (a small space holds fewer). A
         proposal of a network already screened is told its score again, not scored, and
-        does not count."""
+        does not count. The screening runs in memory and is stored when it ends: workers
+        screening at the same time see each other's candidates only then."""
         done = self._complete()
         scores = {_identity(t): float(t.values[0]) for t in done}
         limit = PROPOSALS_PER_NETWORK * total
@@ -194,7 +195,7 @@ class Screening:
         """Ask, build, estimate and (where it may fit the budget) score one candidate in
         ``study`` (default: the screening study); ``scores`` (network -> score) gives the
         score of a network screened before, and gets this one's."""
-        study = study or self.study
+        study = self.study if study is None else study
         trial = study.ask()
         candidate = self.prepared.bound.sample(trial)
         plan = plan_key(candidate, self.prepared.groups)
