@@ -105,13 +105,11 @@ def plan_key(candidate: Candidate, groups: Sequence[ChannelGroup]) -> str | None
     replaced by the channel count it keeps (:func:`~autocompress.transforms.kept_channels`,
     as channel pruning rounds it). Equal keys build one network; different keys may still
     build one (a ratio inside a dropped block), which :func:`network_key` tells once built.
-    ``None`` where the plan cannot be told from its parameters: a student, groups this model
-    does not have, or a model with grouped convolutions (pruning one group there can change
-    the blocks of another: in ResNeXt-50, ratios 0.375 and 0.5 of a 128-channel group of 32
-    blocks keep 64 channels each alone, 48 and 64 beside other groups' cuts)."""
+    ``None`` where the plan cannot be told from its parameters (a student, groups this model
+    does not have). Channel pruning keeps each group's blocks whatever else it cuts (see
+    :func:`~autocompress.transforms.kept_channels`), so the counts are those it keeps."""
     by_name = {g.name: g for g in groups}
-    if (candidate.student is not None or not set(candidate.channel_keep) <= set(by_name)
-            or any(g.blocks > 1 for g in groups)):
+    if candidate.student is not None or not set(candidate.channel_keep) <= set(by_name):
         return None
     plan = candidate.to_dict()
     plan["channel_keep"] = {
@@ -165,7 +163,8 @@ class Screening:
         """Screen until the study holds ``total`` distinct networks (``seeds`` first), or
         :data:`PROPOSALS_PER_NETWORK` times as many trials (a small space holds fewer). A
         proposal of a network already screened is told its score again, not scored, and
-        does not count."""
+        does not count. The screening runs in memory and is stored when it ends: workers
+        screening at the same time see each other's candidates only then."""
         done = self._complete()
         scores = {_identity(t): float(t.values[0]) for t in done}
         limit = PROPOSALS_PER_NETWORK * total
@@ -196,7 +195,7 @@ class Screening:
         """Ask, build, estimate and (where it may fit the budget) score one candidate in
         ``study`` (default: the screening study); ``scores`` (network -> score) gives the
         score of a network screened before, and gets this one's."""
-        study = study or self.study
+        study = self.study if study is None else study
         trial = study.ask()
         candidate = self.prepared.bound.sample(trial)
         plan = plan_key(candidate, self.prepared.groups)

@@ -268,14 +268,22 @@ def _blocks(graph: tp.DependencyGraph, group: Any) -> int:
     input channel by channel and imposes none), or the head count of a MultiheadAttention
     (Torch-Pruning shrinks its embedding and keeps the heads: every head must lose the same
     positions, or the re-split heads would mix channels of different heads); 1 when there
-    is none."""
+    is none.
+
+    Depthwise as the graph traced it, not as the module is now: a grouped convolution whose
+    outputs were cut to one per group (a ResNeXt 3x3, 32 groups of 4) looks depthwise
+    afterwards, yet its inputs still fall into its groups; taken for depthwise, the group
+    feeding it was cut to counts its groups do not divide, and the network did not run."""
     counts = [1]
     for item in group:
         module = item.dep.target.module
         if isinstance(module, nn.MultiheadAttention):
             counts.append(module.num_heads)
             continue
-        if isinstance(module, nn.Conv2d) and module.groups == module.out_channels:
+        node = graph.module2node.get(module)
+        depthwise = (node.type == tp.ops.OPTYPE.DEPTHWISE_CONV if node is not None
+                     else isinstance(module, nn.Conv2d) and module.groups == module.out_channels)
+        if isinstance(module, nn.Conv2d) and depthwise:
             continue
         pruner = graph.get_pruner_of_module(module)
         if pruner is None:

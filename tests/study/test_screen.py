@@ -158,10 +158,13 @@ def test_plan_keys_tell_counts_and_settings_apart(model) -> None:
     assert key(depth={"layer1.1": 0.0}) != key()
     # groups the model does not have: not told from the parameters
     assert key(channel_keep={"nowhere": 0.5}) is None
-    # nor where a group has blocks (grouped convolutions): pruning others can change them
-    blocked = [ChannelGroup(g.name, g.channels, g.members, 4 if i == 0 else 1)
-               for i, g in enumerate(groups)]
-    assert plan_key(Candidate(round_to=16, channel_keep={"conv1": 0.5}), blocked) is None
+    # a group's blocks (grouped convolutions) round its count: 24 channels in 3 blocks keep
+    # multiples of 3, so ratios 0.25 and 0.375 keep 6 and 9, where 8-channel rounding keeps
+    # 8 for both
+    blocked = [ChannelGroup(g.name, 24, g.members, 3 if g.name == "conv1" else 1)
+               for g in groups]
+    assert (plan_key(Candidate(round_to=8, channel_keep={"conv1": 0.25}), blocked)
+            != plan_key(Candidate(round_to=8, channel_keep={"conv1": 0.375}), blocked))
 
 
 def test_a_copy_by_rounding_is_not_built_again(monkeypatch) -> None:
@@ -216,3 +219,36 @@ def test_a_screening_stopped_midway_keeps_what_it_screened(monkeypatch, tmp_path
     stored = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.user_attrs[NETWORK_ATTR] for t in stored] == ["net0", "net1", "net2"]
     assert all(t.user_attrs[SCORE_ATTR] == 0.5 and t.values == [0.5, 0.5] for t in stored)
+
+
+class _Grouped(nn.Module):
+    """A stem feeding a grouped 3x3 (3 groups of 8) and a 1x1: blocks that rounding and
+    pruning order must respect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, 3, padding=1)
+        self.bn = nn.BatchNorm2d(24)
+        self.grouped = nn.Conv2d(24, 24, 3, padding=1, groups=3)
+        self.expand = nn.Conv2d(24, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.expand(torch.relu(self.grouped(torch.relu(self.bn(self.stem(x))))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_equal_plan_keys_build_one_network_with_grouped_convolutions() -> None:
+    torch.manual_seed(0)
+    model, x = _Grouped().eval(), torch.zeros(1, 3, 8, 8)
+    groups = find_channel_groups(model, x)
+    ratios = (0.1, 0.2, 0.3, 0.5, 0.6, 0.8, 1.0)   # 0.2 and 0.3 keep 6 of 24 (3 blocks)
+    networks: dict[str | None, set[str]] = {}
+    for stem in ratios:
+        for grouped in ratios:
+            plan = Candidate(round_to=8, channel_keep={"stem": stem, "grouped": grouped})
+            compressed = compress(model, plan, x)
+            assert compressed.module(x).shape == (1, 10)
+            networks.setdefault(plan_key(plan, groups), set()).add(network_key(compressed))
+    assert None not in networks and all(len(found) == 1 for found in networks.values())
+    assert 4 < len(networks) < len(ratios) ** 2  # ratios that round alike share a key

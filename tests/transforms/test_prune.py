@@ -399,6 +399,23 @@ def test_grouped_convolutions_keep_whole_equal_groups_and_export() -> None:
     np.testing.assert_allclose(out, pruned(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("stem", [0.3, 0.5, 0.75])
+def test_a_grouped_convolution_cut_to_one_output_per_group_keeps_its_input_blocks(
+        stem: float) -> None:
+    # the grouped conv's outputs are pruned first (4 of 32: one per group), after which it
+    # looks depthwise; the stem feeding it must still keep a multiple of its 4 groups (a
+    # ResNeXt-50 with such ratios did not run)
+    torch.manual_seed(0)
+    model = GroupedNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    pruned = compress(model, Candidate(channel_keep={"stem": stem, "grouped": 0.125},
+                                       round_to=1), x).module
+    assert pruned.grouped.out_channels == 4 and pruned.grouped.groups == 4
+    assert pruned.stem.out_channels % 4 == 0 and pruned.stem.out_channels < 32
+    assert pruned.grouped.in_channels == pruned.stem.out_channels
+    assert pruned(x).shape == (2, 10)
+
+
 def test_grouped_pruning_drops_the_same_positions_in_every_block() -> None:
     from autocompress.transforms._channels import _drop_indices
 
