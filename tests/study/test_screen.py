@@ -93,20 +93,29 @@ def test_one_network_is_chosen_once_whatever_parameters_built_it() -> None:
     assert len(legacy.choose(5)) == 5
 
 
+def _model(module: int, latency_ms: float = 0.5) -> SimpleNamespace:
+    """What a stand-in search builds: ``module`` names its network."""
+    return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=latency_ms),
+                           module=module, candidate=SimpleNamespace(sparsity={}))
+
+
+def _stub_screening(monkeypatch, compress, sample=lambda trial: trial.suggest_int("x", 0, 11),
+                    plan=lambda candidate: f"plan{candidate}",
+                    storage=None) -> Screening:
+    """A screening over a stand-in search: ``sample`` (trial -> candidate), ``compress``
+    (candidate -> :func:`_model`), networks keyed by their module, plans by ``plan``."""
+    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
+    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: plan(candidate))
+    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
+                               bound=SimpleNamespace(sample=sample))
+    return Screening(prepared, 1.0, storage or optuna.storages.InMemoryStorage(),  # type: ignore[arg-type]
+                     "s", 0, "random")
+
+
 def test_a_screening_counts_networks_and_scores_each_once(monkeypatch) -> None:
     # parameters x = 0..11 build 4 networks (x // 3): copies are told their network's score
     # without scoring it again, and the screening goes on until it has seen enough networks
-    def compress(x):
-        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=0.5),
-                               module=x // 3, candidate=SimpleNamespace(sparsity={}))
-
-    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
-    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: f"plan{candidate}")
-    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
-                               bound=SimpleNamespace(
-                                   sample=lambda trial: trial.suggest_int("x", 0, 11)))
-    screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
-                          "random")
+    screening = _stub_screening(monkeypatch, lambda x: _model(x // 3))
     scored: list[int] = []
     screening.score = lambda module: scored.append(module) or 0.5 + module / 10  # type: ignore[method-assign]
     screening.run(3)
@@ -174,16 +183,9 @@ def test_a_copy_by_rounding_is_not_built_again(monkeypatch) -> None:
 
     def compress(x):
         built.append(x)
-        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=0.1 * (x // 3)),
-                               module=x // 3, candidate=SimpleNamespace(sparsity={}))
+        return _model(x // 3, 0.1 * (x // 3))
 
-    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
-    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: f"plan{candidate // 3}")
-    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
-                               bound=SimpleNamespace(
-                                   sample=lambda trial: trial.suggest_int("x", 0, 11)))
-    screening = Screening(prepared, 1.0, optuna.storages.InMemoryStorage(), "s", 0,  # type: ignore[arg-type]
-                          "random")
+    screening = _stub_screening(monkeypatch, compress, plan=lambda x: f"plan{x // 3}")
     screening.score = lambda module: 0.5  # type: ignore[method-assign]
     screening.run(4)
     trials = screening.study.trials
@@ -198,8 +200,7 @@ def test_a_screening_stopped_midway_keeps_what_it_screened(monkeypatch, tmp_path
     def compress(x):
         if x == "stop":
             raise KeyboardInterrupt
-        return SimpleNamespace(estimate=lambda model: SimpleNamespace(latency_ms=0.5),
-                               module=x, candidate=SimpleNamespace(sparsity={}))
+        return _model(x)
 
     proposals = iter([0, 1, 2, "stop"])
 
@@ -207,12 +208,9 @@ def test_a_screening_stopped_midway_keeps_what_it_screened(monkeypatch, tmp_path
         trial.suggest_int("x", 0, 99)
         return next(proposals)
 
-    monkeypatch.setattr(_screen, "network_key", lambda compressed: f"net{compressed.module}")
-    monkeypatch.setattr(_screen, "plan_key", lambda candidate, groups: None)
-    prepared = SimpleNamespace(compress=compress, latency_model=None, groups=(),
-                               bound=SimpleNamespace(sample=sample))
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
-    screening = Screening(prepared, 1.0, storage, "s", 0, "random")  # type: ignore[arg-type]
+    screening = _stub_screening(monkeypatch, compress, sample, plan=lambda x: None,
+                                storage=storage)
     screening.score = lambda module: 0.5  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         screening.run(10)
