@@ -223,19 +223,41 @@ def _without(module: nn.Module, owner: str, blocks: Sequence[ResidualBlock]
     traced = _trace(module)
     prefix = f"{owner}." if owner else ""
     wanted = {block.layers for block in blocks}
-    dropped = 0
-    for node, skip, _, layers in list(_branches(traced)):
-        if tuple(prefix + layer for layer in layers) in wanted:
-            node.replace_all_uses_with(skip)
-            traced.graph.erase_node(node)
-            dropped += 1
+    # which operand of each addition is its skip, found before anything is dropped: where
+    # one module adds two branches in a row (a transformer block's attention, then its
+    # MLP), the second addition's skip is the first addition, replaced once that is dropped
+    chosen = [(node, node.args.index(skip)) for node, skip, _, layers in _branches(traced)
+              if tuple(prefix + layer for layer in layers) in wanted]
+    for node, operand in chosen:
+        node.replace_all_uses_with(node.args[operand])
+        traced.graph.erase_node(node)
+    dropped = len(chosen)
     if dropped != len(blocks):   # not expected: the module traces as it did in the model
         raise ModelError(f"{owner or type(module).__name__}: found {dropped} of the "
                          f"{len(blocks)} residual branches to drop when tracing it alone")
     traced.graph.eliminate_dead_code()
     traced.delete_all_unused_submodules()
+    _restore_children(traced, module)
     traced.recompile()
     return traced
+
+
+def _leaves(module: nn.Module) -> set[str]:
+    return {name for name, m in module.named_modules() if next(m.children(), None) is None}
+
+
+def _restore_children(traced: fx.GraphModule, module: nn.Module) -> None:
+    """Put ``module``'s own children back into ``traced`` where none of their layers went
+    with a dropped branch. Tracing keeps only the layers the graph calls, under plain
+    ``nn.Module`` stand-ins for their containers; the traced code reads the layers by the
+    same paths, but what recognizes a container by its type (the local channel groups of an
+    ``nn.Sequential``, the attention types that send a model to local groups) would no
+    longer find it."""
+    for name, child in module.named_children():
+        stand_in = getattr(traced, name, None)
+        if (isinstance(stand_in, nn.Module) and stand_in is not child
+                and _leaves(stand_in) == _leaves(child)):
+            setattr(traced, name, child)
 
 
 def _out_of_place(model: nn.Module) -> None:

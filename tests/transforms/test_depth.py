@@ -236,3 +236,52 @@ def test_a_block_nested_in_a_dropped_block_goes_with_it() -> None:
                      channel_keep={"stage.blocks.1.conv": 0.5, "stem": 0.5})
     compressed = compress(nested, plan, small, num_classes=4)
     assert not any(n.startswith("stage.blocks") for n, _ in compressed.module.named_modules())
+
+
+class _TwoBranches(nn.Module):
+    """Two residual branches added in one ``forward``, as in a transformer block (attention,
+    then MLP): the second addition's skip is the first addition."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.attn = nn.Conv2d(c, c, 1)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.ReLU(), nn.Conv2d(2 * c, c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(torch.relu(x))
+
+
+class _Transformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.blocks = nn.Sequential(_TwoBranches(8), _TwoBranches(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("names", [["blocks.0.attn"], ["blocks.0.mlp"],
+                                   ["blocks.0.attn", "blocks.0.mlp"],
+                                   ["blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"]])
+def test_branches_added_in_a_row_in_one_module_drop_in_any_combination(names) -> None:
+    torch.manual_seed(0)
+    model, x = _Transformer().eval(), torch.randn(2, 3, 4, 4)
+    small = torch.zeros(1, 3, 4, 4)
+    assert [b.name for b in find_residual_blocks(model, small)] == [
+        "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"]
+    h = model.stem(x)
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            if f"blocks.{i}.attn" not in names:
+                h = h + block.attn(h)
+            if f"blocks.{i}.mlp" not in names:
+                h = h + block.mlp(torch.relu(h))
+        dropped = drop_blocks(model, names, small)
+        assert torch.allclose(dropped(x), h.mean((2, 3)), atol=1e-6)
+    # a kept MLP is still the nn.Sequential it was (local channel groups are found in
+    # sequences), not tracing's plain stand-in
+    for i, block in enumerate(dropped.blocks):
+        if f"blocks.{i}.mlp" not in names:
+            assert type(block.mlp) is nn.Sequential

@@ -1,17 +1,26 @@
-"""Every torchvision classifier under 60 M parameters prunes, exports and runs; those
+"""Every torchvision classifier under 60 M parameters prunes, exports and runs, uniformly and
+under random candidates of the depth space (mixed keep ratios, residual blocks dropped); those
 Torch-Pruning cannot follow as a whole are pruned in their local groups, with a warning that
 names the layers left whole (slow: about 51 models at random weights)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import optuna
 import pytest
 import torch
 import torchvision
 
 from autocompress.models import torchvision_zoo
-from autocompress.space import Candidate
-from autocompress.transforms import compress, find_channel_groups
+from autocompress.space import Candidate, SearchSpace
+from autocompress.transforms import (
+    CompressedModel,
+    compress,
+    find_channel_groups,
+    find_residual_blocks,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +32,6 @@ LOCAL_ONLY = ("shufflenet_v2_", "swin_", "maxvit_")
 @pytest.mark.parametrize(("name", "size"), [(m.name, m.input_px) for m in torchvision_zoo()])
 def test_zoo_model_prunes_exports_and_runs(name: str, size: int,
                                           caplog: pytest.LogCaptureFixture) -> None:
-    import onnxruntime as ort
-
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, num_classes=10).eval()
     x = torch.randn(1, 3, size, size)
@@ -37,6 +44,12 @@ def test_zoo_model_prunes_exports_and_runs(name: str, size: int,
     before = sum(p.numel() for p in model.parameters())
     after = sum(p.numel() for p in compressed.module.parameters())
     assert after < (before if partial else 0.8 * before), f"{name}: {before} -> {after}"
+    _runs_as_exported(compressed, x)
+
+
+def _runs_as_exported(compressed: CompressedModel, x: torch.Tensor) -> None:
+    import onnxruntime as ort
+
     session = ort.InferenceSession(compressed.structure_onnx(),
                                    providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -44,3 +57,24 @@ def test_zoo_model_prunes_exports_and_runs(name: str, size: int,
         ref = compressed.module(x).numpy()
     scale = max(float(np.abs(ref).max()), 1e-6)
     np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4 * scale)
+
+
+DEPTH_SPACE = Path(__file__).parents[2] / "search_spaces" / "depth.yaml"
+
+
+@pytest.mark.parametrize(("name", "size"), [(m.name, m.input_px) for m in torchvision_zoo()])
+def test_zoo_model_builds_random_depth_candidates(name: str, size: int) -> None:
+    """Mixed keep ratios at a 16-channel block and dropped blocks: each group cut to its own
+    count (a grouped convolution's groups must still divide it), blocks dropped in any
+    combination (a transformer block adds two branches in a row)."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, size, size)
+    groups = [g.name for g in find_channel_groups(model, x)]
+    blocks = [b.name for b in find_residual_blocks(model, x)]
+    bound = SearchSpace.from_yaml(DEPTH_SPACE).for_device(16, "any").bind(
+        groups, [], blocks=blocks)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(2):
+        candidate = bound.sample(study.ask())
+        _runs_as_exported(compress(model, candidate, x), x)
