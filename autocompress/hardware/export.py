@@ -36,7 +36,44 @@ def _legacy(module: nn.Module, example_input: torch.Tensor) -> bytes:
     torch.onnx.export(module, (example_input,), buffer, dynamo=False, opset_version=OPSET,
                       input_names=["input"], output_names=["logits"],
                       do_constant_folding=True)
-    return buffer.getvalue()
+    return _name_linear_weights(buffer.getvalue(), module)
+
+
+def _name_linear_weights(onnx_bytes: bytes, module: nn.Module) -> bytes:
+    """Give each Linear weight the exporter stored transposed (a Linear on inputs of more
+    than two dimensions is a MatMul, its weight a folded constant ``onnx::MatMul_N``) its
+    layer's name, ``<layer>.weight``, so that precision and other per-layer plans find the
+    layer by its weight, as they do for Conv and Gemm. Node scopes alone lose the path of a
+    layer a ``torch.fx.GraphModule`` calls (a block depth dropped a branch of). Weights
+    equal in several layers keep the exporter's name."""
+    import onnx
+    from onnx import numpy_helper
+
+    by_content: dict[bytes, list[str]] = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear):
+            transposed = layer.weight.detach().t().contiguous().cpu().numpy()
+            by_content.setdefault(transposed.tobytes(), []).append(name)
+    if not by_content:
+        return onnx_bytes
+    model = onnx.load_from_string(onnx_bytes)
+    taken = {init.name for init in model.graph.initializer}
+    renamed: dict[str, str] = {}
+    for init in model.graph.initializer:
+        if init.name.startswith("onnx::MatMul"):
+            names = by_content.get(numpy_helper.to_array(init).tobytes(), [])
+            if len(names) == 1 and f"{names[0]}.weight" not in taken:
+                renamed[init.name] = f"{names[0]}.weight"
+                taken.add(renamed[init.name])
+    if not renamed:
+        return onnx_bytes
+    for init in model.graph.initializer:
+        init.name = renamed.get(init.name, init.name)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    return model.SerializeToString()
 
 
 def _dynamo(module: nn.Module, example_input: torch.Tensor) -> bytes:

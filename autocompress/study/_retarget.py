@@ -219,7 +219,7 @@ class _Structures:
         example = torch.zeros(shape)
         groups = find_channel_groups(module, example) if space.channel_rules else []
         blocks = find_residual_blocks(module, example) if space.depth_rules else []
-        bound = space.bind([g.name for g in groups], sparsifiable_layers(module),
+        bound = space.bind([g.name for g in groups], sparsifiable_layers(module, example),
                            sparsity="size" in info.identity.objectives,
                            blocks=[b.name for b in blocks])
         return cls(module, example, info.num_classes, bound)

@@ -156,16 +156,15 @@ def _setup(config: SearchConfig) -> _Setup:
                                 seed=config.seed, training=dataclasses.replace(
                                     BASELINE_TRAINING, augmentation=augmentation))
     # a space without channel rules needs no dependency tracing (which some models refuse)
-    groups = (find_channel_groups(baseline.module, torch.zeros(data.input_shape))
-              if space.channel_rules else [])
+    example = torch.zeros(data.input_shape)
+    groups = find_channel_groups(baseline.module, example) if space.channel_rules else []
     # sparsity makes nothing faster on dense kernels: searched only when size is an objective
     search_sparsity = "size" in config.objectives
     if space.sparsity_rules and not search_sparsity:
         _logger.info("the space's sparsity rules are not searched: sparsity does not change "
                      "latency on %s; add size to --objectives to search it", profile.backend)
-    blocks = (find_residual_blocks(baseline.module, torch.zeros(data.input_shape))
-              if space.depth_rules else [])
-    bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module),
+    blocks = find_residual_blocks(baseline.module, example) if space.depth_rules else []
+    bound = space.bind([g.name for g in groups], sparsifiable_layers(baseline.module, example),
                        sparsity=search_sparsity, blocks=[b.name for b in blocks])
     if not bound.distributions and bound.student_space is None:
         raise RunError(f"the search space {space_src} leaves nothing to search for this model")

@@ -47,6 +47,7 @@ from autocompress.transforms._quantize import (
 )
 from autocompress.transforms._sparsity import (
     apply_sparsity,
+    called_layers,
     make_sparsity_permanent,
     sparsifiable_layers,
     weight_sparsity,
@@ -65,6 +66,7 @@ __all__ = [
     "QatHandle",
     "ResidualBlock",
     "apply_sparsity",
+    "called_layers",
     "classifier_layer",
     "compress",
     "drop_blocks",

@@ -37,6 +37,7 @@ from autocompress.transforms._pipeline import (
 from autocompress.transforms._schedule import ChannelSchedule, WeightSchedule
 from autocompress.transforms._sparsity import (
     apply_sparsity,
+    called_layers,
     make_sparsity_permanent,
     sparsifiable_layers,
     trained_tensor,
@@ -65,7 +66,8 @@ class StudentHandler(TransformHandler[Student]):
         if candidate.unresolved:
             groups = ([g.name for g in find_channel_groups(model.module, model.example_input)]
                       if EVERY in candidate.channel_keep else [])
-            model.candidate = candidate.resolved(groups, sparsifiable_layers(model.module))
+            model.candidate = candidate.resolved(
+                groups, sparsifiable_layers(model.module, model.example_input))
 
 
 @register_transform(Depth)
@@ -140,7 +142,9 @@ class LowRankHandler(TransformHandler[LowRank]):
     layer was left whole) and the factorized layers in ``model.renamed``."""
 
     def build(self, model: CompressedModel, config: LowRank) -> None:
-        done = low_rank(model.module, config.ranks)
+        called = (called_layers(model.module, model.example_input)
+                  if any(r < 1.0 for r in config.ranks.values()) else None)
+        done = low_rank(model.module, config.ranks, called)
         model.state["lowrank"] = done
         factors = factor_names(model.module)
         model.renamed.update({name: factors[name] for name, f in done.items() if f.factorized})
@@ -158,7 +162,7 @@ class SparsityHandler(TransformHandler[Sparsity]):
             schedule = WeightSchedule(model.module, config.amounts, config.schedule)
             model.state["weight_schedule"] = schedule
             return TrainingHooks(after_step=schedule.reapply, at_step=schedule.advance)
-        apply_sparsity(model.module, config.amounts)
+        apply_sparsity(model.module, config.amounts, model.example_input)
         make_sparsity_permanent(model.module)
         masks = {name: m.weight.detach() != 0 for name, m in model.module.named_modules()
                  if config.amounts.get(name, 0.0) > 0}

@@ -24,7 +24,7 @@ layer (sparsity, precision) apply to both factors (:func:`rename_layers`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -146,10 +146,12 @@ def factorize_layer(layer: nn.Conv2d | nn.Linear, rank: int) -> FactorizedLayer:
     return result
 
 
-def low_rank(model: nn.Module, ranks: Mapping[str, float]) -> dict[str, Factorization]:
+def low_rank(model: nn.Module, ranks: Mapping[str, float],
+             called: Collection[str] | None = None) -> dict[str, Factorization]:
     """Factorize, in place, each layer named in ``ranks`` (layer -> rank ratio in (0, 1]) at
     :func:`rank_for` its ratio. A ratio of 1.0 leaves the layer alone (not reported); a layer
-    that cannot be factorized (grouped convolution, a Conv2d/Linear subclass) or whose
+    that cannot be factorized (grouped convolution, a Conv2d/Linear subclass, a layer not
+    in ``called`` when given: its owner reads its weight instead of calling it) or whose
     factorization would not save parameters is left whole and reported with ``skipped``.
     Raises :class:`SearchSpaceError` for names that are not Conv2d/Linear layers of ``model``.
     """
@@ -170,6 +172,8 @@ def low_rank(model: nn.Module, ranks: Mapping[str, float]) -> dict[str, Factoriz
         before = _parameters(layer)
         out, inputs = _matrix_shape(layer)
         reason = _why_not(layer)
+        if not reason and called is not None and name not in called:
+            reason = "its owner reads its weight directly instead of calling it"
         if not reason and rank * (inputs + out) >= out * inputs:
             reason = (f"rank {rank} of {full} saves no parameters (only a rank below "
                       f"{out * inputs / (inputs + out):.1f} does)")

@@ -15,6 +15,9 @@ from autocompress.transforms._quantize_graph import _label, _node_layers
 
 __all__ = ["node_precisions"]
 
+#: Ops whose output describes a tensor's shape, not its values: a constant once shapes are known.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+
 
 def _check_request(layer_precision: Mapping[str, str],
                    layers: Iterable[str]) -> dict[str, Precision]:
@@ -53,7 +56,12 @@ def node_precisions(model: onnx.ModelProto,
     Conv/Gemm/MatMul layers take their layer's precision (fp32 when not named). Free ops
     (Reshape, Flatten, ...) follow their input. Any other node runs at ``p`` when every input
     made by a node is at ``p`` (graph inputs are fp32) and ORT supports the op at ``p``;
-    otherwise fp32. Raises :class:`SearchSpaceError` for an unknown precision or layer.
+    otherwise fp32. Constants count as initializers: whatever a node makes from
+    initializers alone (the exporter's ``Constant`` nodes, an ``Identity`` of a shared
+    initializer) or from shapes (``Shape`` and the arithmetic on it), which ORT's
+    pre-processing folds into initializers (a ReLU6's Clip bounds, ShuffleNet's split
+    points); such nodes are fp32 in the plan. Raises :class:`SearchSpaceError` for an
+    unknown precision or layer.
     """
     layers = _node_layers(model.graph)
     request = _check_request(layer_precision, layers.values())
@@ -74,6 +82,11 @@ def node_precisions(model: onnx.ModelProto,
                     precision == "fp16" and node.op_type in fp16_blocked_ops):
                 precision = "fp32"
         plan[key] = precision
+        if key not in layers and (node.op_type in _SHAPE_OPS or all(
+                t in initializers for t in node.input if t)):
+            plan[key] = "fp32"       # a constant: like an initializer, no precision of its own
+            initializers.update(node.output)
+            continue
         for out in node.output:
             tensors[out] = precision
     return plan

@@ -17,6 +17,8 @@ the precision plan (``_precision_plan``), int8 (``_int8``), fp16 (``_fp16``) and
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +45,8 @@ from autocompress.transforms._quantize_graph import (
     onnx_layer_nodes,
 )
 from autocompress.transforms._quantize_graph import _QUANT_SUFFIX as _QUANT_SUFFIX  # tested
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     "PRECISIONS",
@@ -77,13 +81,11 @@ def quantize_onnx(model_bytes: bytes, layer_precision: Mapping[str, str],
         return model_bytes
     _name_nodes(model)
     expected = node_precisions(model, request)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory(prefix="autocompress-quantize-") as tmp:
         folder = Path(tmp)
         try:
             with quiet_onnxruntime_logging():
-                quant_pre_process(model, folder / "pre.onnx")
+                _pre_process(model, folder / "pre.onnx")
         except Exception as exc:
             raise ExportError(f"ONNX Runtime's quantization pre-processing failed ({exc}); "
                               "check the model runs in ONNX Runtime at fp32") from exc
@@ -110,6 +112,35 @@ def quantize_onnx(model_bytes: bytes, layer_precision: Mapping[str, str],
                           f"{[wrong[k] for k in sorted(wrong)[:5]]}, not as requested; "
                           "request fp32 for them")
     return result
+
+
+#: ``quant_pre_process`` options, tried in turn: its symbolic shape inference (made for
+#: transformers) gives up on some graphs (Swin's shifted windows), and its graph
+#: optimization fails on others (Swin V2's attention, once its weights pass 100 MB); each
+#: step only helps the quantizer, which ONNX's own shape inference serves as well.
+_PRE_PROCESSING = ({}, {"skip_symbolic_shape": True},
+                   {"skip_symbolic_shape": True, "skip_optimization": True})
+
+
+def _pre_process(model: onnx.ModelProto, out: Path) -> None:
+    """ONNX Runtime's ``quant_pre_process`` of ``model`` to ``out``, with fewer of its steps
+    where it fails; raises the last failure."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for i, options in enumerate(_PRE_PROCESSING):
+        copy = onnx.ModelProto()   # a failed attempt may leave external data references
+        copy.CopyFrom(model)
+        try:
+            # in ``out``'s folder: a failed symbolic shape inference dumps the model (with its
+            # weights, tens of MB) into the working directory
+            with contextlib.chdir(out.parent):
+                quant_pre_process(copy, out, **options)
+            return
+        except Exception as exc:
+            if i + 1 == len(_PRE_PROCESSING):
+                raise
+            _logger.debug("quantization pre-processing failed (%s); again with %s", exc,
+                          _PRE_PROCESSING[i + 1])
 
 
 def exported_precisions(model_bytes: bytes) -> dict[str, Precision]:

@@ -66,10 +66,25 @@ def _layer_from_weight(initializer: str) -> str | None:
 
 def _layer_from_scope(node_name: str) -> str | None:
     """TorchScript names nodes ``/layer1/layer1.0/conv1/Conv``: one scope per module call,
-    each the module's name from its last non-numeric atom on; the child's own atom is last."""
+    each the module's name from its last non-numeric atom on (``layer1.0``, ``conv1``), so
+    each scope adds to its caller's what does not repeat it. A ``torch.fx.GraphModule`` (a
+    block depth dropped a branch of) calls nested layers itself: ``/features.3.1/mlp.0/``
+    is ``features.3.1.mlp.0``, but a layer called past a numbered level (``attn.1.qkv``)
+    shows only its last atoms; Linear weights carry their layer's name for that reason
+    (:func:`~autocompress.hardware.export.export_onnx`). A node ONNX Runtime's optimizer
+    fused keeps the first node's name with the fusion's after it
+    (``/block/block.3/MatMul/MatMulAddFusion``: a Linear on 3-d inputs made a Gemm): the
+    scopes end before the fused op's name."""
     if not node_name.startswith("/"):
         return None
-    atoms = [scope.split(".")[-1] for scope in node_name.split("/")[1:-1]]
+    segments = node_name.split("/")[1:]
+    fused = next((i for i, segment in enumerate(segments) if "Fusion" in segment), None)
+    if fused is not None:
+        segments = segments[:fused]
+    atoms, previous = [], ""
+    for scope in segments[:-1]:
+        atoms.append(scope.removeprefix(f"{previous}.") if previous else scope)
+        previous = scope
     return ".".join(atoms) or None
 
 

@@ -17,10 +17,12 @@ from autocompress.space import Candidate
 from autocompress.transforms import (
     CompressedModel,
     apply_sparsity,
+    called_layers,
     classifier_layer,
     compress,
     find_channel_groups,
     kept_channels,
+    low_rank,
     make_sparsity_permanent,
     prune_channels,
     sparsifiable_layers,
@@ -620,3 +622,32 @@ def test_activation_criterion_drops_the_channels_a_relu_zeroes() -> None:
     assert _kept_rows(model, pruned.module) == [0, 1, 2, 3]
     with torch.no_grad():   # the channels it removed contributed nothing: outputs unchanged
         torch.testing.assert_close(pruned.module(x), model(x))
+
+
+class _ReadByOwner(nn.Module):
+    """An attention-like owner that passes its projection's weight to a function (as Swin's
+    and MaxViT's attention and nn.MultiheadAttention do): the projection's forward never
+    runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 8)
+        self.mlp = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(F.linear(x, self.qkv.weight, self.qkv.bias))
+
+
+def test_layers_their_owner_reads_are_not_offered_to_masks_or_factorization() -> None:
+    model, x = _ReadByOwner(), torch.randn(2, 8)
+    assert sparsifiable_layers(model) == ["qkv", "mlp"]
+    assert called_layers(model, x) == {"mlp"}
+    assert sparsifiable_layers(model, x) == ["mlp"]
+    # a mask the owner bypasses would not follow training: refused, by name
+    with pytest.raises(SearchSpaceError, match="qkv"):
+        apply_sparsity(model, {"qkv": 0.5, "mlp": 0.5}, x)
+    # a factorization would leave the owner reading a weight that is gone: left whole
+    done = low_rank(model, {"qkv": 0.25, "mlp": 0.25}, called_layers(model, x))
+    assert not done["qkv"].factorized and "owner" in done["qkv"].skipped
+    assert done["mlp"].factorized
+    assert model(x).shape == (2, 8)

@@ -460,3 +460,74 @@ def test_deployment_and_profiling_quantize_with_one_routine(
                    .graph.initializer if init.data_type == TensorProto.INT8
                    and len(init.dims) == 4]
         assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) <= 64
+
+
+# ------------------------------------------------------------------- models beyond resnet
+
+class _SixBlocks(nn.Module):
+    """What MobileNetV2, ShuffleNetV2 and transformers put between their layers: a ReLU6
+    (Clip with constant bounds), a split at half the channels read off the shape, and a
+    Linear on 3-d tokens (a MatMul whose weight the exporter stores transposed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.left = nn.Conv2d(8, 8, 1)
+        self.tokens = nn.Linear(16, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.stem(x))
+        half = x.shape[1] // 2
+        x = torch.cat([self.left(x[:, :half]), x[:, half:]], dim=1)
+        tokens = self.tokens(x.flatten(2).transpose(1, 2))     # (1, 64, 32)
+        return self.fc(F.relu6(tokens).mean(1))
+
+
+@pytest.mark.parametrize("int8", [("stem",), ("stem", "left"), ("tokens",), ("left", "fc"),
+                                  ("stem", "left", "tokens", "fc")])
+def test_mixed_precision_of_relu6_splits_and_token_linears_exports(int8) -> None:
+    model = _seeded(_SixBlocks).eval()
+    x = torch.randn(1, 3, 8, 8)
+    onnx_bytes = export_onnx(model, x)
+    layers = onnx_layer_nodes(onnx.load_from_string(onnx_bytes))
+    assert set(layers) == {"stem", "left", "tokens", "fc"}
+    request = dict.fromkeys(layers, "fp32") | dict.fromkeys(int8, "int8")
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    quantized = quantize_onnx(onnx_bytes, request, calibration)
+    assert exported_precisions(quantized) == request
+
+
+def test_constants_and_shape_arithmetic_take_no_precision_of_their_own() -> None:
+    model = _seeded(_SixBlocks).eval()
+    graph = onnx.load_from_string(export_onnx(model, torch.randn(1, 3, 8, 8)))
+    plan = node_precisions(graph, {"stem": "int8", "left": "int8"})
+    clips = [n.name for n in graph.graph.node if n.op_type == "Clip"]
+    assert plan[clips[0]] == "int8"        # after the int8 stem, its bounds are constants
+    assert plan[clips[1]] == "fp32"        # after the fp32 token Linear
+    assert all(plan[n.name] == "fp32" for n in graph.graph.node
+               if n.op_type in ("Shape", "Constant"))
+
+
+def test_a_linear_on_tokens_keeps_its_weight_name_in_the_export() -> None:
+    model = _seeded(_SixBlocks).eval()
+    graph = onnx.load_from_string(export_onnx(model, torch.randn(1, 3, 8, 8))).graph
+    matmul = next(n for n in graph.node if n.op_type == "MatMul")
+    assert matmul.input[1] == "tokens.weight"
+    weight = next(i for i in graph.initializer if i.name == "tokens.weight")
+    np.testing.assert_array_equal(numpy_helper.to_array(weight),
+                                  model.tokens.weight.detach().t().numpy())
+
+
+@pytest.mark.parametrize(("name", "layer"), [
+    ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
+    # ONNX Runtime's optimizer fused a MatMul and its Add into a Gemm
+    ("/features/features.1/features.1.0/block/block.3/MatMul/MatMulAddFusion",
+     "features.1.0.block.3"),
+    # a torch.fx GraphModule (a block depth dropped a branch of) calls its MLP's layers itself
+    ("/features/features.3/features.3.1/mlp.0/MatMul", "features.3.1.mlp.0"),
+])
+def test_layers_are_read_from_node_scopes(name: str, layer: str) -> None:
+    from autocompress.transforms._quantize_graph import _layer_from_scope
+
+    assert _layer_from_scope(name) == layer

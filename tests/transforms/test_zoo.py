@@ -78,3 +78,49 @@ def test_zoo_model_builds_random_depth_candidates(name: str, size: int) -> None:
     for _ in range(2):
         candidate = bound.sample(study.ask())
         _runs_as_exported(compress(model, candidate, x), x)
+
+
+#: Mixed precision that ONNX Runtime's quantization tools cannot build yet: Swin V2's
+#: attention defeats their shape inference, and an fp32 layer beside int8 ones then has no
+#: known input shape.
+INT8_GAPS = ("swin_v2_",)
+
+
+@pytest.mark.parametrize(("name", "size"), [
+    pytest.param(m.name, m.input_px, marks=pytest.mark.xfail(
+        m.name.startswith(INT8_GAPS), reason="mixed int8 of Swin V2", strict=True))
+    for m in torchvision_zoo()])
+def test_zoo_model_deploys_random_candidates_of_every_transform(
+        name: str, size: int, synthetic_int8_profile: Path) -> None:
+    """Channels, sparsity, dropped blocks, per-layer fp32/int8 and low rank at once: the
+    candidate builds, is estimated, is quantized as the device runs it, and runs."""
+    import onnxruntime as ort
+
+    from autocompress.hardware import HardwareProfile, LatencyModel
+    from autocompress.transforms import sparsifiable_layers
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, size, size)
+    space = SearchSpace.from_dict({
+        "format_version": 1,
+        "channels": {"round_to": 16, "rules": [
+            {"match": "*", "keep_ratio": {"low": 0.25, "high": 1.0, "step": 0.125}}]},
+        "sparsity": {"rules": [{"match": "*", "amount": {"choices": [0.0, 0.5]}}]},
+        "depth": {"rules": [{"match": "*", "keep": {"choices": [0, 1]}}]},
+        "precision": {"method": "ptq", "calibration_samples": 8, "rules": [
+            {"match": "*", "precision": {"choices": ["fp32", "int8"]}}]},
+        "lowrank": {"rules": [{"match": "*", "rank_ratio": {"choices": [0.25, 1.0]}}]}})
+    bound = space.bind([g.name for g in find_channel_groups(model, x)],
+                       sparsifiable_layers(model, x),
+                       blocks=[b.name for b in find_residual_blocks(model, x)])
+    latency = LatencyModel(HardwareProfile.load(synthetic_int8_profile))
+    calibration = np.random.default_rng(0).standard_normal((8, *x.shape[1:])).astype(np.float32)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(2):
+        compressed = compress(model, bound.sample(study.ask()), x)
+        assert compressed.estimate(latency).latency_ms > 0
+        deployed = compressed.rewrite(compressed.structure_onnx(), lambda: calibration)
+        session = ort.InferenceSession(deployed, providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert out.shape == (1, 10) and np.isfinite(out).all()
