@@ -31,9 +31,10 @@ def called_layers(model: nn.Module, example_input: torch.Tensor) -> set[str]:
     hooks = [m.register_forward_pre_hook(lambda layer, _: called.add(names[layer]))
              for m in names]
     training = model.training
+    weight = next(model.parameters(), None)
     try:
         with torch.no_grad():
-            model.eval()(example_input)
+            model.eval()(example_input if weight is None else example_input.to(weight.device))
     finally:
         for hook in hooks:
             hook.remove()
