@@ -46,6 +46,8 @@ def _name_linear_weights(onnx_bytes: bytes, module: nn.Module) -> bytes:
     layer by its weight, as they do for Conv and Gemm. Node scopes alone lose the path of a
     layer a ``torch.fx.GraphModule`` calls (a block depth dropped a branch of). Weights
     equal in several layers keep the exporter's name."""
+    if b"onnx::MatMul" not in onnx_bytes:   # no folded MatMul weight: nothing to rename
+        return onnx_bytes
     import onnx
     from onnx import numpy_helper
 
