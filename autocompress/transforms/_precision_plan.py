@@ -71,6 +71,11 @@ def node_precisions(model: onnx.ModelProto,
     plan: dict[str, Precision] = {}
     for index, node in enumerate(model.graph.node):
         key = _label(node, index)
+        if key not in layers and (node.op_type in _SHAPE_OPS or all(
+                t in initializers for t in node.input if t)):
+            plan[key] = "fp32"       # a constant: like an initializer, no precision of its own
+            initializers.update(node.output)
+            continue
         if key in layers:
             precision: Precision = request.get(layers[key], "fp32")
         elif node.op_type in FREE_OPS:
@@ -82,11 +87,6 @@ def node_precisions(model: onnx.ModelProto,
                     precision == "fp16" and node.op_type in fp16_blocked_ops):
                 precision = "fp32"
         plan[key] = precision
-        if key not in layers and (node.op_type in _SHAPE_OPS or all(
-                t in initializers for t in node.input if t)):
-            plan[key] = "fp32"       # a constant: like an initializer, no precision of its own
-            initializers.update(node.output)
-            continue
         for out in node.output:
             tensors[out] = precision
     return plan

@@ -68,9 +68,9 @@ def apply_sparsity(model: nn.Module, amounts: Mapping[str, float],
         raise SearchSpaceError(
             f"the candidate sets sparsity for layers this model does not have: {unknown[:5]}"
         )
-    masked = sorted(n for n, amount in amounts.items() if amount > 0.0)
+    masked = {n for n, amount in amounts.items() if amount > 0.0}
     if masked and example_input is not None:
-        bypassed = sorted(set(masked) - called_layers(model, example_input))
+        bypassed = sorted(masked - called_layers(model, example_input))
         if bypassed:
             raise SearchSpaceError(
                 f"the candidate sets sparsity for layers whose weights their owner reads "
