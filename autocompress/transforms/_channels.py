@@ -14,6 +14,7 @@ Torch-Pruning's own pruners do.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,20 @@ def _bounded() -> Iterator[None]:
             f"its dependency tracing ran past {limit:g} s") from None
 
 
+def _cannot_follow(exc: Exception) -> _Untraceable:
+    """The refusal for a failure inside Torch-Pruning's own index mapping: it cannot follow
+    how the model regroups channels."""
+    where = traceback.extract_tb(exc.__traceback__)[-1].name
+    return _Untraceable(
+        f"cannot trace the model's channel dependencies: Torch-Pruning cannot follow how a "
+        f"reshape, concatenation or split regroups channels here (for example the channel "
+        f"shuffle of ShuffleNet, the window partitions of Swin) ({type(exc).__name__} in "
+        f"{where}: {exc}). Channel pruning is not available for this model: search a space "
+        f"without channel rules (bit widths, students)",
+        f"it cannot follow how a reshape, concatenation or split regroups channels "
+        f"({type(exc).__name__} in {where})")
+
+
 def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     shape = tuple(example_input.shape)
     try:
@@ -171,15 +186,7 @@ def _graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     except Exception as exc:  # Torch-Pruning traces the model; any failure is the model's
         frames = traceback.extract_tb(exc.__traceback__)
         if any(f.filename.endswith("index_mapping.py") for f in frames):
-            raise _Untraceable(
-                f"cannot trace the model's channel dependencies: Torch-Pruning cannot follow "
-                f"how a reshape, concatenation or split regroups channels here (for example "
-                f"the channel shuffle of ShuffleNet, the window partitions of Swin) "
-                f"({type(exc).__name__} in {frames[-1].name}: {exc}). Channel pruning is not "
-                f"available for this model: search a space without channel rules (bit widths, "
-                f"students)",
-                f"it cannot follow how a reshape, concatenation or split regroups channels "
-                f"({type(exc).__name__} in {frames[-1].name})") from exc
+            raise _cannot_follow(exc) from exc
         raise ModelError(
             f"cannot trace the model's channel dependencies with an input of shape "
             f"{shape}: {exc}. Check --input-shape."
@@ -191,10 +198,15 @@ def _root_groups(
 ) -> list[tuple[str, nn.Module, object]]:
     ignored = [classifier_layer(model, example_input)]
     roots = []
-    for group in graph.get_all_groups(ignored_layers=ignored,
-                                      root_module_types=[nn.Conv2d, nn.Linear]):
-        dep = group[0].dep
-        roots.append((graph._module2name[dep.target.module], dep.target.module, dep.handler))
+    try:
+        for group in graph.get_all_groups(ignored_layers=ignored,
+                                          root_module_types=[nn.Conv2d, nn.Linear]):
+            dep = group[0].dep
+            roots.append((graph._module2name[dep.target.module], dep.target.module,
+                          dep.handler))
+    except Exception as exc:  # the model traced: this is Torch-Pruning's index mapping
+        # (timm's sebotnet33ts_256: a ZeroDivisionError mapping a repeat's head width)
+        raise _cannot_follow(exc) from exc
     return roots
 
 
@@ -259,7 +271,62 @@ def _find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[
                           for item in group} - {""})
         out.append(ChannelGroup(name=name, channels=channels, members=tuple(members),
                                 blocks=_blocks(graph, group)))
-    return out
+    return _prunable(model, example_input, out)
+
+
+def _breaks(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> str | None:
+    """Why a copy of ``model`` with the groups ``names`` pruned to half their channels
+    fails, in pruning or in a forward pass; ``None`` when it runs."""
+    trial = copy.deepcopy(model)
+    try:
+        _prune_channels(trial, Candidate(channel_keep=dict.fromkeys(names, 0.5)), example_input,
+                        None)
+        with torch.no_grad():
+            trial.eval()(example_input)
+    except Exception as exc:  # whatever the model's own code raises on the pruned layers
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    return None
+
+
+def _prunable(model: nn.Module, example_input: torch.Tensor, groups: list[ChannelGroup]
+              ) -> list[ChannelGroup]:
+    """``groups`` without those whose pruning leaves a model that does not run, with a
+    warning naming them. Torch-Pruning shrinks layers and the parameters it traced, not what
+    a model's own code reads besides them: a split size or head width kept as an attribute
+    (timm's CSP stages, its ViT attention), a scale reshaped to a stored shape (PoolFormer),
+    a concatenation it maps wrongly. Each such group fails a pruned copy; found by halving
+    the failing set (a few copies where the rest run)."""
+    names = [g.name for g in groups]
+    why = _breaks(model, example_input, names) if names else None
+    if why is None:
+        return groups
+    failing: dict[str, str] = {}
+
+    def halve(subset: list[str], why: str) -> None:   # subset fails pruned together
+        if len(subset) == 1:
+            failing[subset[0]] = why
+            return
+        found = False
+        for part in (subset[:len(subset) // 2], subset[len(subset) // 2:]):
+            reason = _breaks(model, example_input, part)
+            if reason is not None:
+                halve(part, reason)
+                found = True
+        if not found:   # each half runs alone: the groups fail together
+            failing.update(dict.fromkeys(subset, why))
+
+    while why is not None:
+        halve(names, why)
+        names = [n for n in names if n not in failing]
+        why = _breaks(model, example_input, names) if names else None
+    reasons = sorted(set(failing.values()))
+    _logger.warning(
+        "%d of the model's %d channel groups are left whole: pruned, the model does not run "
+        "(Torch-Pruning shrinks its layers, not what its own code reads besides them, such as "
+        "a split size or head width kept as an attribute): %s (%s%s)", len(failing),
+        len(groups), ", ".join(sorted(failing)[:8]) + (" ..." if len(failing) > 8 else ""),
+        reasons[0], f"; {len(reasons) - 1} other errors" if len(reasons) > 1 else "")
+    return [g for g in groups if g.name not in failing]
 
 
 def _blocks(graph: tp.DependencyGraph, group: Any) -> int:
@@ -400,17 +467,12 @@ def _prune_channels(
     graph = _graph(model, example_input)
     roots = {name: (module, handler)
              for name, module, handler in _root_groups(graph, model, example_input)}
-    unknown = sorted(set(candidate.channel_keep) - set(roots))
-    if unknown:
-        raise SearchSpaceError(
-            f"the candidate names channel groups this model does not have: {unknown[:5]}; "
-            f"its groups are {sorted(roots)[:10]}{' ...' if len(roots) > 10 else ''}"
-        )
+    ratios = _regrouped(graph, roots, candidate.channel_keep)
     importance = _importance(candidate, model, graph, gradients)
     result: dict[str, tuple[int, int]] = {}
     for name, (module, handler) in roots.items():
         channels = graph.get_out_channels(module)
-        ratio = candidate.channel_keep.get(name, 1.0)
+        ratio = ratios.get(name, 1.0)
         if ratio >= 1.0:
             result[name] = (channels, channels)
             continue
@@ -435,6 +497,35 @@ def _prune_channels(
         group.prune()
     _sync_hidden_dims(model)
     return result
+
+
+def _regrouped(graph: tp.DependencyGraph, roots: dict[str, tuple[nn.Module, Any]],
+               channel_keep: Mapping[str, float]) -> dict[str, float]:
+    """``channel_keep`` by the groups the model has now. A name that is no longer a group's
+    root but whose outputs are in a group now gives that group its ratio (unless the group
+    has one of its own; among several, the first by name): dropping a residual block
+    couples the channels around it anew, and the group of the stream it added to can take
+    another root (timm's EdgeNeXt: ``stages.3.blocks.1.mlp.fc2``'s group, once the block
+    before it went)."""
+    unknown = sorted(set(channel_keep) - set(roots))
+    if not unknown:
+        return dict(channel_keep)
+    owner: dict[str, str] = {}
+    for root, (module, handler) in roots.items():
+        group = graph.get_pruning_group(module, handler,
+                                        list(range(graph.get_out_channels(module))))
+        for item in group:
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                owner.setdefault(graph._module2name.get(item.dep.target.module, ""), root)
+    missing = [name for name in unknown if name not in owner]
+    if missing:
+        raise SearchSpaceError(
+            f"the candidate names channel groups this model does not have: {missing[:5]}; "
+            f"its groups are {sorted(roots)[:10]}{' ...' if len(roots) > 10 else ''}")
+    keep = {name: ratio for name, ratio in channel_keep.items() if name in roots}
+    for name in unknown:
+        keep.setdefault(owner[name], channel_keep[name])
+    return keep
 
 
 def _sync_hidden_dims(model: nn.Module) -> None:

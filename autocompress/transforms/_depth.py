@@ -45,9 +45,27 @@ class ResidualBlock:
     layers: tuple[str, ...]
 
 
+#: torch.nn's layers with weights: a model's own subclass of one (timm's ``GroupNorm1``,
+#: ``LayerNorm2d``, ``BatchNormAct2d``, ``Conv2dSame``) is called as a module, not traced
+#: through. Traced through, its weights became bare parameters read by a functional call,
+#: which channel pruning does not shrink with the layers around them (PoolFormer with a
+#: block dropped: a GroupNorm of 320 weights on 208 channels).
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
+           nn.LayerNorm, nn.Embedding)
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, with every subclass of :data:`_LAYERS` a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _LAYERS) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
         raise ModelError(
             f"depth rules need a model torch.fx can trace, and {type(model).__name__} cannot "
@@ -222,7 +240,10 @@ def _without(module: nn.Module, owner: str, blocks: Sequence[ResidualBlock]
     ``blocks``."""
     traced = _trace(module)
     prefix = f"{owner}." if owner else ""
-    wanted = {block.layers for block in blocks}
+    # a block's layers as the whole model traced them may begin outside its owner: the
+    # ``nn.Identity`` layers its skip was looked through (a stage's identity downsample)
+    wanted = {tuple(layer for layer in block.layers if layer.startswith(prefix))
+              for block in blocks}
     # which operand of each addition is its skip, found before anything is dropped: where
     # one module adds two branches in a row (a transformer block's attention, then its
     # MLP), the second addition's skip is the first addition, replaced once that is dropped

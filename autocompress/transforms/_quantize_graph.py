@@ -4,6 +4,7 @@ inputs and samples, prune dead nodes."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,6 +25,9 @@ _WEIGHT_PATH_OPS = {"DequantizeLinear", "Identity", "Transpose"}
 # onnxruntime.quantization.quant_utils.TENSOR_NAME_QUANT_SUFFIX (a test checks they agree).
 _QUANT_SUFFIX = "_quantized"
 _COPY_MARK = "::copy_for::"  # names the private copy of a shared initializer
+# ONNX Runtime's optimizer names a weight it rewrote after the fusion and the original:
+# ``ConvMulFusion_W_stages.0.blocks.0.mlp.fc2.weight`` (a layer scale folded into a Conv)
+_FUSED_WEIGHT = re.compile(r"^(?:[A-Za-z]+Fusion_[A-Za-z]+_)+")
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
@@ -58,7 +62,7 @@ def _weight_source(tensor: str, producers: Mapping[str, onnx.NodeProto],
 
 
 def _layer_from_weight(initializer: str) -> str | None:
-    name = initializer.removesuffix(_QUANT_SUFFIX).split(_COPY_MARK)[0]
+    name = _FUSED_WEIGHT.sub("", initializer.removesuffix(_QUANT_SUFFIX).split(_COPY_MARK)[0])
     if name.endswith(".weight") and not name.startswith("onnx::"):
         return name.removesuffix(".weight")
     return None

@@ -33,6 +33,7 @@ from autocompress.transforms._channels import (
     _drop_indices,
     _graph,
     _importance,
+    _regrouped,
     _root_groups,
     kept_channels,
 )
@@ -66,9 +67,13 @@ class ChannelSchedule:
                 self.graph = _graph(module, example_input)
                 # per group: its root layer, handler, channels and equal blocks (fixed: the
                 # network keeps its structure until remove())
-                self.roots = {name: self._group(mod, handler) for name, mod, handler
-                              in _root_groups(self.graph, module, example_input)
-                              if candidate.channel_keep.get(name, 1.0) < 1.0}
+                roots = {name: (mod, handler) for name, mod, handler
+                         in _root_groups(self.graph, module, example_input)}
+                # the ratios by the groups as they are here (as one-shot pruning reads them)
+                self.keep = _regrouped(self.graph, roots, candidate.channel_keep)
+                self.roots = {name: self._group(mod, handler)
+                              for name, (mod, handler) in roots.items()
+                              if self.keep.get(name, 1.0) < 1.0}
         except ModelError as exc:
             raise ModelError(f"a gradual pruning schedule needs the model's whole dependency "
                              f"graph, which Torch-Pruning cannot build here ({exc}); use "
@@ -96,7 +101,7 @@ class ChannelSchedule:
     def _mask_to(self, share: Callable[[float], float]) -> None:
         targets: dict[str, int] = {}
         for name, (_module, _handler, channels, blocks) in self.roots.items():
-            ratio = 1.0 - share(1.0 - self.candidate.channel_keep[name])
+            ratio = 1.0 - share(1.0 - self.keep[name])
             keep = kept_channels(channels, ratio, self.candidate.round_to,
                                  self.candidate.min_channels, blocks)
             if channels - keep > len(self.masked.get(name, [])):

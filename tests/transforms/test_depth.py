@@ -14,7 +14,12 @@ from autocompress.exceptions import ModelError, SearchSpaceError
 from autocompress.hardware.export import export_onnx
 from autocompress.models.cifar_resnet import resnet20
 from autocompress.space import Candidate
-from autocompress.transforms import compress, drop_blocks, find_residual_blocks
+from autocompress.transforms import (
+    compress,
+    drop_blocks,
+    find_channel_groups,
+    find_residual_blocks,
+)
 
 X = torch.zeros(1, 3, 32, 32)
 IDENTITY_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1",
@@ -285,3 +290,75 @@ def test_branches_added_in_a_row_in_one_module_drop_in_any_combination(names) ->
     for i, block in enumerate(dropped.blocks):
         if f"blocks.{i}.mlp" not in names:
             assert type(block.mlp) is nn.Sequential
+
+
+class _GroupNorm1(nn.GroupNorm):
+    """timm's ``GroupNorm1``: a GroupNorm over all channels, with a forward of its own."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(1, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.group_norm(x, 1, self.weight, self.bias, self.eps)
+
+
+class _PoolFormerBlock(nn.Module):
+    """Two branches added in a row, each behind a norm that is a direct child of the block."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm1 = _GroupNorm1(c)
+        self.token = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm2 = _GroupNorm1(c)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _MetaFormer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.downsample = nn.Identity()       # a stage without one, as the first of timm's
+        self.blocks = nn.Sequential(_PoolFormerBlock(16), _PoolFormerBlock(16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.downsample(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_block_beside_a_norm_subclass_drops_and_prunes(first: bool) -> None:
+    """Traced through, the kept branch's norm became a functional call on bare parameters,
+    which channel pruning left at their width (PoolFormer: "weight of shape [320] and input
+    of shape [1, 208, 4, 4]"); and the first block's skip, looked through the stage's
+    identity downsample, named a layer outside the block ("found 0 of the 1 residual
+    branches to drop when tracing it alone")."""
+    torch.manual_seed(0)
+    model, x = _MetaFormer().eval(), torch.randn(2, 3, 8, 8)
+    blocks = [b.name for b in find_residual_blocks(model, x)]
+    assert len(blocks) == 4
+    stream = next(g.name for g in find_channel_groups(model, x) if "stem" in g.members)
+    drop = blocks[0] if first else blocks[1]
+    compressed = compress(model, Candidate(depth={drop: 0.0}, channel_keep={stream: 0.5}), x)
+    assert compressed.channels[stream] == (16, 8)
+    kept = compressed.module.blocks[0].norm2 if first else compressed.module.blocks[0].norm1
+    assert type(kept) is _GroupNorm1
+    with torch.no_grad():
+        assert compressed.module(x).shape == (2, 10)
+
+
+def test_a_group_named_by_a_layer_that_is_no_longer_its_root_takes_the_ratio() -> None:
+    """Dropping a block couples the channels around it anew, and a group can take another
+    root (timm's EdgeNeXt): a candidate naming the old root still prunes that group."""
+    torch.manual_seed(0)
+    model, x = _MetaFormer().eval(), torch.randn(2, 3, 8, 8)
+    stream = next(g for g in find_channel_groups(model, x) if "stem" in g.members)
+    assert stream.name != "stem"
+    compressed = compress(model, Candidate(channel_keep={"stem": 0.5}), x)
+    assert compressed.channels[stream.name] == (16, 8)
+    assert compressed.module.stem.out_channels == 8
+    with pytest.raises(SearchSpaceError, match="does not have: \\['fc'\\]"):
+        compress(model, Candidate(channel_keep={"fc": 0.5}), x)   # its outputs: no group

@@ -651,3 +651,59 @@ def test_layers_their_owner_reads_are_not_offered_to_masks_or_factorization() ->
     assert not done["qkv"].factorized and "owner" in done["qkv"].skipped
     assert done["mlp"].factorized
     assert model(x).shape == (2, 8)
+
+
+class _SplitByAttribute(nn.Module):
+    """A cross-stage split at a channel count kept as an attribute (timm's CSP stages):
+    Torch-Pruning's group of ``left`` reaches the classifier through the concatenation, and
+    pruned, the classifier no longer fits what the split by ``half`` gives it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.half = 16
+        self.left = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.expand(self.stem(x).relu()).split(self.half, dim=1)
+        return self.fc(torch.cat([self.left(a), b], dim=1).mean((2, 3)))
+
+
+def test_groups_whose_pruning_breaks_the_model_are_not_offered(
+        caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    model, x = _SplitByAttribute().eval(), torch.randn(2, 3, 8, 8)
+    broken = compress(model, Candidate(channel_keep={"left": 0.5}), x)
+    with pytest.raises(RuntimeError), torch.no_grad():   # what a search's trials would hit
+        broken.module(x)
+    with caplog.at_level("WARNING"):
+        groups = find_channel_groups(model, x)
+    assert [g.name for g in groups] == ["stem"]
+    assert "1 of the model's 2 channel groups are left whole" in caplog.text
+    assert "left (RuntimeError" in caplog.text
+    pruned = compress(model, Candidate(channel_keep={"stem": 0.25}), x)
+    assert pruned.channels["stem"] == (16, 4)
+    with torch.no_grad():
+        assert pruned.module(x).shape == (2, 10)
+    assert find_channel_groups(model, x) == groups           # the model is left as it was
+
+
+def test_a_failure_inside_torch_pruning_grouping_leaves_local_groups(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Torch-Pruning traced the model but fails mapping its channels (timm's
+    sebotnet33ts_256: a ZeroDivisionError): the model is pruned by its local groups."""
+    import torch_pruning as tp
+
+    def fails(*_args: object, **_kwargs: object) -> None:
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_all_groups", fails)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10)).eval()
+    with caplog.at_level("WARNING"):
+        groups = find_channel_groups(model, torch.randn(1, 3, 16, 16))
+    assert "ZeroDivisionError" in caplog.text and "only the" in caplog.text
+    assert "0" in {g.name for g in groups}

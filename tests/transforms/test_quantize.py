@@ -519,6 +519,32 @@ def test_a_linear_on_tokens_keeps_its_weight_name_in_the_export() -> None:
                                   model.tokens.weight.detach().t().numpy())
 
 
+class _LayerScale(nn.Module):
+    """A layer scale after a convolution (ConvNeXt, FastViT, PoolFormer: ``gamma * conv(x)``),
+    which ONNX Runtime's optimizer folds into the convolution's weight under a new name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc2 = nn.Conv2d(16, 16, 1)
+        self.gamma = nn.Parameter(torch.linspace(0.1, 1.0, 16).reshape(16, 1, 1))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.fc2(x) * self.gamma
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("int8", [("stem",), ("fc2", "head")])
+def test_a_layer_scale_folded_into_its_convolution_keeps_the_layer_name(int8) -> None:
+    model = _seeded(_LayerScale).eval()
+    onnx_bytes = export_onnx(model, torch.randn(1, 3, 8, 8))
+    request = {"stem": "fp32", "fc2": "fp32", "head": "fp32"} | dict.fromkeys(int8, "int8")
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    assert exported_precisions(quantize_onnx(onnx_bytes, request, calibration)) == request
+
+
 @pytest.mark.parametrize(("name", "layer"), [
     ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
     # ONNX Runtime's optimizer fused a MatMul and its Add into a Gemm
