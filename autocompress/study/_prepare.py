@@ -19,7 +19,13 @@ from autocompress._io import write_bytes_atomic
 from autocompress.data import DataSplit, load_data, spec_name
 from autocompress.evaluation import EarlyStopping, TrainSettings, model_stats
 from autocompress.exceptions import DataError, ProfileError, RunError
-from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
+from autocompress.hardware import (
+    HardwareProfile,
+    LatencyMeasurement,
+    LatencyModel,
+    MeasureSettings,
+    get_backend,
+)
 from autocompress.hardware._nnls import nnls
 from autocompress.hardware.backends import Backend, backend_for, is_local
 from autocompress.hardware.drift import DriftCheck, measure_beside
@@ -93,6 +99,10 @@ _START_PAUSE_S = 30.0
 _BASELINE_MEASURE = MeasureSettings(max_time_s=2.0, min_runs=100, round_runs=50)
 _NEAR_BUDGET_MEASURE = MeasureSettings(max_time_s=1.0, min_runs=60, round_runs=30)
 _CALIBRATION_RATIOS = (1.0, 0.75, 0.5, 0.25)
+#: A calibration fit that misses one of the baseline's measured fp32 copies by more than
+#: this share is measured again (:func:`_fitting`).
+FIT_TOLERANCE = 0.05
+_FIT_PASSES = 3
 #: Keep ratios of the copies at another precision: a budget a precision helps to meet is
 #: where a network at that precision keeps most of its channels.
 _PRECISION_RATIOS = (1.0, 0.75, 0.5)
@@ -159,17 +169,21 @@ class Prepared:
         return fastest_estimate_ms(self.bound, self.estimate_ms)
 
 
-def fastest_estimate_ms(bound: BoundSpace, estimate_ms: Callable[[Candidate], float]) -> float:
-    """The lowest estimate ``bound`` allows: smallest keep ratios at each offered precision,
-    and the smallest student."""
-    estimates = []
+def fastest_candidates(bound: BoundSpace) -> list[Candidate]:
+    """The candidates among which the fastest ``bound`` allows is: smallest keep ratios at
+    each offered precision, and the smallest student of each family."""
+    candidates = []
     if bound.compresses or bound.student_space is None:
-        estimates += [estimate_ms(bound.extreme("min", precision))
-                      for precision in sorted(bound.space.precisions)]
+        candidates += [bound.extreme("min", precision)
+                       for precision in sorted(bound.space.precisions)]
     if bound.student_space is not None:
-        estimates += [estimate_ms(Candidate(student=plan))
-                      for plan in bound.student_space.smallest()]
-    return min(estimates)
+        candidates += [Candidate(student=plan) for plan in bound.student_space.smallest()]
+    return candidates
+
+
+def fastest_estimate_ms(bound: BoundSpace, estimate_ms: Callable[[Candidate], float]) -> float:
+    """The lowest estimate ``bound`` allows (among :func:`fastest_candidates`)."""
+    return min(estimate_ms(c) for c in fastest_candidates(bound))
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -523,6 +537,7 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
     if calibrate:
         floats = len(keeps)
         raws = [latency_model.estimate(m).latency_ms for m in models[:floats]]
+        results = _fitting(backend, models, results, raws)
         measured = [r.median_ms for r in results[:floats]]
         scale, offset = fit_calibration(raws, measured)
         points = [CalibrationPoint(k, e, m) for k, e, m in zip(keeps, raws, measured, strict=True)]
@@ -541,6 +556,45 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
             scale=scale, offset_ms=offset, applied=True, raw_estimate_ms=raw_ms, source="model",
             points=tuple(points), precision_scales=factors, precision_node_ms=per_node)
     return results[0], calibration
+
+
+def fit_misses(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> float:
+    """The largest share by which the calibration fitted over these points
+    (:func:`fit_calibration`) misses one of their measurements."""
+    scale, offset = fit_calibration(raw_ms, measured_ms)
+    return max(abs(offset + scale * r - m) / m for r, m in zip(raw_ms, measured_ms, strict=True))
+
+
+def _fitting(backend: Backend, models: Sequence[bytes], results: list[LatencyMeasurement],
+             raws: Sequence[float]) -> list[LatencyMeasurement]:
+    """``results`` (of ``models``, the first ``len(raws)`` the fp32 copies estimated at
+    ``raws``), measured again while the calibration fitted over them misses one by more than
+    :data:`FIT_TOLERANCE`, each model keeping its fastest pass (a slow spell only adds
+    time), up to :data:`_FIT_PASSES` passes in all.
+
+    The pass's baseline check (:data:`START_DRIFT`) does not see a spell that slows some
+    copies and not others: one default search on mnist measured its copies at such
+    different speeds that the calibration came to 0.212 ms + 0.609 x estimate (the next run on the same
+    machine: 0.033 + 0.946 x), estimated the fastest model the space allows at 0.372 ms, and
+    refused its 0.330 ms budget. On a steady machine the fit misses resnet20's copies by
+    3% at most."""
+    floats = len(raws)
+    misses = fit_misses(raws, [r.median_ms for r in results[:floats]])
+    passes = 1
+    while misses > FIT_TOLERANCE and passes < _FIT_PASSES:
+        _logger.info("the calibration misses a measured copy of the baseline by %.0f%%: this "
+                     "machine's speed changed within the pass; measuring the copies again",
+                     100 * misses)
+        again = backend.measure_many(list(models), _BASELINE_MEASURE, rounds=3)
+        results = [min(one, other, key=lambda m: m.median_ms)
+                   for one, other in zip(results, again, strict=True)]
+        passes += 1
+        misses = fit_misses(raws, [r.median_ms for r in results[:floats]])
+    if misses > FIT_TOLERANCE:
+        _logger.warning("the calibration misses a measured copy of the baseline by %.0f%% "
+                        "after %d passes: this model's latency is not linear in the profile's "
+                        "estimate, or this machine is unsteady", 100 * misses, passes)
+    return results
 
 
 def precision_terms(latency_model: LatencyModel, scale: float, offset_ms: float,
