@@ -574,10 +574,10 @@ def _fitting(backend: Backend, models: Sequence[bytes], results: list[LatencyMea
 
     The pass's baseline check (:data:`START_DRIFT`) does not see a spell that slows some
     copies and not others: one default search on mnist measured its copies at such
-    different speeds that the calibration came to 0.212 ms + 0.609 x estimate (the next run on the same
-    machine: 0.033 + 0.946 x), estimated the fastest model the space allows at 0.372 ms, and
-    refused its 0.330 ms budget. On a steady machine the fit misses resnet20's copies by
-    3% at most."""
+    different speeds that the calibration came to 0.212 ms + 0.609 x estimate (the next run
+    on the same machine: 0.033 + 0.946 x), estimated the fastest model the space allows at
+    0.372 ms, and refused its 0.330 ms budget. On a steady machine the fit misses
+    resnet20's copies by 3% at most."""
     floats = len(raws)
     misses = fit_misses(raws, [r.median_ms for r in results[:floats]])
     passes = 1
