@@ -61,6 +61,13 @@ the uniform pruning and the allocation) from the baseline's outputs as well as t
 (the search's ``--finetune-distill``); rows record it in ``finetune_distill`` and the report
 keeps such rows apart.
 
+``--front-only`` runs only the search phase of ``search`` and ``random`` (their K finetuned
+trials, no pick and no final finetune, which do not change the front), in run folders of
+their own, and appends each front's hypervolume to ``cifar10_fronts.csv``;
+``--report-fronts`` writes ``cifar10_fronts.md`` (search / random per cell, mean over seeds).
+The hypervolume comparison at equal trials then takes minutes (random) to half an hour (the
+search: allocation and screening) a seed, not the hour of a full cell.
+
 ``--finetune-lr`` sets the learning rate of every approach's finetunes (the search's
 ``--finetune-lr``; default the product's); rows record it in ``finetune_lr`` and the report
 keeps such rows apart.
@@ -226,7 +233,10 @@ def _choose_by_score_first(self: Any, count: int, exclude: Any = ()) -> list[Any
     """The screening's choice before commit 8f31b9f, for the ablation ``search-scorefirst``:
     from the screening front, alternately the best score (ties: the faster) and the farthest
     in latency from those chosen; scores within their noise are not told apart."""
-    from autocompress.study._screen import _non_dominated
+    def _non_dominated(items: list[Any]) -> list[Any]:
+        return [s for s in items if not any(
+            o.score >= s.score and o.latency_ms <= s.latency_ms
+            and (o.score > s.score or o.latency_ms < s.latency_ms) for o in items)]
 
     skip = [dict(p) for p in exclude]
     pool = [s for s in self.feasible() if dict(s.params) not in skip]
@@ -246,14 +256,38 @@ def _choose_by_score_first(self: Any, count: int, exclude: Any = ()) -> list[Any
     return chosen
 
 
+def run_front(cell: Cell, approach: str) -> dict[str, Any]:
+    """The search phase of ``search`` or ``random`` alone (``--front-only``): its K finetuned
+    trials and their front, no pick and no final finetune (they do not change the front),
+    in a run folder of its own (``<approach>-front``). For the hypervolume comparison at
+    equal trials, in minutes where the full cell takes an hour."""
+    if approach not in ("search", "random"):
+        raise SystemExit(f"--front-only runs search and random, not {approach}")
+    start = time.perf_counter()
+    out = _search(cell, f"{approach}-front", **SEARCH_OPTIONS.get(approach, {}))
+    front = load_front(out)
+    records = [r for r in front.records.values() if r.finetuned]
+    return {"approach": approach, "hypervolume": front.hypervolume(),
+            "hypervolume_per_budget": front.hypervolume() / cell.budget_ms,
+            "front_size": len(front), "finetuned_trials": len(records),
+            "front": "; ".join(f"{m.accuracy:.3f}@{m.predicted_latency_ms:.3f}"
+                               for m in sorted(front.members,
+                                               key=lambda m: m.predicted_latency_ms)),
+            "seconds": round(time.perf_counter() - start)}
+
+
+#: options of the searches beside the search as shipped
+SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "random": {"sampler": "random", "screen": 0, "allocate": False}}
+
+
 def run_search(cell: Cell, approach: str) -> Outcome:
     """The search (or random search, or the search with the screening's earlier choice) and
     its pick, trained ``T - K*S`` more steps."""
     from autocompress.study._screen import Screening
 
     start = time.perf_counter()
-    options: dict[str, Any] = ({"sampler": "random", "screen": 0, "allocate": False}
-                               if approach == "random" else {})
+    options = SEARCH_OPTIONS.get(approach, {})
     choose = Screening.choose
     if approach == "search-scorefirst":
         Screening.choose = _choose_by_score_first  # type: ignore[method-assign]
@@ -418,6 +452,18 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     cell = dataclasses.replace(cell, budget_ms=args.budget * base_ms)
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
+    if args.front_only:
+        profile = HardwareProfile.load(cell.profile)
+        return [{"model": args.model, "budget_fraction": args.budget, "seed": args.seed,
+                 "budget_ms": cell.budget_ms, **run_front(cell, approach),
+                 "trials": args.trials, "finetune_steps": args.finetune_steps,
+                 "screen": args.screen, "smoke": args.smoke,
+                 "space": args.space.name if args.space is not None else "default.yaml",
+                 "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
+                 "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                 "commit": commit(),
+                 "machine": f"{machine()}; {profile.backend} {profile.backend_version}"}
+                for approach in args.approaches]
     outcomes = []
     for approach in args.approaches:
         runner = run_search if approach in SEARCHES else run_seed_trial
@@ -569,6 +615,46 @@ def report(csv: Path, md: Path) -> str:
     return text
 
 
+def report_fronts(csv: Path, md: Path) -> str:
+    """Hypervolume per budget of the search's and random search's fronts (``--front-only``
+    rows), mean and standard deviation over seeds, per cell, trial count and commit."""
+    frame = pd.read_csv(csv)
+    frame = frame[~frame["smoke"].astype(bool)]
+    frame["cpu"] = frame["machine"].str.split(";").str[0]
+    keys = ["model", "budget_fraction", "space", "finetune_distill", "trials", "cpu"]
+    stats = (frame.groupby([*keys, "approach", "commit"])
+             .agg(seeds=("seed", "nunique"),
+                  hypervolume_per_budget_mean=("hypervolume_per_budget", "mean"),
+                  hypervolume_per_budget_std=("hypervolume_per_budget", "std"),
+                  front_size=("front_size", "mean"), seconds=("seconds", "mean"),
+                  last_date=("date", "max"))
+             .reset_index())
+    lines = ["# CIFAR-10: front hypervolume of the search and of random search at equal "
+             "trials", "",
+             f"Rows: {csv.name} (`--front-only`: the K finetuned trials of each search, no "
+             "pick; one row per approach and seed). Hypervolume: accuracy after the trials' "
+             "finetune x ms below the budget, over the budget. Regenerate with "
+             "`python benchmarks/cifar10.py --report-fronts`.", "",
+             stats.to_markdown(index=False, floatfmt=".4f"), "", "## Search / random", ""]
+    for cell_keys, cell in stats.groupby(keys):
+        by = cell.groupby("approach")
+        if not {"search", "random"} <= set(cell["approach"]):
+            continue
+        # each approach at the commit it last ran at
+        means = {a: g.sort_values("last_date").iloc[-1] for a, g in by}
+        ratio = (means["search"]["hypervolume_per_budget_mean"]
+                 / means["random"]["hypervolume_per_budget_mean"])
+        model, fraction, space, distill, trials, cpu = cell_keys
+        lines.append(f"- {model} at {fraction:.0%} ({space}, {trials} trials, {cpu}): "
+                     f"search {means['search']['hypervolume_per_budget_mean']:.4f} "
+                     f"({int(means['search']['seeds'])} seeds, {means['search']['commit']}) / "
+                     f"random {means['random']['hypervolume_per_budget_mean']:.4f} "
+                     f"({int(means['random']['seeds'])} seeds) = **{ratio:.2f}x**")
+    text = "\n".join(lines) + "\n"
+    md.write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20")
@@ -591,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
                         help="folder of cifar10-<model>.pt and its .json record")
     parser.add_argument("--report", action="store_true", help="only write the .md from the CSV")
+    parser.add_argument("--front-only", action="store_true",
+                        help="run only the search phase of --approaches (search, random) and "
+                             "append its front's hypervolume to cifar10_fronts.csv")
+    parser.add_argument("--report-fronts", action="store_true",
+                        help="only write cifar10_fronts.md from cifar10_fronts.csv")
     parser.add_argument("--remeasure", action="store_true",
                         help="measure the cell's exported models again (rows of --model, "
                              "--budget, --seed, --space, --approaches), replacing latencies")
@@ -603,6 +694,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(csv, md))
         return 0
+    if args.front_only or args.report_fronts:
+        csv, md = args.out / "cifar10_fronts.csv", args.out / "cifar10_fronts.md"
+        if args.report_fronts:
+            print(report_fronts(csv, md))
+            return 0
     os.environ.setdefault("AUTOCOMPRESS_WAIT_FOR_QUIET", QUIET_PERCENT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.remeasure:
@@ -612,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:
         args.total_steps, args.trials, args.finetune_steps, args.screen = 40, 2, 10, 6
-        csv = args.out / "cifar10_search_smoke.csv"
+        csv = args.out / f"{csv.stem}_smoke.csv"
     rows = run_cell(args)
     args.out.mkdir(parents=True, exist_ok=True)
     # rows of some approaches lack other approaches' columns: align them with the file's
@@ -620,8 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     if csv.is_file():
         frame = pd.concat([pd.read_csv(csv), frame], ignore_index=True)
     frame.to_csv(csv, index=False)
-    print(pd.DataFrame(rows)[["approach", "accuracy", "measured_latency_ms",
-                              "within_budget"]].to_string(index=False))
+    columns = (["approach", "hypervolume_per_budget", "front"] if args.front_only else
+               ["approach", "accuracy", "measured_latency_ms", "within_budget"])
+    print(pd.DataFrame(rows)[columns].to_string(index=False))
     return 0
 
 

@@ -63,7 +63,7 @@ from autocompress.transforms import (
 )
 
 __all__ = ["NETWORK_ATTR", "PROPOSALS_PER_NETWORK", "SCORE_ATTR", "Screened", "Screening",
-           "network_key", "plan_key"]
+           "hypervolume_gain", "network_key", "plan_key"]
 
 _logger = logging.getLogger("autocompress")
 
@@ -244,10 +244,17 @@ class Screening:
                 for t in self._complete() if self._may_fit(t.values[1])]
 
     def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = ()) -> list[Screened]:
-        """``count`` candidates to finetune, skipping parameters in ``exclude`` and the
-        networks they build: alternately the best-scoring one left (:meth:`best`) and the one
-        of the screening front left farthest in latency from those chosen. Each network is
-        chosen once, whatever parameters built it.
+        """``count`` candidates to finetune, skipping parameters in ``exclude`` (the trials
+        already queued) and the networks they build: alternately the best-scoring one left
+        (:meth:`best`) and the one that adds the most to the front of those chosen and
+        queued (:func:`hypervolume_gain`, by score and estimate up to the budget). Each
+        network is chosen once, whatever parameters built it.
+
+        The second rule spreads the finetuned trials over the latencies below the budget
+        where the screening finds accuracy, not to its fastest corner: a network that keeps
+        a fair score far below the budget adds a large area, one that scores like a guess
+        adds little however fast. (Before, the farthest in latency from those chosen: in
+        the CIFAR-10 int8 cells the fastest end of the screening front scored 0.18.)
 
         Where the device can be measured (``measure``), a candidate estimated within
         :data:`NEAR_BUDGET_MARGIN` of the budget, on either side, is measured before it is
@@ -258,7 +265,8 @@ class Screening:
         measure = self.measure
         skip = [dict(p) for p in exclude]
         pool = self.feasible()
-        taken = {s.identity for s in pool if dict(s.params) in skip}
+        queued = [s for s in pool if dict(s.params) in skip]
+        taken = {s.identity for s in queued}
         chosen: list[Screened] = []
         while len(chosen) < count:
             pool = [s for s in pool if s.identity not in taken]
@@ -267,8 +275,9 @@ class Screening:
             if len(chosen) % 2 == 0:
                 pick = self.best(pool)
             else:
-                pick = max(_non_dominated(pool), key=lambda s: min(
-                    abs(s.latency_ms - c.latency_ms) for c in chosen))
+                front = [*queued, *chosen]
+                pick = max(pool, key=lambda s: (
+                    hypervolume_gain(front, s, self.budget_ms), s.score))
             # its copies build the same network: chosen with it, or over the budget with it
             taken.add(pick.identity)
             if measure is None or self._fits_measured(pick, measure):
@@ -311,9 +320,20 @@ def _identity(trial: optuna.trial.FrozenTrial) -> str | int:
     return trial.user_attrs.get(NETWORK_ATTR, trial.number)
 
 
-def _non_dominated(items: Sequence[Screened]) -> list[Screened]:
-    def dominates(a: Screened, b: Screened) -> bool:
-        return (a.score >= b.score and a.latency_ms <= b.latency_ms
-                and (a.score > b.score or a.latency_ms < b.latency_ms))
+def hypervolume_gain(front: Sequence[Screened], candidate: Screened, budget_ms: float) -> float:
+    """How much ``candidate`` adds to the area (score x milliseconds below ``budget_ms``) that
+    ``front`` dominates: the front's hypervolume from the reference point score 0 at the
+    budget, with the candidate and without."""
+    return _hypervolume([*front, candidate], budget_ms) - _hypervolume(front, budget_ms)
 
-    return [s for s in items if not any(dominates(o, s) for o in items)]
+
+def _hypervolume(points: Sequence[Screened], budget_ms: float) -> float:
+    """The area of score x milliseconds below ``budget_ms`` that ``points`` dominate."""
+    area, best = 0.0, 0.0
+    # from the fastest up: each point adds what it scores above the best faster one, over
+    # the milliseconds from it to the budget
+    for point in sorted(points, key=lambda s: s.latency_ms):
+        if point.latency_ms < budget_ms and point.score > best:
+            area += (point.score - best) * (budget_ms - point.latency_ms)
+            best = point.score
+    return area

@@ -53,7 +53,7 @@ from autocompress.study._prepare import (
     search_data,
     seed_params,
 )
-from autocompress.study._records import AllocationRecord, RunIdentity, RunInfo, TrialRecord
+from autocompress.study._records import RunIdentity, RunInfo, TrialRecord
 from autocompress.study._screen import Screening
 from autocompress.study._storage import GRACE_S, fail_stale_trials, open_storage, open_study
 from autocompress.transforms import find_channel_groups, find_residual_blocks, sparsifiable_layers
@@ -100,13 +100,17 @@ def search(config: SearchConfig) -> ParetoFront:
                                            heartbeat=False),
                               f"{config.study}-screening", config.seed, config.sampler,
                               measure=_measure_params(prepared, measure))
-    if not setup.study.trials:
+    fresh = not setup.study.trials
+    seeds = uniform_seeds(prepared, budget_ms, measure) if fresh else []
+    if screening is None:
+        if info.allocation is not None and fresh:
+            seeds.append(("latency-aware allocation",
+                          allocation_params(prepared.bound, info.allocation)))
+        _enqueue(setup.study, seeds)
+    else:
         # with screening, the allocation is screened like any candidate and finetuned only
         # if it ranks among the best: every finetuned step counts against the pick's
-        _enqueue_seeds(setup.study, prepared, budget_ms, measure,
-                       None if screening is not None else info.allocation)
-    if screening is not None:
-        _screen_and_enqueue(setup.study, screening, prepared, config, info)
+        _screen_and_enqueue(setup.study, screening, prepared, config, info, seeds)
     objective = Objective(
         prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
@@ -255,24 +259,24 @@ def _check_fastest_fits(info: RunInfo, calibrated: Prepared, measure: Measurer |
         + f"); raise --latency-budget-ms or allow smaller keep ratios in {space_src}")
 
 
-def _enqueue_seeds(study: optuna.Study, prepared: Prepared, budget_ms: float,
-                   measure: Callable[[bytes], float] | None,
-                   allocation: AllocationRecord | None) -> None:
-    """What a user would do by hand: uniform pruning (and, where the space quantizes,
-    uniform pruning quantized all-int8) that fits the budget, as the first trials; then the
-    latency-aware allocation, when it is given (a search that screens screens it instead)."""
+def uniform_seeds(prepared: Prepared, budget_ms: float,
+                  measure: Callable[[bytes], float] | None) -> list[tuple[str, dict[str, Any]]]:
+    """What a user would do by hand: uniform pruning that fits the budget (and, where the
+    space quantizes, uniform pruning quantized all-int8), each with its ``seeded`` label."""
+    seeds = []
     for precision in ("fp32", "int8"):
         if precision not in prepared.bound.space.precisions:
             continue
         params = seed_params(prepared, budget_ms, measure, precision)
-        if params:  # skip_if_exists: workers starting together enqueue it once
-            study.enqueue_trial(params,
-                                user_attrs={SEEDED_ATTR: f"uniform keep ratio, {precision}"},
-                                skip_if_exists=True)
-    if allocation is not None:
-        study.enqueue_trial(allocation_params(prepared.bound, allocation),
-                            user_attrs={SEEDED_ATTR: "latency-aware allocation"},
-                            skip_if_exists=True)
+        if params:
+            seeds.append((f"uniform keep ratio, {precision}", params))
+    return seeds
+
+
+def _enqueue(study: optuna.Study, seeds: list[tuple[str, dict[str, Any]]]) -> None:
+    """Queue ``seeds`` (label, parameters) as the study's next trials, in order."""
+    for label, params in seeds:  # skip_if_exists: workers starting together enqueue it once
+        study.enqueue_trial(params, user_attrs={SEEDED_ATTR: label}, skip_if_exists=True)
 
 
 def _measure_candidate(prepared: Prepared, measure: Callable[[bytes], float] | None
@@ -300,14 +304,21 @@ def _measure_params(prepared: Prepared, measure: Callable[[bytes], float] | None
 
 
 def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Prepared,
-                        config: SearchConfig, info: RunInfo) -> None:
-    """Screen ``config.screen_count`` candidates (uniform prunings at every keep ratio of the
-    grid and the allocation first), then queue the best for finetuning, beside the seeds."""
+                        config: SearchConfig, info: RunInfo,
+                        seeds: list[tuple[str, dict[str, Any]]]) -> None:
+    """Screen ``config.screen_count`` candidates (the uniform ``seeds``, uniform prunings at
+    every keep ratio of the grid and the allocation first), queue the uniform seed that
+    screens best (:meth:`Screening.best`; where the space quantizes there is one per
+    precision, at the same latency: one hand-made reference is finetuned, not two), then the
+    screening's choice (:meth:`Screening.choose`) for the trials left."""
     bound = prepared.bound
-    seeds = uniform_grid_params(bound)
+    grid = [params for _, params in seeds] + uniform_grid_params(bound)
     if info.allocation is not None:
-        seeds.append(allocation_params(bound, info.allocation))
-    screening.run(config.screen_count, seeds)
+        grid.append(allocation_params(bound, info.allocation))
+    screening.run(config.screen_count, grid)
+    if len(seeds) > 1:
+        seeds = _best_seed(screening, seeds)
+    _enqueue(study, seeds)
     # an enqueued trial's parameters wait in its system attributes until it runs
     queued = [t.system_attrs.get("fixed_params", t.params)
               for t in study.get_trials(deepcopy=False)]
@@ -318,6 +329,23 @@ def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Pre
         study.enqueue_trial(dict(chosen.params), user_attrs={
             SEEDED_ATTR: f"screened (trial {chosen.number} of the screening study)"},
             skip_if_exists=True)
+
+
+def _best_seed(screening: Screening, seeds: list[tuple[str, dict[str, Any]]]
+               ) -> list[tuple[str, dict[str, Any]]]:
+    """Of the uniform ``seeds``, the one the screening ranks best; all of them where one was
+    not scored (estimated over the budget, say: nothing to rank it by)."""
+    feasible = screening.feasible()
+    found = [next((s for s in feasible if dict(s.params) == params), None) for _, params in seeds]
+    if any(s is None for s in found):
+        return seeds
+    best = screening.best([s for s in found if s is not None])
+    kept = [seed for seed, s in zip(seeds, found, strict=True) if s is best]
+    _logger.info("uniform seeds screened: %s; finetuning %s",
+                 ", ".join(f"{label} {s.score:.3f} at {s.latency_ms:.3f} ms"
+                           for (label, _), s in zip(seeds, found, strict=True) if s),
+                 kept[0][0])
+    return kept
 
 
 class _Progress:

@@ -83,3 +83,24 @@ def test_a_cell_run_again_resumes_its_searches_with_the_budget_it_began_with(
     assert cifar10.start_baseline(cell, ["search"], b"graph") == 0.8
     # another baseline (a new checkpoint) is measured again
     assert cifar10.start_baseline(cell, ["search"], b"another graph") == 0.7
+
+
+def test_the_fronts_report_compares_the_latest_search_with_random_per_budget(cifar10,
+                                                                             tmp_path):
+    def row(approach, seed, hypervolume, commit, budget=0.25):
+        return {"model": "resnet20", "budget_fraction": 0.3, "approach": approach,
+                "seed": seed, "budget_ms": budget, "hypervolume": hypervolume * budget,
+                "hypervolume_per_budget": hypervolume, "front_size": 2, "seconds": 60,
+                "trials": 3, "space": "depth_int8.yaml", "finetune_distill": "kl",
+                "smoke": False, "commit": commit, "machine": "Test CPU, 2 cores; x86_64",
+                "date": {"old": "2026-12-01", "new": "2026-12-04"}.get(commit, "2026-12-02")}
+
+    rows = ([row("search", s, 0.05, "old") for s in range(3)]
+            + [row("search", s, 0.12, "new", budget=0.3) for s in range(2)]
+            + [row("random", s, h, "any") for s, h in enumerate((0.1, 0.2, 0.3))])
+    csv = tmp_path / "fronts.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    text = cifar10.report_fronts(csv, tmp_path / "fronts.md")
+    # the latest commit of the search, against random's mean 0.2 (per budget: the budgets
+    # differ)
+    assert "search 0.1200 (2 seeds, new) / random 0.2000 (3 seeds) = **0.60x**" in text

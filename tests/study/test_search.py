@@ -493,6 +493,44 @@ def test_screening_tells_scores_within_their_noise_apart_by_the_budget_they_keep
     assert [c.params["x"] for c in screening.choose(2)] == [0, 2]
 
 
+def test_the_screening_spreads_its_choice_where_it_adds_most_to_the_front() -> None:
+    # x=0 scores best near the budget; x=1 is the fast end of the screening front but scores
+    # like a guess; x=2 keeps a fair score at half the budget: it adds the most area
+    points = [(0.9, 0.95), (0.1, 0.1), (0.7, 0.5), (0.7, 0.52), (0.4, 0.2)]
+    assert [c.params["x"] for c in _screening_with(points, budget=1.0).choose(2)] == [0, 2]
+    # a trial already queued counts: with x=3 queued beside x=2's latency, x=2 adds little,
+    # and the choice goes to the faster x=4
+    queued = _screening_with(points, budget=1.0).choose(2, exclude=[{"x": 3}])
+    assert [c.params["x"] for c in queued] == [0, 4]
+
+
+def test_hypervolume_gain_is_the_area_a_candidate_adds_below_the_budget() -> None:
+    from autocompress.study._screen import Screened, hypervolume_gain
+
+    def at(score: float, ms: float) -> Screened:
+        return Screened(0, {}, score, ms)
+
+    front = [at(0.5, 0.2), at(0.8, 0.5)]          # area 0.5 x 0.8 + 0.3 x 0.5
+    assert hypervolume_gain([], at(0.5, 0.2), 1.0) == pytest.approx(0.4)
+    assert hypervolume_gain(front, at(0.9, 0.9), 1.0) == pytest.approx(0.1 * 0.1)
+    assert hypervolume_gain(front, at(0.6, 0.1), 1.0) == pytest.approx(0.5 * 0.1 + 0.1 * 0.4)
+    assert hypervolume_gain(front, at(0.7, 0.6), 1.0) == 0.0       # dominated
+    assert hypervolume_gain(front, at(0.99, 1.0), 1.0) == 0.0      # at the budget
+
+
+def test_of_the_uniform_seeds_the_one_that_screens_best_is_finetuned() -> None:
+    from autocompress.study._search import _best_seed
+
+    # the fp32 and int8 uniform prunings (x=0, x=1) at the same latency: one hand-made
+    # reference is enough, the other finetune goes to the screening's choice
+    screening = _screening_with([(0.50, 0.95), (0.60, 0.94), (0.9, 0.5)], budget=1.0)
+    seeds = [("uniform keep ratio, fp32", {"x": 0}), ("uniform keep ratio, int8", {"x": 1})]
+    assert _best_seed(screening, seeds) == seeds[1:]
+    # a seed the screening did not score (estimated over the budget): nothing to rank by
+    screening = _screening_with([(0.50, 0.95), (0.60, 1.5)], budget=1.0)
+    assert _best_seed(screening, seeds) == seeds
+
+
 def test_a_search_measures_each_graph_once(monkeypatch) -> None:
     # the screening's choice and the trial that finetunes the candidate measure the same
     # graph: they must see one figure, not two draws of the machine's noise
