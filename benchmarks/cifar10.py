@@ -401,7 +401,7 @@ def start_baseline(cell: Cell, approaches: list[str], base_onnx: bytes) -> float
     record = cell.start_record()
     digest = hashlib.sha256(base_onnx).hexdigest()
     started = any((cell.run_dir(a) / "run.json").is_file() for a in approaches
-                  if a in SEARCHES)
+                  if a in SEARCHES or a.endswith("-front"))
     if started and record.is_file():
         kept = json.loads(record.read_text())
         if kept.get("baseline_sha256") == digest and kept.get("machine") == machine():
@@ -448,7 +448,10 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
                 local_profile(threads=1, precisions=precisions), math.nan,
                 args.total_steps, args.trials, args.finetune_steps, args.screen, args.smoke,
                 args.space, args.finetune_distill, args.finetune_lr)
-    base_ms = start_baseline(cell, args.approaches, base_onnx)
+    # the fronts of a cell are searched at the budget its full runs were (and the other way)
+    base_ms = start_baseline(cell, [*args.approaches, *SEARCHES,
+                                    *(f"{a}-front" for a in ("search", "random"))]
+                             if args.front_only else args.approaches, base_onnx)
     cell = dataclasses.replace(cell, budget_ms=args.budget * base_ms)
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
