@@ -34,7 +34,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def run_seed(seed: int) -> dict[str, object]:
-    out = cache_dir("benchmarks", "mnist-default") / f"seed{seed}"
+    # a run folder per product commit: a folder of another commit's search would be resumed,
+    # its front reported as this commit's
+    out = cache_dir("benchmarks", "mnist-default", commit()) / f"seed{seed}"
     start = time.perf_counter()
     code = cli.main(["search", "--seed", str(seed), "--out", str(out)])
     if code != 0:

@@ -43,7 +43,7 @@ from autocompress.study._pick import load_study
 from autocompress.study._retarget import retarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import machine  # noqa: E402
+from _provenance import commit, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,7 +53,7 @@ MEASURE = MeasureSettings(max_time_s=1.0, min_runs=100, round_runs=50)
 
 def run_seed(seed: int, profile_path: Path, budget_ms: float | None
              ) -> tuple[dict[str, object], list[dict[str, object]]]:
-    source = cache_dir("benchmarks", "mnist-default") / f"seed{seed}"
+    source = cache_dir("benchmarks", "mnist-default", commit()) / f"seed{seed}"  # this code's
     if not (source / "run.json").is_file():
         raise SystemExit(f"{source} is missing: run benchmarks/mnist_default.py --seed {seed}")
     out = cache_dir("benchmarks", "retarget") / f"seed{seed}-{profile_path.stem}"

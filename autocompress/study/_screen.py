@@ -6,8 +6,9 @@ re-estimated on a few training batches, then accuracy on part of the validation 
 weight is trained). The screening study is an Optuna study of its own (``<study>-screening``,
 in the same storage: maximise the score, minimise latency, the budget as a constraint), so
 its sampler learns from hundreds of cheap trials. The candidates to finetune are then taken
-alternately among the best-scoring ones and from its Pareto front spread over the latency
-range, so the finetuned front covers it.
+alternately among the best-scoring ones and where they add the most to the front of those
+chosen (hypervolume by score, up to the budget), so the finetuned front covers the
+latencies below the budget where the screening finds accuracy.
 
 Where the device is this machine, the budget near its edge is judged as the search judges it,
 by measurement: a candidate estimated up to :data:`NEAR_BUDGET_MARGIN` over the budget is
