@@ -456,16 +456,9 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     _logger.info("cell %s at %.0f%% (%.3f ms of %.3f), seed %d", args.model,
                  100 * args.budget, cell.budget_ms, base_ms, args.seed)
     if args.front_only:
-        profile = HardwareProfile.load(cell.profile)
         return [{"model": args.model, "budget_fraction": args.budget, "seed": args.seed,
                  "budget_ms": cell.budget_ms, **run_front(cell, approach),
-                 "trials": args.trials, "finetune_steps": args.finetune_steps,
-                 "screen": args.screen, "smoke": args.smoke,
-                 "space": args.space.name if args.space is not None else "default.yaml",
-                 "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
-                 "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                 "commit": commit(),
-                 "machine": f"{machine()}; {profile.backend} {profile.backend_version}"}
+                 **_settings_and_provenance(args, cell)}
                 for approach in args.approaches]
     outcomes = []
     for approach in args.approaches:
@@ -475,7 +468,6 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     for outcome in outcomes:
         (cell.run_dir(outcome.approach) / "exported.onnx").write_bytes(outcome.onnx)
     measured = measure_against(base_onnx, base_ms, [o.onnx for o in outcomes])
-    profile = HardwareProfile.load(cell.profile)
     rows = []
     for outcome, latency in zip(outcomes, measured[1:], strict=True):
         rows.append({
@@ -484,15 +476,20 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
             "budget_ms": cell.budget_ms, "within_budget": latency <= cell.budget_ms,
             "baseline_accuracy": record["val_accuracy"], "baseline_ms": measured[0],
             "total_steps": outcome.steps, "seconds": round(outcome.seconds),
-            **outcome.extra,
-            "trials": args.trials, "finetune_steps": args.finetune_steps,
+            **outcome.extra, **_settings_and_provenance(args, cell)})
+    return rows
+
+
+def _settings_and_provenance(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
+    """The columns every row of a cell ends with: its settings, when, at which code, where."""
+    profile = HardwareProfile.load(cell.profile)
+    return {"trials": args.trials, "finetune_steps": args.finetune_steps,
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
             "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": commit(),
-            "machine": f"{machine()}; {profile.backend} {profile.backend_version}"})
-    return rows
+            "machine": f"{machine()}; {profile.backend} {profile.backend_version}"}
 
 
 def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:

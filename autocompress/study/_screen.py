@@ -329,12 +329,11 @@ def hypervolume_gain(front: Sequence[Screened], candidate: Screened, budget_ms: 
 
 
 def _hypervolume(points: Sequence[Screened], budget_ms: float) -> float:
-    """The area of score x milliseconds below ``budget_ms`` that ``points`` dominate."""
-    area, best = 0.0, 0.0
-    # from the fastest up: each point adds what it scores above the best faster one, over
-    # the milliseconds from it to the budget
-    for point in sorted(points, key=lambda s: s.latency_ms):
-        if point.latency_ms < budget_ms and point.score > best:
-            area += (point.score - best) * (budget_ms - point.latency_ms)
-            best = point.score
-    return area
+    """The area of score x milliseconds below ``budget_ms`` that ``points`` dominate
+    (moocore, as :meth:`~autocompress.study.ParetoFront.hypervolume` computes a front's)."""
+    inside = [(-p.score, p.latency_ms) for p in points if p.latency_ms < budget_ms]
+    if not inside:
+        return 0.0
+    import moocore
+
+    return float(moocore.hypervolume(inside, ref=[0.0, budget_ms]))
