@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -54,7 +55,7 @@ from autocompress.study._prepare import (
     seed_params,
 )
 from autocompress.study._records import RunIdentity, RunInfo, TrialRecord
-from autocompress.study._screen import Screening
+from autocompress.study._screen import Recovery, Screening
 from autocompress.study._storage import GRACE_S, fail_stale_trials, open_storage, open_study
 from autocompress.transforms import find_channel_groups, find_residual_blocks, sparsifiable_layers
 
@@ -110,7 +111,7 @@ def search(config: SearchConfig) -> ParetoFront:
     else:
         # with screening, the allocation is screened like any candidate and finetuned only
         # if it ranks among the best: every finetuned step counts against the pick's
-        _screen_and_enqueue(setup.study, screening, prepared, config, info, seeds)
+        _screen_and_seed(setup.study, screening, prepared, config, info, seeds)
     objective = Objective(
         prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
@@ -120,7 +121,11 @@ def search(config: SearchConfig) -> ParetoFront:
         screen=screening.score if screening is not None else None,
         recovery=finetune_recovery(config.finetune_distill),
         on_record=_Progress(setup.study, config.trials, budget_ms))
-    _optimize(setup.study, objective, config.trials)
+    refill = None
+    if screening is not None:
+        ceiling = info.baseline.accuracy
+        refill = functools.partial(_queue_screened, setup.study, screening, ceiling)
+    _optimize(setup.study, objective, config.trials, refill)
     return load_front(setup.folder.path, storage=config.storage)
 
 
@@ -303,14 +308,15 @@ def _measure_params(prepared: Prepared, measure: Callable[[bytes], float] | None
     return lambda params: by_candidate(prepared.bound.candidate_from_params(dict(params)))
 
 
-def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Prepared,
-                        config: SearchConfig, info: RunInfo,
-                        seeds: list[tuple[str, dict[str, Any]]]) -> None:
-    """Screen ``config.screen_count`` candidates (the uniform ``seeds``, uniform prunings at
-    every keep ratio of the grid and the allocation first), queue the uniform seed that
-    screens best (:meth:`Screening.best`; where the space quantizes there is one per
-    precision, at the same latency: one hand-made reference is finetuned, not two), then the
-    screening's choice (:meth:`Screening.choose`) for the trials left."""
+def _screen_and_seed(study: optuna.Study, screening: Screening, prepared: Prepared,
+                     config: SearchConfig, info: RunInfo,
+                     seeds: list[tuple[str, dict[str, Any]]]) -> None:
+    """Screen ``config.screen_count`` candidates (the uniform ``seeds``, the uniform grid
+    with its shallower networks, :func:`uniform_grid_params`, and the allocation first),
+    then queue the uniform seed that screens best (:meth:`Screening.best`; where the space
+    quantizes there is one per precision, at the same latency: one hand-made reference is
+    finetuned, not two). The screening's choices are queued one at a time as trials finish
+    (:func:`_queue_screened`)."""
     bound = prepared.bound
     grid = [params for _, params in seeds] + uniform_grid_params(bound)
     if info.allocation is not None:
@@ -319,15 +325,37 @@ def _screen_and_enqueue(study: optuna.Study, screening: Screening, prepared: Pre
     if len(seeds) > 1:
         seeds = _best_seed(screening, seeds)
     _enqueue(study, seeds)
+
+
+#: How a trial queued from the screening is labelled (:data:`SEEDED_ATTR`).
+_SCREENED = "screened"
+
+
+def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -> None:
+    """Queue the screening's next choice (:meth:`Screening.choose`) where no trial waits:
+    its hypervolume picks weigh each score by what finetuning is expected to make of it,
+    fitted on the trials finetuned so far (:class:`Recovery`, ``ceiling`` the uncompressed
+    model's accuracy). Chosen one at a time, each choice learns from every finetune before
+    it. Nothing is queued once the screening has nothing left to offer: the study's sampler
+    proposes the trials left."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+        return
     # an enqueued trial's parameters wait in its system attributes until it runs
-    queued = [t.system_attrs.get("fixed_params", t.params)
-              for t in study.get_trials(deepcopy=False)]
-    room = config.trials - len(study.get_trials(deepcopy=False,
-                                                states=(optuna.trial.TrialState.WAITING,)))
-    room -= len(_finetuned(study))
-    for chosen in screening.choose(max(room, 0), exclude=queued):
+    queued = [t.system_attrs.get("fixed_params", t.params) for t in trials]
+    earlier = sum(1 for t in trials
+                  if str(t.user_attrs.get(SEEDED_ATTR, "")).startswith(_SCREENED))
+    recovery = Recovery.fit([(r.screening_score, r.accuracy) for r in _finetuned(study)
+                             if r.screening_score is not None], ceiling)
+    for chosen in screening.choose(1, exclude=queued, start=earlier, recovery=recovery):
+        if earlier % 2 == 1 and recovery.trials:
+            _logger.info("finetuning recovered %.0f%% of the accuracy the screening scores "
+                         "lost (%d trials): screening trial %d, score %.3f at %.3f ms, is "
+                         "expected at %.3f", 100 * recovery.rate, recovery.trials,
+                         chosen.number, chosen.score, chosen.latency_ms,
+                         recovery.expected(chosen.score))
         study.enqueue_trial(dict(chosen.params), user_attrs={
-            SEEDED_ATTR: f"screened (trial {chosen.number} of the screening study)"},
+            SEEDED_ATTR: f"{_SCREENED} (trial {chosen.number} of the screening study)"},
             skip_if_exists=True)
 
 
@@ -385,8 +413,10 @@ def _within(trial: optuna.trial.FrozenTrial, record: TrialRecord) -> bool:
     return record.finetuned and all(v <= 0.0 for v in trial.constraints.values())
 
 
-def _optimize(study: optuna.Study, objective: Objective, trials: int) -> None:
-    """Run trials one at a time until ``trials`` finetuned trials within budget exist.
+def _optimize(study: optuna.Study, objective: Objective, trials: int,
+              refill: Callable[[], None] | None = None) -> None:
+    """Run trials one at a time until ``trials`` finetuned trials within budget exist;
+    ``refill`` (if given) may queue the next trial before each.
 
     Trials running in other workers may complete the count: wait for them rather than
     overshoot. A dead worker's trial is failed (and retried once) after the grace period.
@@ -420,4 +450,6 @@ def _optimize(study: optuna.Study, objective: Objective, trials: int) -> None:
             time.sleep(2.0)
             continue
         waiting = False
+        if refill is not None:
+            refill()
         study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
