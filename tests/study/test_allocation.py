@@ -277,3 +277,27 @@ def test_the_screening_seeds_uniform_prunings_at_each_precision() -> None:
     for c in seeds:
         by_precision.setdefault(c.precision_summary, set()).add(c.channel_keep["a"])
     assert by_precision == {"fp32": {0.25, 0.5, 0.75, 1.0}, "int8": {0.25, 0.5, 0.75, 1.0}}
+
+
+def test_the_screening_grid_holds_shallower_networks_where_the_space_drops_blocks() -> None:
+    from autocompress.space import SearchSpace
+    from autocompress.study._allocation import GRID_DEPTHS, uniform_grid_params
+
+    space = SearchSpace.from_dict({"format_version": 1, "channels": {"rules": [
+        {"match": "*", "keep_ratio": {"low": 0.25, "high": 1.0, "step": 0.25}}]},
+        "depth": {"rules": [{"match": "*", "keep": {"choices": [0, 1]}}]}})
+    blocks = [f"b{i}" for i in range(3)]
+    bound = space.bind(list(ALONE), list(ALONE), sparsity=False, blocks=blocks)
+    seeds = [bound.candidate_from_params(p) for p in uniform_grid_params(bound)]
+    full = {c.channel_keep["a"] for c in seeds if not c.dropped_blocks}
+    shallow = {(c.channel_keep["a"], len(c.dropped_blocks)) for c in seeds if c.dropped_blocks}
+    assert full == {0.25, 0.5, 0.75, 1.0}
+    # 1, 2, 3 blocks dropped, at full width and at the grid's middle ratio, channels uniform
+    assert shallow == {(r, k) for r in (1.0, 0.5) for k in (1, 2, 3)}
+    assert all(len(set(c.channel_keep.values())) == 1 for c in seeds)
+    # many blocks: no more than GRID_DEPTHS depths, the deepest cut among them
+    many = space.bind(list(ALONE), list(ALONE), sparsity=False,
+                      blocks=[f"b{i}" for i in range(20)])
+    depths = {len(many.candidate_from_params(p).dropped_blocks)
+              for p in uniform_grid_params(many)} - {0}
+    assert len(depths) == GRID_DEPTHS and max(depths) == 20

@@ -518,6 +518,67 @@ def test_hypervolume_gain_is_the_area_a_candidate_adds_below_the_budget() -> Non
     assert hypervolume_gain(front, at(0.99, 1.0), 1.0) == 0.0      # at the budget
 
 
+def test_recovery_is_the_share_of_the_score_s_loss_that_finetuning_won_back() -> None:
+    from autocompress.study._screen import Recovery
+
+    # against a ceiling of 0.9: 0.5 -> 0.7 and 0.3 -> 0.6 each won back half of what was lost
+    recovery = Recovery.fit([(0.5, 0.7), (0.3, 0.6)], ceiling=0.9)
+    assert recovery.rate == pytest.approx(0.5) and recovery.trials == 2
+    assert recovery.expected(0.1) == pytest.approx(0.5)
+    assert recovery.expected(0.95) == 0.95                 # nothing lost: as it scored
+    # least squares over the losses (0.4 won back whole, 0.2 not at all): 0.16 / 0.20
+    assert Recovery.fit([(0.5, 0.9), (0.7, 0.7)], 0.9).rate == pytest.approx(0.8)
+    # within [0, 1]; nothing to fit on: the score itself
+    assert Recovery.fit([(0.5, 0.3)], 0.9).rate == 0.0
+    assert Recovery.fit([(0.5, 1.0)], 0.9).rate == 1.0
+    assert Recovery.fit([], 0.9).expected(0.4) == 0.4
+    assert Recovery.fit([(0.95, 0.9)], 0.9).trials == 0
+
+
+def test_the_spread_pick_weighs_scores_by_what_finetuning_makes_of_them() -> None:
+    from autocompress.study._screen import Recovery
+
+    # x=0 scores best near the budget; x=1 is fast and scores near a guess; x=2 is fair at
+    # 0.6 ms. By score, x=2 adds more (0.6 x 0.35 against 0.2 x 0.85); when finetuning wins
+    # back half of what scores lose, x=1 is expected at 0.55 and adds more (0.55 x 0.85
+    # against 0.75 x 0.35)
+    points = [(0.9, 0.95), (0.2, 0.1), (0.6, 0.6)]
+    assert [c.params["x"] for c in _screening_with(points, budget=1.0).choose(2)] == [0, 2]
+    half = Recovery(ceiling=0.9, rate=0.5, trials=2)
+    chosen = _screening_with(points, budget=1.0).choose(2, recovery=half)
+    assert [c.params["x"] for c in chosen] == [0, 1]
+    # the best score ranks the same whatever the rate: the recovery is monotone
+    assert _screening_with(points, budget=1.0).choose(1, recovery=half)[0].params["x"] == 0
+    # a choice that follows one best-scoring pick (start 1) is a spread pick
+    follow = _screening_with(points, budget=1.0).choose(1, exclude=[{"x": 0}], start=1,
+                                                        recovery=half)
+    assert [c.params["x"] for c in follow] == [1]
+
+
+def test_screened_trials_are_queued_one_at_a_time_alternating_the_two_rules() -> None:
+    from autocompress.study._objective import SEEDED_ATTR
+    from autocompress.study._search import _queue_screened
+
+    points = [(0.9, 0.95), (0.2, 0.1), (0.6, 0.6), (0.88, 0.9)]
+    screening = _screening_with(points, budget=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def waiting() -> list[optuna.trial.FrozenTrial]:
+        return study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+    picked = []
+    for _ in range(3):
+        _queue_screened(study, screening, ceiling=0.9)
+        _queue_screened(study, screening, ceiling=0.9)     # one waits: nothing more
+        assert len(waiting()) == 1
+        trial = study.ask()
+        picked.append(trial.suggest_int("x", 0, 99))
+        assert trial.user_attrs[SEEDED_ATTR].startswith("screened (trial ")
+        study.tell(trial, [0.5, 0.5])
+    # best (x=0), then the most area (x=2, by score: no finetuned record to fit on), best
+    assert picked == [0, 2, 3]
+
+
 def test_of_the_uniform_seeds_the_one_that_screens_best_is_finetuned() -> None:
     from autocompress.study._search import _best_seed
 
