@@ -579,6 +579,27 @@ def test_screened_trials_are_queued_one_at_a_time_alternating_the_two_rules() ->
     assert picked == [0, 2, 3]
 
 
+def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch) -> None:
+    from autocompress.study import _search
+    from autocompress.study._search import _queue_screened
+
+    # one finetuned trial scored 0.5 and reached 0.7 against a ceiling of 0.9: half of what
+    # its score lost came back, so the fast x=1 (0.2 at 0.1 ms) is expected at 0.55 and is
+    # the spread pick, where by its bare score x=2 would be (the test above)
+    finetuned = [SimpleNamespace(screening_score=0.5, accuracy=0.7),
+                 SimpleNamespace(screening_score=None, accuracy=0.8)]   # not screened
+    monkeypatch.setattr(_search, "_finetuned", lambda study: finetuned)
+    screening = _screening_with([(0.9, 0.95), (0.2, 0.1), (0.6, 0.6)], budget=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    picked = []
+    for _ in range(2):
+        _queue_screened(study, screening, ceiling=0.9)
+        trial = study.ask()
+        picked.append(trial.suggest_int("x", 0, 99))
+        study.tell(trial, [0.5, 0.5])
+    assert picked == [0, 1]
+
+
 def test_of_the_uniform_seeds_the_one_that_screens_best_is_finetuned() -> None:
     from autocompress.study._search import _best_seed
 
