@@ -398,8 +398,8 @@ def uniform_grid_params(bound: BoundSpace) -> list[dict[str, Any]]:
                      for v in p.value.grid()}, reverse=True)
     blocks = [p.target for p in bound.depth_params
               if p.param is not None and min(p.value.grid()) == 0.0]
-    counts = sorted({math.ceil(i * len(blocks) / min(GRID_DEPTHS, len(blocks)))
-                     for i in range(1, min(GRID_DEPTHS, len(blocks)) + 1)})
+    depths = min(GRID_DEPTHS, len(blocks))
+    counts = sorted({math.ceil(i * len(blocks) / depths) for i in range(1, depths + 1)})
     widths = sorted({ratios[0], ratios[len(ratios) // 2]}, reverse=True) if ratios else [1.0]
     grid = []
     for precision in allocation_precisions(bound):
