@@ -250,8 +250,7 @@ class Screening:
                 for t in self._complete() if self._may_fit(t.values[1])]
 
     def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = (), start: int = 0,
-               recovery: Recovery | None = None,
-               finetuned: Sequence[Screened] = ()) -> list[Screened]:
+               recovery: Recovery | None = None) -> list[Screened]:
         """``count`` candidates to finetune, skipping parameters in ``exclude`` (the trials
         already queued) and the networks they build: alternately the best-scoring one left
         (:meth:`best`) and the one that adds the most to the front of those chosen and
@@ -259,13 +258,6 @@ class Screening:
         after finetuning, default the score itself, and the estimate up to the budget). The
         alternation begins with the best-scoring where ``start`` (how many the screening
         chose before) is even. Each network is chosen once, whatever parameters built it.
-
-        ``finetuned`` holds the queued trials already finetuned within the budget, each with
-        its accuracy after finetuning as its ``score`` and its latency as the search's front
-        has it: they enter that front as measured, not as their screening scores predict
-        (one rate fits the search's finetunes only on average; in the CIFAR-10 fp32 depth
-        cell it expected 0.46 of a fast network that reached 0.36, and 0.49 of a uniform
-        pruning that reached 0.58).
 
         The second rule spreads the finetuned trials over the latencies below the budget
         where finetuning is expected to find accuracy: a network expected to keep a fair
@@ -288,8 +280,6 @@ class Screening:
         pool = self.feasible()
         queued = [s for s in pool if dict(s.params) in skip]
         taken = {s.identity for s in queued} | self._over
-        done = [dict(f.params) for f in finetuned]
-        pending = [s for s in queued if dict(s.params) not in done]
         chosen: list[Screened] = []
         while len(chosen) < count:
             pool = [s for s in pool if s.identity not in taken]
@@ -298,7 +288,7 @@ class Screening:
             if (start + len(chosen)) % 2 == 0:
                 pick = self.best(pool)
             else:
-                front = [*finetuned, *(_expected(s, expect) for s in (*pending, *chosen))]
+                front = [_expected(s, expect) for s in (*queued, *chosen)]
                 pick = max(pool, key=lambda s: (
                     hypervolume_gain(front, _expected(s, expect), self.budget_ms), s.score))
             # its copies build the same network: chosen with it, or over the budget with it

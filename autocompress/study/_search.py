@@ -55,7 +55,7 @@ from autocompress.study._prepare import (
     seed_params,
 )
 from autocompress.study._records import RunIdentity, RunInfo, TrialRecord
-from autocompress.study._screen import Recovery, Screened, Screening
+from autocompress.study._screen import Recovery, Screening
 from autocompress.study._storage import GRACE_S, fail_stale_trials, open_storage, open_study
 from autocompress.transforms import find_channel_groups, find_residual_blocks, sparsifiable_layers
 
@@ -335,9 +335,9 @@ def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -
     """Queue the screening's next choice (:meth:`Screening.choose`) where no trial waits:
     its hypervolume picks weigh each score by what finetuning is expected to make of it,
     fitted on the trials finetuned so far (:class:`Recovery`, ``ceiling`` the uncompressed
-    model's accuracy), against the front those trials reached. Chosen one at a time, each
-    choice learns from every finetune before it. Nothing is queued once the screening has
-    nothing left to offer: the study's sampler proposes the trials left."""
+    model's accuracy). Chosen one at a time, each choice learns from every finetune before
+    it. Nothing is queued once the screening has nothing left to offer: the study's sampler
+    proposes the trials left."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
         return
@@ -345,12 +345,9 @@ def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -
     queued = [t.system_attrs.get("fixed_params", t.params) for t in trials]
     earlier = sum(1 for t in trials
                   if str(t.user_attrs.get(SEEDED_ATTR, "")).startswith(_SCREENED))
-    finetuned = _finetuned_trials(study)
-    recovery = Recovery.fit([(r.screening_score, r.accuracy) for _, r in finetuned
+    recovery = Recovery.fit([(r.screening_score, r.accuracy) for r in _finetuned(study)
                              if r.screening_score is not None], ceiling)
-    front = [Screened(t.number, t.params, r.accuracy, r.latency_ms) for t, r in finetuned]
-    for chosen in screening.choose(1, exclude=queued, start=earlier, recovery=recovery,
-                                   finetuned=front):
+    for chosen in screening.choose(1, exclude=queued, start=earlier, recovery=recovery):
         if earlier % 2 == 1 and recovery.trials:
             _logger.info("finetuning recovered %.0f%% of the accuracy the screening scores "
                          "lost (%d trials): screening trial %d, score %.3f at %.3f ms, is "
@@ -405,14 +402,8 @@ class _Progress:
 
 def _finetuned(study: optuna.Study) -> list[TrialRecord]:
     """The records of the finetuned trials within budget."""
-    return [r for _, r in _finetuned_trials(study)]
-
-
-def _finetuned_trials(study: optuna.Study
-                      ) -> list[tuple[optuna.trial.FrozenTrial, TrialRecord]]:
-    """The finetuned trials within budget, with their records."""
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [(t, r) for t in trials if (r := TrialRecord.of(t)) is not None and _within(t, r)]
+    return [r for t in trials if (r := TrialRecord.of(t)) is not None and _within(t, r)]
 
 
 def _within(trial: optuna.trial.FrozenTrial, record: TrialRecord) -> bool:

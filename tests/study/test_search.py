@@ -586,12 +586,9 @@ def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch)
     # one finetuned trial scored 0.5 and reached 0.7 against a ceiling of 0.9: half of what
     # its score lost came back, so the fast x=1 (0.2 at 0.1 ms) is expected at 0.55 and is
     # the spread pick, where by its bare score x=2 would be (the test above)
-    # (both near the budget, where they leave the fast end to the choice)
-    finetuned = [(SimpleNamespace(number=7, params={"x": 90}),
-                  SimpleNamespace(screening_score=0.5, accuracy=0.7, latency_ms=0.9)),
-                 (SimpleNamespace(number=8, params={"x": 91}),     # not screened
-                  SimpleNamespace(screening_score=None, accuracy=0.8, latency_ms=0.95))]
-    monkeypatch.setattr(_search, "_finetuned_trials", lambda study: finetuned)
+    finetuned = [SimpleNamespace(screening_score=0.5, accuracy=0.7),
+                 SimpleNamespace(screening_score=None, accuracy=0.8)]   # not screened
+    monkeypatch.setattr(_search, "_finetuned", lambda study: finetuned)
     screening = _screening_with([(0.9, 0.95), (0.2, 0.1), (0.6, 0.6)], budget=1.0)
     study = optuna.create_study(directions=["maximize", "minimize"])
     picked = []
@@ -601,27 +598,6 @@ def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch)
         picked.append(trial.suggest_int("x", 0, 99))
         study.tell(trial, [0.5, 0.5])
     assert picked == [0, 1]
-
-
-def test_the_spread_pick_weighs_finetuned_trials_as_they_came_out() -> None:
-    from autocompress.study._screen import Screened
-
-    # x=0 (best-scoring) and x=3 are queued; x=3 scored 0.3 at 0.3 ms. Taken at its score,
-    # the mid x=2 (0.5 at 0.5 ms) adds the most area; but x=3 finetuned to 0.8, which
-    # dominates x=2, and the fast x=1 is then the one that adds area
-    points = [(0.9, 0.95), (0.3, 0.2), (0.5, 0.5), (0.3, 0.3)]
-    queued = [{"x": 0}, {"x": 3}]
-    by_score = _screening_with(points, budget=1.0).choose(1, exclude=queued, start=1)
-    assert [c.params["x"] for c in by_score] == [2]
-    finetuned = [Screened(3, {"x": 3}, 0.8, 0.3), Screened(0, {"x": 0}, 0.85, 0.95)]
-    as_measured = _screening_with(points, budget=1.0).choose(1, exclude=queued, start=1,
-                                                             finetuned=finetuned)
-    assert [c.params["x"] for c in as_measured] == [1]
-    # a finetuned trial the screening never proposed (the sampler's) is on the front too
-    sampled = [Screened(9, {"x": 50}, 0.8, 0.3)]
-    beside = _screening_with(points, budget=1.0).choose(1, exclude=[{"x": 0}], start=1,
-                                                        finetuned=sampled)
-    assert [c.params["x"] for c in beside] == [1]
 
 
 def test_of_the_uniform_seeds_the_one_that_screens_best_is_finetuned() -> None:
