@@ -66,8 +66,8 @@ from autocompress.transforms import (
     make_sparsity_permanent,
 )
 
-__all__ = ["NETWORK_ATTR", "PROPOSALS_PER_NETWORK", "RECOVERY_SPAN", "SCORE_ATTR", "Recovery",
-           "Screened", "Screening", "hypervolume_gain", "network_key", "plan_key"]
+__all__ = ["NETWORK_ATTR", "PROPOSALS_PER_NETWORK", "SCORE_ATTR", "Recovery", "Screened",
+           "Screening", "hypervolume_gain", "network_key", "plan_key"]
 
 _logger = logging.getLogger("autocompress")
 
@@ -275,7 +275,7 @@ class Screening:
         finetuned, and will still fit when measured again at the pick.
         """
         measure = self.measure
-        expect = recovery.expected if recovery is not None else (lambda s, _: s)
+        expect = recovery.expected if recovery is not None else (lambda s: s)
         skip = [dict(p) for p in exclude]
         pool = self.feasible()
         queued = [s for s in pool if dict(s.params) in skip]
@@ -335,92 +335,43 @@ def _identity(trial: optuna.trial.FrozenTrial) -> str | int:
     return trial.user_attrs.get(NETWORK_ATTR, trial.number)
 
 
-#: The finetuned trials a :class:`Recovery` is fitted on must spread over at least this share
-#: of the budget before its rate is let fall with a network's latency: two trials near the
-#: budget say nothing of how a network at a quarter of it recovers.
-RECOVERY_SPAN = 0.25
-
-
 @dataclass(frozen=True)
 class Recovery:
-    """What finetuning makes of a screening score: it recovers a share (the rate) of what
-    the score lost against ``ceiling`` (the uncompressed model's accuracy), fitted on the
-    trials finetuned so far (:meth:`fit`).
+    """What finetuning makes of a screening score: it recovers ``rate`` of what the score
+    lost against ``ceiling`` (the uncompressed model's accuracy), fitted on the trials
+    finetuned so far (:meth:`fit`).
 
     Adaptive-BatchNorm scores rank candidates, but they compress on finetuning: in the
     CIFAR-10 resnet20 screenings, scores of 0.14-0.34 finetuned (100 steps) to 0.41-0.74,
     scores of 0.64-0.69 to 0.81-0.82. Taken as they are, they make a fast, damaged network
     look worth nothing, and the screening's spread pick stayed near the budget while random
-    search's fast trials held the front's fast end.
-
-    The rate is ``rate`` at the budget and falls by ``slope`` per share of the budget a
-    network leaves unspent (``budget_ms``): a small network has less to recover with. One
-    rate fitted near the budget over-promised the fastest networks (CIFAR-10 fp32 depth
-    cell: expected 0.46, finetuned to 0.36-0.38), and the spread picks went on to the next
-    fastest. The slope is fitted only once the finetuned trials spread over
-    :data:`RECOVERY_SPAN` of the budget, and only where it falls (a smaller network
-    recovering more is noise in a few short finetunes); otherwise it is 0, one rate at
-    every latency. At one latency the map is monotone: the ranking by score stays."""
+    search's fast trials held the front's fast end. One rate per search, fitted on its own
+    finetunes, is a monotone map: the ranking by score stays as it was."""
 
     ceiling: float
     rate: float = 0.0
     #: how many finetuned trials it was fitted on
     trials: int = 0
-    #: how much the rate falls per share of ``budget_ms`` a network leaves unspent
-    slope: float = 0.0
-    budget_ms: float = math.inf
 
-    def rate_at(self, latency_ms: float | None = None) -> float:
-        """The share of its loss a network estimated at ``latency_ms`` is expected to
-        recover (``None``: the rate at the budget)."""
-        if latency_ms is None or not self.slope:
-            return self.rate
-        unspent = max(1.0 - latency_ms / self.budget_ms, 0.0)
-        return min(max(self.rate - self.slope * unspent, 0.0), 1.0)
-
-    def expected(self, score: float, latency_ms: float | None = None) -> float:
-        """The accuracy expected after finetuning a candidate that scored ``score`` (and is
-        estimated at ``latency_ms``)."""
-        return score + self.rate_at(latency_ms) * max(self.ceiling - score, 0.0)
+    def expected(self, score: float) -> float:
+        """The accuracy expected after finetuning a candidate that scored ``score``."""
+        return score + self.rate * max(self.ceiling - score, 0.0)
 
     @classmethod
-    def fit(cls, pairs: Sequence[tuple[float, float]], ceiling: float,
-            latencies_ms: Sequence[float] | None = None,
-            budget_ms: float | None = None) -> Recovery:
+    def fit(cls, pairs: Sequence[tuple[float, float]], ceiling: float) -> Recovery:
         """The rate (in [0, 1]) that best explains ``pairs`` of (screening score, accuracy
         after finetuning): least squares on what each trial recovered of what its score had
-        lost. Trials that lost nothing say nothing of the rate; none: rate 0. With the
-        trials' ``latencies_ms`` and the ``budget_ms``, a rate that falls with the share of
-        the budget left unspent where the trials spread over :data:`RECOVERY_SPAN` of it and
-        the fit says it falls (least squares on both)."""
-        known = latencies_ms is not None and budget_ms is not None and math.isfinite(budget_ms)
-        points = [(ceiling - score, accuracy - score,
-                   max(1.0 - latencies_ms[i] / budget_ms, 0.0) if known else 0.0)
-                  for i, (score, accuracy) in enumerate(pairs) if ceiling - score > 1e-9]
-        if not points:
+        lost. Trials that lost nothing say nothing of the rate; none: rate 0."""
+        lost = [(ceiling - score, accuracy - score) for score, accuracy in pairs
+                if ceiling - score > 1e-9]
+        if not lost:
             return cls(ceiling)
-        rate = sum(x * y for x, y, _ in points) / sum(x * x for x, _, _ in points)
-        one = cls(ceiling, min(max(rate, 0.0), 1.0), len(points))
-        unspent = [u for _, _, u in points]
-        if not known or max(unspent) - min(unspent) < RECOVERY_SPAN:
-            return one
-        # y = rate * lost - slope * (unspent * lost): the normal equations of two regressors
-        a = sum(x * x for x, _, _ in points)
-        b = sum(x * x * u for x, _, u in points)
-        c = sum((x * u) ** 2 for x, _, u in points)
-        p = sum(x * y for x, y, _ in points)
-        q = sum(x * u * y for x, y, u in points)
-        det = a * c - b * b
-        if det <= 1e-12:
-            return one
-        at_budget, slope = (c * p - b * q) / det, (b * p - a * q) / det
-        if slope <= 0.0:
-            return one
-        return cls(ceiling, min(max(at_budget, 0.0), 1.0), len(points), slope, budget_ms)
+        rate = sum(x * y for x, y in lost) / sum(x * x for x, _ in lost)
+        return cls(ceiling, min(max(rate, 0.0), 1.0), len(lost))
 
 
-def _expected(screened: Screened, expect: Callable[[float, float], float]) -> Screened:
-    return dataclasses.replace(screened, score=expect(screened.score, screened.latency_ms))
+def _expected(screened: Screened, expect: Callable[[float], float]) -> Screened:
+    return dataclasses.replace(screened, score=expect(screened.score))
 
 
 def hypervolume_gain(front: Sequence[Screened], candidate: Screened, budget_ms: float) -> float:

@@ -334,10 +334,10 @@ _SCREENED = "screened"
 def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -> None:
     """Queue the screening's next choice (:meth:`Screening.choose`) where no trial waits:
     its hypervolume picks weigh each score by what finetuning is expected to make of it,
-    fitted on the trials finetuned so far and their estimated latencies (:class:`Recovery`,
-    ``ceiling`` the uncompressed model's accuracy). Chosen one at a time, each choice learns
-    from every finetune before it. Nothing is queued once the screening has nothing left to
-    offer: the study's sampler proposes the trials left."""
+    fitted on the trials finetuned so far (:class:`Recovery`, ``ceiling`` the uncompressed
+    model's accuracy). Chosen one at a time, each choice learns from every finetune before
+    it. Nothing is queued once the screening has nothing left to offer: the study's sampler
+    proposes the trials left."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
         return
@@ -345,17 +345,15 @@ def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -
     queued = [t.system_attrs.get("fixed_params", t.params) for t in trials]
     earlier = sum(1 for t in trials
                   if str(t.user_attrs.get(SEEDED_ATTR, "")).startswith(_SCREENED))
-    scored = [r for r in _finetuned(study) if r.screening_score is not None]
-    recovery = Recovery.fit([(r.screening_score, r.accuracy) for r in scored], ceiling,
-                            [r.estimated_latency_ms for r in scored], screening.budget_ms)
+    recovery = Recovery.fit([(r.screening_score, r.accuracy) for r in _finetuned(study)
+                             if r.screening_score is not None], ceiling)
     for chosen in screening.choose(1, exclude=queued, start=earlier, recovery=recovery):
         if earlier % 2 == 1 and recovery.trials:
             _logger.info("finetuning recovered %.0f%% of the accuracy the screening scores "
-                         "lost at the budget, %.0f%% less per tenth of it left unspent (%d "
-                         "trials): screening trial %d, score %.3f at %.3f ms, is expected at "
-                         "%.3f", 100 * recovery.rate, 10 * recovery.slope, recovery.trials,
+                         "lost (%d trials): screening trial %d, score %.3f at %.3f ms, is "
+                         "expected at %.3f", 100 * recovery.rate, recovery.trials,
                          chosen.number, chosen.score, chosen.latency_ms,
-                         recovery.expected(chosen.score, chosen.latency_ms))
+                         recovery.expected(chosen.score))
         study.enqueue_trial(dict(chosen.params), user_attrs={
             SEEDED_ATTR: f"{_SCREENED} (trial {chosen.number} of the screening study)"},
             skip_if_exists=True)

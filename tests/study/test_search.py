@@ -535,44 +535,6 @@ def test_recovery_is_the_share_of_the_score_s_loss_that_finetuning_won_back() ->
     assert Recovery.fit([(0.95, 0.9)], 0.9).trials == 0
 
 
-def test_recovery_falls_with_the_budget_a_network_leaves_unspent_once_trials_spread() -> None:
-    from autocompress.study._screen import Recovery
-
-    # budget 1 ms, ceiling 0.9: at 0.9 ms 0.5 -> 0.75 won back 0.625 of its loss; at 0.3 ms
-    # 0.2 -> 0.4 won back 2/7: the rate falls as the network leaves budget unspent
-    pairs, latencies = [(0.5, 0.75), (0.2, 0.4)], [0.9, 0.3]
-    recovery = Recovery.fit(pairs, 0.9, latencies, budget_ms=1.0)
-    assert recovery.slope > 0 and recovery.trials == 2
-    assert recovery.expected(0.2, 0.3) == pytest.approx(0.4)
-    assert recovery.expected(0.5, 0.9) == pytest.approx(0.75)
-    one = Recovery.fit(pairs, 0.9)                         # one rate for both: promises more
-    assert one.slope == 0 and one.expected(0.2, 0.3) > 0.45
-    assert recovery.expected(0.2, 0.9) > recovery.expected(0.2, 0.3)
-    assert recovery.expected(0.3, 0.3) > recovery.expected(0.2, 0.3)  # monotone in the score
-    # trials close together (0.9 and 0.8 ms: under RECOVERY_SPAN apart) fit one rate
-    assert Recovery.fit(pairs, 0.9, [0.9, 0.8], budget_ms=1.0).slope == 0
-    # a fast network that recovered more: one rate, never a rate that grows as size falls
-    rising = Recovery.fit([(0.5, 0.6), (0.2, 0.8)], 0.9, latencies, budget_ms=1.0)
-    assert rising.slope == 0 and rising.rate == Recovery.fit([(0.5, 0.6), (0.2, 0.8)], 0.9).rate
-    # the rate stays in [0, 1] at every latency
-    steep = Recovery(ceiling=0.9, rate=0.9, slope=5.0, budget_ms=1.0)
-    assert steep.rate_at(0.1) == 0.0 and steep.rate_at(2.0) == 0.9 and steep.rate_at(None) == 0.9
-
-
-def test_the_spread_pick_passes_over_fast_networks_that_recover_little() -> None:
-    from autocompress.study._screen import Recovery
-
-    # x=0 scores best near the budget; x=1 is fast (0.1 ms) and scores 0.2; x=2 scores 0.4 at
-    # 0.5 ms. One rate of 0.5 expects x=1 at 0.55 (area 0.55 x 0.85 against 0.65 x 0.45);
-    # falling to 0.05 at 0.1 ms and 0.25 at 0.5 ms it expects x=1 at 0.235, x=2 at 0.525
-    points = [(0.9, 0.95), (0.2, 0.1), (0.4, 0.5)]
-    one = Recovery(ceiling=0.9, rate=0.5, trials=3)
-    falling = Recovery(ceiling=0.9, rate=0.5, trials=3, slope=0.5, budget_ms=1.0)
-    assert [c.params["x"] for c in _screening_with(points, 1.0).choose(2, recovery=one)] == [0, 1]
-    assert [c.params["x"] for c in
-            _screening_with(points, 1.0).choose(2, recovery=falling)] == [0, 2]
-
-
 def test_the_spread_pick_weighs_scores_by_what_finetuning_makes_of_them() -> None:
     from autocompress.study._screen import Recovery
 
@@ -624,29 +586,18 @@ def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch)
     # one finetuned trial scored 0.5 and reached 0.7 against a ceiling of 0.9: half of what
     # its score lost came back, so the fast x=1 (0.2 at 0.1 ms) is expected at 0.55 and is
     # the spread pick, where by its bare score x=2 would be (the test above)
-    finetuned = [SimpleNamespace(screening_score=0.5, accuracy=0.7, estimated_latency_ms=0.9),
-                 SimpleNamespace(screening_score=None, accuracy=0.8,      # not screened
-                                 estimated_latency_ms=0.5)]
+    finetuned = [SimpleNamespace(screening_score=0.5, accuracy=0.7),
+                 SimpleNamespace(screening_score=None, accuracy=0.8)]   # not screened
     monkeypatch.setattr(_search, "_finetuned", lambda study: finetuned)
-
-    def picks(points: list[tuple[float, float]]) -> list[int]:
-        screening = _screening_with(points, budget=1.0)
-        study = optuna.create_study(directions=["maximize", "minimize"])
-        picked = []
-        for _ in range(2):
-            _queue_screened(study, screening, ceiling=0.9)
-            trial = study.ask()
-            picked.append(trial.suggest_int("x", 0, 99))
-            study.tell(trial, [0.5, 0.5])
-        return picked
-
-    assert picks([(0.9, 0.95), (0.2, 0.1), (0.6, 0.6)]) == [0, 1]
-    # then a fast trial (0.2 at 0.3 ms) finetuned to only 0.4: the rate falls with the
-    # budget left unspent, and the spread pick goes to x=2 (0.5 at 0.5 ms), not the
-    # fast x=1 that one rate (0.37) would still expect at 0.46
-    finetuned[:] = [SimpleNamespace(screening_score=0.5, accuracy=0.75, estimated_latency_ms=0.9),
-                    SimpleNamespace(screening_score=0.2, accuracy=0.4, estimated_latency_ms=0.3)]
-    assert picks([(0.9, 0.95), (0.2, 0.1), (0.5, 0.5)]) == [0, 2]
+    screening = _screening_with([(0.9, 0.95), (0.2, 0.1), (0.6, 0.6)], budget=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    picked = []
+    for _ in range(2):
+        _queue_screened(study, screening, ceiling=0.9)
+        trial = study.ask()
+        picked.append(trial.suggest_int("x", 0, 99))
+        study.tell(trial, [0.5, 0.5])
+    assert picked == [0, 1]
 
 
 def test_of_the_uniform_seeds_the_one_that_screens_best_is_finetuned() -> None:
