@@ -6,10 +6,10 @@ re-estimated on a few training batches, then accuracy on part of the validation 
 weight is trained). The screening study is an Optuna study of its own (``<study>-screening``,
 in the same storage: maximise the score, minimise latency, the budget as a constraint), so
 its sampler learns from hundreds of cheap trials. The candidates to finetune are then taken
-one at a time, as trials finish, alternately among the best-scoring ones and where they add
-the most to the front of those chosen (hypervolume up to the budget, by the accuracy each
-score is expected to reach after finetuning: :class:`Recovery`, fitted on the trials
-finetuned so far), so the finetuned front covers the latencies below the budget where
+one at a time, as trials finish: the first and every third among the best-scoring ones, the
+others where they add the most to the front of those chosen (hypervolume up to the budget,
+by the accuracy each score is expected to reach after finetuning: :class:`Recovery`, fitted
+on the trials finetuned so far), so the finetuned front covers the latencies below the budget where
 finetuning finds accuracy.
 
 Where the device is this machine, the budget near its edge is judged as the search judges it,
@@ -252,12 +252,12 @@ class Screening:
     def choose(self, count: int, exclude: Sequence[Mapping[str, Any]] = (), start: int = 0,
                recovery: Recovery | None = None) -> list[Screened]:
         """``count`` candidates to finetune, skipping parameters in ``exclude`` (the trials
-        already queued) and the networks they build: alternately the best-scoring one left
-        (:meth:`best`) and the one that adds the most to the front of those chosen and
-        queued (:func:`hypervolume_gain`, by the accuracy ``recovery`` expects of each score
-        after finetuning, default the score itself, and the estimate up to the budget). The
-        alternation begins with the best-scoring where ``start`` (how many the screening
-        chose before) is even. Each network is chosen once, whatever parameters built it.
+        already queued) and the networks they build: the best-scoring one left
+        (:meth:`best`) first and every :data:`BEST_EVERY` choices after it, the one that adds
+        the most to the front of those chosen and queued in between (:func:`hypervolume_gain`,
+        by the accuracy ``recovery`` expects of each score after finetuning, default the score
+        itself, and the estimate up to the budget). ``start`` is how many the screening chose
+        before (:func:`picks_best`). Each network is chosen once, whatever parameters built it.
 
         The second rule spreads the finetuned trials over the latencies below the budget
         where finetuning is expected to find accuracy: a network expected to keep a fair
@@ -285,7 +285,7 @@ class Screening:
             pool = [s for s in pool if s.identity not in taken]
             if not pool:
                 break
-            if (start + len(chosen)) % 2 == 0:
+            if picks_best(start + len(chosen)):
                 pick = self.best(pool)
             else:
                 front = [_expected(s, expect) for s in (*queued, *chosen)]
@@ -327,6 +327,17 @@ class Screening:
                      screened.number, screened.score, measured, limit, self.budget_ms,
                      100 * MEASURED_HEADROOM, screened.latency_ms)
         return False
+
+
+#: How often the screening's choice goes to the best score (:meth:`Screening.choose`): the
+#: first choice and every ``BEST_EVERY``-th after it; the others spread the front.
+BEST_EVERY = 3
+
+
+def picks_best(index: int) -> bool:
+    """Whether the screening's choice number ``index`` (from 0) goes to the best score rather
+    than to the largest gain in hypervolume (:meth:`Screening.choose`)."""
+    return index % BEST_EVERY == 0
 
 
 def _identity(trial: optuna.trial.FrozenTrial) -> str | int:

@@ -55,7 +55,7 @@ from autocompress.study._prepare import (
     seed_params,
 )
 from autocompress.study._records import RunIdentity, RunInfo, TrialRecord
-from autocompress.study._screen import Recovery, Screening
+from autocompress.study._screen import Recovery, Screening, picks_best
 from autocompress.study._storage import GRACE_S, fail_stale_trials, open_storage, open_study
 from autocompress.transforms import find_channel_groups, find_residual_blocks, sparsifiable_layers
 
@@ -348,7 +348,7 @@ def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -
     recovery = Recovery.fit([(r.screening_score, r.accuracy) for r in _finetuned(study)
                              if r.screening_score is not None], ceiling)
     for chosen in screening.choose(1, exclude=queued, start=earlier, recovery=recovery):
-        if earlier % 2 == 1 and recovery.trials:
+        if not picks_best(earlier) and recovery.trials:
             _logger.info("finetuning recovered %.0f%% of the accuracy the screening scores "
                          "lost (%d trials): screening trial %d, score %.3f at %.3f ms, is "
                          "expected at %.3f", 100 * recovery.rate, recovery.trials,

@@ -555,7 +555,7 @@ def test_the_spread_pick_weighs_scores_by_what_finetuning_makes_of_them() -> Non
     assert [c.params["x"] for c in follow] == [1]
 
 
-def test_screened_trials_are_queued_one_at_a_time_alternating_the_two_rules() -> None:
+def test_screened_trials_are_queued_one_at_a_time_one_best_score_to_two_spread_picks() -> None:
     from autocompress.study._objective import SEEDED_ATTR
     from autocompress.study._search import _queue_screened
 
@@ -567,7 +567,7 @@ def test_screened_trials_are_queued_one_at_a_time_alternating_the_two_rules() ->
         return study.get_trials(states=(optuna.trial.TrialState.WAITING,))
 
     picked = []
-    for _ in range(3):
+    for _ in range(4):
         _queue_screened(study, screening, ceiling=0.9)
         _queue_screened(study, screening, ceiling=0.9)     # one waits: nothing more
         assert len(waiting()) == 1
@@ -575,8 +575,9 @@ def test_screened_trials_are_queued_one_at_a_time_alternating_the_two_rules() ->
         picked.append(trial.suggest_int("x", 0, 99))
         assert trial.user_attrs[SEEDED_ATTR].startswith("screened (trial ")
         study.tell(trial, [0.5, 0.5])
-    # best (x=0), then the most area (x=2, by score: no finetuned record to fit on), best
-    assert picked == [0, 2, 3]
+    # best (x=0), then twice the most area (by score: no finetuned record to fit on): x=2,
+    # then the fast x=1 (0.2 x 0.5 ms, where x=3 adds 0.28 x 0.05), then the best left
+    assert picked == [0, 2, 1, 3]
 
 
 def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch) -> None:
