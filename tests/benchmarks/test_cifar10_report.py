@@ -69,6 +69,23 @@ def test_hypervolume_is_compared_per_budget(cifar10, tmp_path):
     assert "front hypervolume search / random: 2.00" in text
 
 
+def test_a_cell_without_a_uniform_row_gets_its_own_heading(cifar10, tmp_path):
+    # an fp32 cell (search and uniform) and, after it, an int8 cell with no uniform row:
+    # the int8 cell's comparison once appeared under the fp32 cell's heading
+    fp32 = [_row("search", s, 0.85) for s in range(2)] + [_row("uniform", s, 0.80)
+                                                          for s in range(2)]
+    int8 = [{**row, "budget_fraction": 0.7} for row in
+            [_row("search", s, 0.86) for s in range(2)]
+            + [_row("uniform-int8", s, 0.87) for s in range(2)]]
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame(fp32 + int8).to_csv(csv, index=False)
+    verdicts = cifar10.report(csv, tmp_path / "rows.md").split("## What wins")[1]
+    lines = [line for line in verdicts.splitlines() if line.strip()]
+    assert lines[0].startswith("- resnet20 at 50% ") and "search - uniform = " in lines[0]
+    assert lines[1].startswith("- resnet20 at 70% ")
+    assert lines[2].startswith("  - search - uniform int8 = -0.0100")
+
+
 def test_a_cell_run_again_resumes_its_searches_with_the_budget_it_began_with(
         cifar10, tmp_path, monkeypatch):
     # a killed cell is run again: the baseline measured afresh would set another budget,
