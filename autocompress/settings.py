@@ -45,13 +45,20 @@ def _is_number(value: object) -> bool:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random crop with ``crop_padding`` pixels of padding (0: no crop) and horizontal flip.
+    """Random crop with ``crop_padding`` pixels of padding (0: no crop), horizontal flip,
+    and cutout: a ``cutout`` x ``cutout`` square erased at a random place (0: none).
+
+    Cutout (DeVries and Taylor, 2017) erases a square centred anywhere in the image, so that
+    part of it may fall outside; erased pixels take the value zero of the normalized data
+    (the training split's mean colour). The standard crop and flip is the default for image
+    folders; cutout is for training a baseline long enough to fit its training images.
 
     Applied to training batches by :func:`autocompress.data._augment.augment`.
     """
 
     crop_padding: int = 0
     horizontal_flip: bool = False
+    cutout: int = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.crop_padding) or self.crop_padding < 0:
@@ -64,25 +71,33 @@ class Augmentation:
                 f"augmentation horizontal_flip must be true or false, "
                 f"not {self.horizontal_flip!r}"
             )
+        if not _is_int(self.cutout) or self.cutout < 0:
+            raise DataError(
+                f"augmentation cutout must be a non-negative integer (the side of the erased "
+                f"square in pixels), not {self.cutout!r}"
+            )
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.horizontal_flip
+        return self.crop_padding > 0 or self.horizontal_flip or self.cutout > 0
 
     def describe(self) -> str:
         parts = [f"crop(pad={self.crop_padding})"] if self.crop_padding else []
         parts += ["hflip"] if self.horizontal_flip else []
+        parts += [f"cutout({self.cutout})"] if self.cutout else []
         return "+".join(parts) or "none"
 
     def spec(self) -> str:
-        """The text :meth:`parse` reads back: ``none`` or e.g. ``crop=4,flip``."""
+        """The text :meth:`parse` reads back: ``none`` or e.g. ``crop=4,flip,cutout=16``."""
         parts = [f"crop={self.crop_padding}"] if self.crop_padding else []
         parts += ["flip"] if self.horizontal_flip else []
+        parts += [f"cutout={self.cutout}"] if self.cutout else []
         return ",".join(parts) or "none"
 
     @classmethod
     def parse(cls, text: str) -> Augmentation:
-        """``"none"``, ``"standard"`` (crop with 4 px padding and flip), or ``"crop=P,flip"``.
+        """``"none"``, ``"standard"`` (crop with 4 px padding and flip), or a list of
+        ``crop=P``, ``flip`` and ``cutout=S`` such as ``"crop=4,flip,cutout=16"``.
 
         Raises:
             DataError: any other text; the message lists the valid forms.
@@ -92,18 +107,21 @@ class Augmentation:
             return NO_AUGMENTATION
         if value == "standard":
             return STANDARD_AUGMENTATION
-        padding, flip = 0, False
+        padding, flip, cutout = 0, False, 0
         for part in filter(None, (p.strip() for p in value.split(","))):
             if part == "flip":
                 flip = True
             elif part.startswith("crop=") and part.removeprefix("crop=").isdigit():
                 padding = int(part.removeprefix("crop="))
+            elif part.startswith("cutout=") and part.removeprefix("cutout=").isdigit():
+                cutout = int(part.removeprefix("cutout="))
             else:
                 raise DataError(
                     f"unknown augmentation {text!r}: use 'none', 'standard' (random crop with "
-                    "4 px padding and horizontal flip) or a list such as 'crop=4,flip'"
+                    "4 px padding and horizontal flip) or a list such as 'crop=4,flip' or "
+                    "'crop=4,flip,cutout=16'"
                 )
-        return cls(crop_padding=padding, horizontal_flip=flip)
+        return cls(crop_padding=padding, horizontal_flip=flip, cutout=cutout)
 
 
 NO_AUGMENTATION = Augmentation()

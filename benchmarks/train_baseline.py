@@ -4,8 +4,9 @@ Trains a builtin model (resnet20 by default) from random weights on the CIFAR-10
 split shipped next to the checkout, split 45,000 / 5,000 exactly as the benchmarks and
 ``autocompress search --data imagefolder:PATH`` split it (seed 0), normalized the same way
 (the training split's per-channel mean and std), with the standard augmentation (random crop
-with 4 px padding, horizontal flip) and SGD with Nesterov momentum, linear warm-up and cosine
-decay, all through :func:`autocompress.evaluation.train`.
+with 4 px padding, horizontal flip; ``--augment`` adds cutout, e.g. ``crop=4,flip,cutout=16``),
+optionally label smoothing (``--label-smoothing``), and SGD with Nesterov momentum, linear
+warm-up and cosine decay, all through :func:`autocompress.evaluation.train`.
 
 Writes ``benchmarks/checkpoints/cifar10-<model>.pt`` (a ``state_dict``) and a JSON record
 beside it: the recipe, the sha256 of the checkpoint, the training time, the machine and the
@@ -13,6 +14,8 @@ measured validation accuracy. Every later benchmark run starts from that file.
 
     python benchmarks/train_baseline.py                      # resnet20, 40 epochs (~2 h, 2 cores)
     python benchmarks/train_baseline.py --epochs 1 --limit 200 --out /tmp/x   # a smoke run
+    python benchmarks/train_baseline.py --epochs 80 --augment crop=4,flip,cutout=16 \
+        --label-smoothing 0.1 --out /tmp/cutout      # regularized (see results/baseline_recipes.md)
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from pathlib import Path
 import torch
 
 from autocompress.data import load_data
-from autocompress.data._augment import STANDARD_AUGMENTATION
-from autocompress.evaluation import TrainSettings, evaluate_accuracy, train
+from autocompress.data._augment import Augmentation
+from autocompress.evaluation import CrossEntropy, TrainSettings, evaluate_accuracy, train
 from autocompress.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +47,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--augment", type=Augmentation.parse, default="standard",
+                        help="standard (crop with 4 px padding and flip; default) or a list "
+                             "such as crop=4,flip,cutout=16")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="mass of the target spread evenly over the classes (default 0)")
     parser.add_argument("--limit", type=int, default=None, help="images per class (smoke runs)")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS)
     parser.add_argument("--folder", type=Path, default=None,
@@ -66,7 +74,7 @@ def main() -> None:
     settings = TrainSettings(
         steps=args.epochs * steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=steps_per_epoch, seed=0,
-        augmentation=STANDARD_AUGMENTATION)
+        augmentation=args.augment)
     torch.manual_seed(0)
     if args.width is not None:
         if args.model != "mobilenet_v2":
@@ -89,7 +97,8 @@ def main() -> None:
                 model.train()
             print(line, flush=True)
 
-    train(model, data.train_x, data.train_y, settings, on_step=progress)
+    train(model, data.train_x, data.train_y, settings,
+          loss=CrossEntropy(label_smoothing=args.label_smoothing), on_step=progress)
     seconds = time.perf_counter() - start
     accuracy = evaluate_accuracy(model, data.val_x, data.val_y)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +115,8 @@ def main() -> None:
                    "weight_decay": args.weight_decay, "momentum": settings.momentum,
                    "nesterov": True, "warmup_steps": settings.warmup_steps,
                    "schedule": "linear warm-up, cosine to zero",
-                   "augmentation": settings.augmentation.describe(), "seed": 0},
+                   "augmentation": settings.augmentation.describe(),
+                   "label_smoothing": args.label_smoothing, "seed": 0},
         "val_accuracy": round(accuracy, 4), "train_seconds": round(seconds),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "device": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")

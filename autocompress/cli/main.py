@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not scale estimates by the baseline's measured/estimated ratio")
     s.add_argument("--augment", default="auto",
                    help="training augmentation: auto (crop and flip for image folders, none "
-                        "for mnist/digits), none, standard, or e.g. crop=4,flip")
+                        "for mnist/digits), none, standard, or a list such as crop=4,flip or "
+                        "crop=4,flip,cutout=16 (cutout: a 16 px square erased)")
     s.add_argument("--screen", type=int, default=None,
                    help="distinct networks scored without training (adaptive BatchNorm) "
                         "before the best are finetuned (default: 10 per trial; 0: off)")

@@ -2,7 +2,8 @@
 
 The standard recipe for small images (He et al., 2016, on CIFAR-10): a random crop of the
 original size from the image padded by a few pixels on each side, and a random horizontal
-flip. It is applied to normalized batches, so padding is with zeros of the normalized data,
+flip. Optionally cutout (DeVries and Taylor, 2017): a square erased at a random place. It is
+applied to normalized batches, so padding and erasing are with zeros of the normalized data,
 which is the training split's mean colour.
 
 The :class:`~autocompress.settings.Augmentation` record (and its ``NO_AUGMENTATION`` and
@@ -52,4 +53,21 @@ def augment(x: torch.Tensor, augmentation: Augmentation,
     if augmentation.horizontal_flip:
         flip = torch.rand(count, generator=generator) < 0.5
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    if augmentation.cutout:
+        out = _cutout(out, augmentation.cutout, generator)
     return out
+
+
+def _cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``x`` with a ``size`` x ``size`` square set to zero in each image, centred on a pixel
+    drawn uniformly (the square is clipped where it overhangs the border)."""
+    count, _, height, width = x.shape
+    cy = torch.randint(0, height, (count,), generator=generator)
+    cx = torch.randint(0, width, (count,), generator=generator)
+    top, left = cy - size // 2, cx - size // 2
+    rows = torch.arange(height)[None, :]
+    cols = torch.arange(width)[None, :]
+    inside_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)
+    inside_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)
+    erased = inside_rows[:, :, None] & inside_cols[:, None, :]
+    return x.masked_fill(erased[:, None, :, :], 0.0)

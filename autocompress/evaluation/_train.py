@@ -80,11 +80,23 @@ class BatchLoss(ABC):
 
 
 class CrossEntropy(BatchLoss):
-    """Cross-entropy between the model's outputs and the labels: :func:`train`'s default."""
+    """Cross-entropy between the model's outputs and the labels: :func:`train`'s default.
+
+    With ``label_smoothing`` (in [0, 1)), the target puts that much of its mass evenly on
+    every class (Szegedy et al., 2016), as :func:`torch.nn.functional.cross_entropy` does.
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {label_smoothing!r}")
+        self.label_smoothing = label_smoothing
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  idx: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)
 
 
 class TrainCallback:

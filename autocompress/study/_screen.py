@@ -9,8 +9,8 @@ its sampler learns from hundreds of cheap trials. The candidates to finetune are
 one at a time, as trials finish: the first and every third among the best-scoring ones, the
 others where they add the most to the front of those chosen (hypervolume up to the budget,
 by the accuracy each score is expected to reach after finetuning: :class:`Recovery`, fitted
-on the trials finetuned so far), so the finetuned front covers the latencies below the budget where
-finetuning finds accuracy.
+on the trials finetuned so far), so the finetuned front covers the latencies below the budget
+where finetuning finds accuracy.
 
 Where the device is this machine, the budget near its edge is judged as the search judges it,
 by measurement: a candidate estimated up to :data:`NEAR_BUDGET_MARGIN` over the budget is

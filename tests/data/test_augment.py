@@ -1,4 +1,5 @@
-"""Random crop and flip of training batches, and the augmentation settings' text forms."""
+"""Random crop, flip and cutout of training batches, and the augmentation settings' text
+forms."""
 
 from __future__ import annotations
 
@@ -54,6 +55,37 @@ def test_flip_mirrors_some_images_left_to_right_and_leaves_the_others() -> None:
     assert any(flipped) and any(kept)
 
 
+def test_cutout_erases_one_square_of_at_most_its_size_per_image_and_nothing_else() -> None:
+    x = _images(count=64, size=8)
+    out = augment(x, Augmentation(cutout=4), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    places = set()
+    for original, erased in zip(x, out, strict=True):
+        zero = erased == 0
+        # every channel erased alike, the rest untouched (the images have no zero pixel)
+        assert torch.equal(zero[0], zero[1])
+        assert torch.equal(erased[~zero], original[~zero])
+        rows, cols = zero[0].nonzero(as_tuple=True)
+        assert len(rows) > 0  # the centre is always inside the image
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height <= 4 and width <= 4 and len(rows) == height * width  # one rectangle
+        places.add((int(rows.min()), int(cols.min()), int(height), int(width)))
+    # centred anywhere: some squares whole, some clipped at a border, not all in one place
+    assert any(h == 4 and w == 4 for *_, h, w in places)
+    assert any(h < 4 or w < 4 for *_, h, w in places)
+    assert len(places) > 10
+
+
+def test_cutout_comes_after_crop_and_flip_and_leaves_their_draws_as_they_were() -> None:
+    x = _images()
+    plain = augment(x, STANDARD_AUGMENTATION, torch.Generator().manual_seed(2))
+    with_cutout = augment(x, Augmentation(crop_padding=4, horizontal_flip=True, cutout=3),
+                          torch.Generator().manual_seed(2))
+    kept = with_cutout != 0
+    assert torch.equal(with_cutout[kept], plain[kept])
+    assert (with_cutout == 0).sum() > (plain == 0).sum()
+
+
 def test_a_seeded_generator_reproduces_the_batch() -> None:
     x = _images()
     first = augment(x, STANDARD_AUGMENTATION, torch.Generator().manual_seed(5))
@@ -81,12 +113,15 @@ def test_augmentation_needs_image_batches() -> None:
     ("crop=4,flip", Augmentation(crop_padding=4, horizontal_flip=True)),
     ("crop=2", Augmentation(crop_padding=2)),
     ("flip", Augmentation(horizontal_flip=True)),
+    ("crop=4,flip,cutout=16", Augmentation(crop_padding=4, horizontal_flip=True, cutout=16)),
+    ("cutout=8", Augmentation(cutout=8)),
 ])
 def test_parse_accepts_the_documented_forms(text: str, expected: Augmentation) -> None:
     assert Augmentation.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["rotate", "crop=-1", "crop=x,flip", "crop"])
+@pytest.mark.parametrize("text", ["rotate", "crop=-1", "crop=x,flip", "crop", "cutout=-2",
+                                  "cutout"])
 def test_parse_rejects_junk_and_lists_the_valid_forms(text: str) -> None:
     with pytest.raises(DataError) as info:
         Augmentation.parse(text)
@@ -99,6 +134,8 @@ def test_parse_rejects_junk_and_lists_the_valid_forms(text: str) -> None:
     ({"crop_padding": -1}, "non-negative integer"),
     ({"crop_padding": True}, "non-negative integer"),
     ({"horizontal_flip": "yes"}, "true or false"),
+    ({"cutout": -1}, "side of the erased square"),
+    ({"cutout": 2.5}, "side of the erased square"),
 ])
 def test_invalid_values_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -109,3 +146,7 @@ def test_describe_names_what_is_on() -> None:
     assert NO_AUGMENTATION.describe() == "none" and not NO_AUGMENTATION.enabled
     assert STANDARD_AUGMENTATION.describe() == "crop(pad=4)+hflip"
     assert STANDARD_AUGMENTATION.enabled
+    with_cutout = Augmentation(crop_padding=4, horizontal_flip=True, cutout=16)
+    assert with_cutout.describe() == "crop(pad=4)+hflip+cutout(16)"
+    assert Augmentation.parse(with_cutout.spec()) == with_cutout
+    assert Augmentation(cutout=8).enabled and Augmentation(cutout=8).spec() == "cutout=8"

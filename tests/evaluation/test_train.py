@@ -91,6 +91,26 @@ def test_the_default_loss_is_cross_entropy() -> None:
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
+def test_label_smoothing_is_torch_s_and_changes_the_training() -> None:
+    x, y = _data()
+    settings = TrainSettings(steps=6, batch_size=16, lr=0.05, seed=1)
+    model = _linear()
+    smoothed = CrossEntropy(label_smoothing=0.2)
+    expected = F.cross_entropy(model(x), y, label_smoothing=0.2)
+    assert torch.equal(smoothed(model, x, y, torch.arange(len(y))), expected)
+    a, b = _linear(), _linear()
+    train(a, x, y, settings)
+    train(b, x, y, settings, loss=smoothed)
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(),
+                                                      strict=True))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_label_smoothing_outside_zero_to_one_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        CrossEntropy(label_smoothing=value)
+
+
 def test_a_zero_loss_leaves_the_weights_unchanged_without_weight_decay() -> None:
     class Zero(BatchLoss):
         def __call__(self, model, x, y, idx):
