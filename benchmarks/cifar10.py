@@ -71,6 +71,11 @@ search: allocation and screening) a seed, not the hour of a full cell.
 ``--finetune-lr`` sets the learning rate of every approach's finetunes (the search's
 ``--finetune-lr``; default the product's); rows record it in ``finetune_lr`` and the report
 keeps such rows apart.
+
+``--checkpoints DIR`` compresses ``DIR/cifar10-<model>.pt`` instead of the committed baseline
+(its JSON record beside it, as ``train_baseline.py --out DIR`` writes them); rows record the
+checkpoint's sha256 (first 12 hex digits) in ``baseline``, run folders are named after it,
+and the reports keep each baseline's rows apart.
 """
 
 from __future__ import annotations
@@ -121,6 +126,11 @@ APPROACHES = ("search", "random", "uniform", "allocation")
 TOTAL_STEPS = 2400
 #: the product's finetune learning rate (rows before the ``finetune_lr`` column used it)
 FINETUNE_LR = next(f.default for f in fields(SearchConfig) if f.name == "finetune_lr")
+#: The baseline every row was compressed from before rows named theirs (the first 12 hex
+#: digits of the checkpoint's sha256: ``checkpoints/cifar10-resnet20.pt``, 2026-11-30). A cell
+#: run from another checkpoint (``--checkpoints``) names its own in the rows and in its run
+#: folders, so results of two baselines never meet in one cell.
+FIRST_BASELINE = "10e40a2dbd9b"
 #: a closing pass whose baseline differs from the start's by more than this is taken again
 DRIFT = 0.1
 DRIFT_TRIES = 5
@@ -200,14 +210,17 @@ class Cell:
     space: Path | None = None
     finetune_distill: str = "none"
     finetune_lr: float = FINETUNE_LR
+    #: the checkpoint's sha256, first 12 hex digits (:data:`FIRST_BASELINE` by default)
+    baseline: str = FIRST_BASELINE
 
     def _name(self, approach: str) -> str:
         space = f"-{self.space.stem}" if self.space is not None else ""
         distill = f"-{self.finetune_distill}" if self.finetune_distill != "none" else ""
         steps = f"-T{self.total_steps}" if self.total_steps != TOTAL_STEPS else ""
         lr = f"-lr{self.finetune_lr:g}" if self.finetune_lr != FINETUNE_LR else ""
-        return (f"{self.model}-{self.fraction:g}{space}{distill}{steps}{lr}-seed{self.seed}"
-                f"-{approach}{'-smoke' if self.smoke else ''}")
+        base = f"-b{self.baseline}" if self.baseline != FIRST_BASELINE else ""
+        return (f"{self.model}-{self.fraction:g}{space}{distill}{steps}{lr}{base}"
+                f"-seed{self.seed}-{approach}{'-smoke' if self.smoke else ''}")
 
     def run_dir(self, approach: str) -> Path:
         return cache_dir("benchmarks", "cifar10-runs", self._name(approach))
@@ -447,7 +460,7 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
                 local_profile(threads=1, precisions=precisions), math.nan,
                 args.total_steps, args.trials, args.finetune_steps, args.screen, args.smoke,
-                args.space, args.finetune_distill, args.finetune_lr)
+                args.space, args.finetune_distill, args.finetune_lr, record["sha256"][:12])
     # the fronts of a cell are searched at the budget its full runs were (and the other way)
     base_ms = start_baseline(cell, [*args.approaches, *SEARCHES,
                                     *(f"{a}-front" for a in ("search", "random"))]
@@ -487,6 +500,7 @@ def _settings_and_provenance(args: argparse.Namespace, cell: Cell) -> dict[str, 
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
             "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
+            "baseline": cell.baseline,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": commit(),
             "machine": f"{machine()}; {profile.backend} {profile.backend_version}"}
@@ -500,16 +514,19 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
     spells."""
     frame = pd.read_csv(csv)
     space = args.space.name if args.space is not None else "default.yaml"
+    baseline = checkpoint_of(args.model, args.checkpoints)[1]["sha256"][:12]
     rows = frame.index[(frame["model"] == args.model) & (frame["budget_fraction"] == args.budget)
                        & (frame["seed"] == args.seed) & (_setting(frame, "space") == space)
                        & (_setting(frame, "finetune_distill") == args.finetune_distill)
                        & (_setting(frame, "finetune_lr") == args.finetune_lr)
+                       & (_setting(frame, "baseline") == baseline)
                        & (frame["total_steps"] == args.total_steps)
                        & frame["approach"].isin(args.approaches)]
     if rows.empty:
         raise SystemExit(f"no rows of {args.model} at {args.budget}, seed {args.seed} in {csv}")
     cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, args.total_steps,
-                0, 0, 0, args.smoke, args.space, args.finetune_distill, args.finetune_lr)
+                0, 0, 0, args.smoke, args.space, args.finetune_distill, args.finetune_lr,
+                baseline)
     models = []
     for approach in frame.loc[rows, "approach"]:
         path = cell.run_dir(approach) / "exported.onnx"
@@ -534,7 +551,7 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
 
 #: settings added to the rows over time, and what rows written before their column ran with
 SETTING_DEFAULTS = {"space": "default.yaml", "finetune_distill": "none",
-                    "finetune_lr": FINETUNE_LR}
+                    "finetune_lr": FINETUNE_LR, "baseline": FIRST_BASELINE}
 
 
 def _setting(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -576,7 +593,7 @@ def report(csv: Path, md: Path) -> str:
     # whose machine ran at another speed (so another budget in ms) compare as fractions of it
     frame["hypervolume_per_budget"] = frame["hypervolume"] / frame["budget_ms"]
     keys = ["model", "budget_fraction", "space", "finetune_distill", "finetune_lr",
-            "total_steps", "cpu"]
+            "total_steps", "baseline", "cpu"]
     stats = (frame.groupby([*keys, "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
@@ -592,11 +609,12 @@ def report(csv: Path, md: Path) -> str:
              stats.to_markdown(index=False, floatfmt=".4f"), ""]
     verdicts = []
     several_cpus = stats["cpu"].nunique() > 1
-    for (model, fraction, space, distill, lr, steps, cpu), cell in stats.groupby(keys):
+    for (model, fraction, space, distill, lr, steps, base, cpu), cell in stats.groupby(keys):
         by = cell.set_index("approach")
         setting = ", ".join([space, f"{steps:,} steps",
                              *([f"finetunes distilled: {distill}"] if distill != "none" else []),
                              *([f"finetune lr {lr:g}"] if lr != FINETUNE_LR else []),
+                             *([f"baseline {base}"] if base != FIRST_BASELINE else []),
                              *([cpu] if several_cpus else [])])
         if "search" not in by.index:
             continue
@@ -626,7 +644,8 @@ def report_fronts(csv: Path, md: Path) -> str:
     frame = pd.read_csv(csv)
     frame = frame[~frame["smoke"].astype(bool)]
     frame["cpu"] = frame["machine"].str.split(";").str[0]
-    keys = ["model", "budget_fraction", "space", "finetune_distill", "trials", "cpu"]
+    frame["baseline"] = _setting(frame, "baseline")
+    keys = ["model", "budget_fraction", "space", "finetune_distill", "trials", "baseline", "cpu"]
     stats = (frame.groupby([*keys, "approach", "commit"])
              .agg(seeds=("seed", "nunique"),
                   hypervolume_per_budget_mean=("hypervolume_per_budget", "mean"),
@@ -649,8 +668,9 @@ def report_fronts(csv: Path, md: Path) -> str:
         means = {a: g.sort_values("last_date").iloc[-1] for a, g in by}
         ratio = (means["search"]["hypervolume_per_budget_mean"]
                  / means["random"]["hypervolume_per_budget_mean"])
-        model, fraction, space, distill, trials, cpu = cell_keys
-        lines.append(f"- {model} at {fraction:.0%} ({space}, {trials} trials, {cpu}): "
+        model, fraction, space, distill, trials, base, cpu = cell_keys
+        named = f", baseline {base}" if base != FIRST_BASELINE else ""
+        lines.append(f"- {model} at {fraction:.0%} ({space}, {trials} trials{named}, {cpu}): "
                      f"search {means['search']['hypervolume_per_budget_mean']:.4f} "
                      f"({int(means['search']['seeds'])} seeds, {means['search']['commit']}) / "
                      f"random {means['random']['hypervolume_per_budget_mean']:.4f} "

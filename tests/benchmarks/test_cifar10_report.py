@@ -121,3 +121,24 @@ def test_the_fronts_report_compares_the_latest_search_with_random_per_budget(cif
     # the latest commit of the search, against random's mean 0.2 (per budget: the budgets
     # differ)
     assert "search 0.1200 (2 seeds, new) / random 0.2000 (3 seeds) = **0.60x**" in text
+
+
+def test_rows_of_another_baseline_form_a_cell_of_their_own(cifar10, tmp_path):
+    # rows before the column existed compressed the first committed checkpoint
+    first = ([_row("search", s, 0.85) for s in range(2)]
+             + [_row("uniform", s, 0.80) for s in range(2)])
+    other = [{**row, "baseline": "0123456789ab"} for row in
+             [_row("search", s, 0.88) for s in range(2)]
+             + [_row("uniform", s, 0.90) for s in range(2)]]
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame(first + other).to_csv(csv, index=False)
+    text = cifar10.report(csv, tmp_path / "rows.md")
+    assert "search - uniform = +0.0500" in text
+    assert "baseline 0123456789ab" in text and "search - uniform = -0.0200" in text
+    assert f"baseline {cifar10.FIRST_BASELINE}" not in text
+
+
+def test_rows_without_a_baseline_column_name_the_committed_checkpoint(cifar10):
+    # replacing the committed checkpoint would file its rows under the old one's name
+    _, record = cifar10.checkpoint_of("resnet20")
+    assert record["sha256"][:12] == cifar10.FIRST_BASELINE
