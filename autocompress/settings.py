@@ -156,8 +156,13 @@ class TrainSettings:
     augmentation: Augmentation = NO_AUGMENTATION
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (the augmentation as a nested mapping)."""
-        return asdict(self)
+        """Plain JSON-ready values (the augmentation as a nested mapping). Without cutout the
+        augmentation is written as it was before cutout existed, so records, and the keys of
+        baselines cached from them, stay what they were."""
+        data = asdict(self)
+        if not self.augmentation.cutout:
+            del data["augmentation"]["cutout"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainSettings:

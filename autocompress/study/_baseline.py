@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,7 +64,7 @@ def prepare_baseline(
     settings = dataclasses.replace(training, seed=seed)
     key_material = json.dumps({
         "model": spec.fingerprint, "data": data.fingerprint, "classes": data.num_classes,
-        "input": list(data.input_shape), "training": asdict(settings), "torch": torch.__version__,
+        "input": list(data.input_shape), "training": settings.to_dict(), "torch": torch.__version__,
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
     folder = cache_dir("baselines")

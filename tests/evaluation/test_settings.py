@@ -78,6 +78,15 @@ def test_distill_settings_round_trip_the_augmentation() -> None:
     assert TrainSettings.from_dict(settings.training.to_dict()) == settings.training
 
 
+def test_cutout_round_trips_and_is_left_out_when_off() -> None:
+    # records (and the keys of baselines cached from them) stay as before cutout existed
+    plain = TrainSettings(steps=50, augmentation=STANDARD_AUGMENTATION).to_dict()
+    assert "cutout" not in plain["augmentation"]
+    with_cutout = TrainSettings(steps=50, augmentation=Augmentation(4, True, cutout=16))
+    assert with_cutout.to_dict()["augmentation"]["cutout"] == 16
+    assert TrainSettings.from_dict(with_cutout.to_dict()) == with_cutout
+
+
 def test_plans_written_before_augmentation_existed_still_load() -> None:
     old = DistillSettings().to_dict()
     del old["training"]["augmentation"]
