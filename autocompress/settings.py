@@ -81,6 +81,17 @@ class Augmentation:
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.horizontal_flip or self.cutout > 0
 
+    def check_fits(self, height: int, width: int) -> None:
+        """Refuse a cutout square larger than ``height`` x ``width`` images.
+
+        Raises:
+            DataError: the square is larger than the images; the message says what fits.
+        """
+        if self.cutout > min(height, width):
+            raise DataError(f"augmentation cutout={self.cutout} erases a square larger than "
+                            f"the {height} x {width} images; use at most half their side "
+                            f"(cutout={min(height, width) // 2})")
+
     def describe(self) -> str:
         parts = [f"crop(pad={self.crop_padding})"] if self.crop_padding else []
         parts += ["hflip"] if self.horizontal_flip else []

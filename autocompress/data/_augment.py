@@ -31,7 +31,8 @@ def augment(x: torch.Tensor, augmentation: Augmentation,
     batches every time.
 
     Raises:
-        DataError: ``x`` is not a batch of images (N x C x H x W).
+        DataError: ``x`` is not a batch of images (N x C x H x W), or the cutout square is
+            larger than its images.
     """
     if not augmentation.enabled:
         return x
@@ -39,6 +40,7 @@ def augment(x: torch.Tensor, augmentation: Augmentation,
         raise DataError(f"augmentation needs N x C x H x W image batches, got shape "
                         f"{tuple(x.shape)}; use augmentation 'none' for this data")
     count, _, height, width = x.shape
+    augmentation.check_fits(height, width)
     out = x
     pad = augmentation.crop_padding
     if pad:

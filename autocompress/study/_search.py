@@ -138,6 +138,8 @@ def _setup(config: SearchConfig) -> _Setup:
     augmentation = resolve_augmentation(config.augment, config.data)
     space, space_src = load_space(config.space, config, augmentation)
     data = search_data(config, resumed=folder.info)
+    if augmentation.enabled and len(data.input_shape) == 4:
+        augmentation.check_fits(*data.input_shape[2:])  # before anything is trained
     profile_copy = folder.path / "profile.json"
     if config.profile is not None:
         profile_src = Path(config.profile)

@@ -76,6 +76,11 @@ def test_cutout_erases_one_square_of_at_most_its_size_per_image_and_nothing_else
     assert len(places) > 10
 
 
+def test_a_cutout_larger_than_the_images_is_refused_with_a_size_that_fits() -> None:
+    with pytest.raises(DataError, match=r"larger than the 8 x 8 images.*cutout=4"):
+        augment(_images(), Augmentation(cutout=9), torch.Generator())
+
+
 def test_cutout_comes_after_crop_and_flip_and_leaves_their_draws_as_they_were() -> None:
     x = _images()
     plain = augment(x, STANDARD_AUGMENTATION, torch.Generator().manual_seed(2))

@@ -466,6 +466,16 @@ def test_augmentation_is_off_for_digits_and_on_for_image_folders(config, finishe
         SearchConfig(augment="rotate")
 
 
+def test_a_cutout_larger_than_the_images_stops_the_search_before_it_trains(config,
+                                                                         tmp_path) -> None:
+    from autocompress.exceptions import DataError
+
+    out = tmp_path / "cutout"
+    with pytest.raises(DataError, match=r"larger than the 8 x 8 images.*cutout=4"):
+        search(replace(config, out=out, augment="flip,cutout=9"))
+    assert not (out / "baseline").exists() and not (out / "trials").exists()
+
+
 def _screening_with(points: list[tuple[float, float]], budget: float, measure=None):
     """A screening study holding candidates ``x`` = 0, 1, ... with (score, estimated ms);
     ``measure`` (parameters -> ms) where the device is this machine."""
