@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from autocompress.data import load_data
 from autocompress.data._augment import Augmentation
@@ -65,6 +66,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu",
                         help="where to train (cuda on a GPU machine: minutes instead of hours; "
                              "augmentation draws stay on the CPU, so the batches are the same)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train under bfloat16 autocast with channels-last weights (weights, "
+                             "gradients and optimizer state stay fp32; about 2x faster per step "
+                             "on CPUs with AVX512_BF16 or AMX; evaluation stays fp32)")
     parser.add_argument("--width", type=float, default=None,
                         help="width multiplier (mobilenet_v2 only; default 1.0)")
     args = parser.parse_args()
@@ -89,6 +94,8 @@ def main() -> None:
     else:
         model = create_model(args.model, num_classes=data.num_classes, in_channels=3)
     model.to(args.device)
+    if args.bf16:
+        model.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = True
     start = time.perf_counter()
 
@@ -102,13 +109,13 @@ def main() -> None:
                 model.train()
             print(line, flush=True)
 
-    train(model, data.train_x, data.train_y, settings,
-          loss=CrossEntropy(label_smoothing=args.label_smoothing), on_step=progress)
+    loss = (BFloat16CrossEntropy if args.bf16 else CrossEntropy)(args.label_smoothing)
+    train(model, data.train_x, data.train_y, settings, loss=loss, on_step=progress)
     seconds = time.perf_counter() - start
     accuracy = evaluate_accuracy(model, data.val_x, data.val_y)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cifar10-{args.model}.pt"
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+    torch.save({k: v.cpu().contiguous() for k, v in model.state_dict().items()}, path)
     record = {
         "model": args.model, "checkpoint": path.name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -121,7 +128,8 @@ def main() -> None:
                    "nesterov": True, "warmup_steps": settings.warmup_steps,
                    "schedule": "linear warm-up, cosine to zero",
                    "augmentation": settings.augmentation.describe(),
-                   "label_smoothing": args.label_smoothing, "seed": 0},
+                   "label_smoothing": args.label_smoothing, "seed": 0,
+                   "precision": "bfloat16 autocast, channels-last" if args.bf16 else "fp32"},
         "val_accuracy": round(accuracy, 4), "train_seconds": round(seconds),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "device": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
@@ -132,6 +140,19 @@ def main() -> None:
     }
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
+
+
+class BFloat16CrossEntropy(CrossEntropy):
+    """Cross-entropy with the forward pass under bfloat16 autocast (the loss itself in fp32).
+
+    Only the forward runs under autocast, as PyTorch advises: wrapping all of :func:`train`
+    (backward and optimizer step included) trained resnet20 to chance accuracy here."""
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 idx: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
 
 def describe_machine() -> str:
