@@ -15,8 +15,8 @@ from typing import Any, Literal
 from autocompress.exceptions import DataError, SearchSpaceError
 
 __all__ = ["DISTILL_LOSSES", "MAX_HINT_WEIGHT", "MAX_TEMPERATURE", "NO_AUGMENTATION",
-           "STANDARD_AUGMENTATION", "Augmentation", "DistillLoss", "DistillSettings",
-           "EarlyStopping", "TrainSettings"]
+           "STANDARD_AUGMENTATION", "TRAIN_PRECISIONS", "Augmentation", "DistillLoss",
+           "DistillSettings", "EarlyStopping", "TrainSettings"]
 
 DistillLoss = Literal["kl", "mse"]
 #: The distillation losses :class:`DistillSettings` accepts.
@@ -24,6 +24,9 @@ DISTILL_LOSSES: tuple[str, ...] = ("kl", "mse")
 #: Largest accepted temperature and hint weight.
 MAX_TEMPERATURE = 20.0
 MAX_HINT_WEIGHT = 100.0
+#: The arithmetic :class:`TrainSettings` may train in: fp32, or the forward passes under
+#: bfloat16 autocast (weights, gradients and optimiser state stay fp32).
+TRAIN_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -155,6 +158,10 @@ class TrainSettings:
         warmup_steps: steps of linear warm-up before the cosine decay.
         seed: seeds the batch order and the augmentation draws.
         augmentation: random crop and flip of every training batch.
+        precision: ``fp32``, or ``bf16``: every forward pass (the losses' included) under
+            bfloat16 autocast, while weights, gradients and the optimiser stay fp32. About
+            twice as fast on CPUs with AVX512_BF16 or AMX and on recent GPUs; slower where the
+            hardware has no bfloat16 arithmetic. Evaluation always runs in fp32.
     """
 
     steps: int = 200
@@ -165,14 +172,23 @@ class TrainSettings:
     warmup_steps: int = 0
     seed: int = 0
     augmentation: Augmentation = NO_AUGMENTATION
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _check(self.precision in TRAIN_PRECISIONS,
+               f"training precision must be one of {', '.join(TRAIN_PRECISIONS)}, not "
+               f"{self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (the augmentation as a nested mapping). Without cutout the
-        augmentation is written as it was before cutout existed, so records, and the keys of
-        baselines cached from them, stay what they were."""
+        augmentation is written as it was before cutout existed, and fp32 training without a
+        precision, so records, and the keys of baselines cached from them, stay what they
+        were."""
         data = asdict(self)
         if not self.augmentation.cutout:
             del data["augmentation"]["cutout"]
+        if self.precision == "fp32":
+            del data["precision"]
         return data
 
     @classmethod

@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="training augmentation: auto (crop and flip for image folders, none "
                         "for mnist/digits), none, standard, or a list such as crop=4,flip or "
                         "crop=4,flip,cutout=16 (cutout: a 16 px square erased)")
+    s.add_argument("--train-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="arithmetic of every training of the run: fp32 (default) or bf16 "
+                        "(forward passes under bfloat16 autocast, weights and optimiser in "
+                        "fp32; about 2x faster on CPUs with AVX512_BF16 or AMX and on recent "
+                        "GPUs, slower on CPUs without bfloat16 arithmetic)")
     s.add_argument("--screen", type=int, default=None,
                    help="distinct networks scored without training (adaptive BatchNorm) "
                         "before the best are finetuned (default: 10 per trial; 0: off)")
@@ -287,6 +292,7 @@ def _search(args: argparse.Namespace) -> int:
         input_shape=args.input_shape, calibrate=not args.no_calibrate, sampler=args.sampler,
         augment=args.augment, screen=args.screen, objectives=args.objectives,
         allocate=not args.no_allocation, finetune_distill=args.finetune_distill,
+        train_precision=args.train_precision,
     )
     front = search(config)
     _write_front(front, args.out)

@@ -39,6 +39,7 @@ from autocompress.settings import (
     MAX_TEMPERATURE,
     NO_AUGMENTATION,
     STANDARD_AUGMENTATION,
+    TRAIN_PRECISIONS,
     Augmentation,
     DistillLoss,
     DistillSettings,
@@ -47,8 +48,8 @@ from autocompress.settings import (
 )
 
 __all__ = ["DISTILL_LOSSES", "MAX_HINT_WEIGHT", "MAX_TEMPERATURE", "NO_AUGMENTATION",
-           "STANDARD_AUGMENTATION", "Augmentation", "BatchLoss", "CrossEntropy",
-           "DistillLoss", "DistillResult", "DistillSettings", "DistillationLoss",
+           "STANDARD_AUGMENTATION", "TRAIN_PRECISIONS", "Augmentation", "BatchLoss",
+           "CrossEntropy", "DistillLoss", "DistillResult", "DistillSettings", "DistillationLoss",
            "EarlyStopper", "EarlyStopping", "FeatureTap", "Hints", "ModelStats",
            "ScreeningSettings", "TrainCallback", "TrainResult", "TrainSettings", "count_flops",
            "count_params", "distill", "evaluate_accuracy", "find_feature_layer", "hint_loss",

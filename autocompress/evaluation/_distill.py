@@ -73,9 +73,9 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                temperature: float) -> torch.Tensor:
     """Hinton's distillation loss: ``KL(softmax(t/T) || softmax(s/T)) * T^2``, averaged over
     the batch. The T^2 factor keeps the gradients' size independent of T."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1),
-                    F.log_softmax(teacher_logits.detach() / t, dim=1),
+    t = temperature  # softmax in fp32: autocast would run it in bfloat16 (bf16 training)
+    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
+                    F.log_softmax(teacher_logits.detach().float() / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
 
 
@@ -85,7 +85,8 @@ def kd_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     summed over classes, averaged over the batch, and scaled by T^2 as :func:`kd_kl_loss`
     is (the mean over classes would shrink the term C-fold against the cross-entropy)."""
     t = temperature
-    diff = F.softmax(student_logits / t, dim=1) - F.softmax(teacher_logits.detach() / t, dim=1)
+    diff = (F.softmax(student_logits.float() / t, dim=1)
+            - F.softmax(teacher_logits.detach().float() / t, dim=1))
     return diff.pow(2).sum(dim=1).mean() * (t * t)
 
 

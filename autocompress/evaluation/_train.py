@@ -133,6 +133,15 @@ def _optimizer(params: list[torch.Tensor], settings: TrainSettings
     return optimizer, scheduler
 
 
+def _autocast(precision: str, device: torch.device) -> AbstractContextManager[object]:
+    """The forward passes of a step in ``precision`` (see :class:`TrainSettings`). Only the
+    loss is computed under autocast: with the backward pass and the optimiser step inside it
+    as well, resnet20 trained to chance accuracy on CPU (torch 2.14)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def _batches(source: ImageSource, pool: torch.Tensor | None, batch_size: int,
              generator: torch.Generator, steps: int
              ) -> Generator[tuple[torch.Tensor, torch.Tensor, torch.Tensor], None, None]:
@@ -224,7 +233,8 @@ def train(
             while steps_run < settings.steps and not stop:
                 idx, inputs, labels = next(batches)
                 batch = augment(inputs, settings.augmentation, generator).to(device)
-                value = loss_fn(model, batch, labels.to(device), idx)
+                with _autocast(settings.precision, device):
+                    value = loss_fn(model, batch, labels.to(device), idx)
                 loss_value = float(value.detach())
                 _check_finite(loss_value, steps_run, settings, loss_fn)
                 optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KERNEL_FEATURES", "cpu_features", "describe_device", "same_device"]
+__all__ = ["BF16_FEATURES", "KERNEL_FEATURES", "cpu_features", "describe_device", "same_device"]
 
 #: CPU features that kernel libraries choose their code by (ONNX Runtime's MLAS, oneDNN,
 #: LLVM for TVM). A CPU's name does not tell them: this project's VMs all call themselves
@@ -24,6 +24,10 @@ KERNEL_FEATURES = frozenset({
     # Arm
     "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2",
 })
+
+#: Features that give a CPU bfloat16 arithmetic (x86: AVX512_BF16, AMX; Arm: BF16); without
+#: one, bfloat16 training is emulated, and slower than fp32.
+BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def _cpuinfo() -> str:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from autocompress._io import write_json_atomic
 from autocompress.exceptions import RunError
-from autocompress.settings import Augmentation, DistillSettings
+from autocompress.settings import TRAIN_PRECISIONS, Augmentation, DistillSettings
 from autocompress.study._records import RunIdentity, RunInfo
 
 __all__ = ["FINETUNE_DISTILL", "OBJECTIVE_SETS", "RunFolder", "SearchConfig",
@@ -86,6 +86,10 @@ class SearchConfig:
     #: finetunes of compressed candidates (in the search and at ``pick``) learn from the
     #: labels only (``none``) or also from the uncompressed model's outputs (``kl``)
     finetune_distill: Literal["none", "kl"] = "none"
+    #: arithmetic of every training here (finetunes, students, a baseline trained here):
+    #: ``fp32``, or ``bf16`` (forward passes under bfloat16 autocast; see
+    #: :class:`~autocompress.evaluation.TrainSettings`)
+    train_precision: str = "fp32"
     #: the training data, as ``data`` (an alias of it; given, it replaces ``data``)
     train_data: str | Any | None = None
     #: separate validation data (a spec or a Dataset): ``data`` is then all training data
@@ -132,6 +136,9 @@ class SearchConfig:
                            f"{', '.join(','.join(o) for o in OBJECTIVE_SETS)}, got "
                            f"{','.join(self.objectives)!r}")
         finetune_recovery(self.finetune_distill)
+        if self.train_precision not in TRAIN_PRECISIONS:
+            raise RunError(f"--train-precision must be one of {', '.join(TRAIN_PRECISIONS)}, "
+                           f"got {self.train_precision!r}")
         if self.augment != "auto":
             try:
                 Augmentation.parse(self.augment)
@@ -263,7 +270,7 @@ def identity(config: SearchConfig, *, space_sha: str, profile_sha: str,
         finetune_steps=config.finetune_steps,
         finetune_lr=config.finetune_lr, batch_size=config.batch_size, seed=config.seed,
         threads=config.threads, study=config.study, calibrate=config.calibrate,
-        sampler=config.sampler,
+        sampler=config.sampler, train_precision=config.train_precision,
         input_shape=tuple(config.input_shape) if config.input_shape else None,
         space_sha256=space_sha, profile_sha256=profile_sha, checkpoint_sha256=checkpoint_sha)
 

@@ -210,7 +210,7 @@ def load_space(path: Path | None, config: SearchConfig,
             TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
                           lr=BASELINE_TRAINING.lr, warmup_steps=config.finetune_steps // 10,
                           weight_decay=BASELINE_TRAINING.weight_decay,
-                          augmentation=augmentation),
+                          augmentation=augmentation, precision=config.train_precision),
             EarlyStopping()))
     return space, source
 

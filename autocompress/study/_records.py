@@ -156,6 +156,8 @@ class RunIdentity:
     embed_preprocessing: bool = False
     #: seed of the train/validation split (None: ``seed``)
     split_seed: int | None = None
+    #: arithmetic of the finetunes (:data:`~autocompress.evaluation.TRAIN_PRECISIONS`)
+    train_precision: str = "fp32"
 
     @property
     def data_seed(self) -> int:

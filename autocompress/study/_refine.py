@@ -83,7 +83,8 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
     baseline = prepare_baseline(resolve_model(info.model), data, checkpoint=path,
                                 seed=ident.seed, training=replace(
                                     BASELINE_TRAINING,
-                                    augmentation=Augmentation.parse(ident.augmentation)))
+                                    augmentation=Augmentation.parse(ident.augmentation),
+                                    precision=ident.train_precision))
     space = SearchSpace.from_yaml(folder.path / "space.yaml")
     samples = space.precision.calibration_samples if space.precision else 128
     x = torch.zeros(data.input_shape)
@@ -93,7 +94,8 @@ def finetune_member(folder: RunFolder, member: FrontMember, steps: int, *,
                           gradients=gradients)
     settings = TrainSettings(steps=steps, batch_size=ident.batch_size, lr=ident.finetune_lr,
                              seed=trial_seed(ident.seed, member.trial),
-                             augmentation=Augmentation.parse(ident.augmentation))
+                             augmentation=Augmentation.parse(ident.augmentation),
+                             precision=ident.train_precision)
     _logger.info("trial %d: finetuning for %d steps before export", member.trial, steps)
     outcome = compressed.train(data, settings,
                                recovery=finetune_recovery(ident.finetune_distill))

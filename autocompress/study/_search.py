@@ -116,6 +116,7 @@ def search(config: SearchConfig) -> ParetoFront:
         prepared=prepared, budget_ms=budget_ms,
         finetune=TrainSettings(steps=config.finetune_steps, batch_size=config.batch_size,
                                lr=config.finetune_lr, augmentation=setup.augmentation,
+                               precision=config.train_precision,
                                seed=config.seed),   # the run's; each trial's: trial_seed
         trial_dir=setup.folder.trial_dir, measure=measure, objectives=config.objectives,
         screen=screening.score if screening is not None else None,
@@ -129,6 +130,21 @@ def search(config: SearchConfig) -> ParetoFront:
     return load_front(setup.folder.path, storage=config.storage)
 
 
+def warn_if_bf16_is_emulated(device: Mapping[str, Any] | None = None) -> bool:
+    """Warn (and return True) when this CPU (``device``: :func:`describe_device`'s record)
+    lists its features and none gives it bfloat16 arithmetic: bf16 training is then slower
+    than fp32. Silent where the features are unknown."""
+    from autocompress.hardware._device import BF16_FEATURES, describe_device
+
+    features = (describe_device() if device is None else device).get("features")
+    if features is None or BF16_FEATURES.intersection(features):
+        return False
+    _logger.warning("--train-precision bf16: this CPU has no bfloat16 arithmetic (none of %s "
+                    "in its features), so training will be slower than in fp32; use fp32 "
+                    "here", ", ".join(sorted(BF16_FEATURES)))
+    return True
+
+
 def _setup(config: SearchConfig) -> _Setup:
     folder = RunFolder(Path(config.out))
     resuming = folder.exists()
@@ -140,6 +156,8 @@ def _setup(config: SearchConfig) -> _Setup:
     data = search_data(config, resumed=folder.info)
     if augmentation.enabled and len(data.input_shape) == 4:
         augmentation.check_fits(*data.input_shape[2:])  # before anything is trained
+    if config.train_precision == "bf16":
+        warn_if_bf16_is_emulated()
     profile_copy = folder.path / "profile.json"
     if config.profile is not None:
         profile_src = Path(config.profile)
@@ -166,7 +184,8 @@ def _setup(config: SearchConfig) -> _Setup:
         _check_joinable(shared, ident, config, folder.path)
     baseline = prepare_baseline(resolve_model(config.model), data, checkpoint=config.checkpoint,
                                 seed=config.seed, training=dataclasses.replace(
-                                    BASELINE_TRAINING, augmentation=augmentation))
+                                    BASELINE_TRAINING, augmentation=augmentation,
+                                    precision=config.train_precision))
     # a space without channel rules needs no dependency tracing (which some models refuse)
     example = torch.zeros(data.input_shape)
     groups = find_channel_groups(baseline.module, example) if space.channel_rules else []

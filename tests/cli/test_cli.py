@@ -138,6 +138,28 @@ def test_killed_before_the_first_heartbeat_then_rerun_finishes(tmp_path, synthet
     _rerun_finishes(argv, env, run, trials[:1])
 
 
+def test_train_precision_bf16_reaches_every_training_of_the_run(tmp_path, synthetic_profile,
+                                                               monkeypatch) -> None:
+    import autocompress.evaluation._train as train_module
+
+    seen: set[str] = set()
+    real = train_module._autocast
+
+    def spy(precision, device):
+        seen.add(precision)
+        return real(precision, device)
+
+    monkeypatch.setattr(train_module, "_autocast", spy)
+    run = tmp_path / "run"
+    assert main(["search", "--data", "digits", "--trials", "2", "--finetune-steps", "10",
+                 "--latency-budget-ms", "1000", "--screen", "0", "--no-allocation",
+                 "--train-precision", "bf16", "--profile", str(synthetic_profile),
+                 "--out", str(run)]) == 0
+    assert seen == {"bf16"}        # the baseline trained here and every finetune
+    assert json.loads((run / "run.json").read_text())["identity"]["train_precision"] == "bf16"
+    assert sum(1 for t in _trials(run) if TrialRecord.of(t).finetuned) == 2
+
+
 def test_measure_and_estimate_an_onnx_file(capsys, tmp_path, synthetic_profile) -> None:
     from autocompress.hardware.kernels import Kernel, kernel_graph
 

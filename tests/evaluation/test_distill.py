@@ -80,6 +80,18 @@ def test_kd_kl_loss_is_zero_for_equal_logits_and_matches_hinton() -> None:
     assert kd_mse_loss(s, t, 2.0).item() > 0
 
 
+@pytest.mark.parametrize("kd", [kd_kl_loss, kd_mse_loss])
+def test_kd_losses_soften_in_fp32_under_bf16_autocast(kd) -> None:
+    # bf16 training (TrainSettings.precision) runs the losses under autocast, which would
+    # compute softmax in bfloat16; the logits' softened distributions are computed in fp32
+    g = torch.Generator().manual_seed(0)
+    s, t = (torch.randn(8, 10, generator=g).bfloat16() for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = kd(s, t, 4.0)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(kd(s.float(), t.float(), 4.0).item(), rel=1e-6)
+
+
 def test_hint_loss_pools_the_larger_map_to_the_smaller() -> None:
     regressor = _seeded(0, lambda: nn.Conv2d(4, 6, 1))
     small, large = torch.randn(2, 4, 2, 2), torch.randn(2, 6, 4, 4)

@@ -87,6 +87,21 @@ def test_cutout_round_trips_and_is_left_out_when_off() -> None:
     assert TrainSettings.from_dict(with_cutout.to_dict()) == with_cutout
 
 
+def test_bf16_round_trips_and_fp32_is_left_out() -> None:
+    # records (and the keys of baselines cached from them) stay as before precision existed
+    assert "precision" not in TrainSettings(steps=50).to_dict()
+    bf16 = TrainSettings(steps=50, precision="bf16")
+    assert bf16.to_dict()["precision"] == "bf16"
+    assert TrainSettings.from_dict(bf16.to_dict()) == bf16
+    assert TrainSettings.from_dict(TrainSettings(steps=50).to_dict()).precision == "fp32"
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bfloat16", ""])
+def test_an_unknown_training_precision_is_refused(precision: str) -> None:
+    with pytest.raises(SearchSpaceError, match="training precision must be one of fp32, bf16"):
+        TrainSettings(precision=precision)
+
+
 def test_plans_written_before_augmentation_existed_still_load() -> None:
     old = DistillSettings().to_dict()
     del old["training"]["augmentation"]

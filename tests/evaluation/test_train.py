@@ -105,6 +105,45 @@ def test_label_smoothing_is_torch_s_and_changes_the_training() -> None:
                                                       strict=True))
 
 
+class _Dtypes(BatchLoss):
+    """Cross-entropy, remembering the dtype of every batch's outputs."""
+
+    def __init__(self) -> None:
+        self.dtypes: list[torch.dtype] = []
+
+    def __call__(self, model, x, y, idx):
+        out = model(x)
+        self.dtypes.append(out.dtype)
+        return F.cross_entropy(out, y)
+
+
+@pytest.mark.parametrize(("precision", "forward"), [("fp32", torch.float32),
+                                                    ("bf16", torch.bfloat16)])
+def test_bf16_runs_the_forward_passes_in_bfloat16_and_keeps_fp32_weights(
+        precision: str, forward: torch.dtype) -> None:
+    x, y = _data()
+    model, loss = _linear(), _Dtypes()
+    before = [p.clone() for p in model.parameters()]
+    train(model, x, y, TrainSettings(steps=4, batch_size=16, lr=0.05, precision=precision),
+          loss=loss)
+    assert loss.dtypes == [forward] * 4
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+    assert not torch.is_autocast_enabled("cpu")       # nothing leaks out of train()
+
+
+def test_bf16_training_learns_as_fp32_does() -> None:
+    x, y = _data(240)
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        model = _linear()
+        train(model, x, y, TrainSettings(steps=60, batch_size=32, lr=0.1, seed=2,
+                                         precision=precision))
+        accuracy[precision] = evaluate_accuracy(model, x, y)
+    assert accuracy["fp32"] > 0.9
+    assert accuracy["bf16"] > 0.9
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.0])
 def test_label_smoothing_outside_zero_to_one_is_refused(value: float) -> None:
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):

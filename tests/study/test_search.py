@@ -89,6 +89,25 @@ def test_resume_keeps_completed_trials(config: SearchConfig, finished) -> None:
 def test_resume_with_other_settings_is_refused(config: SearchConfig, finished) -> None:
     with pytest.raises(RunError, match="other settings"):
         search(replace(config, finetune_steps=11))
+    with pytest.raises(RunError, match="other settings.*train_precision: 'fp32' -> 'bf16'"):
+        search(replace(config, train_precision="bf16"))
+
+
+def test_bf16_training_on_a_cpu_without_bfloat16_arithmetic_is_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from autocompress.study._search import warn_if_bf16_is_emulated
+
+    with caplog.at_level("WARNING", logger="autocompress"):
+        assert warn_if_bf16_is_emulated({"cpu": "AMD EPYC", "features": ["avx", "avx2"]})
+    assert "no bfloat16 arithmetic" in caplog.text and "use fp32" in caplog.text
+    assert not warn_if_bf16_is_emulated({"features": ["avx2", "avx512_bf16"]})
+    assert not warn_if_bf16_is_emulated({"features": ["asimd", "bf16"]})      # Arm
+    assert not warn_if_bf16_is_emulated({"cpu": "unknown"})   # features not listed: silent
+
+
+def test_an_unknown_training_precision_is_refused_before_anything_runs() -> None:
+    with pytest.raises(RunError, match="--train-precision must be one of fp32, bf16"):
+        SearchConfig(train_precision="fp16")
 
 
 def test_pick_exports_and_remeasures(config: SearchConfig, finished, tmp_path: Path) -> None:
