@@ -76,6 +76,11 @@ keeps such rows apart.
 (its JSON record beside it, as ``train_baseline.py --out DIR`` writes them); rows record the
 checkpoint's sha256 (first 12 hex digits) in ``baseline``, run folders are named after it,
 and the reports keep each baseline's rows apart.
+
+``--train-precision bf16`` trains every approach (the search's trials, its pick, the uniform
+pruning and the allocation) with its forward passes under bfloat16 autocast (the search's
+``--train-precision``): about half the time a step on a CPU with AVX512_BF16. Rows record it
+in ``train_precision``, run folders are named after it, and the reports keep such rows apart.
 """
 
 from __future__ import annotations
@@ -127,10 +132,14 @@ TOTAL_STEPS = 2400
 #: the product's finetune learning rate (rows before the ``finetune_lr`` column used it)
 FINETUNE_LR = next(f.default for f in fields(SearchConfig) if f.name == "finetune_lr")
 #: The baseline every row was compressed from before rows named theirs (the first 12 hex
-#: digits of the checkpoint's sha256: ``checkpoints/cifar10-resnet20.pt``, 2026-11-30). A cell
-#: run from another checkpoint (``--checkpoints``) names its own in the rows and in its run
-#: folders, so results of two baselines never meet in one cell.
+#: digits of the checkpoint's sha256: ``checkpoints/2026-11-30/cifar10-resnet20.pt``, the
+#: committed default until 2026-12-05; ``--checkpoints benchmarks/checkpoints/2026-11-30``
+#: runs from it again). A cell run from another checkpoint (the default since, or
+#: ``--checkpoints``) names its own in the rows and in its run folders, so results of two
+#: baselines never meet in one cell.
 FIRST_BASELINE = "10e40a2dbd9b"
+#: The first baseline's folder (its checkpoint and record).
+FIRST_CHECKPOINTS = CHECKPOINTS / "2026-11-30"
 #: a closing pass whose baseline differs from the start's by more than this is taken again
 DRIFT = 0.1
 DRIFT_TRIES = 5
@@ -212,6 +221,8 @@ class Cell:
     finetune_lr: float = FINETUNE_LR
     #: the checkpoint's sha256, first 12 hex digits (:data:`FIRST_BASELINE` by default)
     baseline: str = FIRST_BASELINE
+    #: the arithmetic of every approach's training (the search's ``--train-precision``)
+    train_precision: str = "fp32"
 
     def _name(self, approach: str) -> str:
         space = f"-{self.space.stem}" if self.space is not None else ""
@@ -219,6 +230,7 @@ class Cell:
         steps = f"-T{self.total_steps}" if self.total_steps != TOTAL_STEPS else ""
         lr = f"-lr{self.finetune_lr:g}" if self.finetune_lr != FINETUNE_LR else ""
         base = f"-b{self.baseline}" if self.baseline != FIRST_BASELINE else ""
+        base += f"-{self.train_precision}" if self.train_precision != "fp32" else ""
         return (f"{self.model}-{self.fraction:g}{space}{distill}{steps}{lr}{base}"
                 f"-seed{self.seed}-{approach}{'-smoke' if self.smoke else ''}")
 
@@ -237,7 +249,8 @@ def _search(cell: Cell, approach: str, **options: Any) -> Path:
                   latency_budget_ms=cell.budget_ms, trials=cell.trials,
                   finetune_steps=cell.finetune_steps, profile=cell.profile, out=out,
                   seed=cell.seed, split_seed=0, screen=cell.screen, space=cell.space,
-                  finetune_distill=cell.finetune_distill, finetune_lr=cell.finetune_lr)
+                  finetune_distill=cell.finetune_distill, finetune_lr=cell.finetune_lr,
+                  train_precision=cell.train_precision)
     search(SearchConfig(**{**config, **options}))
     return out
 
@@ -460,7 +473,8 @@ def run_cell(args: argparse.Namespace) -> list[dict[str, Any]]:
     cell = Cell(args.model, args.budget, args.seed, spec, checkpoint,
                 local_profile(threads=1, precisions=precisions), math.nan,
                 args.total_steps, args.trials, args.finetune_steps, args.screen, args.smoke,
-                args.space, args.finetune_distill, args.finetune_lr, record["sha256"][:12])
+                args.space, args.finetune_distill, args.finetune_lr, record["sha256"][:12],
+                args.train_precision)
     # the fronts of a cell are searched at the budget its full runs were (and the other way)
     base_ms = start_baseline(cell, [*args.approaches, *SEARCHES,
                                     *(f"{a}-front" for a in ("search", "random"))]
@@ -500,7 +514,7 @@ def _settings_and_provenance(args: argparse.Namespace, cell: Cell) -> dict[str, 
             "screen": args.screen, "smoke": args.smoke,
             "space": args.space.name if args.space is not None else "default.yaml",
             "finetune_distill": args.finetune_distill, "finetune_lr": args.finetune_lr,
-            "baseline": cell.baseline,
+            "baseline": cell.baseline, "train_precision": cell.train_precision,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "commit": commit(),
             "machine": f"{machine()}; {profile.backend} {profile.backend_version}"}
@@ -520,13 +534,14 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
                        & (_setting(frame, "finetune_distill") == args.finetune_distill)
                        & (_setting(frame, "finetune_lr") == args.finetune_lr)
                        & (_setting(frame, "baseline") == baseline)
+                       & (_setting(frame, "train_precision") == args.train_precision)
                        & (frame["total_steps"] == args.total_steps)
                        & frame["approach"].isin(args.approaches)]
     if rows.empty:
         raise SystemExit(f"no rows of {args.model} at {args.budget}, seed {args.seed} in {csv}")
     cell = Cell(args.model, args.budget, args.seed, "", Path(), Path(), 0.0, args.total_steps,
                 0, 0, 0, args.smoke, args.space, args.finetune_distill, args.finetune_lr,
-                baseline)
+                baseline, args.train_precision)
     models = []
     for approach in frame.loc[rows, "approach"]:
         path = cell.run_dir(approach) / "exported.onnx"
@@ -551,7 +566,8 @@ def remeasure(args: argparse.Namespace, csv: Path) -> pd.DataFrame:
 
 #: settings added to the rows over time, and what rows written before their column ran with
 SETTING_DEFAULTS = {"space": "default.yaml", "finetune_distill": "none",
-                    "finetune_lr": FINETUNE_LR, "baseline": FIRST_BASELINE}
+                    "finetune_lr": FINETUNE_LR, "baseline": FIRST_BASELINE,
+                    "train_precision": "fp32"}
 
 
 def _setting(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -593,7 +609,7 @@ def report(csv: Path, md: Path) -> str:
     # whose machine ran at another speed (so another budget in ms) compare as fractions of it
     frame["hypervolume_per_budget"] = frame["hypervolume"] / frame["budget_ms"]
     keys = ["model", "budget_fraction", "space", "finetune_distill", "finetune_lr",
-            "total_steps", "baseline", "cpu"]
+            "total_steps", "baseline", "train_precision", "cpu"]
     stats = (frame.groupby([*keys, "approach"])
              .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"),
                   accuracy_std=("accuracy", "std"),
@@ -609,12 +625,14 @@ def report(csv: Path, md: Path) -> str:
              stats.to_markdown(index=False, floatfmt=".4f"), ""]
     verdicts = []
     several_cpus = stats["cpu"].nunique() > 1
-    for (model, fraction, space, distill, lr, steps, base, cpu), cell in stats.groupby(keys):
+    for (model, fraction, space, distill, lr, steps, base, precision, cpu), cell in \
+            stats.groupby(keys):
         by = cell.set_index("approach")
         setting = ", ".join([space, f"{steps:,} steps",
                              *([f"finetunes distilled: {distill}"] if distill != "none" else []),
                              *([f"finetune lr {lr:g}"] if lr != FINETUNE_LR else []),
                              *([f"baseline {base}"] if base != FIRST_BASELINE else []),
+                             *([f"trained in {precision}"] if precision != "fp32" else []),
                              *([cpu] if several_cpus else [])])
         if "search" not in by.index:
             continue
@@ -645,7 +663,9 @@ def report_fronts(csv: Path, md: Path) -> str:
     frame = frame[~frame["smoke"].astype(bool)]
     frame["cpu"] = frame["machine"].str.split(";").str[0]
     frame["baseline"] = _setting(frame, "baseline")
-    keys = ["model", "budget_fraction", "space", "finetune_distill", "trials", "baseline", "cpu"]
+    frame["train_precision"] = _setting(frame, "train_precision")
+    keys = ["model", "budget_fraction", "space", "finetune_distill", "trials", "baseline",
+            "train_precision", "cpu"]
     stats = (frame.groupby([*keys, "approach", "commit"])
              .agg(seeds=("seed", "nunique"),
                   hypervolume_per_budget_mean=("hypervolume_per_budget", "mean"),
@@ -668,8 +688,9 @@ def report_fronts(csv: Path, md: Path) -> str:
         means = {a: g.sort_values("last_date").iloc[-1] for a, g in by}
         ratio = (means["search"]["hypervolume_per_budget_mean"]
                  / means["random"]["hypervolume_per_budget_mean"])
-        model, fraction, space, distill, trials, base, cpu = cell_keys
+        model, fraction, space, distill, trials, base, precision, cpu = cell_keys
         named = f", baseline {base}" if base != FIRST_BASELINE else ""
+        named += f", trained in {precision}" if precision != "fp32" else ""
         lines.append(f"- {model} at {fraction:.0%} ({space}, {trials} trials{named}, {cpu}): "
                      f"search {means['search']['hypervolume_per_budget_mean']:.4f} "
                      f"({int(means['search']['seeds'])} seeds, {means['search']['commit']}) / "
@@ -698,6 +719,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"--finetune-lr; default {FINETUNE_LR:g}); rows say which")
     parser.add_argument("--space", type=Path, default=None,
                         help="search space of every approach (default: the shipped one)")
+    parser.add_argument("--train-precision", choices=["fp32", "bf16"], default="fp32",
+                        help="arithmetic of every approach's training (the search's "
+                             "--train-precision; bf16 about halves it on CPUs with "
+                             "AVX512_BF16); rows say which")
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
                         help="folder of cifar10-<model>.pt and its .json record")

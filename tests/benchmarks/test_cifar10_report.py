@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -138,7 +139,36 @@ def test_rows_of_another_baseline_form_a_cell_of_their_own(cifar10, tmp_path):
     assert f"baseline {cifar10.FIRST_BASELINE}" not in text
 
 
-def test_rows_without_a_baseline_column_name_the_committed_checkpoint(cifar10):
-    # replacing the committed checkpoint would file its rows under the old one's name
-    _, record = cifar10.checkpoint_of("resnet20")
+def test_rows_trained_in_bf16_form_a_cell_and_run_folders_of_their_own(cifar10, tmp_path,
+                                                                       monkeypatch):
+    fp32 = ([_row("search", s, 0.85) for s in range(2)]
+            + [_row("uniform", s, 0.80) for s in range(2)])
+    bf16 = [{**row, "train_precision": "bf16"} for row in
+            [_row("search", s, 0.84) for s in range(2)]
+            + [_row("uniform", s, 0.81) for s in range(2)]]
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame(fp32 + bf16).to_csv(csv, index=False)
+    text = cifar10.report(csv, tmp_path / "rows.md")
+    assert "search - uniform = +0.0500" in text
+    assert "trained in bf16" in text and "search - uniform = +0.0300" in text
+    assert "trained in fp32" not in text
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE_DIR", str(tmp_path))
+    cell = cifar10.Cell("resnet20", 0.5, 0, "spec", Path("ck.pt"), Path("p.json"), 0.0,
+                        1000, 3, 100, 10)
+    bf16_cell = dataclasses.replace(cell, train_precision="bf16")
+    assert bf16_cell.run_dir("search") != cell.run_dir("search")
+    assert bf16_cell.run_dir("search").name.endswith("-bf16-seed0-search")
+
+
+def test_rows_without_a_baseline_column_name_the_first_committed_checkpoint(cifar10):
+    # moving or replacing the first checkpoint would file its rows under another one's name
+    _, record = cifar10.checkpoint_of("resnet20", cifar10.FIRST_CHECKPOINTS)
     assert record["sha256"][:12] == cifar10.FIRST_BASELINE
+
+
+def test_the_default_baseline_is_another_checkpoint_that_names_its_rows(cifar10):
+    # rows of the default checkpoint (since 2026-12-05) carry its sha and never meet the
+    # first baseline's in a cell
+    _, record = cifar10.checkpoint_of("resnet20")
+    assert record["sha256"][:12] != cifar10.FIRST_BASELINE
+    assert record["val_accuracy"] >= 0.90
