@@ -159,9 +159,10 @@ class TrainSettings:
         seed: seeds the batch order and the augmentation draws.
         augmentation: random crop and flip of every training batch.
         precision: ``fp32``, or ``bf16``: every forward pass (the losses' included) under
-            bfloat16 autocast, while weights, gradients and the optimiser stay fp32. About
-            twice as fast on CPUs with AVX512_BF16 or AMX and on recent GPUs; slower where the
-            hardware has no bfloat16 arithmetic. Evaluation always runs in fp32.
+            bfloat16 autocast, while weights, gradients and the optimiser stay fp32. Up to
+            about twice as fast for a full-width resnet20 on a CPU with AVX512_BF16, little
+            for small pruned networks (``benchmarks/results/train_precision.md``); slower
+            where the hardware has no bfloat16 arithmetic. Evaluation always runs in fp32.
     """
 
     steps: int = 200

@@ -79,8 +79,10 @@ and the reports keep each baseline's rows apart.
 
 ``--train-precision bf16`` trains every approach (the search's trials, its pick, the uniform
 pruning and the allocation) with its forward passes under bfloat16 autocast (the search's
-``--train-precision``): about half the time a step on a CPU with AVX512_BF16. Rows record it
-in ``train_precision``, run folders are named after it, and the reports keep such rows apart.
+``--train-precision``). For this benchmark's pruned resnet20 finetunes it took 0.68-1.10x
+fp32's time a step on the AVX512_BF16 VM, at the same accuracy (``train_precision.md``).
+Rows record it in ``train_precision``, run folders are named after it, and the reports keep
+such rows apart.
 """
 
 from __future__ import annotations
@@ -721,8 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="search space of every approach (default: the shipped one)")
     parser.add_argument("--train-precision", choices=["fp32", "bf16"], default="fp32",
                         help="arithmetic of every approach's training (the search's "
-                             "--train-precision; bf16 about halves it on CPUs with "
-                             "AVX512_BF16); rows say which")
+                             "--train-precision); rows say which")
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
                         help="folder of cifar10-<model>.pt and its .json record")

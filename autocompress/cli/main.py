@@ -119,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--train-precision", choices=["fp32", "bf16"], default="fp32",
                    help="arithmetic of every training of the run: fp32 (default) or bf16 "
                         "(forward passes under bfloat16 autocast, weights and optimiser in "
-                        "fp32; about 2x faster on CPUs with AVX512_BF16 or AMX and on recent "
-                        "GPUs, slower on CPUs without bfloat16 arithmetic)")
+                        "fp32; up to 2x faster for wide networks on CPUs with AVX512_BF16 or "
+                        "AMX, little for small pruned ones, slower on CPUs without bfloat16 "
+                        "arithmetic)")
     s.add_argument("--screen", type=int, default=None,
                    help="distinct networks scored without training (adaptive BatchNorm) "
                         "before the best are finetuned (default: 10 per trial; 0: off)")
