@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import logging
 import os
 import sys
@@ -52,11 +51,10 @@ from cifar10 import (  # noqa: E402
     QUIET_PERCENT,
     RESULTS,
     checkpoint_of,
+    load_baseline,
     measure_all,
-    unpack,
 )
 
-from autocompress.data import DataSplit, load_data  # noqa: E402
 from autocompress.evaluation import TrainSettings, evaluate_accuracy  # noqa: E402
 from autocompress.hardware.profile import describe_device  # noqa: E402
 from autocompress.models import create_model  # noqa: E402
@@ -87,19 +85,8 @@ def candidate_for(cell: str, groups: list[str], model: nn.Module) -> Candidate:
                      round_to=8, min_channels=8, schedule=schedule)
 
 
-@functools.cache
-def _setup(archive: Path, smoke: bool, model: str, checkpoints: Path
-           ) -> tuple[DataSplit, nn.Module, dict[str, Any]]:
-    spec = f"imagefolder:{unpack(archive, 100 if smoke else None)}"
-    checkpoint, record = checkpoint_of(model, checkpoints)
-    data = load_data(spec, seed=0)
-    baseline = create_model(model, num_classes=data.num_classes, in_channels=3)
-    baseline.load_state_dict(torch.load(checkpoint, weights_only=True))
-    return data, baseline.eval(), record
-
-
 def run_cell(cell: str, args: argparse.Namespace) -> dict[str, Any]:
-    data, baseline, record = _setup(args.archive, args.smoke, args.model, args.checkpoints)
+    data, baseline, record = load_baseline(args.archive, args.smoke, args.model, args.checkpoints)
     x = torch.zeros(data.input_shape)
     groups = [g.name for g in find_channel_groups(baseline, x)]
     candidate = candidate_for(cell, groups, baseline)

@@ -90,6 +90,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -106,7 +107,7 @@ import pandas as pd
 import scipy.stats
 import torch
 
-from autocompress.data import load_data
+from autocompress.data import DataSplit, load_data
 from autocompress.evaluation import evaluate_accuracy
 from autocompress.hardware import HardwareProfile, MeasureSettings, get_backend
 from autocompress.hardware.drift import DriftCheck, measure_beside
@@ -190,6 +191,20 @@ def checkpoint_of(model: str, folder: Path = CHECKPOINTS) -> tuple[Path, dict[st
     if digest != record["sha256"]:
         raise SystemExit(f"{path}: sha256 {digest} is not the recorded {record['sha256']}")
     return path, record
+
+
+@functools.cache
+def load_baseline(archive: Path, smoke: bool, model: str, checkpoints: Path = CHECKPOINTS
+                  ) -> tuple[DataSplit, torch.nn.Module, dict[str, Any]]:
+    """The CIFAR-10 split every benchmark uses (100 images per class when ``smoke``), the
+    committed baseline loaded from ``checkpoints`` in eval mode, and its record; loaded once
+    per process."""
+    spec = f"imagefolder:{unpack(archive, 100 if smoke else None)}"
+    checkpoint, record = checkpoint_of(model, checkpoints)
+    data = load_data(spec, seed=0)
+    baseline = create_model(model, num_classes=data.num_classes, in_channels=3)
+    baseline.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return data, baseline.eval(), record
 
 
 @dataclass

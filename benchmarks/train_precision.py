@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import logging
 import sys
 import time
@@ -30,15 +29,12 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import commit, machine  # noqa: E402
-from cifar10 import ARCHIVE, CHECKPOINTS, RESULTS, checkpoint_of, unpack  # noqa: E402
+from cifar10 import ARCHIVE, CHECKPOINTS, RESULTS, load_baseline  # noqa: E402
 
-from autocompress.data import DataSplit, load_data  # noqa: E402
 from autocompress.evaluation import TrainSettings, evaluate_accuracy  # noqa: E402
-from autocompress.models import create_model  # noqa: E402
 from autocompress.settings import STANDARD_AUGMENTATION  # noqa: E402
 from autocompress.space import Candidate  # noqa: E402
 from autocompress.study._config import finetune_recovery  # noqa: E402
@@ -47,20 +43,9 @@ from autocompress.transforms import compress, find_channel_groups  # noqa: E402
 _logger = logging.getLogger("train_precision")
 
 
-@functools.cache
-def _setup(archive: Path, smoke: bool, model: str, checkpoints: Path
-           ) -> tuple[DataSplit, nn.Module, dict[str, Any]]:
-    spec = f"imagefolder:{unpack(archive, 100 if smoke else None)}"
-    checkpoint, record = checkpoint_of(model, checkpoints)
-    data = load_data(spec, seed=0)
-    baseline = create_model(model, num_classes=data.num_classes, in_channels=3)
-    baseline.load_state_dict(torch.load(checkpoint, weights_only=True))
-    return data, baseline.eval(), record
-
-
 def finetune(args: argparse.Namespace, seed: int, precision: str) -> dict[str, Any]:
     """One pruned copy of the baseline finetuned in ``precision``: its accuracy and time."""
-    data, baseline, record = _setup(args.archive, args.smoke, args.model, args.checkpoints)
+    data, baseline, record = load_baseline(args.archive, args.smoke, args.model, args.checkpoints)
     x = torch.zeros(data.input_shape)
     groups = [g.name for g in find_channel_groups(baseline, x)]
     candidate = Candidate(channel_keep={g: args.keep for g in groups}, round_to=8,
