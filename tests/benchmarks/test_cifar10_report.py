@@ -172,3 +172,20 @@ def test_the_default_baseline_is_another_checkpoint_that_names_its_rows(cifar10)
     _, record = cifar10.checkpoint_of("resnet20")
     assert record["sha256"][:12] != cifar10.FIRST_BASELINE
     assert record["val_accuracy"] >= 0.90
+
+
+@pytest.mark.parametrize(("fraction", "search", "said"), [
+    (0.5, 0.89, "-1.0 points (within the 1 allowed)"),
+    (0.5, 0.885, "-1.5 points (beyond the 1 allowed)"),
+    (0.3, 0.875, "-2.5 points (within the 3 allowed)"),
+    (0.7, 0.80, "-10.0 points"),
+])
+def test_the_picks_loss_against_the_baseline_is_stated_against_its_limit(
+        cifar10, tmp_path, fraction, search, said):
+    rows = [{**_row("search", s, search), "budget_fraction": fraction,
+             "baseline_accuracy": 0.90} for s in range(2)]
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    text = cifar10.report(csv, tmp_path / "rows.md")
+    line = next(line for line in text.splitlines() if "the search's pick against" in line)
+    assert line.endswith(f"(0.9000): {said}")
