@@ -4,6 +4,7 @@ longer, exported."""
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ _PICK_MEASURE = MeasureSettings(max_time_s=3.0, min_runs=100, round_runs=50)
 DRIFT = 0.1
 _DRIFT_PASSES = 4
 _DRIFT_PAUSE_S = 30.0
+#: How many times a pick measures again a member that the search measured within the budget
+#: and the pick measures over it by more than :data:`DRIFT` (the fastest measurement is
+#: kept). On the AVX-512 VM, a pick measured the unpruned int8 resnet20 at 0.475 ms, 46%
+#: over its 0.325 ms of a minute before, beside a baseline that measured steady; one such
+#: measurement passed over the most accurate member.
+_CONFIRMATIONS = 2
 
 
 def _drift_check(baseline_onnx: bytes, baseline_ms: float) -> DriftCheck:
@@ -130,7 +137,7 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         if member is None:
             break
         onnx_bytes = (folder.path / member.artifact).read_bytes()
-        measured = _measure(backend, onnx_bytes, reference)
+        measured = _measure_member(backend, onnx_bytes, reference, member, latency_budget_ms)
         if measured is not None:
             tried.append((member.trial, member.predicted_latency_ms, measured))
             if measured > latency_budget_ms:
@@ -201,6 +208,33 @@ def _measure(backend: Backend | None, onnx_bytes: bytes,
     if reference is None:
         return backend.measure_many([onnx_bytes], _PICK_MEASURE, rounds=3)[0].median_ms
     return measure_beside(backend, [onnx_bytes], reference, _PICK_MEASURE).latencies_ms[0]
+
+
+def _measure_member(backend: Backend | None, onnx_bytes: bytes, reference: DriftCheck | None,
+                    member: FrontMember, budget_ms: float) -> float | None:
+    """``member``'s latency at pick (:func:`_measure`). Where the search measured it within
+    ``budget_ms`` and the pick measures it over the budget and more than :data:`DRIFT` slower
+    than that, the two disagree beyond this machine's noise: it is measured again, up to
+    :data:`_CONFIRMATIONS` times after a pause, and the fastest measurement is kept (as the
+    benchmark sets its budget from the fastest of its baseline's passes). A member is passed
+    over only when every measurement puts it over the budget."""
+    measured = _measure(backend, onnx_bytes, reference)
+    searched = (member.predicted_latency_ms if member.latency_source == "measured"
+                else None)
+    confirmations = 0
+    while (measured is not None and searched is not None and searched <= budget_ms
+           and measured > budget_ms and measured > searched * (1 + DRIFT)
+           and confirmations < _CONFIRMATIONS):
+        confirmations += 1
+        _logger.info("trial %d measures %.3f ms, over the %.3f ms budget, where the search "
+                     "measured it at %.3f ms: measuring again in %.0f s (%d of %d)",
+                     member.trial, measured, budget_ms, searched, _DRIFT_PAUSE_S,
+                     confirmations, _CONFIRMATIONS)
+        time.sleep(_DRIFT_PAUSE_S)
+        again = _measure(backend, onnx_bytes, reference)
+        assert again is not None   # a backend measured the first time
+        measured = min(measured, again)
+    return measured
 
 
 def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
