@@ -129,6 +129,8 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
     reference = _reference(folder) if backend is not None else None
     tried: list[tuple[int, float, float]] = []
     measured_at_pick: dict[int, float] = {}
+    #: every measurement of the members measured more than once (:func:`_measure_member`)
+    measured_again: dict[int, tuple[float, ...]] = {}
     searched = front
     while True:
         member = next((m for m in front.within(latency_budget_ms)
@@ -137,7 +139,11 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
         if member is None:
             break
         onnx_bytes = (folder.path / member.artifact).read_bytes()
-        measured = _measure_member(backend, onnx_bytes, reference, member, latency_budget_ms)
+        measurements = _measure_member(backend, onnx_bytes, reference, member,
+                                       latency_budget_ms)
+        measured = min(measurements) if measurements else None
+        if len(measurements) > 1:
+            measured_again[member.trial] = measurements
         if measured is not None:
             tried.append((member.trial, member.predicted_latency_ms, measured))
             if measured > latency_budget_ms:
@@ -150,7 +156,7 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                 continue
         return _export(folder, member, profile, backend, Path(export_dir), latency_budget_ms,
                        onnx_bytes, measured, tuple(tried), finetune_steps, checkpoint,
-                       reference)
+                       reference, measured_again)
     # the front as searched: measurements at pick may have emptied the recomputed one
     fastest = searched.fastest()
     assert fastest is not None   # checked non-empty above
@@ -211,39 +217,45 @@ def _measure(backend: Backend | None, onnx_bytes: bytes,
 
 
 def _measure_member(backend: Backend | None, onnx_bytes: bytes, reference: DriftCheck | None,
-                    member: FrontMember, budget_ms: float) -> float | None:
-    """``member``'s latency at pick (:func:`_measure`). Where the search measured it within
-    ``budget_ms`` and the pick measures it over the budget and more than :data:`DRIFT` slower
-    than that, the two disagree beyond this machine's noise: it is measured again, up to
-    :data:`_CONFIRMATIONS` times after a pause, and the fastest measurement is kept (as the
-    benchmark sets its budget from the fastest of its baseline's passes). A member is passed
-    over only when every measurement puts it over the budget."""
-    measured = _measure(backend, onnx_bytes, reference)
+                    member: FrontMember, budget_ms: float) -> tuple[float, ...]:
+    """``member``'s measurements at pick (:func:`_measure`; none without a backend). Where
+    the search measured it within ``budget_ms`` and the pick measures it over the budget and
+    more than :data:`DRIFT` slower than that, the two disagree beyond this machine's noise:
+    it is measured again, up to :data:`_CONFIRMATIONS` times after a pause, until one fits.
+    The pick keeps the fastest (as the benchmark sets its budget from the fastest of its
+    baseline's passes), and passes a member over only when every measurement puts it over
+    the budget; ``candidate.json`` records them all (``measured_again_at_pick``)."""
+    first = _measure(backend, onnx_bytes, reference)
+    if first is None:
+        return ()
+    measurements = [first]
     searched = (member.predicted_latency_ms if member.latency_source == "measured"
                 else None)
-    confirmations = 0
-    while (measured is not None and searched is not None and searched <= budget_ms
-           and measured > budget_ms and measured > searched * (1 + DRIFT)
-           and confirmations < _CONFIRMATIONS):
-        confirmations += 1
+    while (searched is not None and searched <= budget_ms
+           and min(measurements) > budget_ms and min(measurements) > searched * (1 + DRIFT)
+           and len(measurements) <= _CONFIRMATIONS):
         _logger.info("trial %d measures %.3f ms, over the %.3f ms budget, where the search "
                      "measured it at %.3f ms: measuring again in %.0f s (%d of %d)",
-                     member.trial, measured, budget_ms, searched, _DRIFT_PAUSE_S,
-                     confirmations, _CONFIRMATIONS)
+                     member.trial, min(measurements), budget_ms, searched, _DRIFT_PAUSE_S,
+                     len(measurements), _CONFIRMATIONS)
         time.sleep(_DRIFT_PAUSE_S)
         again = _measure(backend, onnx_bytes, reference)
         assert again is not None   # a backend measured the first time
-        measured = min(measured, again)
-    return measured
+        measurements.append(again)
+    return tuple(measurements)
 
 
 def _export(folder: RunFolder, member: FrontMember, profile: HardwareProfile,
             backend: Backend | None, out: Path, budget_ms: float, onnx_bytes: bytes,
             measured: float | None, tried: tuple[tuple[int, float, float], ...],
             finetune_steps: int, checkpoint: str | Path | None,
-            reference: DriftCheck | None = None) -> PickResult:
+            reference: DriftCheck | None = None,
+            measured_again: dict[int, tuple[float, ...]] | None = None) -> PickResult:
     """Write the pick (finetuned longer first, when asked) and say what was done."""
     extra: dict[str, Any] = {}
+    if measured_again:   # members measured again at pick, every measurement, the pick's too
+        extra["measured_again_at_pick"] = [{"trial": n, "measurements_ms": list(ms)}
+                                           for n, ms in measured_again.items()]
     rejected = [t for t in tried if t[0] != member.trial]
     if rejected:   # more accurate members whose estimate fitted but measurement did not
         extra["rejected_at_pick"] = [{"trial": n, "predicted_latency_ms": p,

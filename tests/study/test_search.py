@@ -177,27 +177,44 @@ def test_a_member_the_search_measured_within_budget_is_measured_again_before_it_
     monkeypatch.setattr(pick_module, "_DRIFT_PAUSE_S", 0.0)
 
     def measured(script: list[float], member: SimpleNamespace, budget: float = 0.36
-                 ) -> tuple[float | None, int]:
+                 ) -> tuple[float, ...]:
         found = iter(script)
-        calls = []
-        monkeypatch.setattr(pick_module, "_measure",
-                            lambda *_: calls.append(1) or next(found))
-        return pick_module._measure_member(object(), b"m", None, member, budget), len(calls)
+        monkeypatch.setattr(pick_module, "_measure", lambda *_: next(found))
+        return pick_module._measure_member(object(), b"m", None, member, budget)
 
     searched = SimpleNamespace(trial=0, predicted_latency_ms=0.325, latency_source="measured")
     with caplog.at_level("INFO", logger="autocompress"):
-        assert measured([0.475, 0.33], searched) == (0.33, 2)       # noise: it fits
+        assert measured([0.475, 0.33], searched) == (0.475, 0.33)    # noise: it fits
     assert "trial 0 measures 0.475 ms, over the 0.360 ms budget, where the search measured " \
            "it at 0.325 ms: measuring again" in caplog.text
-    # over the budget every time: the fastest, still over, and no more than the confirmations
-    assert measured([0.475, 0.47, 0.48, 0.3], searched) == (0.47, 1 + pick_module._CONFIRMATIONS)
+    # over the budget every time: no more than the confirmations
+    assert measured([0.475, 0.47, 0.48, 0.3], searched) == (0.475, 0.47, 0.48)
+    assert pick_module._CONFIRMATIONS == 2
     # nothing to confirm: within the budget, only estimated by the search, or over it by no
     # more than the drift tolerance
-    assert measured([0.34, 0.3], searched) == (0.34, 1)
+    assert measured([0.34, 0.3], searched) == (0.34,)
     estimated = SimpleNamespace(trial=1, predicted_latency_ms=0.325, latency_source="estimated")
-    assert measured([0.475, 0.3], estimated) == (0.475, 1)
+    assert measured([0.475, 0.3], estimated) == (0.475,)
     near = SimpleNamespace(trial=2, predicted_latency_ms=0.35, latency_source="measured")
-    assert measured([0.37, 0.3], near) == (0.37, 1)
+    assert measured([0.37, 0.3], near) == (0.37,)
+
+
+def test_pick_records_every_measurement_of_a_member_it_measured_again(
+        config: SearchConfig, finished, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pick keeps the fastest of a member's measurements; candidate.json keeps them all."""
+    import autocompress.study._pick as pick_module
+
+    front = load_front(config.out)
+    budget = max(m.predicted_latency_ms for m in front) * 1.5
+    script = iter([2 * budget, budget / 2])
+    monkeypatch.setattr(pick_module, "_measure_member",
+                        lambda *_: (next(script), next(script)))
+    result = pick(config.out, budget, tmp_path / "export")
+    assert result.member is not None and result.measured_latency_ms == budget / 2
+    record = json.loads((tmp_path / "export" / "candidate.json").read_text())
+    assert record["measured_again_at_pick"] == [{"trial": result.member.trial,
+                                                 "measurements_ms": [2 * budget, budget / 2]}]
+    assert record["measured_latency_ms"] == budget / 2 and "rejected_at_pick" not in record
 
 
 class _DriftingBackend:
