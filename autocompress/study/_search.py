@@ -370,9 +370,10 @@ def _queue_screened(study: optuna.Study, screening: Screening, ceiling: float) -
                              if r.screening_score is not None], ceiling)
     for chosen in screening.choose(1, exclude=queued, start=earlier, recovery=recovery):
         if not picks_best(earlier) and recovery.trials:
-            _logger.info("finetuning recovered %.0f%% of the accuracy the screening scores "
-                         "lost (%d trials): screening trial %d, score %.3f at %.3f ms, is "
-                         "expected at %.3f", 100 * recovery.rate, recovery.trials,
+            _logger.info("finetuning won back %.0f%% x sqrt(score / %.3f) of the accuracy "
+                         "the screening scores lost (%d trials): screening trial %d, score "
+                         "%.3f at %.3f ms, is expected at %.3f", 100 * recovery.rate,
+                         recovery.ceiling, recovery.trials,
                          chosen.number, chosen.score, chosen.latency_ms,
                          recovery.expected(chosen.score))
         study.enqueue_trial(dict(chosen.params), user_attrs={
