@@ -53,45 +53,48 @@ def collect(runs: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _one_share(pairs: Sequence[tuple[float, float]], ceiling: float) -> Callable[[float], float]:
-    """The rule before 2026-12-06: one share of the loss, whatever the score."""
-    lost = [(ceiling - s, a - s) for s, a in pairs if ceiling - s > 1e-9]
+def _rate(pairs: Sequence[tuple[float, float]], ceiling: float, exponent: float
+          ) -> float | None:
+    """The least-squares rate, unbounded, of what ``pairs`` won back against the share
+    (``ceiling`` - score) x (score / ``ceiling``) ** ``exponent``; None where no pair lost
+    anything."""
+    lost = [(_share(s, ceiling, exponent), a - s) for s, a in pairs]
+    lost = [(x, y) for x, y in lost if x > 1e-9]
     if not lost:
-        return lambda s: s
-    rate = min(max(sum(x * y for x, y in lost) / sum(x * x for x, _ in lost), 0.0), 1.0)
-    return lambda s: s + rate * max(ceiling - s, 0.0)
+        return None
+    return sum(x * y for x, y in lost) / sum(x * x for x, _ in lost)
+
+
+def _share(score: float, ceiling: float, exponent: float) -> float:
+    return max(ceiling - score, 0.0) * (max(score, 0.0) / ceiling) ** exponent
+
+
+def _shaped(exponent: float) -> Callable[[Sequence[tuple[float, float]], float],
+                                         Callable[[float], float]]:
+    """The product's rule with (score / ceiling) ** ``exponent`` in place of its square root
+    (how the exponent was chosen); exponent 0 is the rule before 2026-12-06, one share of
+    the loss whatever the score."""
+    def rule(pairs: Sequence[tuple[float, float]], ceiling: float) -> Callable[[float], float]:
+        rate = _rate(pairs, ceiling, exponent)
+        if rate is None:
+            return lambda s: s
+        rate = min(max(rate, 0.0), 1.0)
+        return lambda s: s + rate * _share(s, ceiling, exponent)
+    return rule
 
 
 def _product(pairs: Sequence[tuple[float, float]], ceiling: float) -> Callable[[float], float]:
     return Recovery.fit(pairs, ceiling).expected
 
 
-def _shaped(exponent: float) -> Callable[[Sequence[tuple[float, float]], float],
-                                         Callable[[float], float]]:
-    """The product's rule with (score / ceiling) ** ``exponent`` in place of its square root:
-    how the exponent was chosen."""
-    def rule(pairs: Sequence[tuple[float, float]], ceiling: float) -> Callable[[float], float]:
-        def share(s: float) -> float:
-            return max(ceiling - s, 0.0) * (max(s, 0.0) / ceiling) ** exponent
-        lost = [(share(s), a - s) for s, a in pairs if share(s) > 1e-9]
-        if not lost:
-            return lambda s: s
-        rate = min(max(sum(x * y for x, y in lost) / sum(x * x for x, _ in lost), 0.0), 1.0)
-        return lambda s: s + rate * share(s)
-    return rule
-
-
 def _over_one(pairs: pd.DataFrame, exponent: float) -> int:
     """In how many searches the rate fitted on all of its trials exceeds 1 (before the bound)."""
-    over = 0
-    for _, trials in pairs.groupby("search"):
-        ceiling = trials.ceiling.iloc[0]
-        share = (ceiling - trials.score).clip(lower=0) * (trials.score / ceiling) ** exponent
-        over += (share * (trials.accuracy - trials.score)).sum() > (share * share).sum()
-    return int(over)
+    rates = [_rate(list(zip(t.score, t.accuracy, strict=True)), t.ceiling.iloc[0], exponent)
+             for _, t in pairs.groupby("search")]
+    return sum(1 for r in rates if r is not None and r > 1.0)
 
 
-RULES = {"one share for every score": _one_share,
+RULES = {"one share for every score": _shaped(0.0),
          "share x sqrt(score / ceiling) (the product's)": _product}
 EXPONENTS = (0.25, 0.5, 0.75, 1.0)
 
