@@ -10,7 +10,8 @@ one at a time, as trials finish: the first and every third among the best-scorin
 others where they add the most to the front of those chosen (hypervolume up to the budget,
 by the accuracy each score is expected to reach after finetuning: :class:`Recovery`, fitted
 on the trials finetuned so far), so the finetuned front covers the latencies below the budget
-where finetuning finds accuracy.
+where finetuning finds accuracy. A choice measured over the budget, in the screening or as a
+trial, takes no turn: the next best score follows a best score that did not fit.
 
 Where the device is this machine, the budget near its edge is judged as the search judges it,
 by measurement: a candidate estimated up to :data:`NEAR_BUDGET_MARGIN` over the budget is
@@ -298,6 +299,11 @@ class Screening:
             else:
                 self._over.add(pick.identity)   # not measured again at the next choice
         return chosen
+
+    def pass_over(self, params: Mapping[str, Any]) -> None:
+        """Choose the network ``params`` build no more, and leave it out of the front the
+        spread picks add to: its trial measured over the budget."""
+        self._over |= {s.identity for s in self.feasible() if dict(s.params) == dict(params)}
 
     def best(self, pool: Sequence[Screened]) -> Screened:
         """Of the candidates whose score is within one standard error of the best score (an

@@ -686,6 +686,37 @@ def test_screened_trials_are_queued_one_at_a_time_one_best_score_to_two_spread_p
     assert picked == [0, 2, 1, 3]
 
 
+def test_a_best_score_measured_over_the_budget_as_a_trial_gives_its_turn_to_the_next_best(
+        ) -> None:
+    from autocompress.space import Candidate
+    from autocompress.study._search import _queue_screened
+
+    # x=0 scores best (the allocation, say) and measures over the budget at its trial: the
+    # next best (x=3) takes its turn, and the spread pick after it adds to a front without
+    # x=0 (with x=0 in it, x=2 would add nothing and the fast x=1 the most; without, x=2
+    # adds 0.6 x 0.3 ms and x=1 0.2 x 0.8)
+    points = [(0.9, 0.5), (0.2, 0.1), (0.6, 0.6), (0.88, 0.9)]
+    screening = _screening_with(points, budget=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    picked = []
+    for _ in range(3):
+        _queue_screened(study, screening, ceiling=0.9)
+        trial = study.ask()
+        picked.append(x := trial.suggest_int("x", 0, 99))
+        TrialRecord(
+            candidate=Candidate(), channels={}, estimated_latency_ms=0.5,
+            latency_ms=1.2 if x == 0 else 0.9, latency_std_ms=0.0, latency_source="measured",
+            finetuned=x != 0, accuracy=0.5,
+            accuracy_source="torch", finetune_steps=0, sparsity=0.0, params=1,
+            nonzero_params=1, flops=1, size_bytes=1, compressed_size_bytes=1,
+            seconds=1.0).save(trial)
+        study.tell(trial, [0.5, 0.5])
+    assert picked == [0, 3, 2]
+    # the network measured over the budget is not chosen again
+    _queue_screened(study, screening, ceiling=0.9)
+    assert study.ask().suggest_int("x", 0, 99) == 1
+
+
 def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch) -> None:
     from autocompress.study import _search
     from autocompress.study._search import _queue_screened
