@@ -8,6 +8,7 @@ refused with a message that says what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -205,6 +206,13 @@ class Calibration:
         return "".join(f"; {p} nodes x {self.precision_scales.get(p, 1.0):.3f} + "
                        f"{self.precision_node_ms.get(p, 0.0):.4f} ms each"
                        for p in sorted({*self.precision_scales, *self.precision_node_ms}))
+
+    def at_speed(self, ratio: float) -> Calibration:
+        """This calibration for the machine running ``ratio`` times as long as when it was
+        fitted: every estimate ``ratio`` times its own (scale and offset scaled; the
+        precision terms lie inside what the scale maps)."""
+        return dataclasses.replace(self, scale=self.scale * ratio,
+                                   offset_ms=self.offset_ms * ratio)
 
     def apply(self, raw: LatencyModel) -> LatencyModel:
         """``raw`` (the profile's uncalibrated model) with this calibration."""

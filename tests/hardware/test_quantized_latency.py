@@ -310,6 +310,23 @@ def test_a_precision_factor_scales_that_precision_and_nothing_else(
             raw.calibrated(1.0, 0.0, None, {"int8": bad})
 
 
+def test_a_calibration_at_another_speed_scales_every_estimate_alike(
+        int8_profile: HardwareProfile, resnet20: bytes) -> None:
+    """A run whose calibration pass ran in a slow spell scales its estimates to the speed
+    the machine ran at later (``Calibration.at_speed``): fp32, int8 and its per-node terms
+    alike."""
+    from autocompress.study._records import Calibration
+
+    raw = LatencyModel(int8_profile)
+    fitted = Calibration(scale=1.2, offset_ms=0.05, applied=True,
+                         precision_scales={"int8": 0.5}, precision_node_ms={"int8": 0.01})
+    faster = fitted.at_speed(0.8)
+    for precisions in ({}, _all(resnet20, "int8")):
+        assert faster.apply(raw).estimate(resnet20, precisions).latency_ms == pytest.approx(
+            0.8 * fitted.apply(raw).estimate(resnet20, precisions).latency_ms)
+    assert faster.points == fitted.points and faster.applied
+
+
 def test_all_int8_estimate_uses_int8_fits(int8_profile: HardwareProfile, resnet20: bytes
                                           ) -> None:
     model = LatencyModel(int8_profile)

@@ -717,6 +717,30 @@ def test_a_best_score_measured_over_the_budget_as_a_trial_gives_its_turn_to_the_
     assert study.ask().suggest_int("x", 0, 99) == 1
 
 
+def test_estimates_follow_the_speed_the_run_scales_its_measurements_to() -> None:
+    from autocompress.study._records import Calibration
+    from autocompress.study._search import _at_run_speed
+
+    calibration = Calibration(scale=0.85, offset_ms=0.08, applied=True, source="model")
+    info = SimpleNamespace(calibration=calibration, baseline=SimpleNamespace(
+        latency_ms=0.84, latency_source="measured"))
+
+    def measure(latency_ms: float, fastest: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(fastest=fastest, reference=SimpleNamespace(latency_ms=latency_ms))
+
+    # the calibration's pass measured the baseline at 0.84 ms, the run has since seen 0.72:
+    # a budget in ms is about the machine's own speed, and estimates follow it
+    scaled = _at_run_speed(info, measure(0.72))  # type: ignore[arg-type]
+    ratio = 0.72 / 0.84
+    assert (scaled.scale, scaled.offset_ms) == pytest.approx((0.85 * ratio, 0.08 * ratio))
+    # a budget derived from the baseline's measurement keeps that speed; slow spells only add
+    # time; nothing measured, nothing to follow
+    for kept in (measure(0.72, fastest=False), measure(0.9), None):
+        assert _at_run_speed(info, kept) is calibration  # type: ignore[arg-type]
+    device = SimpleNamespace(calibration=Calibration(), baseline=info.baseline)
+    assert _at_run_speed(device, measure(0.72)) == Calibration()  # type: ignore[arg-type]
+
+
 def test_the_spread_pick_learns_from_the_trials_finetuned_before_it(monkeypatch) -> None:
     from autocompress.study import _search
     from autocompress.study._search import _queue_screened
