@@ -692,19 +692,31 @@ def seed_params(prepared: Prepared, budget_ms: float,
     ratios = sorted({v for p in channel for v in p.value.grid()}, reverse=True)
     blocks = [p.target for p in bound.depth_params
               if p.param is not None and min(p.value.grid()) == 0.0]
+    passed_over: list[str] = []   # measured near the budget and left: what the choice hung on
     for count in range(len(blocks) + 1):
         for ratio in ratios:
-            params = uniform_params(bound, ratio, precision, drop=evenly(blocks, count))
+            drop = evenly(blocks, count)
+            params = uniform_params(bound, ratio, precision, drop=drop)
             compressed = prepared.compress(bound.candidate_from_params(params))
             latency = compressed.estimate(prepared.latency_model).latency_ms
             limit = budget_ms
+            measured = False
             if measure is not None and near_budget(latency, budget_ms, SEED_MEASURE_MARGIN):
                 latency = measure(compressed.rewrite(compressed.structure_onnx(),
                                                      prepared.calibration))
                 # measured once here, again at the pick: leave the screening's headroom
                 limit = budget_ms * (1.0 - MEASURED_HEADROOM)
+                measured = True
+            described = f"keep {ratio:g}" + (f", {' '.join(drop)} dropped" if drop else "")
             if latency <= limit:
+                _logger.info(
+                    "uniform seed, %s: %s, %s %.3f ms of the %.3f ms budget%s", precision,
+                    described, "measured" if measured else "estimated", latency, budget_ms,
+                    f" (measured over {limit:.3f} ms and passed over: {'; '.join(passed_over)})"
+                    if passed_over else "")
                 return params
+            if measured:
+                passed_over.append(f"{described} at {latency:.3f} ms")
     return None
 
 

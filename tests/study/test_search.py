@@ -6,6 +6,7 @@ assertion here holds on any host, fast or slow, busy or idle."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -847,7 +848,8 @@ def test_the_uniform_seed_measures_prunings_a_skewed_estimate_puts_over_the_budg
     assert set(bound.candidate_from_params(alone).channel_keep.values()) == {0.375}
 
 
-def test_a_uniform_seed_measured_just_inside_the_budget_is_not_taken() -> None:
+def test_a_uniform_seed_measured_just_inside_the_budget_is_not_taken(
+        caplog: pytest.LogCaptureFixture) -> None:
     # measured once 1% inside the budget: too close to hold when measured again at the pick
     from autocompress.space import SearchSpace
     from autocompress.study._prepare import MEASURED_HEADROOM, seed_params
@@ -860,10 +862,14 @@ def test_a_uniform_seed_measured_just_inside_the_budget_is_not_taken() -> None:
     def measure(ratio: float) -> float:
         return truth.get(ratio, 2.0 * ratio)
 
-    params = seed_params(prepared, 0.5, measure)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="autocompress"):
+        params = seed_params(prepared, 0.5, measure)  # type: ignore[arg-type]
     assert params is not None
     assert set(bound.candidate_from_params(params).channel_keep.values()) == {0.5}
     assert truth[0.625] > 0.5 * (1 - MEASURED_HEADROOM)
+    # the log says which seed was chosen and which measurement ruled out the wider one
+    assert ("uniform seed, fp32: keep 0.5, measured 0.400 ms of the 0.500 ms budget "
+            "(measured over 0.485 ms and passed over: keep 0.625 at 0.495 ms)") in caplog.text
 
 
 def test_near_budget_measurements_are_scaled_to_the_speed_the_run_began_at() -> None:
