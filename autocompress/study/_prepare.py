@@ -712,7 +712,7 @@ def seed_params(prepared: Prepared, budget_ms: float,
                 _logger.info(
                     "uniform seed, %s: %s, %s %.3f ms of the %.3f ms budget%s", precision,
                     described, "measured" if measured else "estimated", latency, budget_ms,
-                    f" (measured over {limit:.3f} ms and passed over: {'; '.join(passed_over)})"
+                    f" (passed over, measured above {limit:.3f} ms: {'; '.join(passed_over)})"
                     if passed_over else "")
                 return params
             if measured:

@@ -869,7 +869,7 @@ def test_a_uniform_seed_measured_just_inside_the_budget_is_not_taken(
     assert truth[0.625] > 0.5 * (1 - MEASURED_HEADROOM)
     # the log says which seed was chosen and which measurement ruled out the wider one
     assert ("uniform seed, fp32: keep 0.5, measured 0.400 ms of the 0.500 ms budget "
-            "(measured over 0.485 ms and passed over: keep 0.625 at 0.495 ms)") in caplog.text
+            "(passed over, measured above 0.485 ms: keep 0.625 at 0.495 ms)") in caplog.text
 
 
 def test_near_budget_measurements_are_scaled_to_the_speed_the_run_began_at() -> None:
