@@ -108,16 +108,6 @@ _WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 #: Reading weights at a footprint is charged in full once it is this much slower per byte than
 #: reading them from cache (and from none at the cached rate, linearly).
 _STREAMING_RAMP = 0.25
-#: A model's weights are read from the profile's weight-streaming curve at this multiple of
-#: their bytes. The chains run nothing but their weights; a model passes its activations, the
-#: runtime's reorder buffers and its arena through the same caches, and (on a VM) shares
-#: them with the host's other tenants, so its weights stop fitting sooner. On the AMD
-#: AVX-512 VM, resnet18 at 96x96 pruned to 10.7 MiB measured 13% over its six stages
-#: measured alone, each estimated within 4%, where the curve read at 1x charged 0.08 of the
-#: 0.21 ms. Chosen on three fidelity runs' stored measurements (1.25 to 1.75 within a few
-#: points of each other; the Xeon's unchanged): docs/latency.md, "The weights' charge read
-#: at 1.5x their bytes".
-_MODEL_WORKING_SET = 1.5
 
 
 @dataclass(frozen=True)
@@ -131,11 +121,10 @@ class WeightStreaming:
     (:data:`~autocompress.hardware.kernels.STREAM_KINDS`: matrix-vector products over 1 to
     64 MiB of weights) give the time per weight byte at each footprint: flat while the
     weights stay in cache, rising beyond. A model's footprint is the weight bytes of all its
-    nodes, read on the curve at :data:`_MODEL_WORKING_SET` times that; each node with weights
-    then adds its weight bytes times the rate there, in full once that rate is
-    :data:`_STREAMING_RAMP` above the cached one (from nothing at the cached rate, linearly).
-    The addition never decreases with any node's weights or the footprint, so estimates stay
-    monotone in channels.
+    nodes; each node with weights then adds its weight bytes times the rate at that
+    footprint, in full once that rate is :data:`_STREAMING_RAMP` above the cached one (from
+    nothing at the cached rate, linearly). The addition never decreases with any node's
+    weights or the footprint, so estimates stay monotone in channels.
     """
 
     #: footprints measured, in bytes, increasing
@@ -176,12 +165,10 @@ class WeightStreaming:
         return min(max(slower / _STREAMING_RAMP, 0.0), 1.0)
 
     def node_ms(self, weight_bytes: float, footprint_bytes: float) -> float:
-        """What reading ``weight_bytes`` adds to a node of a model whose weights are
-        ``footprint_bytes``: the curve read at :data:`_MODEL_WORKING_SET` times that."""
+        """What reading ``weight_bytes`` adds to a node of a model of ``footprint_bytes``."""
         if weight_bytes <= 0:
             return 0.0
-        working_set = footprint_bytes * _MODEL_WORKING_SET
-        return weight_bytes * self.rate(working_set) * self.share(working_set)
+        return weight_bytes * self.rate(footprint_bytes) * self.share(footprint_bytes)
 
 
 def weight_bytes(kernel: Kernel | None) -> int:

@@ -16,12 +16,7 @@ from onnx import helper
 from autocompress.hardware import HardwareProfile, LatencyModel
 from autocompress.hardware.backends import LatencyMeasurement
 from autocompress.hardware.kernels import Kernel, NodeKernel, costed_node, kernel_graph
-from autocompress.hardware.latency import (
-    _MODEL_WORKING_SET,
-    WeightStreaming,
-    fit_key,
-    weight_bytes,
-)
+from autocompress.hardware.latency import WeightStreaming, fit_key, weight_bytes
 from autocompress.hardware.profile import KernelMeasurement
 from autocompress.hardware.profiler import adaptive_kernels
 
@@ -93,21 +88,6 @@ def test_streaming_curve_is_read_from_the_chains() -> None:
     assert streaming.rate(np.sqrt(16 * 32) * MIB) == pytest.approx(3e-8)
     assert streaming.share(8 * MIB) == 0.0
     assert streaming.share(32 * MIB) == 1.0
-
-
-def test_a_model_s_weights_are_read_on_the_curve_at_its_working_set() -> None:
-    """A model's weights stop fitting sooner than a chain of weights alone: 8 MiB, flat on
-    the curve, are charged at the rate the curve has at 1.5x that."""
-    streaming = WeightStreaming.from_profile(_profile())
-    assert streaming is not None
-    footprint = 8 * MIB
-    assert streaming.share(footprint) == 0.0  # the chains read 8 MiB at the cached rate
-    working = footprint * _MODEL_WORKING_SET
-    assert _MODEL_WORKING_SET > 1.0
-    assert streaming.share(working) > 0.0
-    assert streaming.node_ms(MIB, footprint) == pytest.approx(
-        MIB * streaming.rate(working) * streaming.share(working))
-    assert streaming.node_ms(MIB, footprint) > 0.0
 
 
 def test_noise_in_the_curve_does_not_make_more_weights_cheaper() -> None:
