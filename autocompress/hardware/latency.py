@@ -80,6 +80,45 @@ class KindFit:
     samples: int
     precision: str = "fp32"
     inside: bool = False
+    #: each fitted kernel's place (:func:`shape_point`) and the log of its measured over its
+    #: fitted time inside a model: what :meth:`local_ratio` corrects a kernel's time by
+    points: tuple[tuple[float, ...], ...] = field(repr=False, default=())
+    log_ratios: tuple[float, ...] = field(repr=False, default=())
+
+    def local_ratio(self, kernel: Kernel) -> float:
+        """How far the profile's kernels near ``kernel`` measured from this fit: the
+        exponential of their log ratios' mean, weighted by a Gaussian of their distance
+        (:data:`_NEIGHBOUR_RADIUS`) and shrunk towards 1 where they are few or far.
+
+        A linear fit over a grid of hundreds of shapes misses where latency is not linear
+        in them (narrow convolutions on large maps, grouped ones on small maps), and the
+        grid's own residuals say where: kernels of the same fit a factor of 2 away in a
+        channel count or the map's pixels carry them over. 1 where the fit has none."""
+        if not self.points:
+            return 1.0
+        distance = np.linalg.norm(np.asarray(self.points) - shape_point(kernel), axis=1)
+        weight = np.exp(-(distance / _NEIGHBOUR_RADIUS) ** 2)
+        return float(np.exp(weight @ np.asarray(self.log_ratios) / max(weight.sum(), 1.0)))
+
+
+#: The width, in units of :func:`shape_point` (a factor of 2 in a channel count or the map's
+#: pixels, 1 in a kernel's side or stride), of the Gaussian that weights the profile's
+#: kernels around one estimated (:meth:`KindFit.local_ratio`).
+_NEIGHBOUR_RADIUS = 1.5
+
+
+#: The most a kernel's measurement, over its fit, moves the kernels around it, either way.
+_MAX_LOCAL_RATIO = 2.0
+
+
+def shape_point(kernel: Kernel) -> np.ndarray:
+    """Where ``kernel`` lies among the profile's kernels of its fit: log2 of its input and
+    output channels and of its output pixels, its window's sides, stride and log2 groups."""
+    return np.array([math.log2(max(kernel.in_channels, 1)),
+                     math.log2(max(kernel.out_channels, 1)),
+                     math.log2(max(kernel.out_height * kernel.out_width, 1)),
+                     kernel.kernel, kernel.window_w, kernel.stride,
+                     math.log2(max(kernel.groups, 1))])
 
 
 @dataclass(frozen=True)
@@ -164,11 +203,28 @@ class WeightStreaming:
         slower = self.rate(footprint_bytes) / self.cached_ms_per_byte - 1.0
         return min(max(slower / _STREAMING_RAMP, 0.0), 1.0)
 
-    def node_ms(self, weight_bytes: float, footprint_bytes: float) -> float:
-        """What reading ``weight_bytes`` adds to a node of a model of ``footprint_bytes``."""
+    def node_ms(self, weight_bytes: float, footprint_bytes: float, *,
+                beyond_cached: bool = False) -> float:
+        """What reading ``weight_bytes`` adds to a node of a model of ``footprint_bytes``;
+        ``beyond_cached``: only what reading them costs over reading them from cache (a
+        matrix-vector product, whose one-kernel time is that read)."""
         if weight_bytes <= 0:
             return 0.0
-        return weight_bytes * self.rate(footprint_bytes) * self.share(footprint_bytes)
+        rate = self.rate(footprint_bytes)
+        if beyond_cached:
+            rate = max(rate - self.cached_ms_per_byte, 0.0)
+        return weight_bytes * rate * self.share(footprint_bytes)
+
+
+#: A network's working set in the caches, as a multiple of the weight bytes of its body
+#: (:func:`is_classifier` left out), where :class:`WeightStreaming`'s curve is read.
+_WORKING_SET = 2.0
+
+
+def is_classifier(kernel: Kernel | None) -> bool:
+    """Whether ``kernel`` is a matrix-vector product (a gemm over one row): a classifier or
+    its hidden layer, which reads its weights once per run, after the body."""
+    return kernel is not None and kernel.kind == "gemm" and kernel.height == 1
 
 
 def weight_bytes(kernel: Kernel | None) -> int:
@@ -256,9 +312,24 @@ class LatencyModel:
             coef = coef / scale_cols
             pred = x @ coef + extra
             rel = (pred - y) / y
+            points: tuple[tuple[float, ...], ...] = ()
+            log_ratios: tuple[float, ...] = ()
+            if kind not in BOUNDARY_KINDS and kind not in LAYOUT_KINDS:
+                # measured over fitted time inside a model (less what the one-kernel
+                # graph ran besides), within a factor of _MAX_LOCAL_RATIO either way: a
+                # kernel measured within the noise of what its graph runs besides says
+                # little about its neighbours
+                besides = extra if carried is not None else overhead_ms
+                inside = pred - besides
+                ok = inside > 0
+                points = tuple(tuple(float(v) for v in shape_point(ran[m.kernel]))
+                               for m, keep in zip(rows, ok, strict=True) if keep)
+                bound = math.log(_MAX_LOCAL_RATIO)
+                log_ratios = tuple(float(v) for v in np.clip(np.log(
+                    np.maximum(y - besides, 1e-12)[ok] / inside[ok]), -bound, bound))
             return KindFit(kind, tuple(float(c) for c in coef),
                            float(np.sqrt(np.mean(rel**2))), len(rows), precision,
-                           inside=carried is not None)
+                           inside=carried is not None, points=points, log_ratios=log_ratios)
 
         fits: dict[str, dict[str, KindFit]] = {}
         for precision in profile.precisions:
@@ -337,7 +408,7 @@ class LatencyModel:
             return 0.0, 0.0
         fit = self._fit_for(node.kernel, f"node {node.node} ({node.op_type})")
         inside = _inside_ms(fit, self.profile.overhead.median_ms, node.kernel,
-                            self.rules.features)
+                            self.rules.features) * fit.local_ratio(node.kernel)
         return inside, inside * fit.rel_rmse
 
     def boundary_ms(self, boundary: Boundary) -> tuple[float, float]:
@@ -359,7 +430,8 @@ class LatencyModel:
         total = self.profile.overhead.median_ms
         var = 0.0
         per_node = []
-        footprint = sum(weight_bytes(node.kernel) for node in nodes)
+        footprint = _WORKING_SET * sum(weight_bytes(node.kernel) for node in nodes
+                                       if not is_classifier(node.kernel))
         streaming = 0.0
         factors, per_node_ms = self.precision_scales, self.precision_node_ms
         for node in nodes:
@@ -369,7 +441,8 @@ class LatencyModel:
                 ms = ms * factor + per_node_ms.get(node.kernel.precision, 0.0)
                 std = std * factor
             if self.streaming is not None:
-                read = self.streaming.node_ms(weight_bytes(node.kernel), footprint)
+                read = self.streaming.node_ms(weight_bytes(node.kernel), footprint,
+                                              beyond_cached=is_classifier(node.kernel))
                 ms += read
                 streaming += read
             total += ms

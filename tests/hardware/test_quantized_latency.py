@@ -294,7 +294,9 @@ def test_a_precision_factor_scales_that_precision_and_nothing_else(
     mixed = {name: "int8" for name in names[len(names) // 2:]}
     half_before = dict((n, ms) for n, _, ms in plain.estimate(resnet20, mixed).per_node_ms)
     half_after = dict((n, ms) for n, _, ms in factored.estimate(resnet20, mixed).per_node_ms)
-    kept = [n for n in names[:len(names) // 2] if half_before.get(n)]
+    # every costed fp32 node, whatever its time (a conv fit measured within the noise of
+    # its graph's reorders costs 0 on a noisy machine, and 0 must stay 0)
+    kept = [n for n in names[:len(names) // 2] if n in half_before]
     assert kept and all(half_after[n] == pytest.approx(half_before[n]) for n in kept)
     # a fixed time per int8 node the profile's one-kernel graphs did not show
     costed = sum(1 for n in kernels_of(onnx.load_from_string(resnet20), int8)
@@ -341,10 +343,11 @@ def test_all_int8_estimate_uses_int8_fits(int8_profile: HardwareProfile, resnet2
     fit = model.precision_fits["int8"][convs[0].kernel.kind]
     from autocompress.hardware.kernels import features
 
-    # the profile's backend's regressors (ONNX Runtime's: int8 adds a per-pixel term)
-    assert per_node[convs[0].node] == pytest.approx(float(features(convs[0].kernel,
-                                                                   model.rules)
-                                                          @ np.array(fit.weights)))
+    # the profile's backend's regressors (ONNX Runtime's: int8 adds a per-pixel term),
+    # corrected by the residuals of the profile's kernels near it
+    assert per_node[convs[0].node] == pytest.approx(
+        float(features(convs[0].kernel, model.rules) @ np.array(fit.weights))
+        * fit.local_ratio(convs[0].kernel))
     # the ReLUs after the residual adds are folded into the int8 adds by quantization
     relus = [n for n in nodes if n.op_type == "Relu"]
     assert all(n.kernel is None for n in relus)

@@ -16,7 +16,12 @@ from onnx import helper
 from autocompress.hardware import HardwareProfile, LatencyModel
 from autocompress.hardware.backends import LatencyMeasurement
 from autocompress.hardware.kernels import Kernel, NodeKernel, costed_node, kernel_graph
-from autocompress.hardware.latency import WeightStreaming, fit_key, weight_bytes
+from autocompress.hardware.latency import (
+    WeightStreaming,
+    fit_key,
+    is_classifier,
+    weight_bytes,
+)
 from autocompress.hardware.profile import KernelMeasurement
 from autocompress.hardware.profiler import adaptive_kernels
 
@@ -58,6 +63,8 @@ def _chains(rates: dict[int, float]) -> list[KernelMeasurement]:
 def _profile(chains: bool = True, grouped: bool = False,
              rates: dict[int, float] = RATES) -> HardwareProfile:
     kernels = [_measured(k, _dense_ms(k)) for k in _convs()]
+    kernels += [_measured(Kernel("gemm", k, n, 1, 1), _dense_ms(Kernel("gemm", k, n, 1, 1)))
+                for k in (64, 512, 4096) for n in (10, 1000, 4096)]
     if grouped:
         kernels += [_measured(k, _grouped_ms(k)) for k in _grouped()]
     if chains:
@@ -131,6 +138,40 @@ def test_weights_beyond_the_cache_are_read_at_the_curve_s_rate() -> None:
         assert ms == pytest.approx(plain[name] + footprint / 4 * 4e-8)
 
 
+def test_the_curve_is_read_at_twice_the_weights_of_the_body() -> None:
+    model = LatencyModel(_profile())
+    streaming = model.streaming
+    assert streaming is not None
+    nodes = _model(384, 3)  # 15.9 MB: within the ramp alone, at the curve's top at twice
+    weights = sum(weight_bytes(n.kernel) for n in nodes)
+    assert 8 * MIB < weights < 16 * MIB and streaming.rate(weights) < 4e-8
+    estimate = model.estimate_nodes(nodes)
+    assert estimate.streaming_ms == pytest.approx(
+        weights * streaming.rate(2 * weights) * streaming.share(2 * weights))
+
+
+def test_a_classifier_pays_only_what_reading_beyond_the_cache_adds() -> None:
+    model = LatencyModel(_profile())
+    streaming = model.streaming
+    assert streaming is not None
+    head = NodeKernel("fc", "Gemm", Kernel("gemm", 4096, 1000, 1, 1))
+    assert is_classifier(head.kernel)
+    assert not is_classifier(Kernel("gemm", 768, 768, 49, 1))  # a transformer's tokens
+    assert not is_classifier(Kernel("conv1x1", 64, 16, 1, 1))  # a squeeze-excitation layer
+    body = _model(384, 3)
+    weights = sum(weight_bytes(n.kernel) for n in body)
+    alone = model.estimate_nodes(body)
+    both = model.estimate_nodes([*body, head])
+    # the classifier's 16 MB do not move the body's footprint, and it pays the curve's rate
+    # at that footprint less the cached rate its one-kernel measurement already ran at
+    head_read = weight_bytes(head.kernel) * (
+        streaming.rate(2 * weights) - streaming.cached_ms_per_byte) * streaming.share(2 * weights)
+    assert head_read > 0
+    assert both.streaming_ms == pytest.approx(alone.streaming_ms + head_read)
+    # a model of a classifier alone keeps its weights in cache: nothing added
+    assert model.estimate_nodes([head]).streaming_ms == 0.0
+
+
 def test_estimates_with_streaming_stay_monotone_in_channels() -> None:
     model = LatencyModel(_profile())
     fixed = _model(384, 3)
@@ -139,6 +180,12 @@ def test_estimates_with_streaming_stay_monotone_in_channels() -> None:
         grown = [*fixed, _node("grown", Kernel("conv", 384, channels, 4, 4, kernel=3))]
         ms = model.estimate_nodes(grown).latency_ms
         assert ms >= previous - 1e-12, channels
+        previous = ms
+    previous = 0.0
+    for classes in range(8, 8193, 8):  # and a classifier after them
+        head = NodeKernel("fc", "Gemm", Kernel("gemm", 4096, classes, 1, 1))
+        ms = model.estimate_nodes([*fixed, head]).latency_ms
+        assert ms >= previous - 1e-12, classes
         previous = ms
 
 
