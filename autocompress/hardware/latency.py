@@ -6,8 +6,9 @@ output and weight elements; the regressors and which nodes are fused are the pro
 backend's :class:`~autocompress.hardware.rules.CostRules`), minimising relative error, with
 a numpy non-negative least squares (no scipy needed). A model's estimate is the per-run
 overhead measured on the device plus the sum over its nodes of the fitted kernel time less
-the overhead each one-kernel measurement carried. Nodes the backend fuses into the preceding
-one (ONNX Runtime: an activation after a Conv) cost nothing; reshapes cost nothing.
+the overhead each one-kernel measurement carried, corrected by how far the profile's kernels
+near it measured from the fit (:meth:`KindFit.local_ratio`). Nodes the backend fuses into the
+preceding one (ONNX Runtime: an activation after a Conv) cost nothing; reshapes cost nothing.
 Unstructured sparsity does not enter: dense kernels run zeros as fast as other numbers.
 
 Where the backend's rules say how the runtime runs a kernel (:attr:`CostRules.as_run`: ONNX
@@ -159,11 +160,12 @@ class WeightStreaming:
     time inside it on a 2-core EPYC VM). The profile's weight-streaming chains
     (:data:`~autocompress.hardware.kernels.STREAM_KINDS`: matrix-vector products over 1 to
     64 MiB of weights) give the time per weight byte at each footprint: flat while the
-    weights stay in cache, rising beyond. A model's footprint is the weight bytes of all its
-    nodes; each node with weights then adds its weight bytes times the rate at that
-    footprint, in full once that rate is :data:`_STREAMING_RAMP` above the cached one (from
-    nothing at the cached rate, linearly). The addition never decreases with any node's
-    weights or the footprint, so estimates stay monotone in channels.
+    weights stay in cache, rising beyond. A model's footprint is :data:`_WORKING_SET` times
+    the weight bytes of its body (its nodes but a classifier, :func:`is_classifier`); each
+    node with weights then adds its weight bytes times the rate at that footprint (a
+    classifier: the rate over the cached one), in full once that rate is
+    :data:`_STREAMING_RAMP` above the cached one (from nothing at the cached rate, linearly).
+    The addition never decreases with any node's weights or the footprint.
     """
 
     #: footprints measured, in bytes, increasing
