@@ -294,8 +294,8 @@ def test_a_precision_factor_scales_that_precision_and_nothing_else(
     mixed = {name: "int8" for name in names[len(names) // 2:]}
     half_before = dict((n, ms) for n, _, ms in plain.estimate(resnet20, mixed).per_node_ms)
     half_after = dict((n, ms) for n, _, ms in factored.estimate(resnet20, mixed).per_node_ms)
-    # every costed fp32 node, whatever its time (a conv fit measured within the noise of
-    # its graph's reorders costs 0 on a noisy machine, and 0 must stay 0)
+    # every costed fp32 node, whatever its time: on a noisy machine the mini-profile measured
+    # above has given every one of them 0 (cause not pinned down), and 0 must stay 0
     kept = [n for n in names[:len(names) // 2] if n in half_before]
     assert kept and all(half_after[n] == pytest.approx(half_before[n]) for n in kept)
     # a fixed time per int8 node the profile's one-kernel graphs did not show
