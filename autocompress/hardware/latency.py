@@ -6,9 +6,8 @@ output and weight elements; the regressors and which nodes are fused are the pro
 backend's :class:`~autocompress.hardware.rules.CostRules`), minimising relative error, with
 a numpy non-negative least squares (no scipy needed). A model's estimate is the per-run
 overhead measured on the device plus the sum over its nodes of the fitted kernel time less
-the overhead each one-kernel measurement carried, corrected by how far the profile's kernels
-near it measured from the fit (:meth:`KindFit.local_ratio`). Nodes the backend fuses into the
-preceding one (ONNX Runtime: an activation after a Conv) cost nothing; reshapes cost nothing.
+the overhead each one-kernel measurement carried. Nodes the backend fuses into the preceding
+one (ONNX Runtime: an activation after a Conv) cost nothing; reshapes cost nothing.
 Unstructured sparsity does not enter: dense kernels run zeros as fast as other numbers.
 
 Where the backend's rules say how the runtime runs a kernel (:attr:`CostRules.as_run`: ONNX
@@ -81,45 +80,6 @@ class KindFit:
     samples: int
     precision: str = "fp32"
     inside: bool = False
-    #: each fitted kernel's place (:func:`shape_point`) and the log of its measured over its
-    #: fitted time inside a model: what :meth:`local_ratio` corrects a kernel's time by
-    points: tuple[tuple[float, ...], ...] = field(repr=False, default=())
-    log_ratios: tuple[float, ...] = field(repr=False, default=())
-
-    def local_ratio(self, kernel: Kernel) -> float:
-        """How far the profile's kernels near ``kernel`` measured from this fit: the
-        exponential of their log ratios' mean, weighted by a Gaussian of their distance
-        (:data:`_NEIGHBOUR_RADIUS`) and shrunk towards 1 where they are few or far.
-
-        A linear fit over a grid of hundreds of shapes misses where latency is not linear
-        in them (narrow convolutions on large maps, grouped ones on small maps), and the
-        grid's own residuals say where: kernels of the same fit a factor of 2 away in a
-        channel count or the map's pixels carry them over. 1 where the fit has none."""
-        if not self.points:
-            return 1.0
-        distance = np.linalg.norm(np.asarray(self.points) - shape_point(kernel), axis=1)
-        weight = np.exp(-(distance / _NEIGHBOUR_RADIUS) ** 2)
-        return float(np.exp(weight @ np.asarray(self.log_ratios) / max(weight.sum(), 1.0)))
-
-
-#: The width, in units of :func:`shape_point` (a factor of 2 in a channel count or the map's
-#: pixels, 1 in a kernel's side or stride), of the Gaussian that weights the profile's
-#: kernels around one estimated (:meth:`KindFit.local_ratio`).
-_NEIGHBOUR_RADIUS = 1.5
-
-
-#: The most a kernel's measurement, over its fit, moves the kernels around it, either way.
-_MAX_LOCAL_RATIO = 2.0
-
-
-def shape_point(kernel: Kernel) -> np.ndarray:
-    """Where ``kernel`` lies among the profile's kernels of its fit: log2 of its input and
-    output channels and of its output pixels, its window's sides, stride and log2 groups."""
-    return np.array([math.log2(max(kernel.in_channels, 1)),
-                     math.log2(max(kernel.out_channels, 1)),
-                     math.log2(max(kernel.out_height * kernel.out_width, 1)),
-                     kernel.kernel, kernel.window_w, kernel.stride,
-                     math.log2(max(kernel.groups, 1))])
 
 
 @dataclass(frozen=True)
@@ -165,7 +125,8 @@ class WeightStreaming:
     node with weights then adds its weight bytes times the rate at that footprint (a
     classifier: the rate over the cached one), in full once that rate is
     :data:`_STREAMING_RAMP` above the cached one (from nothing at the cached rate, linearly).
-    The addition never decreases with any node's weights or the footprint.
+    The addition never decreases with any node's weights or the footprint, so estimates stay
+    monotone in channels.
     """
 
     #: footprints measured, in bytes, increasing
@@ -314,24 +275,9 @@ class LatencyModel:
             coef = coef / scale_cols
             pred = x @ coef + extra
             rel = (pred - y) / y
-            points: tuple[tuple[float, ...], ...] = ()
-            log_ratios: tuple[float, ...] = ()
-            if kind not in BOUNDARY_KINDS and kind not in LAYOUT_KINDS:
-                # measured over fitted time inside a model (less what the one-kernel
-                # graph ran besides), within a factor of _MAX_LOCAL_RATIO either way: a
-                # kernel measured within the noise of what its graph runs besides says
-                # little about its neighbours
-                besides = extra if carried is not None else overhead_ms
-                inside = pred - besides
-                ok = inside > 0
-                points = tuple(tuple(float(v) for v in shape_point(ran[m.kernel]))
-                               for m, keep in zip(rows, ok, strict=True) if keep)
-                bound = math.log(_MAX_LOCAL_RATIO)
-                log_ratios = tuple(float(v) for v in np.clip(np.log(
-                    np.maximum(y - besides, 1e-12)[ok] / inside[ok]), -bound, bound))
             return KindFit(kind, tuple(float(c) for c in coef),
                            float(np.sqrt(np.mean(rel**2))), len(rows), precision,
-                           inside=carried is not None, points=points, log_ratios=log_ratios)
+                           inside=carried is not None)
 
         fits: dict[str, dict[str, KindFit]] = {}
         for precision in profile.precisions:
@@ -410,7 +356,7 @@ class LatencyModel:
             return 0.0, 0.0
         fit = self._fit_for(node.kernel, f"node {node.node} ({node.op_type})")
         inside = _inside_ms(fit, self.profile.overhead.median_ms, node.kernel,
-                            self.rules.features) * fit.local_ratio(node.kernel)
+                            self.rules.features)
         return inside, inside * fit.rel_rmse
 
     def boundary_ms(self, boundary: Boundary) -> tuple[float, float]:
