@@ -33,7 +33,11 @@ from autocompress.hardware.backends import (
     rules_for,
 )
 from autocompress.hardware.backends._ort_lowering import FILTER_SET_BLOCKS, nchwc_block
-from autocompress.hardware.backends.onnxruntime import GROUPED_CONVS, ONNXRUNTIME_RULES
+from autocompress.hardware.backends.onnxruntime import (
+    GROUPED_CONVS,
+    ONNXRUNTIME_RULES,
+    SPILL_BYTES,
+)
 from autocompress.hardware.backends.tvm import TVM_RULES
 from autocompress.hardware.kernels import KINDS, PRECISIONS, Kernel, kernel_graph, kernels_of
 from autocompress.hardware.profiler import profile_backend
@@ -155,7 +159,7 @@ def test_every_backends_features_never_fall_with_more_channels(name: str) -> Non
 
 def test_onnxruntime_features_add_a_per_pixel_term() -> None:
     conv = Kernel("conv", 8, 8, 14, 14, kernel=3)
-    per_pixel = ONNXRUNTIME_RULES.features(conv)[:-1]
+    per_pixel = ONNXRUNTIME_RULES.features(conv)[:-2]  # then filter-set passes, spilled outputs
     assert per_pixel.tolist() == [*NEUTRAL_RULES.features(conv), 14 * 14]
     gemm = Kernel("gemm", 64, 10, 1, 1)
     assert np.array_equal(ONNXRUNTIME_RULES.features(gemm), NEUTRAL_RULES.features(gemm))
@@ -175,7 +179,7 @@ def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs()
 
     def passes(c_in: int, c_out: int, **kw: Any) -> float:
         return float(ONNXRUNTIME_RULES.features(Kernel("conv", c_in, c_out, 14, 14, kernel=3,
-                                                       **kw))[-1])
+                                                       **kw))[-2])
 
     one_read = 64 * 9 * 14 * 14
     assert passes(64, 8) == passes(64, set_width) == one_read
@@ -184,8 +188,28 @@ def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs()
     assert passes(64, 64, groups=2) == 2 * (32 * 9 * 14 * 14) * -(-32 // set_width)
     assert passes(64, 64, unblocked=True) == 0.0
     depthwise = Kernel("dwconv", 64, 64, 14, 14, kernel=3, groups=64)
-    assert ONNXRUNTIME_RULES.features(depthwise)[-1] == 0.0
+    assert ONNXRUNTIME_RULES.features(depthwise)[-2] == 0.0
     assert ONNXRUNTIME_RULES.features(replace(depthwise, precision="int8")).size == 6
+
+
+def test_onnxruntime_prices_fp32_convolution_outputs_beyond_a_cores_cache_apart() -> None:
+    """Output elements beyond SPILL_BYTES are a term of their own (0 below it), so that a
+    few kernels with outputs of many MiB do not raise every output element's price."""
+    def spilled(kernel: Kernel) -> float:
+        return float(ONNXRUNTIME_RULES.features(kernel)[-1])
+
+    limit = SPILL_BYTES // 4  # fp32 elements
+    side = 32
+    below = Kernel("conv1x1", 16, limit // side**2, side, side)
+    assert below.out_elements == limit and spilled(below) == 0.0
+    beyond = replace(below, out_channels=below.out_channels + 16)
+    assert spilled(beyond) == 16 * side**2
+    assert spilled(replace(beyond, kind="dwconv", in_channels=beyond.out_channels,
+                           groups=beyond.out_channels, kernel=3)) == 16 * side**2
+    # int8 and fp16 convolutions, gemm and elementwise kernels have no such term
+    assert ONNXRUNTIME_RULES.features(replace(beyond, precision="int8")).size == 6
+    big = Kernel("elementwise", 512, 512, 64, 64)
+    assert np.array_equal(ONNXRUNTIME_RULES.features(big), NEUTRAL_RULES.features(big))
 
 
 def test_onnxruntime_grid_has_grouped_convolutions_off_every_x86_block() -> None:

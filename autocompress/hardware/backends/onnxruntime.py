@@ -63,7 +63,11 @@ def _features(kernel: Kernel) -> np.ndarray:
     profile) where the fit on multiply-adds and tensor sizes said 22 µs, and 32 µs with the
     term; a narrow convolution's loop over output pixels costs more than its few channels
     say. Where a device's profile shows no such cost, its non-negative weight comes out 0
-    (the shipped AVX-512 profile's did, fitted on that AVX2 VM)."""
+    (the shipped AVX-512 profile's did, fitted on that AVX2 VM).
+
+    And of fp32 convolutions, the output elements beyond :data:`SPILL_BYTES`
+    (:func:`_spilled_outputs`): an output that outgrows a core's cache costs more per element
+    than the linear terms say."""
     convolution = kernel.kind in ("conv", "conv1x1", "dwconv")
     if (kernel.kind not in ("conv", "conv1x1", "dwconv", "gemm", "pool")
             or (kernel.precision == "fp32" and not convolution)):
@@ -75,8 +79,28 @@ def _features(kernel: Kernel) -> np.ndarray:
                         dtype=float)
     features = np.append(neutral_features(kernel), float(kernel.out_height * kernel.out_width))
     if kernel.precision == "fp32":
-        features = np.append(features, _filter_set_passes(kernel))
+        features = np.append(features, [_filter_set_passes(kernel), _spilled_outputs(kernel)])
     return features
+
+
+#: Output bytes of a convolution beyond which each more costs extra (:func:`_spilled_outputs`):
+#: 1 MiB, the L2 cache of one core of the EPYC and Xeon VMs profiled.
+SPILL_BYTES = 2**20
+
+
+def _spilled_outputs(kernel: Kernel) -> float:
+    """Output elements of an fp32 convolution beyond :data:`SPILL_BYTES`, 0 below.
+
+    A linear fit has one price per output element. On the AVX-512 EPYC VM (2026-12-06) the
+    profile's 1x1 convolutions from 8 to 1,272-1,288 channels at 56x56 (15 MiB of output)
+    measured 1.4-1.5x what the fit said, and the fit raised its price per output element to
+    make up for them, so that narrow pointwise convolutions on large maps with small
+    outputs (16 to 96 channels at 48x48, 0.8 MiB) were estimated at 1.3-1.7x their
+    one-kernel measurements. With this term the three convolutions pay for their outputs
+    apart; on six fidelity runs' stored measurements the families' raw estimates within
+    ±10% went from 63-90% to 67-92% (mobilenet_v2 from 35% to 75-85% in two), the zoo's by
+    1-3 points (``docs/latency.md``). Non-decreasing in channels, as the other terms."""
+    return max(kernel.out_elements - SPILL_BYTES / 4, 0.0)
 
 
 def _filter_set_passes(kernel: Kernel) -> float:
