@@ -97,9 +97,10 @@ def _spilled_outputs(kernel: Kernel) -> float:
     make up for them, so that narrow pointwise convolutions on large maps with small
     outputs (16 to 96 channels at 48x48, 0.8 MiB) were estimated at 1.3-1.7x their
     one-kernel measurements. With this term the three convolutions pay for their outputs
-    apart; on six fidelity runs' stored measurements the families' raw estimates within
-    ±10% went from 63-90% to 67-92% (mobilenet_v2 from 35% to 75-85% in two), the zoo's by
-    1-3 points (``docs/latency.md``). Non-decreasing in channels, as the other terms."""
+    apart. Re-estimated on the stored measurements of the six fidelity runs it was chosen on,
+    the families' raw estimates within ±10% went up by 0-17 points (mobilenet_v2 from 35% to
+    75-85% in two), the zoo's by -1 to 3; on three fresh runs, the families by 2-6 and the
+    zoo by -5 to 1 (``docs/latency.md``). Non-decreasing in channels, as the other terms."""
     return max(kernel.out_elements - SPILL_BYTES / 4, 0.0)
 
 
