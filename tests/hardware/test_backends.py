@@ -17,7 +17,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.cli.main import _parser
 from autocompress.exceptions import ProfileError
-from autocompress.hardware import HardwareProfile, LatencyMeasurement, _device, backends
+from autocompress.hardware import (
+    HardwareProfile,
+    LatencyMeasurement,
+    LatencyModel,
+    _device,
+    backends,
+)
 from autocompress.hardware._device import cpu_features, describe_device, same_device
 from autocompress.hardware._nnls import nnls
 from autocompress.hardware.backends import (
@@ -39,7 +45,15 @@ from autocompress.hardware.backends.onnxruntime import (
     SPILL_BYTES,
 )
 from autocompress.hardware.backends.tvm import TVM_RULES
-from autocompress.hardware.kernels import KINDS, PRECISIONS, Kernel, kernel_graph, kernels_of
+from autocompress.hardware.kernels import (
+    KINDS,
+    PRECISIONS,
+    Kernel,
+    NodeKernel,
+    kernel_graph,
+    kernels_of,
+)
+from autocompress.hardware.profile import KernelMeasurement
 from autocompress.hardware.profiler import profile_backend
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
@@ -210,6 +224,33 @@ def test_onnxruntime_prices_fp32_convolution_outputs_beyond_a_cores_cache_apart(
     assert ONNXRUNTIME_RULES.features(replace(beyond, precision="int8")).size == 6
     big = Kernel("elementwise", 512, 512, 64, 64)
     assert np.array_equal(ONNXRUNTIME_RULES.features(big), NEUTRAL_RULES.features(big))
+
+
+def test_a_few_large_outputs_do_not_raise_every_output_elements_price() -> None:
+    """A device on which each output element beyond SPILL_BYTES costs 4x the others: with
+    the output term, an ONNX Runtime fit of its pointwise convolutions prices both the
+    three 15 MiB-output kernels and the small-output ones (a linear price per element would
+    have to miss one or the other)."""
+    overhead = 0.005
+    limit = SPILL_BYTES / 4
+
+    def ms(k: Kernel) -> float:
+        beyond = max(k.out_elements - limit, 0.0)
+        return overhead + 0.001 + 1e-8 * k.macs + 1e-7 * k.out_elements + 3e-7 * beyond
+
+    small = [Kernel("conv1x1", c, c2, s, s) for c in (16, 64, 256) for c2 in (32, 96, 384)
+             for s in (8, 16, 28)]
+    large = [Kernel("conv1x1", 8, c2, 56, 56) for c2 in (1272, 1280, 1288)]
+    measured = tuple(KernelMeasurement(k, LatencyMeasurement(ms(k), ms(k), ms(k), 10, True))
+                     for k in small + large)
+    profile = HardwareProfile("onnxruntime", "x", {"threads": 1}, {},
+                              LatencyMeasurement(overhead, overhead, overhead, 10, True),
+                              measured)
+    model = LatencyModel(profile)
+    assert not model.lowered  # no layout kernels: nodes are costed as given
+    for k in (*small, *large, Kernel("conv1x1", 16, 96, 48, 48)):
+        node_ms, _ = model.kernel_ms(NodeKernel("n", "Conv", k))
+        assert node_ms == pytest.approx(ms(k) - overhead, rel=0.02), k
 
 
 def test_onnxruntime_grid_has_grouped_convolutions_off_every_x86_block() -> None:
