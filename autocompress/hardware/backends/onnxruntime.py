@@ -84,7 +84,8 @@ def _features(kernel: Kernel) -> np.ndarray:
 
 
 #: Output bytes of a convolution beyond which each more costs extra (:func:`_spilled_outputs`):
-#: 1 MiB, the L2 cache of one core of the EPYC and Xeon VMs profiled.
+#: 1 MiB, the L2 cache of one core of the AMD EPYC VM it was chosen on; what the bytes beyond
+#: cost is the fit's to say (0 on a device where they cost no more).
 SPILL_BYTES = 2**20
 
 
