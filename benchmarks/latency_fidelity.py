@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from autocompress.exceptions import ProfileError
 from autocompress.hardware import HardwareProfile, LatencyModel, MeasureSettings, get_backend
 from autocompress.hardware.backends import is_local
 from autocompress.hardware.export import export_onnx
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     stored = pd.read_csv(args.stored) if args.stored else None
     tuning_s = 0.0
     references_note = ""
+    refused = ""
     staleness = ""
     if args.device_calibration:
         kept = references_path(args.stored) if stored is not None else None
@@ -214,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
             device = device_calibration(profile, args.out, kept)
             references_note = f" (measurements reused from {kept.name})"
         else:
-            device = device_calibration(profile, args.out, None)
+            try:
+                device = device_calibration(profile, args.out, None)
+            except ProfileError as exc:  # the machine ran off the profile's speed throughout
+                refused = str(exc)
+                print(f"device calibration refused: {exc}", file=sys.stderr)
             if stored is not None:
                 references_note = " (measured in this run: the stored run kept none)"
-        suffix = "_stored" if stored is not None else ""
-        save_references(device, args.out / f"latency_fidelity_{args.backend}{suffix}"
-                                           f"_references.json")
-        print(f"device calibration: {device.describe()}", file=sys.stderr)
+        if device is not None:
+            suffix = "_stored" if stored is not None else ""
+            save_references(device, args.out / f"latency_fidelity_{args.backend}{suffix}"
+                                               f"_references.json")
+            print(f"device calibration: {device.describe()}", file=sys.stderr)
 
     rows = []
     models = []
@@ -301,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                else []),
              *([f"- device calibration{references_note}: {device.describe()} ("
                 + ", ".join(f"{p.model} {p.estimate_ms / p.measured_ms - 1:+.0%} raw"
-                            for p in device.references) + ")"] if device else []), "",
+                            for p in device.references) + ")"] if device else []),
+             *([f"- device calibration refused: {refused}"] if refused else []), "",
              "| family | n | estimate | within ±10% | MAPE | Spearman |",
              "|---|---|---|---|---|---|"]
     scopes = [("all", candidates)] + list(candidates.groupby("family"))

@@ -34,9 +34,9 @@ from autocompress.hardware.kernels import (
 from autocompress.hardware.profile import HardwareProfile, KernelMeasurement
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
-__all__ = ["GRID_NAME", "TOKEN_GEMMS", "ProfileCheck", "adaptive_kernels", "check_precisions",
-           "check_profile", "default_grid", "precision_grid", "profile_backend",
-           "upgrade_profile"]
+__all__ = ["GRID_NAME", "TOKEN_GEMMS", "CheckedMeasurements", "ProfileCheck", "adaptive_kernels",
+           "check_precisions", "check_profile", "check_sample", "default_grid",
+           "measure_with_check", "precision_grid", "profile_backend", "upgrade_profile"]
 
 _logger = logging.getLogger(__name__)
 
@@ -498,35 +498,46 @@ class ProfileCheck:
                 f"{100 * CHECK_TOLERANCE:.0f}%")
 
 
-def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: int = 0
-                  ) -> ProfileCheck:
-    """Measure again ``sample`` of the fp32 model kernels of the profile at ``path`` (a
-    fixed-seed draw spread over its kinds) on its own backend, which must run here, to tell
-    whether the machine still runs as when it was profiled. A virtual machine's speed can
-    drift for hours: on a 2-core Xeon VM (2026-12-02) the default grid's compute-bound
-    convolutions took 1.15-1.25x their morning time three hours later and the smallest
-    0.85-1.05x (see docs/latency.md). Nothing is written to the profile.
+def check_sample(profile: HardwareProfile, sample: int = 40, seed: int = 0
+                 ) -> list[KernelMeasurement]:
+    """``sample`` of the fp32 model kernels of ``profile`` with their profiled measurements:
+    a fixed-seed draw, one of each kind in turn until the sample is drawn or the kinds run
+    out (what :func:`check_profile` measures again).
 
     Raises:
-        ProfileError: the profile's backend does not run on this machine, or it has no fp32
-            model kernels.
+        ProfileError: the profile has no fp32 model kernels.
     """
     if sample < 1:
         raise ValueError(f"a check measures at least one kernel, got sample={sample}")
-    path = Path(path)
-    profile, backend, settings = _on_its_backend(path, "only its device can check it")
     rng = random.Random(seed)
     by_kind: dict[str, list[KernelMeasurement]] = {}
     for m in profile.kernels:
         if m.kernel.precision == "fp32" and m.kernel.kind in KINDS:
             by_kind.setdefault(m.kernel.kind, []).append(m)
     if not by_kind:
-        raise ProfileError(f"{path} has no fp32 model kernels to measure again")
+        raise ProfileError(f"{profile.describe()} has no fp32 model kernels to measure again")
     for group in by_kind.values():
         rng.shuffle(group)
-    # one of each kind in turn, until the sample is drawn or the kinds run out
-    chosen = [m for turn in itertools.zip_longest(*by_kind.values()) for m in turn
-              if m is not None][:sample]
+    return [m for turn in itertools.zip_longest(*by_kind.values()) for m in turn
+            if m is not None][:sample]
+
+
+def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: int = 0
+                  ) -> ProfileCheck:
+    """Measure again ``sample`` of the fp32 model kernels of the profile at ``path``
+    (:func:`check_sample`) on its own backend, which must run here, to tell whether the
+    machine still runs as when it was profiled. A virtual machine's speed can drift for
+    hours: on a 2-core Xeon VM (2026-12-02) the default grid's compute-bound convolutions
+    took 1.15-1.25x their morning time three hours later and the smallest 0.85-1.05x (see
+    docs/latency.md). Nothing is written to the profile.
+
+    Raises:
+        ProfileError: the profile's backend does not run on this machine, or it has no fp32
+            model kernels.
+    """
+    path = Path(path)
+    profile, backend, settings = _on_its_backend(path, "only its device can check it")
+    chosen = check_sample(profile, sample, seed)
     partial = path.with_name(path.name + ".check.partial")
     partial.unlink(missing_ok=True)  # an earlier check's timings are not this one's
     session = _Rounds(backend, settings, rounds, seed, partial, None, rounds * len(chosen))
@@ -534,3 +545,48 @@ def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: 
     partial.unlink(missing_ok=True)
     return ProfileCheck(tuple((m.kernel, m.latency.median_ms, session.result(m.kernel).median_ms)
                               for m in chosen), profile.created)
+
+
+@dataclass(frozen=True)
+class CheckedMeasurements:
+    """Models measured in one interleaved pass with kernels of a profile (the pass kept),
+    how the machine ran those kernels in it, and how many passes were taken."""
+
+    measurements: tuple[LatencyMeasurement, ...]
+    check: ProfileCheck
+    passes: int
+
+
+def measure_with_check(profile: HardwareProfile, backend: Backend, models: Sequence[bytes],
+                       settings: MeasureSettings | None = None, rounds: int = 3, *,
+                       sample: int = 8, passes: int = 3, pause_s: float = 30.0
+                       ) -> CheckedMeasurements:
+    """``models`` measured on ``backend``, the profile's own, in one interleaved pass
+    (:meth:`Backend.measure_many`) with ``sample`` of the profile's kernels
+    (:func:`check_sample`); while the median of those kernels is off their profiled time by
+    more than :data:`CHECK_TOLERANCE` (the machine runs in a slow or fast spell, or no
+    longer as when profiled) the pass is taken again after ``pause_s``, up to ``passes``
+    passes, and the pass whose kernels came closest is kept. The caller decides what a pass
+    that never held means (:attr:`ProfileCheck.holds`)."""
+    if passes < 1 or pause_s < 0:
+        raise ValueError(f"a checked measurement takes at least one pass and a pause of 0 s or "
+                         f"more (got {passes} passes, {pause_s} s)")
+    chosen = check_sample(profile, sample)
+    graphs = [kernel_graph(m.kernel) for m in chosen]
+    best: CheckedMeasurements | None = None
+    for taken in range(1, passes + 1):
+        found = backend.measure_many([*graphs, *models], settings, rounds=rounds)
+        check = ProfileCheck(tuple((m.kernel, m.latency.median_ms, now.median_ms)
+                                   for m, now in zip(chosen, found, strict=False)),
+                             profile.created)
+        if best is None or abs(check.median_ratio - 1) < abs(best.check.median_ratio - 1):
+            best = CheckedMeasurements(tuple(found[len(graphs):]), check, taken)
+        if check.holds:
+            break
+        if taken < passes:
+            _logger.info("the profile's kernels measure %.2fx their profiled time beside the "
+                         "models: this machine runs off the profile's speed; measuring again "
+                         "in %.0f s", check.median_ratio, pause_s)
+            time.sleep(pause_s)
+    assert best is not None
+    return replace(best, passes=taken)

@@ -40,6 +40,7 @@ from autocompress.exceptions import ProfileError
 from autocompress.hardware import HardwareProfile, MeasureSettings
 from autocompress.hardware.latency import LatencyModel
 from autocompress.hardware.profile import DeviceCalibration, ReferencePoint
+from autocompress.hardware.profiler import measure_with_check
 from autocompress.models import create_model
 from autocompress.space import Candidate
 from autocompress.transforms import compress
@@ -60,6 +61,12 @@ REFERENCE_MODELS: tuple[tuple[str, tuple[int, int, int, int]], ...] = (
     ("torchvision:efficientnet_b0", (1, 3, 96, 96)),
 )
 _MEASURE = MeasureSettings(max_time_s=2.0, min_runs=50, round_runs=25)
+#: Kernels of the profile measured in the same interleaved pass as the references, to tell
+#: the profile's error from a spell of the machine (:func:`calibrate_device`), and how many
+#: passes, how far apart, are taken while they run off their profiled time.
+CHECK_KERNELS = 8
+CHECK_PASSES = 3
+CHECK_PAUSE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -156,9 +163,18 @@ def calibrate_device(profile_path: str | Path, *, measurements: str | Path | Non
     """Measure the reference models on the profile's backend (or read ``measurements``),
     fit the device's correction and store it in the profile (rewritten in place).
 
+    Measured here, the references share each interleaved pass with :data:`CHECK_KERNELS` of
+    the profile's own kernels (:func:`~autocompress.hardware.profiler.measure_with_check`);
+    while those run more than 10% off their profiled time the pass is taken again, and if
+    none comes within, nothing is stored. A factor is the profile's error on whole networks;
+    measured in a slow spell it is the spell's: on the 2-core development VM (2026-12-07
+    01:07) the five references measured 1.6-3.1x their estimates minutes after the profile,
+    and a factor of 2.09 was stored, which put every model of that run 2x off.
+
     Raises:
         ProfileError: the profile's backend cannot measure here and no ``measurements`` were
-            given, or they miss a reference model.
+            given, or they miss a reference model; or the machine ran off the profile's
+            speed in every pass.
     """
     from autocompress.hardware.backends import backend_for, is_local
 
@@ -180,9 +196,23 @@ def calibrate_device(profile_path: str | Path, *, measurements: str | Path | Non
                 f"--onnx DIR --out results.json`, then `autocompress calibrate --profile "
                 f"{path} --measurements results.json`")
         backend = backend_for(profile.backend, profile.backend_settings)
-        _logger.info("measuring %d reference models on %s", len(graphs), profile.describe())
-        results = backend.measure_many([g for _, g in graphs], _MEASURE, rounds=rounds)
-        measured = [r.median_ms for r in results]
+        _logger.info("measuring %d reference models on %s, beside %d of its profiled kernels",
+                     len(graphs), profile.describe(), CHECK_KERNELS)
+        checked = measure_with_check(profile, backend, [g for _, g in graphs], _MEASURE,
+                                     rounds=rounds, sample=CHECK_KERNELS, passes=CHECK_PASSES,
+                                     pause_s=CHECK_PAUSE_S)
+        measured = [r.median_ms for r in checked.measurements]
+        if not checked.check.holds:
+            found = ", ".join(f"{label} {ms:.3f} ms" for label, ms in zip(labels, measured,
+                                                                          strict=True))
+            raise ProfileError(
+                f"{path}: beside the reference models this machine ran the profile's kernels "
+                f"at {checked.check.median_ratio:.2f}x their profiled time (the closest of "
+                f"{checked.passes} passes; {checked.check.describe()}), so a factor fitted "
+                f"now would be this machine's passing speed, not the profile's error; nothing "
+                f"was stored. Calibrate again when it runs as when profiled, or profile it "
+                f"again (`autocompress profile --check --out {path}` tells). The references "
+                f"measured {found}")
     scale = device_scale(estimates, measured)
     calibration = DeviceCalibration(
         scale=scale, offset_ms=0.0,

@@ -124,3 +124,74 @@ def test_a_cached_local_profile_is_brought_up_to_date(synthetic_profile, tmp_pat
     assert profiled == [first] and upgraded == []
     assert _prepare.local_profile(1) == first
     assert profiled == [first] and upgraded == [first]
+
+
+# Measured here: the references share each pass with kernels of the profile, so that a spell
+# of the machine is not stored as the device's factor.
+
+@pytest.fixture(scope="module")
+def reference_onnx() -> list[tuple[str, bytes]]:
+    from autocompress.study._calibrate import reference_graphs
+
+    return reference_graphs()
+
+
+class _Spells:
+    """The profile's synthetic backend, ``slow[i]`` times slower in its ``i``-th pass (1 after
+    the list): a machine in a spell, every graph of the pass alike."""
+
+    def __init__(self, slow: list[float]) -> None:
+        from autocompress.hardware.backends.synthetic import SyntheticBackend
+
+        self.backend, self.slow, self.passes = SyntheticBackend(scale=1.0), slow, 0
+
+    def measure_many(self, models, settings=None, rounds=1):
+        from dataclasses import replace
+
+        factor = self.slow[self.passes] if self.passes < len(self.slow) else 1.0
+        self.passes += 1
+        return [replace(m, median_ms=factor * m.median_ms, p25_ms=factor * m.p25_ms,
+                        p75_ms=factor * m.p75_ms)
+                for m in self.backend.measure_many(models, settings, rounds)]
+
+
+@pytest.fixture
+def local_profile(synthetic_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  reference_onnx) -> Path:
+    from autocompress.study import _calibrate
+
+    monkeypatch.setattr(_calibrate, "reference_graphs", lambda: reference_onnx)
+    monkeypatch.setattr(_calibrate, "CHECK_PAUSE_S", 0.0)
+    path = tmp_path / "here.json"
+    shutil.copy(synthetic_profile, path)
+    return path
+
+
+def _on(monkeypatch: pytest.MonkeyPatch, device: _Spells) -> _Spells:
+    import autocompress.hardware.backends as backends
+
+    monkeypatch.setattr(backends, "backend_for", lambda name, settings: device)
+    return device
+
+
+def test_a_slow_spell_beside_the_references_is_measured_again(local_profile, monkeypatch):
+    steady = calibrate_device(local_profile, rounds=1).calibration
+    assert steady.scale == pytest.approx(1.0, rel=0.05)
+    device = _on(monkeypatch, _Spells([2.0]))
+    spell = calibrate_device(local_profile, rounds=1).calibration
+    assert device.passes == 2   # the first pass (twice as slow) was taken again
+    assert [p.measured_ms for p in spell.references] == pytest.approx(
+        [p.measured_ms for p in steady.references])
+    assert spell.scale == pytest.approx(steady.scale)
+
+
+def test_a_machine_off_its_profile_in_every_pass_stores_nothing(local_profile, monkeypatch):
+    from autocompress.study._calibrate import CHECK_PASSES
+
+    before = local_profile.read_text()
+    device = _on(monkeypatch, _Spells([2.1, 2.0, 1.8]))
+    with pytest.raises(ProfileError, match=r"kernels at 1\.80x.*nothing was stored.*"
+                                           r"profile --check.*mobilenet_v3_small-96px"):
+        calibrate_device(local_profile, rounds=1)
+    assert device.passes == CHECK_PASSES == 3
+    assert local_profile.read_text() == before
