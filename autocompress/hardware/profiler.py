@@ -577,7 +577,8 @@ def measure_with_check(profile: HardwareProfile, backend: Backend, models: Seque
     for taken in range(1, passes + 1):
         found = backend.measure_many([*graphs, *models], settings, rounds=rounds)
         check = ProfileCheck(tuple((m.kernel, m.latency.median_ms, now.median_ms)
-                                   for m, now in zip(chosen, found, strict=False)),
+                                   for m, now in zip(chosen, found[:len(graphs)],
+                                                     strict=True)),
                              profile.created)
         if best is None or abs(check.median_ratio - 1) < abs(best.check.median_ratio - 1):
             best = CheckedMeasurements(tuple(found[len(graphs):]), check, taken)
