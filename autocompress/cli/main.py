@@ -532,6 +532,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     for model, raw, calibrated in result.errors():
         print(f"{model}: raw estimate {raw:+.1%}, calibrated {calibrated:+.1%} of measured")
     print(f"wrote {args.profile}: device calibration {result.calibration.describe()}")
+    if result.machine is not None:
+        print(f"beside the references, the profile's kernels: {result.machine.describe()}")
     if result.spread > SPREAD_WARNING:
         print(f"warning: the reference models disagree (measured / estimated ratios differ "
               f"{result.spread:.2f}x): the profile's error depends on the architecture here, "

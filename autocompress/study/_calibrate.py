@@ -40,7 +40,7 @@ from autocompress.exceptions import ProfileError
 from autocompress.hardware import HardwareProfile, MeasureSettings
 from autocompress.hardware.latency import LatencyModel
 from autocompress.hardware.profile import DeviceCalibration, ReferencePoint
-from autocompress.hardware.profiler import measure_with_check
+from autocompress.hardware.profiler import ProfileCheck, measure_with_check
 from autocompress.models import create_model
 from autocompress.space import Candidate
 from autocompress.transforms import compress
@@ -75,6 +75,9 @@ class CalibrationResult:
 
     profile: Path
     calibration: DeviceCalibration
+    #: how the machine ran the profile's kernels beside the references, where they were
+    #: measured here (None with ``measurements`` brought from the device)
+    machine: ProfileCheck | None = None
 
     @property
     def spread(self) -> float:
@@ -184,6 +187,7 @@ def calibrate_device(profile_path: str | Path, *, measurements: str | Path | Non
     graphs = reference_graphs()
     labels = [label for label, _ in graphs]
     estimates = [model.estimate(onnx_bytes).latency_ms for _, onnx_bytes in graphs]
+    machine = None
     if measurements is not None:
         found = _read_measurements(Path(measurements), labels)
         measured = [found[label] for label in labels]
@@ -202,6 +206,7 @@ def calibrate_device(profile_path: str | Path, *, measurements: str | Path | Non
                                      rounds=rounds, sample=CHECK_KERNELS, passes=CHECK_PASSES,
                                      pause_s=CHECK_PAUSE_S)
         measured = [r.median_ms for r in checked.measurements]
+        machine = checked.check
         if not checked.check.holds:
             found = ", ".join(f"{label} {ms:.3f} ms" for label, ms in zip(labels, measured,
                                                                           strict=True))
@@ -220,4 +225,4 @@ def calibrate_device(profile_path: str | Path, *, measurements: str | Path | Non
                          for label, e, m in zip(labels, estimates, measured, strict=True)),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     replace(profile, device_calibration=calibration).save(path)
-    return CalibrationResult(path, calibration)
+    return CalibrationResult(path, calibration, machine)

@@ -178,8 +178,11 @@ def test_a_slow_spell_beside_the_references_is_measured_again(local_profile, mon
     steady = calibrate_device(local_profile, rounds=1).calibration
     assert steady.scale == pytest.approx(1.0, rel=0.05)
     device = _on(monkeypatch, _Spells([2.0]))
-    spell = calibrate_device(local_profile, rounds=1).calibration
+    result = calibrate_device(local_profile, rounds=1)
+    spell = result.calibration
     assert device.passes == 2   # the first pass (twice as slow) was taken again
+    assert result.machine is not None and result.machine.median_ratio == pytest.approx(1.0)
+    assert len(result.machine.measured) == 8
     assert [p.measured_ms for p in spell.references] == pytest.approx(
         [p.measured_ms for p in steady.references])
     assert spell.scale == pytest.approx(steady.scale)
