@@ -287,7 +287,8 @@ class _Rounds:
             self._converted[key] = kernel_graph(kernel, seed=self.seed)
         return self._converted[key]
 
-    def measure_all(self, kernels: list[Kernel]) -> None:
+    def measure_all(self, kernels: list[Kernel],
+                    after_round: Callable[[], None] | None = None) -> None:
         for r in range(self.rounds):
             order = list(kernels)
             self._rng.shuffle(order)
@@ -303,6 +304,8 @@ class _Rounds:
                         "backend": self.backend.settings(), "grid": GRID_NAME,
                         "done": self.done})
                 self.tick()
+            if after_round is not None:
+                after_round()
 
     def result(self, kernel: Kernel) -> LatencyMeasurement:
         return median_of_rounds([LatencyMeasurement.from_dict(d)
@@ -330,7 +333,12 @@ def profile_backend(
 
     Each kernel is measured ``rounds`` times, in a freshly shuffled order each round, so
     slow drifts of a shared machine spread over all kernels; the recorded result is
-    :func:`~autocompress.hardware.backends.median_of_rounds` of the rounds. Then
+    :func:`~autocompress.hardware.backends.median_of_rounds` of the rounds. The run overhead
+    (the smallest graph's latency, which every kernel's fit takes out of its one-kernel
+    measurement) is measured before the first round and after each, and their median kept:
+    measured once, first, it read 7.6-8.3 us where it is 5.1-5.6 in 5 of 20 profiles of the
+    AMD VM (2026-12-06/07), four of them the first profile of a series, and each such
+    microsecond moves a model's estimate by about one per node. Then
     ``adaptive`` more kernels are sampled around the kernels the grid's linear fit explains
     worst (:func:`adaptive_kernels`). The channel sweep of
     :mod:`~autocompress.hardware.alignment` is measured with the grid (shuffled in with it)
@@ -369,9 +377,13 @@ def profile_backend(
     sweep = sweep_kernels() if sweep else []
     total = 1 + rounds * (len(grid) + len(others) + len(sweep) + adaptive)
     session = _Rounds(backend, settings, rounds, seed, partial_path, progress, total)
-    overhead = backend.measure(overhead_graph(), settings)
+    # the run overhead, subtracted from every kernel: measured first and after every round,
+    # their median kept (a first measurement after the machine sat idle can be slow)
+    overheads = [backend.measure(overhead_graph(), settings)]
     session.tick()
-    session.measure_all(grid + others + sweep)
+    session.measure_all(grid + others + sweep, after_round=lambda: overheads.append(
+        backend.measure(overhead_graph(), settings)))
+    overhead = median_of_rounds(overheads)
     extra = adaptive_kernels([(k, session.result(k).median_ms) for k in grid], adaptive,
                              backend.cost_rules)
     session.measure_all(extra)
