@@ -41,6 +41,9 @@ __all__ = ["GRID_NAME", "TOKEN_GEMMS", "CheckedMeasurements", "ProfileCheck", "a
 _logger = logging.getLogger(__name__)
 
 GRID_NAME = "standard-v1+adaptive+sweep"
+#: The run overhead is measured again after every this many kernels of a profile
+#: (:func:`profile_backend`).
+OVERHEAD_EVERY = 50
 _MAX_MACS = 120_000_000  # keeps every kernel well under ~50 ms on a small CPU
 
 ProgressFn = Callable[[int, int], None]
@@ -287,8 +290,10 @@ class _Rounds:
             self._converted[key] = kernel_graph(kernel, seed=self.seed)
         return self._converted[key]
 
-    def measure_all(self, kernels: list[Kernel],
-                    after_round: Callable[[], None] | None = None) -> None:
+    def measure_all(self, kernels: list[Kernel], beside: Callable[[], None] | None = None,
+                    every: int = OVERHEAD_EVERY) -> None:
+        """Measure ``kernels`` in every round not yet done; ``beside()`` is called after every
+        ``every`` kernels measured and after each round."""
         for r in range(self.rounds):
             order = list(kernels)
             self._rng.shuffle(order)
@@ -304,8 +309,10 @@ class _Rounds:
                         "backend": self.backend.settings(), "grid": GRID_NAME,
                         "done": self.done})
                 self.tick()
-            if after_round is not None:
-                after_round()
+                if beside is not None and self.count % every == 0:
+                    beside()
+            if beside is not None:
+                beside()
 
     def result(self, kernel: Kernel) -> LatencyMeasurement:
         return median_of_rounds([LatencyMeasurement.from_dict(d)
@@ -335,10 +342,11 @@ def profile_backend(
     slow drifts of a shared machine spread over all kernels; the recorded result is
     :func:`~autocompress.hardware.backends.median_of_rounds` of the rounds. The run overhead
     (the smallest graph's latency, which every kernel's fit takes out of its one-kernel
-    measurement) is measured before the first round and after each, and their median kept:
-    measured once, first, it read 7.6-8.3 us where it is 5.1-5.6 in 5 of 20 profiles of the
-    AMD VM (2026-12-06/07), four of them the first profile of a series, and each such
-    microsecond moves a model's estimate by about one per node. Then
+    measurement) is measured first, then among the kernels (after every
+    :data:`OVERHEAD_EVERY` and after each round), and the median of all kept: on the AMD VM
+    (2026-12-07) it switched between about 5.4 and 8-10 us with the machine's state, for
+    seconds at a time, and one measurement at the start said which state the start was in,
+    not the one the kernels met (docs/latency.md, "The run overhead"). Then
     ``adaptive`` more kernels are sampled around the kernels the grid's linear fit explains
     worst (:func:`adaptive_kernels`). The channel sweep of
     :mod:`~autocompress.hardware.alignment` is measured with the grid (shuffled in with it)
@@ -377,11 +385,11 @@ def profile_backend(
     sweep = sweep_kernels() if sweep else []
     total = 1 + rounds * (len(grid) + len(others) + len(sweep) + adaptive)
     session = _Rounds(backend, settings, rounds, seed, partial_path, progress, total)
-    # the run overhead, subtracted from every kernel: measured first and after every round,
-    # their median kept (a first measurement after the machine sat idle can be slow)
+    # the run overhead, subtracted from every kernel: measured first, then among the kernels
+    # (every OVERHEAD_EVERY of them and after each round), the median kept
     overheads = [backend.measure(overhead_graph(), settings)]
     session.tick()
-    session.measure_all(grid + others + sweep, after_round=lambda: overheads.append(
+    session.measure_all(grid + others + sweep, beside=lambda: overheads.append(
         backend.measure(overhead_graph(), settings)))
     overhead = median_of_rounds(overheads)
     extra = adaptive_kernels([(k, session.result(k).median_ms) for k in grid], adaptive,

@@ -618,3 +618,27 @@ def test_a_slow_first_measurement_does_not_set_the_run_overhead(tmp_path: Path) 
     slow = profile_backend(SlowStart(), tmp_path / "b.json", **options)
     assert slow.overhead.median_ms == pytest.approx(steady.overhead.median_ms)
     assert slow.kernels == steady.kernels
+
+
+def test_the_run_overhead_is_measured_among_the_kernels(tmp_path: Path) -> None:
+    from autocompress.hardware.backends.synthetic import SyntheticBackend
+    from autocompress.hardware.kernels import overhead_graph
+    from autocompress.hardware.profiler import OVERHEAD_EVERY
+
+    class Counting(SyntheticBackend):
+        def __init__(self) -> None:
+            super().__init__(scale=1.0)
+            self.overheads = 0
+
+        def measure(self, onnx_model: bytes, settings: MeasureSettings | None = None
+                    ) -> LatencyMeasurement:
+            self.overheads += onnx_model == overhead_graph()
+            return super().measure(onnx_model, settings)
+
+    grid = default_grid()[:60]
+    backend = Counting()
+    profile_backend(backend, tmp_path / "p.json", grid=grid, adaptive=0, sweep=False,
+                    layout=False, streaming=False, rounds=2)
+    # first; after every OVERHEAD_EVERY ticks (the first overhead is tick 1, kernels 2-121);
+    # after each of the two rounds
+    assert backend.overheads == 1 + (1 + 2 * len(grid)) // OVERHEAD_EVERY + 2
