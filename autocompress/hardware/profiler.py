@@ -292,8 +292,9 @@ class _Rounds:
 
     def measure_all(self, kernels: list[Kernel], beside: Callable[[], None] | None = None,
                     every: int = OVERHEAD_EVERY) -> None:
-        """Measure ``kernels`` in every round not yet done; ``beside()`` is called after every
-        ``every`` kernels measured and after each round."""
+        """Measure ``kernels`` in every round not yet done; ``beside()`` is called whenever
+        the session's count of measurements (:meth:`tick`) reaches a multiple of ``every``,
+        and after each round."""
         for r in range(self.rounds):
             order = list(kernels)
             self._rng.shuffle(order)
