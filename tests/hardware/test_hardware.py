@@ -22,6 +22,7 @@ from autocompress.hardware import (
 from autocompress.hardware.backends import time_callable
 from autocompress.hardware.backends._ort_lowering import runtime_kernels
 from autocompress.hardware.backends.onnxruntime import OnnxRuntimeBackend
+from autocompress.hardware.backends.synthetic import SyntheticBackend
 from autocompress.hardware.export import export_onnx
 from autocompress.hardware.kernels import (
     KINDS,
@@ -30,11 +31,13 @@ from autocompress.hardware.kernels import (
     NodeKernel,
     kernel_graph,
     kernels_of,
+    overhead_graph,
 )
 from autocompress.hardware.latency import fit_calibration
 from autocompress.hardware.profile import PROFILE_FORMAT_VERSION, KernelMeasurement
 from autocompress.hardware.profiler import (
     GRID_NAME,
+    OVERHEAD_EVERY,
     adaptive_kernels,
     default_grid,
     profile_backend,
@@ -591,54 +594,44 @@ def test_onnxruntime_cuda_measures_a_kernel() -> None:
     assert m.median_ms > 0
 
 
+class _Recording(SyntheticBackend):
+    """The synthetic device, counting its measurements of the run-overhead graph; with
+    ``first_slow``, its first measurement that many times slow (as after an idle spell)."""
+
+    def __init__(self, first_slow: float = 1.0) -> None:
+        super().__init__(scale=1.0)
+        self.first_slow, self.calls, self.overheads = first_slow, 0, 0
+
+    def measure(self, onnx_model: bytes, settings: MeasureSettings | None = None
+                ) -> LatencyMeasurement:
+        self.calls += 1
+        self.overheads += onnx_model == overhead_graph()
+        m = super().measure(onnx_model, settings)
+        if self.calls > 1:
+            return m
+        f = self.first_slow
+        return dataclasses.replace(m, median_ms=f * m.median_ms, p25_ms=f * m.p25_ms,
+                                   p75_ms=f * m.p75_ms)
+
+
+_BARE = {"adaptive": 0, "sweep": False, "layout": False, "streaming": False, "rounds": 2}
+
+
 def test_a_slow_first_measurement_does_not_set_the_run_overhead(tmp_path: Path) -> None:
-    """The overhead, subtracted from every kernel, is measured before the first round and
-    after each, and the median kept: a first measurement 1.5x slow (as after an idle spell of
-    the machine) is outvoted."""
-    from autocompress.hardware.backends.synthetic import SyntheticBackend
-
-    class SlowStart(SyntheticBackend):
-        def __init__(self) -> None:
-            super().__init__(scale=1.0)
-            self.calls = 0
-
-        def measure(self, onnx_model: bytes, settings: MeasureSettings | None = None
-                    ) -> LatencyMeasurement:
-            self.calls += 1
-            m = super().measure(onnx_model, settings)
-            if self.calls > 1:
-                return m
-            return dataclasses.replace(m, median_ms=1.5 * m.median_ms, p25_ms=1.5 * m.p25_ms,
-                                       p75_ms=1.5 * m.p75_ms)
-
+    """The overhead, subtracted from every kernel, is measured first, then among the kernels,
+    and the median kept: a first measurement 1.5x slow is outvoted."""
     grid = _small_grid()[:12]
-    options = {"grid": grid, "adaptive": 0, "sweep": False, "layout": False,
-               "streaming": False, "rounds": 2}
-    steady = profile_backend(SyntheticBackend(scale=1.0), tmp_path / "a.json", **options)
-    slow = profile_backend(SlowStart(), tmp_path / "b.json", **options)
+    steady = profile_backend(SyntheticBackend(scale=1.0), tmp_path / "a.json", grid=grid,
+                             **_BARE)
+    slow = profile_backend(_Recording(first_slow=1.5), tmp_path / "b.json", grid=grid, **_BARE)
     assert slow.overhead.median_ms == pytest.approx(steady.overhead.median_ms)
     assert slow.kernels == steady.kernels
 
 
 def test_the_run_overhead_is_measured_among_the_kernels(tmp_path: Path) -> None:
-    from autocompress.hardware.backends.synthetic import SyntheticBackend
-    from autocompress.hardware.kernels import overhead_graph
-    from autocompress.hardware.profiler import OVERHEAD_EVERY
-
-    class Counting(SyntheticBackend):
-        def __init__(self) -> None:
-            super().__init__(scale=1.0)
-            self.overheads = 0
-
-        def measure(self, onnx_model: bytes, settings: MeasureSettings | None = None
-                    ) -> LatencyMeasurement:
-            self.overheads += onnx_model == overhead_graph()
-            return super().measure(onnx_model, settings)
-
     grid = default_grid()[:60]
-    backend = Counting()
-    profile_backend(backend, tmp_path / "p.json", grid=grid, adaptive=0, sweep=False,
-                    layout=False, streaming=False, rounds=2)
+    backend = _Recording()
+    profile_backend(backend, tmp_path / "p.json", grid=grid, **_BARE)
     # first; after every OVERHEAD_EVERY ticks (the first overhead is tick 1, kernels 2-121);
     # after each of the two rounds
     assert backend.overheads == 1 + (1 + 2 * len(grid)) // OVERHEAD_EVERY + 2
