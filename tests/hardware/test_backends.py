@@ -41,6 +41,7 @@ from autocompress.hardware.backends import (
 from autocompress.hardware.backends._ort_lowering import FILTER_SET_BLOCKS, nchwc_block
 from autocompress.hardware.backends.onnxruntime import (
     GROUPED_CONVS,
+    NARROW_POINTWISE,
     ONNXRUNTIME_RULES,
     SPILL_BYTES,
 )
@@ -262,6 +263,22 @@ def test_onnxruntime_grid_has_grouped_convolutions_off_every_x86_block() -> None
     assert len(off_block) >= 5 and max(off_block) >= 56, widths
     narrow = [k for k in GROUPED_CONVS if (k.in_channels // k.groups) % 8]
     assert len(narrow) >= 10
+
+
+def test_onnxruntime_grid_has_narrow_pointwise_convolutions_on_large_maps() -> None:
+    """Inverted-residual blocks expand and project few channels on the large maps of their
+    first stages; a pointwise fit pulled by the grid's many-channel and small-map kernels put
+    those at 1.2-1.7x their one-kernel times (``docs/latency.md``, "Narrow pointwise
+    convolutions"). The profile measures some of each: expansions and projections, on maps
+    from 24 to 48 px, with no more than 96 channels on either side."""
+    grid = [k for k in ONNXRUNTIME_RULES.grid_kernels if k.kind == "conv1x1"]
+    narrow = [k for k in grid if max(k.in_channels, k.out_channels) <= 96 and k.height >= 24]
+    assert set(NARROW_POINTWISE) <= set(narrow)
+    assert len(narrow) >= 8
+    assert any(k.out_channels > k.in_channels for k in narrow)  # expansions
+    assert any(k.out_channels < k.in_channels for k in narrow)  # projections
+    assert {24, 48} <= {k.height for k in narrow}
+    assert min(k.in_channels for k in narrow) <= 8
 
 
 def _residual_block() -> onnx.ModelProto:

@@ -160,6 +160,19 @@ UNBLOCKED_CONVS = (
                            (90, 360, 14), (350, 96, 7))),
 )
 
+#: Pointwise convolutions of few channels on large maps: the expansions and projections of
+#: inverted-residual blocks in their first stages (8 to 48 channels in, 16 to 96 out, on 24 to
+#: 48 px). The rest of the grid's pointwise convolutions have either many channels or small
+#: maps, and its fit, pulled by those, put such convolutions at 1.2-1.7x their one-kernel
+#: measurements (mnasnet at 96x96: 16 -> 48 channels on 24x24, 17.6 us measured alone, 26.8
+#: fitted; AMD EPYC VM, 2026-12-07). With these ten in the same profile, mobilenet_v2's
+#: candidates at 32x32 went from 40% to 90% within +-10% of their measurements
+#: (``docs/latency.md``, "Narrow pointwise convolutions").
+NARROW_POINTWISE = tuple(
+    Kernel("conv1x1", cin, cout, s, s)
+    for cin, cout, s in ((8, 16, 48), (16, 16, 48), (16, 48, 48), (32, 16, 48), (48, 96, 48),
+                         (8, 48, 24), (16, 48, 24), (32, 96, 24), (48, 16, 24), (16, 96, 32)))
+
 #: Elementwise operators that cost more per element than an addition, by class
 #: (:data:`~autocompress.hardware._kernel.ELEMENTWISE_OPS`: GELU, SiLU, softmax, LayerNorm,
 #: two kinds of transposes), over 1k to 1.2M elements, normalized over the last axis of 32 to
@@ -196,7 +209,7 @@ ONNXRUNTIME_RULES = CostRules(
     layout_kernels=tuple(Kernel(kind, c, c, s, s) for kind in LAYOUT_KINDS  # type: ignore[arg-type]
                          for c, s in _LAYOUT_TENSORS),
     stream_kernels=tuple(Kernel("weights", 512, 512, n, 1) for n in _STREAM_LAYERS),
-    grid_kernels=GROUPED_CONVS + UNBLOCKED_CONVS + ELEMENTWISE_KERNELS,
+    grid_kernels=GROUPED_CONVS + UNBLOCKED_CONVS + NARROW_POINTWISE + ELEMENTWISE_KERNELS,
 )
 
 
