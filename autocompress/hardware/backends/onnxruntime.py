@@ -165,9 +165,10 @@ UNBLOCKED_CONVS = (
 #: 48 px). The rest of the grid's pointwise convolutions have either many channels or small
 #: maps, and its fit, pulled by those, put such convolutions at 1.2-1.7x their one-kernel
 #: measurements (mnasnet at 96x96: 16 -> 48 channels on 24x24, 17.6 us measured alone, 26.8
-#: fitted; AMD EPYC VM, 2026-12-07). With these ten in the same profile, mobilenet_v2's
-#: candidates at 32x32 went from 40% to 90% within +-10% of their measurements
-#: (``docs/latency.md``, "Narrow pointwise convolutions").
+#: fitted; AMD EPYC VM, 2026-12-07). In three fresh runs, each estimated with its profile and
+#: with the same profile less these ten, mobilenet_v2's candidates at 32x32 went from 40%,
+#: 95% and 30% to 90%, 100% and 80% within +-10% of their measurements, the zoo by +1, +3
+#: and -3 points (``docs/latency.md``, "Narrow pointwise convolutions").
 NARROW_POINTWISE = tuple(
     Kernel("conv1x1", cin, cout, s, s)
     for cin, cout, s in ((8, 16, 48), (16, 16, 48), (16, 48, 48), (32, 16, 48), (48, 96, 48),
