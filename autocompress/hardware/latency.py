@@ -121,7 +121,9 @@ class WeightStreaming:
     (:data:`~autocompress.hardware.kernels.STREAM_KINDS`: matrix-vector products over 1 to
     64 MiB of weights) give the time per weight byte at each footprint: flat while the
     weights stay in cache, rising beyond. A model's footprint is :data:`_WORKING_SET` times
-    the weight bytes of its body (its nodes but a classifier, :func:`is_classifier`); each
+    the weight bytes of its body (its nodes but a classifier, :func:`is_classifier`; the
+    bytes a node reads, where the backend's rules say it skips some:
+    :attr:`~autocompress.hardware.rules.CostRules.weights_read`); each
     node with weights then adds its weight bytes times the rate at that footprint (a
     classifier: the rate over the cached one), in full once that rate is
     :data:`_STREAMING_RAMP` above the cached one (from nothing at the cached rate, linearly).
@@ -190,11 +192,13 @@ def is_classifier(kernel: Kernel | None) -> bool:
     return kernel is not None and kernel.kind == "gemm" and kernel.height == 1
 
 
-def weight_bytes(kernel: Kernel | None) -> int:
-    """The bytes of weights ``kernel`` reads (its weight elements in its precision)."""
+def weight_bytes(kernel: Kernel | None, read: Callable[[Kernel], int] | None = None) -> int:
+    """The bytes of weights ``kernel`` reads: its weight elements (those ``read`` says it
+    reads, where given: :attr:`CostRules.weights_read`) in its precision."""
     if kernel is None or kernel.kind not in KINDS:
         return 0
-    return kernel.weight_elements * _WEIGHT_BYTES.get(kernel.precision, 4)
+    elements = read(kernel) if read is not None else kernel.weight_elements
+    return elements * _WEIGHT_BYTES.get(kernel.precision, 4)
 
 
 def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]
@@ -378,7 +382,8 @@ class LatencyModel:
         total = self.profile.overhead.median_ms
         var = 0.0
         per_node = []
-        footprint = _WORKING_SET * sum(weight_bytes(node.kernel) for node in nodes
+        read = self.rules.weights_read
+        footprint = _WORKING_SET * sum(weight_bytes(node.kernel, read) for node in nodes
                                        if not is_classifier(node.kernel))
         streaming = 0.0
         factors, per_node_ms = self.precision_scales, self.precision_node_ms
@@ -389,10 +394,10 @@ class LatencyModel:
                 ms = ms * factor + per_node_ms.get(node.kernel.precision, 0.0)
                 std = std * factor
             if self.streaming is not None:
-                read = self.streaming.node_ms(weight_bytes(node.kernel), footprint,
-                                              beyond_cached=is_classifier(node.kernel))
-                ms += read
-                streaming += read
+                reading = self.streaming.node_ms(weight_bytes(node.kernel, read), footprint,
+                                                 beyond_cached=is_classifier(node.kernel))
+                ms += reading
+                streaming += reading
             total += ms
             var += std**2
             per_node.append((node.node, node.op_type, ms * self.scale))

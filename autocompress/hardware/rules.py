@@ -100,6 +100,10 @@ class CostRules:
     #: model whose weights outgrow the caches pays for reading them (see
     #: :class:`~autocompress.hardware.latency.WeightStreaming`).
     stream_kernels: tuple[Kernel, ...] = ()
+    #: The weight elements a kernel reads per run, where the runtime skips some
+    #: (:attr:`Kernel.weight_elements` where ``None``): what a model whose weights outgrow
+    #: the caches pays to read (see :class:`~autocompress.hardware.latency.WeightStreaming`).
+    weights_read: Callable[[Kernel], int] | None = None
     #: Kernels a profile of this backend measures besides the default grid, and fits with it
     #: (ONNX Runtime: grouped convolutions and convolutions on channel counts off a multiple
     #: of 4, which it runs outside its blocked layout, and elementwise operators of each

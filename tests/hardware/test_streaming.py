@@ -7,6 +7,8 @@ graph that runs is checked for what it computes, not for how fast.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -136,6 +138,20 @@ def test_weights_beyond_the_cache_are_read_at_the_curve_s_rate() -> None:
     plain = {name: ms for name, _, ms in without.estimate_nodes(nodes).per_node_ms}
     for name, _, ms in estimate.per_node_ms:
         assert ms == pytest.approx(plain[name] + footprint / 4 * 4e-8)
+
+
+def test_streaming_counts_the_weights_the_backend_says_a_kernel_reads() -> None:
+    """Where the rules say a kernel reads fewer weights than it holds (ONNX Runtime skips
+    the taps of a window in the padding), the footprint and each node's charge count those."""
+    model = LatencyModel(_profile())
+    nodes = _model(512, 12)  # 113 MB of weights held
+    nominal = model.estimate_nodes(nodes).streaming_ms
+    model.rules = replace(model.rules, weights_read=lambda k: k.weight_elements // 9)
+    read = 12 * 512 * 512 * 4  # the centre taps' weights: 12.6 MB
+    assert model.streaming is not None
+    estimate = model.estimate_nodes(nodes)
+    assert estimate.streaming_ms == pytest.approx(read * model.streaming.rate(2 * read))
+    assert estimate.streaming_ms < nominal / 9
 
 
 def test_the_curve_is_read_at_twice_the_weights_of_the_body() -> None:

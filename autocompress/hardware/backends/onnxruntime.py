@@ -67,7 +67,11 @@ def _features(kernel: Kernel) -> np.ndarray:
 
     And of fp32 convolutions, the output elements beyond :data:`SPILL_BYTES`
     (:func:`_spilled_outputs`): an output that outgrows a core's cache costs more per element
-    than the linear terms say."""
+    than the linear terms say.
+
+    A blocked fp32 convolution's multiply-adds and weights count only the taps of its window
+    inside the map (:func:`_window_taps`, :func:`_weights_read`): ONNX Runtime skips those in
+    the padding, which on maps of a few pixels are most of them."""
     convolution = kernel.kind in ("conv", "conv1x1", "dwconv")
     if (kernel.kind not in ("conv", "conv1x1", "dwconv", "gemm", "pool")
             or (kernel.precision == "fp32" and not convolution)):
@@ -78,6 +82,10 @@ def _features(kernel: Kernel) -> np.ndarray:
         return np.array([1.0, 0 if windowed else kernel.in_elements, window_work],
                         dtype=float)
     features = np.append(neutral_features(kernel), float(kernel.out_height * kernel.out_width))
+    if kernel.precision == "fp32" and not kernel.unblocked:  # the taps it runs
+        features[1] = _window_taps(kernel) * kernel.out_channels * (kernel.in_channels
+                                                                   // kernel.groups)
+        features[4] = _weights_read(kernel)
     if kernel.precision == "fp32":
         features = np.append(features, [_filter_set_passes(kernel), _spilled_outputs(kernel)])
     return features
@@ -122,8 +130,45 @@ def _filter_set_passes(kernel: Kernel) -> float:
         return 0.0
     out_per_group = kernel.out_channels // kernel.groups
     sets = -(-out_per_group // (FILTER_SET_BLOCKS * nchwc_block()))
-    return float(kernel.groups * sets * (kernel.in_channels // kernel.groups) * kernel.kernel
-                 * kernel.window_w * kernel.out_height * kernel.out_width)
+    return float(kernel.groups * sets * (kernel.in_channels // kernel.groups)
+                 * _window_taps(kernel))
+
+
+def _taps(size: int, window: int, stride: int) -> int:
+    """Window taps inside the input, summed over the output positions of one axis (a
+    convolution padded to keep its size: ``window // 2`` each side)."""
+    pad = window // 2
+    out = (size + 2 * pad - window) // stride + 1
+    return sum(max(min(window, size + pad - o * stride) - max(0, pad - o * stride), 0)
+               for o in range(out))
+
+
+def _used_taps(size: int, window: int, stride: int) -> int:
+    """Window taps of one axis that fall inside the input at some output position."""
+    pad = window // 2
+    last = (size + 2 * pad - window) // stride  # the last output position
+    return max(min(window, size + pad) - max(0, pad - last * stride), 0)
+
+
+def _weights_read(kernel: Kernel) -> int:
+    """The weight elements a kernel reads per run: for a blocked fp32 convolution, not
+    those of taps that fall in the padding at every output pixel (a 3x3 window on a 1x1
+    map reads its centre tap's; Inception's last blocks at 96x96); else all of them."""
+    if (kernel.kind not in ("conv", "conv1x1", "dwconv") or kernel.precision != "fp32"
+            or kernel.unblocked):
+        return kernel.weight_elements
+    return (kernel.out_channels * (kernel.in_channels // kernel.groups)
+            * _used_taps(kernel.height, kernel.kernel, kernel.stride)
+            * _used_taps(kernel.width, kernel.window_w, kernel.stride))
+
+
+def _window_taps(kernel: Kernel) -> int:
+    """Taps of a convolution's window that fall inside its input, over all output pixels:
+    ``kernel * window_w * out_height * out_width`` less the taps in the padding, which ONNX
+    Runtime's blocked fp32 convolutions skip. On maps of a few pixels that is most of them
+    (a 3x3 window on a 1x1 map: one tap in nine)."""
+    return (_taps(kernel.height, kernel.kernel, kernel.stride)
+            * _taps(kernel.width, kernel.window_w, kernel.stride))
 
 
 #: Grouped convolutions (not depthwise) measured besides the default grid, group widths 4 to
@@ -210,6 +255,7 @@ ONNXRUNTIME_RULES = CostRules(
     layout_kernels=tuple(Kernel(kind, c, c, s, s) for kind in LAYOUT_KINDS  # type: ignore[arg-type]
                          for c, s in _LAYOUT_TENSORS),
     stream_kernels=tuple(Kernel("weights", 512, 512, n, 1) for n in _STREAM_LAYERS),
+    weights_read=_weights_read,
     grid_kernels=GROUPED_CONVS + UNBLOCKED_CONVS + NARROW_POINTWISE + ELEMENTWISE_KERNELS,
 )
 
