@@ -156,3 +156,22 @@ def test_a_scaled_device_scales_every_estimate(tmp_path: Path) -> None:
                                   grid=grid, rounds=1, adaptive=0)
         estimates[scale] = LatencyModel(profile).estimate(conv).latency_ms
     assert estimates[0.4] == pytest.approx(0.4 * estimates[1.0], rel=1e-9)
+
+
+def test_measure_apart_runs_the_backend_as_configured_in_a_fresh_process() -> None:
+    from autocompress.hardware._apart import measure_apart
+
+    backend = SyntheticBackend(scale=3.0)  # a setting the fresh process must rebuild
+    models = [kernel_graph(CONV), overhead_graph(), kernel_graph(Kernel("conv1x1", 16, 32, 4, 4))]
+    passes = measure_apart(models, backend, rounds=2, passes=2)
+    here = backend.measure_many(models, rounds=2)
+    assert [[m.median_ms for m in one] for one in passes] == [[m.median_ms for m in here]] * 2
+    assert SyntheticBackend(scale=1.0).measure(models[0]).median_ms < here[0].median_ms
+
+
+def test_measure_apart_says_why_the_fresh_process_failed() -> None:
+    from autocompress.exceptions import AutocompressError
+    from autocompress.hardware._apart import measure_apart
+
+    with pytest.raises(AutocompressError, match="fresh process failed"):
+        measure_apart([b"not an onnx graph"], SyntheticBackend(scale=1.0))
