@@ -18,13 +18,18 @@ interpreter and reads the results back.
 
 from __future__ import annotations
 
+import atexit
 import json
+import pickle
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from autocompress.exceptions import AutocompressError
 from autocompress.hardware.backends import (
@@ -34,7 +39,7 @@ from autocompress.hardware.backends import (
     backend_for,
 )
 
-__all__ = ["measure_apart"]
+__all__ = ["ApartBackend", "apart", "measure_apart"]
 
 
 def measure_apart(onnx_models: Sequence[bytes], backend: Backend,
@@ -71,6 +76,133 @@ def measure_apart(onnx_models: Sequence[bytes], backend: Backend,
     return [[LatencyMeasurement.from_dict(m) for m in one] for one in results]
 
 
+class ApartBackend:
+    """``backend`` with its measurements taken in a worker process of its own: a fresh
+    interpreter started at the first measurement and kept for the next ones (its heap holds
+    nothing but the graphs it measures), ended by :meth:`close` or when this process exits.
+    Everything else (settings, rules, :meth:`~Backend.run` for accuracy) is ``backend``'s,
+    here. Built by :func:`apart`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._registered = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("backend", "_worker", "_lock", "_registered"):  # a copy being made
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    def measure(self, onnx_model: bytes, settings: MeasureSettings | None = None
+                ) -> LatencyMeasurement:
+        return self.measure_many([onnx_model], settings)[0]
+
+    def measure_many(self, onnx_models: Sequence[bytes], settings: MeasureSettings | None = None,
+                     rounds: int = 1) -> list[LatencyMeasurement]:
+        with self._lock:
+            worker = self._start()
+            assert worker.stdin is not None and worker.stdout is not None
+            try:
+                _send(worker.stdin, (list(onnx_models), settings, rounds))
+                ok, reply = _receive(worker.stdout)
+            except (OSError, EOFError, struct.error) as exc:
+                self._stop()
+                raise AutocompressError(
+                    f"the worker process measuring on {self.backend.name} ended (exit status "
+                    f"{worker.poll()}): {type(exc).__name__}: {exc}") from exc
+            except BaseException:  # interrupted mid-exchange: its reply would come to the next
+                self._stop()
+                raise
+        if not ok:
+            raise reply
+        return cast(list[LatencyMeasurement], reply)
+
+    def close(self) -> None:
+        """End the worker process (a later measurement starts another)."""
+        with self._lock:
+            self._stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_worker", None) is not None:
+            self._stop()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._worker is None or self._worker.poll() is not None:
+            self._worker = subprocess.Popen(
+                [sys.executable, "-m", "autocompress.hardware._apart", "--serve"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert self._worker.stdin is not None
+            _send(self._worker.stdin, (self.backend.name, self.backend.settings()))
+            if not self._registered:
+                atexit.register(self.close)
+                self._registered = True
+        return self._worker
+
+    def _stop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        for stream in (worker.stdin, worker.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def apart(backend: Backend) -> Backend:
+    """``backend`` measuring in a worker process of its own (:class:`ApartBackend`) where it
+    runs ONNX Runtime on this machine's CPU, whose kernels a busy heap slows (see the module
+    doc); ``backend`` itself otherwise (other backends, a device behind RPC, a GPU)."""
+    if (getattr(backend, "name", None) != "onnxruntime" or not backend.runs_here
+            or backend.settings().get("device", "cpu") != "cpu"):
+        return backend
+    return cast(Backend, ApartBackend(backend))
+
+
+def _send(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any:
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("no reply")
+    (size,) = struct.unpack("<Q", head)
+    return pickle.loads(stream.read(size))
+
+
+def _serve() -> None:
+    """The worker of :class:`ApartBackend`: the backend's name and settings, then requests
+    of (graphs, settings, rounds) on stdin, each answered on stdout with (True, measurements)
+    or (False, the exception), until stdin closes."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but replies on the pipe
+    name, settings = _receive(requests)
+    backend = backend_for(name, settings)
+    while True:
+        try:
+            models, measure, rounds = _receive(requests)
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, backend.measure_many(models, measure,
+                                                                  rounds=rounds))
+        except Exception as exc:  # noqa: BLE001 - raised again in the process that asked
+            reply = (False, exc)
+        try:
+            _send(replies, reply)
+        except (pickle.PicklingError, TypeError, AttributeError):  # an exception that
+            # does not pickle
+            _send(replies, (False, AutocompressError(f"{type(reply[1]).__name__}: "
+                                                     f"{reply[1]}")))
+
+
 def _run(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     backend = backend_for(job["backend"], job["settings"])
@@ -83,4 +215,7 @@ def _run(job_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _run(sys.argv[1])
+    if sys.argv[1] == "--serve":
+        _serve()
+    else:
+        _run(sys.argv[1])

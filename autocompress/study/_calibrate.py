@@ -38,6 +38,7 @@ import torch
 
 from autocompress.exceptions import ProfileError
 from autocompress.hardware import HardwareProfile, MeasureSettings
+from autocompress.hardware._apart import apart
 from autocompress.hardware.latency import LatencyModel
 from autocompress.hardware.profile import DeviceCalibration, ReferencePoint
 from autocompress.hardware.profiler import ProfileCheck, measure_with_check
@@ -199,7 +200,7 @@ def calibrate_device(profile_path: str | Path, *, measurements: str | Path | Non
                 f"--export-references DIR`, measure them there with `autocompress measure "
                 f"--onnx DIR --out results.json`, then `autocompress calibrate --profile "
                 f"{path} --measurements results.json`")
-        backend = backend_for(profile.backend, profile.backend_settings)
+        backend = apart(backend_for(profile.backend, profile.backend_settings))
         _logger.info("measuring %d reference models on %s, beside %d of its profiled kernels",
                      len(graphs), profile.describe(), CHECK_KERNELS)
         checked = measure_with_check(profile, backend, [g for _, g in graphs], _MEASURE,

@@ -15,6 +15,7 @@ import optuna
 from autocompress._io import write_bytes_atomic, write_text_atomic
 from autocompress.exceptions import BudgetError, RunError
 from autocompress.hardware import HardwareProfile, MeasureSettings
+from autocompress.hardware._apart import apart
 from autocompress.hardware.backends import Backend, backend_for, is_local
 from autocompress.hardware.drift import DriftCheck, measure_beside
 from autocompress.study._config import RunFolder, redact_url
@@ -124,8 +125,8 @@ def pick(run: str | Path, latency_budget_ms: float, export_dir: str | Path, *,
                        f"{', '.join(str(m.trial) for m in front.members)} "
                        f"(`autocompress front {run}` lists them)")
     profile = HardwareProfile.load(folder.path / "profile.json")
-    backend = backend_for(profile.backend, profile.backend_settings) if is_local(profile) \
-        else None
+    backend = (apart(backend_for(profile.backend, profile.backend_settings))
+               if is_local(profile) else None)
     reference = _reference(folder) if backend is not None else None
     tried: list[tuple[int, float, float]] = []
     measured_at_pick: dict[int, float] = {}

@@ -26,6 +26,7 @@ from autocompress.hardware import (
     MeasureSettings,
     get_backend,
 )
+from autocompress.hardware._apart import apart
 from autocompress.hardware._nnls import nnls
 from autocompress.hardware.backends import Backend, backend_for, is_local
 from autocompress.hardware.drift import DriftCheck, measure_beside
@@ -397,7 +398,7 @@ def measurer(profile: HardwareProfile) -> Measurer | None:
     (``None`` otherwise)."""
     if not is_local(profile):
         return None
-    return Measurer(backend_for(profile.backend, profile.backend_settings))
+    return Measurer(apart(backend_for(profile.backend, profile.backend_settings)))
 
 
 # ------------------------------------------------------------------------------ first run
@@ -512,7 +513,7 @@ def measure_and_calibrate(profile: HardwareProfile, latency_model: LatencyModel,
     candidates over budget; another measured 1.32 ms against 1.06 (+17% over the estimate),
     scaled its estimates by 1.24, took its latency-aware allocation for over budget and
     exported the uniform pruning."""
-    backend = backend_for(profile.backend, profile.backend_settings)
+    backend = apart(backend_for(profile.backend, profile.backend_settings))
     raw_ms = latency_model.estimate(onnx_bytes).latency_ms
     models, keeps = [onnx_bytes], [1.0]
     copies: list[tuple[str, float, CompressedModel]] = []

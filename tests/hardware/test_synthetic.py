@@ -175,3 +175,35 @@ def test_measure_apart_says_why_the_fresh_process_failed() -> None:
 
     with pytest.raises(AutocompressError, match="fresh process failed"):
         measure_apart([b"not an onnx graph"], SyntheticBackend(scale=1.0))
+
+
+def test_a_backend_apart_measures_in_one_worker_process_and_delegates_the_rest() -> None:
+    from autocompress.hardware._apart import ApartBackend
+
+    backend = SyntheticBackend(scale=3.0)
+    worker = ApartBackend(backend)
+    models = [kernel_graph(CONV), overhead_graph()]
+    try:
+        first = worker.measure_many(models, rounds=2)
+        pid = worker._worker.pid
+        assert [m.median_ms for m in first] == [m.median_ms for m in
+                                                 backend.measure_many(models, rounds=2)]
+        assert worker.measure(models[0]) == backend.measure(models[0])
+        assert worker._worker.pid == pid  # the same process measured both
+        assert worker.settings() == backend.settings() and worker.name == "synthetic"
+        from autocompress.exceptions import ExportError
+        with pytest.raises(ExportError, match="not a readable ONNX model"):
+            worker.measure(b"not an onnx graph")  # raised there, again here
+        assert worker.measure(models[1]) == backend.measure(models[1])  # and it goes on
+    finally:
+        worker.close()
+    assert worker._worker is None
+
+
+def test_only_onnx_runtime_on_this_cpu_is_measured_apart() -> None:
+    from autocompress.hardware import get_backend
+    from autocompress.hardware._apart import ApartBackend, apart
+
+    synthetic = SyntheticBackend(scale=1.0)
+    assert apart(synthetic) is synthetic
+    assert isinstance(apart(get_backend("onnxruntime", threads=1)), ApartBackend)
