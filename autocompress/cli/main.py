@@ -384,10 +384,15 @@ def _profile(args: argparse.Namespace) -> int:
     if args.check:
         if args.upgrade:
             raise SystemExit("--check and --upgrade are two runs: check first, then upgrade")
-        from autocompress.hardware.profiler import check_profile
+        from autocompress.hardware.profiler import CHECK_TOLERANCE, check_profile
 
         check = check_profile(args.out, rounds=args.rounds)
         print(f"{args.out} (profiled {check.profiled_at}): {check.describe()}")
+        chains = check.chain_ratio
+        if chains is not None and abs(chains - 1) > CHECK_TOLERANCE:
+            print(f"its memory now reads weights beyond the caches at {chains:.2f}x their "
+                  f"profiled time (the host's other tenants share it): the streaming charge "
+                  f"of models with tens of MiB of weights is off by up to that much")
         if check.holds:
             print("this machine still runs as when it was profiled")
             return 0

@@ -83,3 +83,47 @@ def test_a_profile_of_another_machine_cannot_be_checked_here(profile_path: Path)
 def test_check_and_upgrade_are_not_one_run(profile_path: Path) -> None:
     with pytest.raises(SystemExit, match="check first"):
         main(["profile", "--check", "--upgrade", "--out", str(profile_path)])
+
+
+def test_the_check_measures_the_weight_streaming_chains_apart(profile_path: Path) -> None:
+    """Memory that slows while the cores do not shows in the chains, not in the kernels'
+    median, and does not make the check fail by itself."""
+    from dataclasses import asdict
+
+    from autocompress.hardware.kernels import Kernel, kernel_graph
+
+    backend = SyntheticBackend(scale=1.0)
+    data = json.loads(profile_path.read_text())
+    for layers in (8, 16, 64):  # 8, 16 and 64 MiB of weights
+        chain = Kernel("weights", 512, 512, layers, 1)
+        latency = asdict(backend.measure(kernel_graph(chain)))
+        latency = {k: v / 2 if k.endswith("_ms") else v for k, v in latency.items()}
+        data["kernels"].append({**{k: v for k, v in asdict(chain).items()
+                                   if k in data["kernels"][0]}, "latency": latency})
+    profile_path.write_text(json.dumps(data))
+    check = check_profile(profile_path, sample=8)
+    assert [k.height for k, _, _ in check.chains] == [16, 64]  # beyond 16 MiB only
+    assert check.chain_ratio == pytest.approx(2.0)
+    assert check.median_ratio == pytest.approx(1.0) and check.holds
+    assert "2 weight-streaming chains of 16-64 MiB at 2.00x" in check.describe()
+
+
+def test_the_cli_says_when_the_memory_reads_weights_slower(profile_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    from dataclasses import asdict
+
+    from autocompress.hardware.kernels import Kernel, kernel_graph
+
+    data = json.loads(profile_path.read_text())
+    chain = Kernel("weights", 512, 512, 32, 1)
+    latency = asdict(SyntheticBackend(scale=1.0).measure(kernel_graph(chain)))
+    latency = {k: v / 1.5 if k.endswith("_ms") else v for k, v in latency.items()}
+    data["kernels"].append({**{k: v for k, v in asdict(chain).items()
+                               if k in data["kernels"][0]}, "latency": latency})
+    profile_path.write_text(json.dumps(data))
+    assert main(["profile", "--backend", "synthetic", "--check", "--out",
+                 str(profile_path)]) == 0
+    out = capsys.readouterr().out
+    assert "reads weights beyond the caches at 1.50x" in out
+    assert "still runs as when it was profiled" in out
