@@ -320,6 +320,12 @@ class _Rounds:
         return median_of_rounds([LatencyMeasurement.from_dict(d)
                                  for d in self.done[_key(kernel)][:self.rounds]])
 
+    def fastest(self, kernel: Kernel, more: Sequence[LatencyMeasurement] = ()
+                ) -> LatencyMeasurement:
+        """The fastest of ``kernel``'s rounds and ``more`` measurements of it."""
+        found = [LatencyMeasurement.from_dict(d) for d in self.done[_key(kernel)][:self.rounds]]
+        return min([*found, *more], key=lambda m: m.median_ms)
+
 
 def profile_backend(
     backend: Backend,
@@ -361,7 +367,11 @@ def profile_backend(
     (``layout=False`` leaves them out: estimates then follow the backend's hand-written
     rules), and so are its weight-streaming chains (:attr:`Backend.stream_kernels`), from
     which estimates charge a model whose weights outgrow the caches for reading them
-    (``streaming=False`` leaves them out, and estimates without them).
+    (``streaming=False`` leaves them out, and estimates without them). The chains are also
+    measured each time the run overhead is, and each keeps its fastest measurement: on the
+    AMD VM (2026-12-07) the memory its host shares with other tenants read a 16-64 MiB chain
+    10-40% slower from one minute to the next, and two profiles whose chains met a slow
+    moment estimated the zoo 4-6% high (docs/latency.md, "Memory that drifts").
     Finished measurements are kept in ``out`` +
     ``.partial`` so an interrupted run resumes where it stopped. The profile records the
     backend's :meth:`~autocompress.hardware.backends.Backend.describe_device`.
@@ -390,9 +400,18 @@ def profile_backend(
     # the run overhead, subtracted from every kernel: measured first, then among the kernels
     # (every OVERHEAD_EVERY of them and after each round), the median kept
     overheads = [backend.measure(overhead_graph(), settings)]
+    # the weight-streaming chains again at the same moments: what reading weights from
+    # memory costs moves with the host's other tenants, which only ever slow it
+    chains = {k: kernel_graph(k, seed=seed) for k in backend.stream_kernels if k in others}
+    chain_samples: dict[Kernel, list[LatencyMeasurement]] = {k: [] for k in chains}
+
+    def beside() -> None:
+        overheads.append(backend.measure(overhead_graph(), settings))
+        for kernel, graph in chains.items():
+            chain_samples[kernel].append(backend.measure(graph, settings))
+
     session.tick()
-    session.measure_all(grid + others + sweep, beside=lambda: overheads.append(
-        backend.measure(overhead_graph(), settings)))
+    session.measure_all(grid + others + sweep, beside=beside)
     overhead = median_of_rounds(overheads)
     extra = adaptive_kernels([(k, session.result(k).median_ms) for k in grid], adaptive,
                              backend.cost_rules)
@@ -403,7 +422,8 @@ def profile_backend(
         backend_settings=backend.settings(),
         device=backend.describe_device(),
         overhead=overhead,
-        kernels=tuple(KernelMeasurement(k, session.result(k))
+        kernels=tuple(KernelMeasurement(k, session.fastest(k, chain_samples[k])
+                                        if k in chains else session.result(k))
                       for k in (*grid, *extra, *others)),
         autocompress_version=__version__,
         grid=GRID_NAME,
