@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -134,8 +135,9 @@ class ApartBackend:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert self._worker.stdin is not None
             _send(self._worker.stdin, (self.backend.name, self.backend.settings()))
-            if not self._registered:
-                atexit.register(self.close)
+            if not self._registered:  # by a weak reference: a worker no one measures
+                # with any more ends with its backend (__del__), not at exit
+                atexit.register(_close_if_alive, weakref.ref(self))
                 self._registered = True
         return self._worker
 
@@ -151,6 +153,12 @@ class ApartBackend:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+def _close_if_alive(ref: weakref.ref[ApartBackend]) -> None:
+    backend = ref()
+    if backend is not None:
+        backend.close()
 
 
 def apart(backend: Backend) -> Backend:

@@ -198,6 +198,10 @@ def test_a_backend_apart_measures_in_one_worker_process_and_delegates_the_rest()
     finally:
         worker.close()
     assert worker._worker is None
+    worker.measure(models[0])  # a later measurement starts another
+    process = worker._worker
+    del worker  # and the worker ends with its backend
+    assert process.wait(timeout=10) == 0
 
 
 def test_only_onnx_runtime_on_this_cpu_is_measured_apart() -> None:
