@@ -6,12 +6,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 __all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "ELEMENTWISE_OPS", "FLAT_KINDS", "KINDS",
-           "LAYOUT_KINDS", "PRECISIONS", "STREAM_KINDS", "Kernel", "KernelKind", "Precision",
-           "boundary_kind", "classify_conv"]
+           "LAYOUT_KINDS", "PRECISIONS", "STREAM_KINDS", "WEIGHT_BYTES", "Kernel", "KernelKind",
+           "Precision", "boundary_kind", "classify_conv"]
 
 KernelKind = Literal["conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise", "quantize",
                      "dequantize", "to_fp16", "from_fp16", "chain", "island", "reorder_in",
                      "reorder_out", "weights"]
+#: Bytes per weight by the precision a kernel computes in.
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 #: Kinds of the operators of a model.
 KINDS: tuple[KernelKind, ...] = ("conv", "conv1x1", "dwconv", "gemm", "pool", "elementwise")
 #: Kinds of the conversions at an edge where precision changes (elementwise on one tensor).
@@ -136,6 +138,11 @@ class Kernel:
         if self.kind == "weights":
             return self.height * self.in_channels * self.out_channels
         return 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes its weights take in its precision (:data:`WEIGHT_BYTES`)."""
+        return self.weight_elements * WEIGHT_BYTES.get(self.precision, 4)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

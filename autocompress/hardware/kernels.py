@@ -37,6 +37,7 @@ from autocompress.hardware._kernel import (
     LAYOUT_KINDS,
     PRECISIONS,
     STREAM_KINDS,
+    WEIGHT_BYTES,
     Kernel,
     KernelKind,
     Precision,
@@ -46,7 +47,7 @@ from autocompress.hardware._kernel import (
 from autocompress.hardware.rules import NEUTRAL_RULES, CostRules
 
 __all__ = ["BOUNDARY_KINDS", "CONTEXT_KINDS", "ELEMENTWISE_OPS", "FREE_OPS", "KINDS",
-           "LAYOUT_KINDS", "PRECISIONS", "STREAM_KINDS",
+           "LAYOUT_KINDS", "PRECISIONS", "STREAM_KINDS", "WEIGHT_BYTES",
            "Boundary", "Kernel", "KernelKind", "NodeKernel", "Precision", "boundaries_of",
            "boundary_kind", "classify_conv", "costed_node", "features", "inferred_shapes",
            "kernel_graph", "kernels_of", "overhead_graph"]

@@ -51,6 +51,7 @@ from autocompress.hardware.kernels import (
     KINDS,
     LAYOUT_KINDS,
     STREAM_KINDS,
+    WEIGHT_BYTES,
     Boundary,
     Kernel,
     NodeKernel,
@@ -103,8 +104,6 @@ class LatencyEstimate:
     subnormal_softmax: tuple[str, ...] = ()
 
 
-#: Bytes per weight by the precision a node computes in.
-_WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 #: Reading weights at a footprint is charged in full once it is this much slower per byte than
 #: reading them from cache (and from none at the cached rate, linearly).
 _STREAMING_RAMP = 0.25
@@ -143,7 +142,7 @@ class WeightStreaming:
     def from_profile(cls, profile: HardwareProfile) -> WeightStreaming | None:
         """The profile's curve, or ``None`` where it measured fewer than three chains (or
         one no slower than the run overhead)."""
-        rows = sorted((m.kernel.weight_elements * _WEIGHT_BYTES["fp32"], m.latency.median_ms)
+        rows = sorted((m.kernel.weight_bytes, m.latency.median_ms)
                       for m in profile.kernels
                       if m.kernel.kind in STREAM_KINDS and m.kernel.precision == "fp32")
         if len(rows) < 3:
@@ -197,8 +196,9 @@ def weight_bytes(kernel: Kernel | None, read: Callable[[Kernel], int] | None = N
     reads, where given: :attr:`CostRules.weights_read`) in its precision."""
     if kernel is None or kernel.kind not in KINDS:
         return 0
-    elements = read(kernel) if read is not None else kernel.weight_elements
-    return elements * _WEIGHT_BYTES.get(kernel.precision, 4)
+    if read is None:
+        return kernel.weight_bytes
+    return read(kernel) * WEIGHT_BYTES.get(kernel.precision, 4)
 
 
 def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]

@@ -327,6 +327,30 @@ class _Rounds:
         return min([*found, *more], key=lambda m: m.median_ms)
 
 
+class _Chains:
+    """Weight-streaming chains measured again at chosen moments (:meth:`sample`) beside
+    their rounds, each keeping its fastest measurement: what reading weights from memory
+    costs moves with the host's other tenants, which only ever slow it (docs/latency.md,
+    "Memory that drifts")."""
+
+    def __init__(self, backend: Backend, kernels: Sequence[Kernel], settings: MeasureSettings,
+                 seed: int) -> None:
+        self.backend, self.settings = backend, settings
+        self.graphs = {k: kernel_graph(k, seed=seed) for k in kernels}
+        self.samples: dict[Kernel, list[LatencyMeasurement]] = {k: [] for k in kernels}
+
+    def sample(self) -> None:
+        for kernel, graph in self.graphs.items():
+            self.samples[kernel].append(self.backend.measure(graph, self.settings))
+
+    def result(self, session: _Rounds, kernel: Kernel) -> LatencyMeasurement:
+        """``kernel``'s measurement for the profile: the fastest of its rounds and samples
+        for a chain, the median of its rounds for any other kernel."""
+        if kernel in self.graphs:
+            return session.fastest(kernel, self.samples[kernel])
+        return session.result(kernel)
+
+
 def profile_backend(
     backend: Backend,
     out: str | Path,
@@ -400,15 +424,13 @@ def profile_backend(
     # the run overhead, subtracted from every kernel: measured first, then among the kernels
     # (every OVERHEAD_EVERY of them and after each round), the median kept
     overheads = [backend.measure(overhead_graph(), settings)]
-    # the weight-streaming chains again at the same moments: what reading weights from
-    # memory costs moves with the host's other tenants, which only ever slow it
-    chains = {k: kernel_graph(k, seed=seed) for k in backend.stream_kernels if k in others}
-    chain_samples: dict[Kernel, list[LatencyMeasurement]] = {k: [] for k in chains}
+    # the weight-streaming chains again at the same moments
+    chains = _Chains(backend, [k for k in backend.stream_kernels if k in others], settings,
+                     seed)
 
     def beside() -> None:
         overheads.append(backend.measure(overhead_graph(), settings))
-        for kernel, graph in chains.items():
-            chain_samples[kernel].append(backend.measure(graph, settings))
+        chains.sample()
 
     session.tick()
     session.measure_all(grid + others + sweep, beside=beside)
@@ -422,8 +444,7 @@ def profile_backend(
         backend_settings=backend.settings(),
         device=backend.describe_device(),
         overhead=overhead,
-        kernels=tuple(KernelMeasurement(k, session.fastest(k, chain_samples[k])
-                                        if k in chains else session.result(k))
+        kernels=tuple(KernelMeasurement(k, chains.result(session, k))
                       for k in (*grid, *extra, *others)),
         autocompress_version=__version__,
         grid=GRID_NAME,
@@ -469,9 +490,10 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     sweep; the matrix products over many rows, :data:`TOKEN_GEMMS`; the backend's own grid
     kernels, :attr:`~autocompress.hardware.rules.CostRules.grid_kernels`; the layout conversions
     of its backend, :attr:`Backend.layout_kernels`; its weight-streaming chains,
-    :attr:`Backend.stream_kernels`) and add it, with the backend's layout block
-    (:attr:`Backend.layout_block`), on the profile's own backend, which must run here. The
-    grid's kernels stay as they are.
+    :attr:`Backend.stream_kernels`, each also measured after every round and kept at its
+    fastest, as :func:`profile_backend` keeps them) and add it, with the backend's layout
+    block (:attr:`Backend.layout_block`), on the profile's own backend, which must run here.
+    The grid's kernels stay as they are.
 
     Raises:
         ProfileError: the profile's backend does not run on this machine.
@@ -488,11 +510,14 @@ def upgrade_profile(path: str | Path, *, rounds: int = 2, seed: int = 0) -> Hard
     partial = path.with_name(path.name + ".upgrade.partial")
     session = _Rounds(backend, settings, rounds, seed, partial, None,
                       rounds * (len(sweep) + len(missing)))
-    session.measure_all(sweep + missing)
+    chains = _Chains(backend, [k for k in backend.stream_kernels if k in missing], settings,
+                     seed)
+    session.measure_all(sweep + missing, beside=chains.sample)
     upgraded = replace(
         profile,
         layout_block=backend.layout_block,
-        kernels=profile.kernels + tuple(KernelMeasurement(k, session.result(k)) for k in missing),
+        kernels=profile.kernels + tuple(KernelMeasurement(k, chains.result(session, k))
+                                        for k in missing),
         channel_sweep=profile.channel_sweep or tuple(KernelMeasurement(k, session.result(k))
                                                      for k in sweep))
     upgraded.save(path)
@@ -509,7 +534,7 @@ CHECK_CHAIN_BYTES = 16 * 2**20
 
 
 def _mib(kernel: Kernel) -> int:
-    return round(kernel.weight_elements * 4 / 2**20)
+    return round(kernel.weight_bytes / 2**20)
 
 
 @dataclass(frozen=True)
@@ -605,7 +630,7 @@ def check_profile(path: str | Path, *, sample: int = 40, rounds: int = 2, seed: 
     chosen = check_sample(profile, sample, seed)
     chains = sorted((m for m in profile.kernels if m.kernel.kind in STREAM_KINDS
                      and m.kernel.precision == "fp32"
-                     and m.kernel.weight_elements * 4 >= CHECK_CHAIN_BYTES),
+                     and m.kernel.weight_bytes >= CHECK_CHAIN_BYTES),
                     key=lambda m: m.kernel.weight_elements)
     partial = path.with_name(path.name + ".check.partial")
     partial.unlink(missing_ok=True)  # an earlier check's timings are not this one's

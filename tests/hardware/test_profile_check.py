@@ -163,3 +163,47 @@ def test_a_profile_keeps_the_fastest_of_its_weight_streaming_chains(tmp_path: Pa
     kept = {m.kernel: m.latency.median_ms for m in profile.kernels if m.kernel in chains}
     assert kept == {k: steady.measure(kernel_graph(k)).median_ms for k in chains}
     assert SharedMemory.calls > 2 * len(chains)  # measured beside the run overhead too
+
+
+def test_an_upgraded_profile_keeps_the_fastest_of_its_chains_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile measured before it had chains gets them, on the same rule as a new one:
+    each chain measured beside its rounds, the fastest kept."""
+    import random
+
+    from autocompress.hardware import backends
+    from autocompress.hardware.kernels import Kernel, kernel_graph
+    from autocompress.hardware.profiler import upgrade_profile
+
+    chains = (Kernel("weights", 512, 512, 1, 1), Kernel("weights", 512, 512, 4, 1))
+    graphs = {kernel_graph(k): k for k in chains}
+    seen: dict[Kernel, list[float]] = {k: [] for k in chains}
+    rng = random.Random(0)
+
+    class SharedMemory(SyntheticBackend):
+        """Each measurement of a chain 1-1.5x slow, at random."""
+
+        @property
+        def stream_kernels(self):
+            return chains
+
+        def measure(self, onnx_model, settings=None):
+            found = super().measure(onnx_model, settings)
+            if onnx_model in graphs:
+                slow = 1 + rng.random() / 2
+                found = type(found)(*(slow * v for v in (found.median_ms, found.p25_ms,
+                                                           found.p75_ms)), found.runs,
+                                    found.stable)
+                seen[graphs[onnx_model]].append(found.median_ms)
+            return found
+
+    path = tmp_path / "p.json"
+    grid = [g for g in default_grid() if g.kind == "conv"][:4]
+    profile_backend(SharedMemory(scale=1.0), path, grid=grid, rounds=2, adaptive=0,
+                    sweep=False, layout=False, streaming=False)
+    assert not any(seen.values())
+    monkeypatch.setattr(backends, "backend_for", lambda name, settings: SharedMemory(scale=1.0))
+    upgraded = upgrade_profile(path, rounds=2)
+    kept = {m.kernel: m.latency.median_ms for m in upgraded.kernels if m.kernel in chains}
+    assert all(len(seen[k]) > 2 for k in chains)  # measured beside their two rounds too
+    assert kept == {k: min(seen[k]) for k in chains}
