@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from autocompress.cli.main import main
 from autocompress.exceptions import ProfileError
 from autocompress.hardware.backends.synthetic import SyntheticBackend
-from autocompress.hardware.kernels import KINDS
+from autocompress.hardware.kernels import KINDS, Kernel, kernel_graph
 from autocompress.hardware.profiler import check_profile, default_grid, profile_backend
 
 
@@ -90,7 +93,6 @@ def test_the_check_measures_the_weight_streaming_chains_apart(profile_path: Path
     median, and does not make the check fail by itself."""
     from dataclasses import asdict
 
-    from autocompress.hardware.kernels import Kernel, kernel_graph
 
     backend = SyntheticBackend(scale=1.0)
     data = json.loads(profile_path.read_text())
@@ -113,7 +115,6 @@ def test_the_cli_says_when_the_memory_reads_weights_slower(profile_path: Path,
                                                             ) -> None:
     from dataclasses import asdict
 
-    from autocompress.hardware.kernels import Kernel, kernel_graph
 
     data = json.loads(profile_path.read_text())
     chain = Kernel("weights", 512, 512, 32, 1)
@@ -129,81 +130,66 @@ def test_the_cli_says_when_the_memory_reads_weights_slower(profile_path: Path,
     assert "still runs as when it was profiled" in out
 
 
+#: two weight-streaming chains (1 and 4 MiB of weights)
+_CHAINS = (Kernel("weights", 512, 512, 1, 1), Kernel("weights", 512, 512, 4, 1))
+
+
+class _SharedMemory(SyntheticBackend):
+    """A synthetic device whose chains (:data:`_CHAINS`) read ``slow()`` times slower at
+    each measurement, as memory shared with other tenants does; ``seen`` keeps what each
+    measurement of a chain gave."""
+
+    def __init__(self, slow: Callable[[], float]) -> None:
+        super().__init__(scale=1.0)
+        self.slow = slow
+        self.graphs = {kernel_graph(k): k for k in _CHAINS}
+        self.seen: dict[Kernel, list[float]] = {k: [] for k in _CHAINS}
+
+    @property
+    def stream_kernels(self):
+        return _CHAINS
+
+    def measure(self, onnx_model, settings=None):
+        found = super().measure(onnx_model, settings)
+        if onnx_model in self.graphs:
+            slow = self.slow()
+            found = type(found)(*(slow * v for v in (found.median_ms, found.p25_ms,
+                                                       found.p75_ms)), found.runs, found.stable)
+            self.seen[self.graphs[onnx_model]].append(found.median_ms)
+        return found
+
+
 def test_a_profile_keeps_the_fastest_of_its_weight_streaming_chains(tmp_path: Path) -> None:
     """Memory shared with other tenants only ever reads slower: a chain measured in a slow
     moment does not set the profile's rate."""
-    from autocompress.hardware.kernels import Kernel, kernel_graph
-
-    chains = (Kernel("weights", 512, 512, 1, 1), Kernel("weights", 512, 512, 4, 1))
-    graphs = {kernel_graph(k) for k in chains}
-
-    class SharedMemory(SyntheticBackend):
-        """Every other measurement of a chain 1.5x slow."""
-
-        calls = 0
-
-        @property
-        def stream_kernels(self):
-            return chains
-
-        def measure(self, onnx_model, settings=None):
-            found = super().measure(onnx_model, settings)
-            if onnx_model in graphs:
-                SharedMemory.calls += 1
-                if SharedMemory.calls % 2:
-                    found = type(found)(*(1.5 * v for v in (found.median_ms, found.p25_ms,
-                                                              found.p75_ms)), found.runs,
-                                        found.stable)
-            return found
-
+    calls = itertools.count(1)
+    device = _SharedMemory(lambda: 1.5 if next(calls) % 2 else 1.0)  # every other one slow
     grid = [g for g in default_grid() if g.kind == "conv"][:4]
-    profile = profile_backend(SharedMemory(scale=1.0), tmp_path / "p.json", grid=grid,
-                              rounds=2, adaptive=0, sweep=False, layout=False)
+    profile = profile_backend(device, tmp_path / "p.json", grid=grid, rounds=2, adaptive=0,
+                              sweep=False, layout=False)
     steady = SyntheticBackend(scale=1.0)
-    kept = {m.kernel: m.latency.median_ms for m in profile.kernels if m.kernel in chains}
-    assert kept == {k: steady.measure(kernel_graph(k)).median_ms for k in chains}
-    assert SharedMemory.calls > 2 * len(chains)  # measured beside the run overhead too
+    kept = {m.kernel: m.latency.median_ms for m in profile.kernels if m.kernel in _CHAINS}
+    assert kept == {k: steady.measure(kernel_graph(k)).median_ms for k in _CHAINS}
+    # measured beside the run overhead too
+    assert sum(map(len, device.seen.values())) > 2 * len(_CHAINS)
 
 
 def test_an_upgraded_profile_keeps_the_fastest_of_its_chains_too(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile measured before it had chains gets them, on the same rule as a new one:
     each chain measured beside its rounds, the fastest kept."""
-    import random
-
     from autocompress.hardware import backends
-    from autocompress.hardware.kernels import Kernel, kernel_graph
     from autocompress.hardware.profiler import upgrade_profile
 
-    chains = (Kernel("weights", 512, 512, 1, 1), Kernel("weights", 512, 512, 4, 1))
-    graphs = {kernel_graph(k): k for k in chains}
-    seen: dict[Kernel, list[float]] = {k: [] for k in chains}
     rng = random.Random(0)
-
-    class SharedMemory(SyntheticBackend):
-        """Each measurement of a chain 1-1.5x slow, at random."""
-
-        @property
-        def stream_kernels(self):
-            return chains
-
-        def measure(self, onnx_model, settings=None):
-            found = super().measure(onnx_model, settings)
-            if onnx_model in graphs:
-                slow = 1 + rng.random() / 2
-                found = type(found)(*(slow * v for v in (found.median_ms, found.p25_ms,
-                                                           found.p75_ms)), found.runs,
-                                    found.stable)
-                seen[graphs[onnx_model]].append(found.median_ms)
-            return found
-
+    device = _SharedMemory(lambda: 1 + rng.random() / 2)  # 1-1.5x slow, at random
     path = tmp_path / "p.json"
     grid = [g for g in default_grid() if g.kind == "conv"][:4]
-    profile_backend(SharedMemory(scale=1.0), path, grid=grid, rounds=2, adaptive=0,
-                    sweep=False, layout=False, streaming=False)
-    assert not any(seen.values())
-    monkeypatch.setattr(backends, "backend_for", lambda name, settings: SharedMemory(scale=1.0))
+    profile_backend(device, path, grid=grid, rounds=2, adaptive=0, sweep=False, layout=False,
+                    streaming=False)
+    assert not any(device.seen.values())
+    monkeypatch.setattr(backends, "backend_for", lambda name, settings: device)
     upgraded = upgrade_profile(path, rounds=2)
-    kept = {m.kernel: m.latency.median_ms for m in upgraded.kernels if m.kernel in chains}
-    assert all(len(seen[k]) > 2 for k in chains)  # measured beside their two rounds too
-    assert kept == {k: min(seen[k]) for k in chains}
+    kept = {m.kernel: m.latency.median_ms for m in upgraded.kernels if m.kernel in _CHAINS}
+    assert all(len(device.seen[k]) > 2 for k in _CHAINS)  # measured beside their two rounds
+    assert kept == {k: min(device.seen[k]) for k in _CHAINS}
