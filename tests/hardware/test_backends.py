@@ -175,7 +175,8 @@ def test_every_backends_features_never_fall_with_more_channels(name: str) -> Non
 
 def test_onnxruntime_features_add_a_per_pixel_term() -> None:
     conv = Kernel("conv", 8, 8, 14, 14, kernel=3)
-    per_pixel = ONNXRUNTIME_RULES.features(conv)[:-2]  # then filter-set passes, spilled outputs
+    # then filter-set passes, unfolded rows and spilled outputs
+    per_pixel = ONNXRUNTIME_RULES.features(conv)[:-3]
     taps = 14 * 3 - 2  # per axis: the two border pixels lose a tap each to the padding
     neutral = NEUTRAL_RULES.features(conv).tolist()
     assert per_pixel.tolist() == [neutral[0], 8 * 8 * taps * taps, *neutral[2:], 14 * 14]
@@ -197,7 +198,7 @@ def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs()
 
     def passes(c_in: int, c_out: int, **kw: Any) -> float:
         return float(ONNXRUNTIME_RULES.features(Kernel("conv", c_in, c_out, 14, 14, kernel=3,
-                                                       **kw))[-2])
+                                                       **kw))[-3])
 
     one_read = 64 * 40 * 40  # every input channel under the window's taps inside the map
     assert passes(64, 8) == passes(64, set_width) == one_read
@@ -206,7 +207,7 @@ def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs()
     assert passes(64, 64, groups=2) == 2 * (32 * 40 * 40) * -(-32 // set_width)
     assert passes(64, 64, unblocked=True) == 0.0
     depthwise = Kernel("dwconv", 64, 64, 14, 14, kernel=3, groups=64)
-    assert ONNXRUNTIME_RULES.features(depthwise)[-2] == 0.0
+    assert ONNXRUNTIME_RULES.features(depthwise)[-3] == 0.0
     assert ONNXRUNTIME_RULES.features(replace(depthwise, precision="int8")).size == 6
 
 
@@ -299,6 +300,46 @@ def test_onnxruntime_grid_has_grouped_convolutions_off_every_x86_block() -> None
     assert len(off_block) >= 5 and max(off_block) >= 56, widths
     narrow = [k for k in GROUPED_CONVS if (k.in_channels // k.groups) % 8]
     assert len(narrow) >= 10
+
+
+def test_grouped_convolutions_off_the_block_pay_per_unfolded_row() -> None:
+    """A device on which a grouped convolution off the block pays a fixed time per row of
+    its unfolded input (an input channel and window tap) besides its multiply-adds: with
+    the rows as a term and the grid's small maps, the ``conv:grouped`` fit prices RegNet's
+    last grouped convolutions at 96x96 (3 to 12 px) as well as the grid's large maps. A
+    constant per convolution, which a fit without the term has to use, misses one or the
+    other."""
+    overhead = 0.005
+
+    def rows(k: Kernel) -> int:
+        return k.in_channels * k.kernel * k.window_w
+
+    def ms(k: Kernel) -> float:
+        return overhead + 0.001 + 2e-8 * k.macs + 1.3e-5 * rows(k)
+
+    grid = [replace(k, unblocked=True) for k in GROUPED_CONVS
+            if (k.in_channels // k.groups) % nchwc_block()]
+    assert min(k.height for k in grid) <= 3
+    measured = tuple(KernelMeasurement(k, LatencyMeasurement(ms(k), ms(k), ms(k), 10, True))
+                     for k in grid)
+    profile = HardwareProfile("onnxruntime", "x", {"threads": 1}, {},
+                              LatencyMeasurement(overhead, overhead, overhead, 10, True),
+                              measured)
+    model = LatencyModel(profile)
+    assert not model.lowered  # no layout kernels: nodes are costed as given
+    regnet = [Kernel("conv", c, c, s, s, kernel=3, stride=stride, groups=c // 8,
+                     unblocked=True)
+              for c, s, stride in ((200, 3, 1), (200, 6, 2), (80, 6, 1), (32, 12, 1),
+                                   (16, 48, 2))]
+    for k in (*grid, *regnet):
+        node_ms, _ = model.kernel_ms(NodeKernel("n", "Conv", k))
+        assert node_ms == pytest.approx(ms(k) - overhead, rel=0.03), k
+    assert ONNXRUNTIME_RULES.features(regnet[0])[-2] == rows(regnet[0])
+    # blocked, dense and depthwise convolutions have no such term
+    for k in (replace(regnet[0], unblocked=False), Kernel("conv", 8, 8, 3, 3, kernel=3,
+                                                          unblocked=True),
+              Kernel("dwconv", 18, 18, 3, 3, kernel=3, groups=18, unblocked=True)):
+        assert ONNXRUNTIME_RULES.features(k)[-2] == 0.0, k
 
 
 def test_onnxruntime_grid_has_narrow_pointwise_convolutions_on_large_maps() -> None:

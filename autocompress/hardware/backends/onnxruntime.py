@@ -65,9 +65,10 @@ def _features(kernel: Kernel) -> np.ndarray:
     say. Where a device's profile shows no such cost, its non-negative weight comes out 0
     (the shipped AVX-512 profile's did, fitted on that AVX2 VM).
 
-    And of fp32 convolutions, the output elements beyond :data:`SPILL_BYTES`
-    (:func:`_spilled_outputs`): an output that outgrows a core's cache costs more per element
-    than the linear terms say.
+    Of grouped fp32 convolutions outside the blocked layout, the rows their input is unfolded
+    into (:func:`_unfolded_rows`). And of fp32 convolutions, the output elements beyond
+    :data:`SPILL_BYTES` (:func:`_spilled_outputs`): an output that outgrows a core's cache
+    costs more per element than the linear terms say.
 
     A blocked fp32 convolution's multiply-adds and weights count only the taps of its window
     inside the map (:func:`_window_taps`, :func:`_weights_read`): ONNX Runtime skips those in
@@ -87,8 +88,26 @@ def _features(kernel: Kernel) -> np.ndarray:
                                                                    // kernel.groups)
         features[4] = _weights_read(kernel)
     if kernel.precision == "fp32":
-        features = np.append(features, [_filter_set_passes(kernel), _spilled_outputs(kernel)])
+        features = np.append(features, [_filter_set_passes(kernel), _unfolded_rows(kernel),
+                                         _spilled_outputs(kernel)])
     return features
+
+
+def _unfolded_rows(kernel: Kernel) -> float:
+    """Rows of the matrix a grouped fp32 convolution outside the blocked layout unfolds its
+    input into (``in_channels * kernel * window_w``: one per input channel and window tap,
+    each as long as the output map); 0 for every other kernel.
+
+    ONNX Runtime runs such a convolution as one unfolding and one matrix product per group,
+    and each row costs a fixed time besides its elements. On the AVX-512 EPYC VM
+    (2026-12-07) 3x3 convolutions of 8-wide groups on 3x3 maps ran 20-64 µs, about 13 ns a
+    row, where the ``conv:grouped`` fit, whose grid then had no map under 6 px, said 1.4-2.2x
+    that: it made up for the rows with a constant of 31-41 µs per convolution. With this term
+    and the grid's small maps (:data:`GROUPED_CONVS`) the fit's relative error on those
+    kernels fell from 0.16 to 0.08. Non-decreasing in channels, as the other terms."""
+    if kernel.kind not in ("conv", "conv1x1") or not kernel.unblocked or kernel.groups == 1:
+        return 0.0
+    return float(kernel.in_channels * kernel.kernel * kernel.window_w)
 
 
 #: Output bytes of a convolution beyond which each more costs extra (:func:`_spilled_outputs`):
@@ -172,7 +191,7 @@ def _window_taps(kernel: Kernel) -> int:
 
 
 #: Grouped convolutions (not depthwise) measured besides the default grid, group widths 4 to
-#: 64 (ResNeXt, RegNet) on 6 to 56 px: ONNX Runtime runs those whose groups are not a
+#: 64 (ResNeXt, RegNet) on 3 to 56 px: ONNX Runtime runs those whose groups are not a
 #: multiple of its channel block wide (4, 8, 24, 56 on an AVX-512 CPU; on an AVX2 one only
 #: 4) outside its blocked layout, at about half the speed per multiply-add, and estimates
 #: fit those apart (``conv:grouped``); the others run blocked and join the dense fit. The
@@ -190,7 +209,11 @@ GROUPED_CONVS = tuple(
         (128, 32, 28, 1), (256, 32, 14, 1), (512, 32, 7, 1), (1024, 32, 7, 2),
         (128, 64, 28, 1), (448, 56, 14, 1), (256, 64, 14, 1), (512, 64, 7, 1),
         (96, 12, 28, 1), (192, 12, 14, 1), (120, 20, 28, 2), (240, 20, 14, 1),
-        (168, 28, 14, 1), (360, 36, 7, 1), (120, 60, 12, 1), (360, 60, 6, 1)))
+        (168, 28, 14, 1), (360, 36, 7, 1), (120, 60, 12, 1), (360, 60, 6, 1),
+        # small maps, where a RegNet at 96x96 ends (:func:`_unfolded_rows`)
+        (96, 8, 3, 1), (320, 8, 3, 1), (240, 8, 6, 1), (64, 8, 12, 1), (48, 8, 12, 2),
+        (256, 4, 3, 1), (64, 4, 6, 1), (192, 12, 3, 1), (360, 20, 3, 1), (120, 24, 3, 1),
+        (144, 24, 6, 2), (480, 60, 3, 1)))
 #: Convolutions on channel counts off a multiple of 4, which ONNX Runtime runs outside its
 #: blocked layout (what a model pruned without rounding has): depthwise, 3x3 and 1x1.
 UNBLOCKED_CONVS = (
