@@ -1,4 +1,4 @@
-"""Measure models in a fresh Python process: ``python -m autocompress.hardware._apart JOB``.
+"""Measure models in a fresh Python process: ``python -m autocompress.hardware._apart --serve``.
 
 A process that has built and freed many tensors (exported a model zoo with torch) runs ONNX
 Runtime's small kernels slower than a fresh one. On this project's 2-core development VM
@@ -11,25 +11,23 @@ at the median in the fresh one (pruned efficientnet_b4 17%), and its two passes 
 10% for 98% of the families and 99% of the zoo, against 93% and 83%.
 
 A profile is measured in a fresh process (``autocompress profile``) and a deployed model runs
-in its own, so a measurement meant to compare with an estimate is taken apart:
-:func:`measure_apart` writes the models to files, runs this module on them in a new
-interpreter and reads the results back.
+in its own, so a measurement meant to compare with an estimate is taken apart: an
+:class:`ApartBackend` measures in a worker process of its own, started at its first
+measurement, and :func:`measure_apart` measures a batch of models in a worker started for it
+and ended after it. The graphs go to the worker through a pipe one by one, so neither process
+holds a second copy of them (a model zoo's graphs can take gigabytes).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import pickle
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from autocompress.exceptions import AutocompressError
@@ -47,34 +45,19 @@ def measure_apart(onnx_models: Sequence[bytes], backend: Backend,
                   settings: MeasureSettings | None = None, *, rounds: int = 1,
                   passes: int = 1) -> list[list[LatencyMeasurement]]:
     """``passes`` interleaved passes of :meth:`Backend.measure_many` over ``onnx_models``
-    (``rounds`` rounds each), run in a fresh Python process on ``backend`` as configured;
-    one list of measurements per pass, in the models' order.
+    (``rounds`` rounds each), run in a fresh Python process on ``backend`` as configured
+    (a worker of :class:`ApartBackend` started for them and ended after); one list of
+    measurements per pass, in the models' order.
 
     Raises:
-        AutocompressError: the process failed (its error output is in the message).
+        AutocompressError: the worker process ended before it answered.
+        Exception: what measuring raised in the worker, raised again here.
     """
-    settings = settings or MeasureSettings()
-    with tempfile.TemporaryDirectory(prefix="autocompress-apart-") as tmp:
-        folder = Path(tmp)
-        files = []
-        for i, data in enumerate(onnx_models):
-            path = folder / f"{i:05d}.onnx"
-            path.write_bytes(data)
-            files.append(str(path))
-        job = folder / "job.json"
-        out = folder / "results.json"
-        job.write_text(json.dumps({
-            "backend": backend.name, "settings": backend.settings(),
-            "measure": asdict(settings), "rounds": rounds, "passes": passes,
-            "files": files, "out": str(out)}))
-        done = subprocess.run([sys.executable, "-m", "autocompress.hardware._apart", str(job)],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not out.is_file():
-            raise AutocompressError(
-                f"measuring {len(files)} models in a fresh process failed (exit status "
-                f"{done.returncode}): {done.stderr.strip()[-2000:]}")
-        results = json.loads(out.read_text())
-    return [[LatencyMeasurement.from_dict(m) for m in one] for one in results]
+    worker = ApartBackend(backend)
+    try:
+        return worker.measure_passes(onnx_models, settings, rounds=rounds, passes=passes)
+    finally:
+        worker.close()
 
 
 class ApartBackend:
@@ -101,11 +84,21 @@ class ApartBackend:
 
     def measure_many(self, onnx_models: Sequence[bytes], settings: MeasureSettings | None = None,
                      rounds: int = 1) -> list[LatencyMeasurement]:
+        return self.measure_passes(onnx_models, settings, rounds=rounds)[0]
+
+    def measure_passes(self, onnx_models: Sequence[bytes],
+                       settings: MeasureSettings | None = None, *, rounds: int = 1,
+                       passes: int = 1) -> list[list[LatencyMeasurement]]:
+        """``passes`` interleaved passes of :meth:`Backend.measure_many` over the models in
+        the worker, which receives them once; one list of measurements per pass."""
         with self._lock:
             worker = self._start()
             assert worker.stdin is not None and worker.stdout is not None
             try:
-                _send(worker.stdin, (list(onnx_models), settings, rounds))
+                _send(worker.stdin, (len(onnx_models), settings, rounds, passes))
+                for model in onnx_models:
+                    _send_bytes(worker.stdin, model)
+                worker.stdin.flush()
                 ok, reply = _receive(worker.stdout)
             except (OSError, EOFError, struct.error) as exc:
                 self._stop()
@@ -117,7 +110,7 @@ class ApartBackend:
                 raise
         if not ok:
             raise reply
-        return cast(list[LatencyMeasurement], reply)
+        return cast(list[list[LatencyMeasurement]], reply)
 
     def close(self) -> None:
         """End the worker process (a later measurement starts another)."""
@@ -172,37 +165,52 @@ def apart(backend: Backend) -> Backend:
 
 
 def _send(stream: BinaryIO, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(struct.pack("<Q", len(data)) + data)
+    _send_bytes(stream, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
     stream.flush()
 
 
-def _receive(stream: BinaryIO) -> Any:
+def _send_bytes(stream: BinaryIO, data: bytes) -> None:
+    stream.write(struct.pack("<Q", len(data)))
+    stream.write(data)
+
+
+def _receive_bytes(stream: BinaryIO) -> bytes:
     head = stream.read(8)
     if len(head) < 8:
         raise EOFError("no reply")
     (size,) = struct.unpack("<Q", head)
-    return pickle.loads(stream.read(size))
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("a message cut short")
+    return data
+
+
+def _receive(stream: BinaryIO) -> Any:
+    return pickle.loads(_receive_bytes(stream))
 
 
 def _serve() -> None:
-    """The worker of :class:`ApartBackend`: the backend's name and settings, then requests
-    of (graphs, settings, rounds) on stdin, each answered on stdout with (True, measurements)
-    or (False, the exception), until stdin closes."""
+    """The worker of :class:`ApartBackend`: the backend's name and settings, then requests on
+    stdin (a header of (model count, settings, rounds, passes) and the graphs one by one),
+    each answered on stdout with (True, one list of measurements per pass) or (False, the
+    exception), until stdin closes."""
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but replies on the pipe
     name, settings = _receive(requests)
     backend = backend_for(name, settings)
     while True:
         try:
-            models, measure, rounds = _receive(requests)
+            count, measure, rounds, passes = _receive(requests)
         except EOFError:
             return
+        models = [_receive_bytes(requests) for _ in range(count)]
         try:
-            reply: tuple[bool, Any] = (True, backend.measure_many(models, measure,
-                                                                  rounds=rounds))
+            reply: tuple[bool, Any] = (True, [backend.measure_many(models, measure,
+                                                                   rounds=rounds)
+                                              for _ in range(passes)])
         except Exception as exc:  # noqa: BLE001 - raised again in the process that asked
             reply = (False, exc)
+        del models
         try:
             _send(replies, reply)
         except (pickle.PicklingError, TypeError, AttributeError):  # an exception that
@@ -211,19 +219,5 @@ def _serve() -> None:
                                                      f"{reply[1]}")))
 
 
-def _run(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    backend = backend_for(job["backend"], job["settings"])
-    settings = MeasureSettings(**job["measure"])
-    models = [Path(f).read_bytes() for f in job["files"]]
-    results = [[m.to_dict() for m in backend.measure_many(models, settings,
-                                                          rounds=job["rounds"])]
-               for _ in range(job["passes"])]
-    Path(job["out"]).write_text(json.dumps(results))
-
-
 if __name__ == "__main__":
-    if sys.argv[1] == "--serve":
-        _serve()
-    else:
-        _run(sys.argv[1])
+    _serve()
