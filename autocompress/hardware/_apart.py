@@ -201,9 +201,9 @@ def _serve() -> None:
     while True:
         try:
             count, measure, rounds, passes = _receive(requests)
-        except EOFError:
-            return
-        models = [_receive_bytes(requests) for _ in range(count)]
+            models = [_receive_bytes(requests) for _ in range(count)]
+        except EOFError:  # the asking process closed the pipe: it is done, or was
+            return  # interrupted while it sent a request
         try:
             reply: tuple[bool, Any] = (True, [backend.measure_many(models, measure,
                                                                    rounds=rounds)
