@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         chains = [len(graphs) + i for i in range(len(LENGTHS))]
         graphs += [chain(*case, n) for n in LENGTHS]
         kernels = [node.kernel for node in model.rules.lowering(onnx.load_from_string(
-                   chain(*case, 1))) if node.kernel is not None
+                   graphs[chains[0]])) if node.kernel is not None
                    and node.kernel.kind in ("conv", "conv1x1", "dwconv")]
         alone = [len(graphs) + i for i in range(len(kernels))]
         graphs += [kernel_graph(k) for k in kernels]

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cifar10.py"
-
 
 @pytest.fixture(scope="module")
-def cifar10():
-    spec = importlib.util.spec_from_file_location("bench_cifar10", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def cifar10(load_benchmark):
+    return load_benchmark("cifar10")
 
 
 def _row(approach, seed, accuracy, hypervolume=float("nan")):

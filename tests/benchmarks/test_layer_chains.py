@@ -3,24 +3,14 @@ repeated, the residual additions where asked, and the kernels the estimate costs
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "layer_chains.py"
-
 
 @pytest.fixture(scope="module")
-def chains():
-    spec = importlib.util.spec_from_file_location("bench_layer_chains", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def chains(load_benchmark):
+    return load_benchmark("layer_chains")
 
 
 @pytest.mark.parametrize(("unit", "convs", "adds"), [
