@@ -60,7 +60,7 @@ from autocompress.hardware.kernels import (
     kernels_of,
 )
 from autocompress.hardware.profile import HardwareProfile
-from autocompress.hardware.rules import CarriedFn, CostRules, FeatureFn
+from autocompress.hardware.rules import NEUTRAL_RULES, CarriedFn, CostRules, FeatureFn
 
 __all__ = ["SPLIT_KEYS", "KindFit", "LatencyEstimate", "LatencyModel", "WeightStreaming",
            "fit_calibration", "fit_key"]
@@ -122,9 +122,9 @@ class WeightStreaming:
     weights stay in cache, rising beyond. A model's footprint is :data:`_WORKING_SET` times
     the weight bytes of its body (its nodes but a classifier, :func:`is_classifier`; the
     bytes a node reads, where the backend's rules say it skips some:
-    :attr:`~autocompress.hardware.rules.CostRules.weights_read`); each
-    node with weights then adds its weight bytes times the rate at that footprint (a
-    classifier: the rate over the cached one), in full once that rate is
+    :attr:`~autocompress.hardware.rules.CostRules.weights_read`); each node with weights
+    then adds its weight bytes times what the rate at that footprint exceeds the cached rate
+    by (its one-kernel time already read them from cache), in full once that rate is
     :data:`_STREAMING_RAMP` above the cached one (from nothing at the cached rate, linearly).
     The addition never decreases with any node's weights or the footprint, so estimates stay
     monotone in channels.
@@ -167,17 +167,14 @@ class WeightStreaming:
         slower = self.rate(footprint_bytes) / self.cached_ms_per_byte - 1.0
         return min(max(slower / _STREAMING_RAMP, 0.0), 1.0)
 
-    def node_ms(self, weight_bytes: float, footprint_bytes: float, *,
-                beyond_cached: bool = False) -> float:
-        """What reading ``weight_bytes`` adds to a node of a model of ``footprint_bytes``;
-        ``beyond_cached``: only what reading them costs over reading them from cache (a
-        matrix-vector product, whose one-kernel time is that read)."""
+    def node_ms(self, weight_bytes: float, footprint_bytes: float) -> float:
+        """What reading ``weight_bytes`` adds to a node of a model of ``footprint_bytes``:
+        what reading them costs over reading them from cache, which the node's one-kernel
+        time already includes."""
         if weight_bytes <= 0:
             return 0.0
-        rate = self.rate(footprint_bytes)
-        if beyond_cached:
-            rate = max(rate - self.cached_ms_per_byte, 0.0)
-        return weight_bytes * rate * self.share(footprint_bytes)
+        beyond = max(self.rate(footprint_bytes) - self.cached_ms_per_byte, 0.0)
+        return weight_bytes * beyond * self.share(footprint_bytes)
 
 
 #: A network's working set in the caches, as a multiple of the weight bytes of its body
@@ -241,7 +238,8 @@ class LatencyModel:
         #: precision -> kind -> fit, for every precision the profile measured
         self.precision_fits = self._fit(profile, self.rules.features,
                                         self.rules.carried_layout if self.lowered else None,
-                                        self.rules.as_run if self.lowered else None)
+                                        self.rules.as_run if self.lowered else None,
+                                        functools.partial(fit_key, rules=self.rules))
         #: the fp32 fits by kind
         self.fits = self.precision_fits.get("fp32", {})
         #: what reading weights beyond the caches costs, where the profile measured it
@@ -250,9 +248,11 @@ class LatencyModel:
     @staticmethod
     def _fit(profile: HardwareProfile, features: FeatureFn,
              layout: CarriedFn | None = None,
-             as_run: Callable[[Kernel], Kernel] | None = None
+             as_run: Callable[[Kernel], Kernel] | None = None,
+             key: Callable[[Kernel], str] | None = None,
              ) -> dict[str, dict[str, KindFit]]:
         overhead_ms = profile.overhead.median_ms
+        key = key or fit_key
 
         # each measured kernel as the runtime runs it (its padded channels, its path), which
         # is how the runtime's graph gives a model's nodes
@@ -262,8 +262,8 @@ class LatencyModel:
         def fit(kind: str, precision: str, carried: Callable[[Kernel], float] | None
                 ) -> KindFit | None:
             rows = [m for m in profile.kernels
-                    if fit_key(ran[m.kernel]) == kind and m.kernel.precision == precision]
-            if not rows:
+                    if key(ran[m.kernel]) == kind and m.kernel.precision == precision]
+            if not rows or (kind not in KINDS and len(rows) < _MIN_APART):
                 return None
             x = np.stack([features(ran[m.kernel]) for m in rows])
             y = np.array([m.latency.median_ms for m in rows])
@@ -283,6 +283,10 @@ class LatencyModel:
                            float(np.sqrt(np.mean(rel**2))), len(rows), precision,
                            inside=carried is not None)
 
+        # the fits apart the backend's rules add (:attr:`CostRules.fit_apart`)
+        backend_keys = sorted({key(k) for k in ran.values()} - {*KINDS, *SPLIT_KEYS,
+                                                                  *BOUNDARY_KINDS,
+                                                                  *LAYOUT_KINDS})
         fits: dict[str, dict[str, KindFit]] = {}
         for precision in profile.precisions:
             by_kind: dict[str, KindFit] = {}
@@ -304,7 +308,7 @@ class LatencyModel:
                 context = _context_fit(profile, precision, dict(by_kind), features)
                 if context is not None:
                     by_kind[context.kind] = context
-            for kind in (*KINDS, *SPLIT_KEYS):
+            for kind in (*KINDS, *SPLIT_KEYS, *backend_keys):
                 found = fit(kind, precision, carried)
                 if found is not None:
                     by_kind[kind] = found
@@ -343,7 +347,7 @@ class LatencyModel:
                 f"for {what}; re-profile with `autocompress profile --precisions "
                 f"fp32,{precision}`")
         # a split fit where the profile measured such kernels, else the kind's
-        fit = by_kind.get(fit_key(kernel)) or by_kind.get(kernel.kind)
+        fit = by_kind.get(fit_key(kernel, self.rules)) or by_kind.get(kernel.kind)
         if fit is None:
             if precision == "fp32":
                 raise ProfileError(
@@ -394,8 +398,7 @@ class LatencyModel:
                 ms = ms * factor + per_node_ms.get(node.kernel.precision, 0.0)
                 std = std * factor
             if self.streaming is not None:
-                reading = self.streaming.node_ms(weight_bytes(node.kernel, read), footprint,
-                                                 beyond_cached=is_classifier(node.kernel))
+                reading = self.streaming.node_ms(weight_bytes(node.kernel, read), footprint)
                 ms += reading
                 streaming += reading
             total += ms
@@ -469,6 +472,10 @@ class LatencyModel:
         return out
 
 
+#: A fit apart (:data:`SPLIT_KEYS`, :attr:`CostRules.fit_apart`) is made only from this many
+#: of the profile's kernels or more; else the kind's fit costs them.
+_MIN_APART = 4
+
 #: Fits apart from the rest of their kind, where the profile measured such kernels (else the
 #: kind's fit costs them): convolutions the runtime runs outside its blocked layout
 #: (``Kernel.unblocked``: a generic path, up to 8x slower for a depthwise one on ONNX
@@ -480,8 +487,12 @@ SPLIT_KEYS = ("conv:unblocked", "conv1x1:unblocked", "dwconv:unblocked", "conv:g
               "conv1x1:grouped", *(f"elementwise:{op}" for op in ELEMENTWISE_OPS))
 
 
-def fit_key(kernel: Kernel) -> str:
-    """The fit that costs ``kernel``: its kind's, or a split one (:data:`SPLIT_KEYS`)."""
+def fit_key(kernel: Kernel, rules: CostRules = NEUTRAL_RULES) -> str:
+    """The fit that costs ``kernel``: its kind's, a split one (:data:`SPLIT_KEYS`), or one
+    the backend's ``rules`` fit apart (:attr:`CostRules.fit_apart`)."""
+    apart = rules.fit_apart(kernel) if rules.fit_apart is not None else None
+    if apart:
+        return apart
     if kernel.kind in ("conv", "conv1x1", "dwconv") and kernel.unblocked:
         grouped = kernel.kind != "dwconv" and kernel.groups > 1
         return f"{kernel.kind}:{'grouped' if grouped else 'unblocked'}"

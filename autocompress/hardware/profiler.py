@@ -201,7 +201,7 @@ def adaptive_kernels(measured: list[tuple[Kernel, float]], count: int,
     if count <= 0:
         return []
     ran = rules.as_run or (lambda k: k)
-    key = {k: fit_key(ran(k)) if k.precision == "fp32" else k.kind for k, _ in measured}
+    key = {k: fit_key(ran(k), rules) if k.precision == "fp32" else k.kind for k, _ in measured}
     scored: list[tuple[float, Kernel]] = []
     for fit in sorted(set(key.values())):
         rows = [(k, t) for k, t in measured if key[k] == fit]

@@ -16,7 +16,9 @@ reachable by the backend's name without importing its runtime
   graph as the runtime rewrites it, and the layout conversions it runs around a one-kernel
   profile graph (:attr:`CostRules.carried_layout`), measured as :attr:`layout_kernels`;
 * optionally, which chains of weights show what reading weights costs beyond the caches
-  (:attr:`CostRules.stream_kernels`).
+  (:attr:`CostRules.stream_kernels`);
+* optionally, which kernels the runtime runs on a path of their own, to be fitted apart
+  (:attr:`CostRules.fit_apart`).
 
 Every feature function must return regressors that never decrease with channel counts, so
 that a fit with non-negative weights is monotone in channels.
@@ -104,6 +106,12 @@ class CostRules:
     #: (:attr:`Kernel.weight_elements` where ``None``): what a model whose weights outgrow
     #: the caches pays to read (see :class:`~autocompress.hardware.latency.WeightStreaming`).
     weights_read: Callable[[Kernel], int] | None = None
+    #: The key of a fit apart from its kind's for a kernel (as :attr:`as_run` gives it) that
+    #: this backend runs on a path of its own, or ``None`` (ONNX Runtime: a pointwise fp32
+    #: convolution over fewer input channels than its block, whose input MLAS reads as it
+    #: is); besides the fits apart every backend gets
+    #: (:func:`~autocompress.hardware.latency.fit_key`).
+    fit_apart: Callable[[Kernel], str | None] | None = None
     #: Kernels a profile of this backend measures besides the default grid, and fits with it
     #: (ONNX Runtime: grouped convolutions and convolutions on channel counts off a multiple
     #: of 4, which it runs outside its blocked layout, and elementwise operators of each

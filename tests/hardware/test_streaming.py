@@ -1,5 +1,6 @@
 """What estimates add for weights that outgrow the caches, convolutions off the runtime's
-blocked layout fitted apart, non-square windows and depthwise convolutions on padded channels.
+blocked layout (and others a backend runs on a path of their own) fitted apart, non-square
+windows and depthwise convolutions on padded channels.
 
 Profiles here are built by hand from known laws, so every figure asserted is exact; the one
 graph that runs is checked for what it computes, not for how fast.
@@ -124,20 +125,23 @@ def test_weights_that_fit_in_cache_add_nothing() -> None:
     assert estimate.latency_ms == pytest.approx(without.estimate_nodes(nodes).latency_ms)
 
 
-def test_weights_beyond_the_cache_are_read_at_the_curve_s_rate() -> None:
+def test_weights_beyond_the_cache_pay_the_curve_s_rate_over_the_cached_one() -> None:
+    """A node's one-kernel time already read its weights from cache: inside a model whose
+    weights outgrow the cache it pays what reading them from there costs more."""
     model = LatencyModel(_profile())
     without = LatencyModel(_profile(chains=False))
     nodes = _model(512, 4)  # 4 x 9.4 MB: 37.7 MB of weights
     footprint = 4 * 512 * 512 * 9 * 4
     assert sum(weight_bytes(n.kernel) for n in nodes) == footprint
+    beyond = 4e-8 - 1e-8  # the rate at the footprint (and its double) less the cached one
     estimate = model.estimate_nodes(nodes)
-    assert estimate.streaming_ms == pytest.approx(footprint * 4e-8)
+    assert estimate.streaming_ms == pytest.approx(footprint * beyond)
     assert estimate.latency_ms == pytest.approx(
-        without.estimate_nodes(nodes).latency_ms + footprint * 4e-8)
+        without.estimate_nodes(nodes).latency_ms + footprint * beyond)
     # each node carries its own reading
     plain = {name: ms for name, _, ms in without.estimate_nodes(nodes).per_node_ms}
     for name, _, ms in estimate.per_node_ms:
-        assert ms == pytest.approx(plain[name] + footprint / 4 * 4e-8)
+        assert ms == pytest.approx(plain[name] + footprint / 4 * beyond)
 
 
 def test_streaming_counts_the_weights_the_backend_says_a_kernel_reads() -> None:
@@ -150,7 +154,9 @@ def test_streaming_counts_the_weights_the_backend_says_a_kernel_reads() -> None:
     read = 12 * 512 * 512 * 4  # the centre taps' weights: 12.6 MB
     assert model.streaming is not None
     estimate = model.estimate_nodes(nodes)
-    assert estimate.streaming_ms == pytest.approx(read * model.streaming.rate(2 * read))
+    streaming = model.streaming
+    assert estimate.streaming_ms == pytest.approx(
+        read * (streaming.rate(2 * read) - streaming.cached_ms_per_byte))
     assert estimate.streaming_ms < nominal / 9
 
 
@@ -163,10 +169,11 @@ def test_the_curve_is_read_at_twice_the_weights_of_the_body() -> None:
     assert 8 * MIB < weights < 16 * MIB and streaming.rate(weights) < 4e-8
     estimate = model.estimate_nodes(nodes)
     assert estimate.streaming_ms == pytest.approx(
-        weights * streaming.rate(2 * weights) * streaming.share(2 * weights))
+        weights * (streaming.rate(2 * weights) - streaming.cached_ms_per_byte)
+        * streaming.share(2 * weights))
 
 
-def test_a_classifier_pays_only_what_reading_beyond_the_cache_adds() -> None:
+def test_a_classifier_does_not_move_the_footprint_and_pays_as_every_node() -> None:
     model = LatencyModel(_profile())
     streaming = model.streaming
     assert streaming is not None
@@ -178,8 +185,8 @@ def test_a_classifier_pays_only_what_reading_beyond_the_cache_adds() -> None:
     weights = sum(weight_bytes(n.kernel) for n in body)
     alone = model.estimate_nodes(body)
     both = model.estimate_nodes([*body, head])
-    # the classifier's 16 MB do not move the body's footprint, and it pays the curve's rate
-    # at that footprint less the cached rate its one-kernel measurement already ran at
+    # the classifier's 16 MB do not move the body's footprint, and it pays, as every node,
+    # the curve's rate at that footprint less the cached rate its one-kernel measurement ran at
     head_read = weight_bytes(head.kernel) * (
         streaming.rate(2 * weights) - streaming.cached_ms_per_byte) * streaming.share(2 * weights)
     assert head_read > 0
@@ -245,6 +252,63 @@ def test_convolutions_off_the_blocked_layout_get_their_own_fits_where_measured()
     assert "conv:grouped" not in dense_only.fits  # then the kind's fit costs them
     assert dense_only.kernel_ms(node)[0] == pytest.approx(_dense_ms(grouped) - OVERHEAD_MS,
                                                           rel=1e-6)
+
+
+def _pointwise_ms(k: Kernel) -> float:
+    """The hand-made device's pointwise convolutions: those over fewer than 16 input channels
+    run another kernel, four times slower per output element."""
+    per_output = 4e-7 if k.in_channels < 16 else 1e-7
+    return OVERHEAD_MS + 0.001 + 1e-8 * k.macs + per_output * k.out_elements
+
+
+def test_a_backend_fits_apart_the_kernels_it_runs_on_a_path_of_their_own(monkeypatch) -> None:
+    import autocompress.hardware.latency as latency
+    from autocompress.hardware.rules import CostRules
+
+    rules = CostRules(fit_apart=lambda k: "conv1x1:narrow" if (
+        k.kind == "conv1x1" and k.in_channels < 16) else None)
+    monkeypatch.setattr(latency, "rules_for", lambda backend: rules)
+    wide = [Kernel("conv1x1", c, c2, s, s) for c in (16, 64, 256) for c2 in (16, 128)
+            for s in (7, 28)]
+    narrow = [Kernel("conv1x1", c, c2, s, s) for c in (4, 8, 12) for c2 in (16, 64)
+              for s in (14, 28)]
+    overhead = LatencyMeasurement(OVERHEAD_MS, OVERHEAD_MS, OVERHEAD_MS, 10, True)
+
+    def model(kernels: list[Kernel]) -> LatencyModel:
+        return LatencyModel(HardwareProfile(
+            "synthetic", "x", {"threads": 1}, {}, overhead,
+            tuple(_measured(k, _pointwise_ms(k)) for k in kernels)))
+
+    apart = model(wide + narrow)
+    assert apart.fits["conv1x1:narrow"].samples == len(narrow)
+    assert apart.fits["conv1x1"].samples == len(wide)
+    for k in (Kernel("conv1x1", 8, 48, 24, 24), Kernel("conv1x1", 32, 96, 24, 24)):
+        assert fit_key(k, rules) == ("conv1x1:narrow" if k.in_channels < 16 else "conv1x1")
+        assert fit_key(k) == "conv1x1"  # the neutral rules fit no such kernels apart
+        # each law recovered from its own kernels
+        assert apart.kernel_ms(_node("p", k))[0] == pytest.approx(
+            _pointwise_ms(k) - OVERHEAD_MS, rel=1e-6)
+    # from fewer than four such kernels no fit apart is made: the kind's fit costs them
+    few = model(wide + narrow[:3])
+    assert "conv1x1:narrow" not in few.fits
+    assert few.kernel_ms(_node("p", Kernel("conv1x1", 8, 48, 24, 24)))[0] > 0
+
+
+def test_onnx_runtime_fits_apart_pointwise_convolutions_over_fewer_channels_than_a_block(
+        monkeypatch) -> None:
+    from autocompress.hardware.backends import onnxruntime as ort_backend
+
+    rules = ort_backend.ONNXRUNTIME_RULES
+    monkeypatch.setattr(ort_backend, "nchwc_block", lambda: 16)  # AVX-512's block
+    assert fit_key(Kernel("conv1x1", 8, 48, 24, 24), rules) == "conv1x1:nchw"
+    assert fit_key(Kernel("conv1x1", 12, 1280, 7, 7), rules) == "conv1x1:nchw"
+    assert fit_key(Kernel("conv1x1", 16, 48, 24, 24), rules) == "conv1x1"
+    assert fit_key(Kernel("conv1x1", 8, 48, 24, 24, precision="int8"), rules) == "conv1x1"
+    assert fit_key(Kernel("conv1x1", 6, 48, 24, 24, unblocked=True),
+                   rules) == "conv1x1:unblocked"
+    assert fit_key(Kernel("conv", 8, 48, 24, 24, kernel=3), rules) == "conv"
+    monkeypatch.setattr(ort_backend, "nchwc_block", lambda: 8)  # AVX2's: 8 is a block
+    assert fit_key(Kernel("conv1x1", 8, 48, 24, 24), rules) == "conv1x1"
 
 
 def test_onnx_runtime_says_which_convolutions_it_runs_outside_its_blocked_layout() -> None:
