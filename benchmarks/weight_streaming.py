@@ -2,8 +2,10 @@
 weights from memory?
 
 A profile measures what reading weights costs with chains of matrix-vector products (kind
-``weights``), and an estimate charges every node's weight bytes at that rate once the model's
-weights outgrow the cache (:class:`~autocompress.hardware.latency.WeightStreaming`). This
+``weights``), and an estimate charges every node's weight bytes at that rate over the cached
+rate once the model's weights outgrow the cache
+(:class:`~autocompress.hardware.latency.WeightStreaming`; until 2026-12-07 at the whole rate,
+which the results files of before then show as the charge). This
 benchmark asks whether other kernels pay the same. For each of three kernels it measures
 chains of n equal layers, each with weights of its own, from one layer (whose weights stay in
 cache between runs, like a one-kernel measurement) to about 48 MiB of weights:

@@ -23,6 +23,7 @@ from autocompress.hardware.latency import (
     WeightStreaming,
     fit_key,
     is_classifier,
+    pays_whole_rate,
     weight_bytes,
 )
 from autocompress.hardware.profile import KernelMeasurement
@@ -125,23 +126,44 @@ def test_weights_that_fit_in_cache_add_nothing() -> None:
     assert estimate.latency_ms == pytest.approx(without.estimate_nodes(nodes).latency_ms)
 
 
-def test_weights_beyond_the_cache_pay_the_curve_s_rate_over_the_cached_one() -> None:
-    """A node's one-kernel time already read its weights from cache: inside a model whose
-    weights outgrow the cache it pays what reading them from there costs more."""
+def test_windowed_convolutions_beyond_the_cache_pay_the_curve_s_whole_rate() -> None:
+    """Inside a model whose weights outgrow the cache a 3x3 convolution pays the whole
+    time of reading its weights at the model's footprint (:func:`pays_whole_rate`)."""
     model = LatencyModel(_profile())
     without = LatencyModel(_profile(chains=False))
     nodes = _model(512, 4)  # 4 x 9.4 MB: 37.7 MB of weights
     footprint = 4 * 512 * 512 * 9 * 4
     assert sum(weight_bytes(n.kernel) for n in nodes) == footprint
-    beyond = 4e-8 - 1e-8  # the rate at the footprint (and its double) less the cached one
     estimate = model.estimate_nodes(nodes)
-    assert estimate.streaming_ms == pytest.approx(footprint * beyond)
+    assert estimate.streaming_ms == pytest.approx(footprint * 4e-8)
     assert estimate.latency_ms == pytest.approx(
-        without.estimate_nodes(nodes).latency_ms + footprint * beyond)
+        without.estimate_nodes(nodes).latency_ms + footprint * 4e-8)
     # each node carries its own reading
     plain = {name: ms for name, _, ms in without.estimate_nodes(nodes).per_node_ms}
     for name, _, ms in estimate.per_node_ms:
-        assert ms == pytest.approx(plain[name] + footprint / 4 * beyond)
+        assert ms == pytest.approx(plain[name] + footprint / 4 * 4e-8)
+
+
+def test_other_kernels_beyond_the_cache_pay_only_the_rate_over_the_cached_one() -> None:
+    """A matrix product's one-kernel time (here of 4 rows, a transformer's tokens; pointwise
+    and depthwise convolutions alike) already read its weights from cache: inside a model
+    whose weights outgrow the cache it pays what reading them from there costs more."""
+    model = LatencyModel(_profile())
+    nodes = [NodeKernel(f"mm{i}", "MatMul", Kernel("gemm", 1536, 1536, 4, 1))
+             for i in range(4)]
+    footprint = 4 * 1536 * 1536 * 4  # 37.7 MB, as the 3x3 convolutions above
+    assert sum(weight_bytes(n.kernel) for n in nodes) == footprint
+    assert not any(pays_whole_rate(n.kernel) for n in nodes)
+    assert not pays_whole_rate(Kernel("conv1x1", 64, 64, 4, 4))
+    assert not pays_whole_rate(Kernel("dwconv", 64, 64, 4, 4, kernel=3, groups=64))
+    assert pays_whole_rate(Kernel("conv", 96, 96, 12, 12, kernel=3, groups=12))
+    estimate = model.estimate_nodes(nodes)
+    assert estimate.streaming_ms == pytest.approx(footprint * (4e-8 - 1e-8))
+    # beside them, a 3x3 convolution of the same weights pays the whole rate
+    mixed = [*nodes[:2], *_model(1536 // 3, 2)]
+    assert sum(weight_bytes(n.kernel) for n in mixed) == footprint
+    assert model.estimate_nodes(mixed).streaming_ms == pytest.approx(
+        footprint / 2 * (4e-8 - 1e-8) + footprint / 2 * 4e-8)
 
 
 def test_streaming_counts_the_weights_the_backend_says_a_kernel_reads() -> None:
@@ -154,9 +176,7 @@ def test_streaming_counts_the_weights_the_backend_says_a_kernel_reads() -> None:
     read = 12 * 512 * 512 * 4  # the centre taps' weights: 12.6 MB
     assert model.streaming is not None
     estimate = model.estimate_nodes(nodes)
-    streaming = model.streaming
-    assert estimate.streaming_ms == pytest.approx(
-        read * (streaming.rate(2 * read) - streaming.cached_ms_per_byte))
+    assert estimate.streaming_ms == pytest.approx(read * model.streaming.rate(2 * read))
     assert estimate.streaming_ms < nominal / 9
 
 
@@ -169,8 +189,7 @@ def test_the_curve_is_read_at_twice_the_weights_of_the_body() -> None:
     assert 8 * MIB < weights < 16 * MIB and streaming.rate(weights) < 4e-8
     estimate = model.estimate_nodes(nodes)
     assert estimate.streaming_ms == pytest.approx(
-        weights * (streaming.rate(2 * weights) - streaming.cached_ms_per_byte)
-        * streaming.share(2 * weights))
+        weights * streaming.rate(2 * weights) * streaming.share(2 * weights))
 
 
 def test_a_classifier_does_not_move_the_footprint_and_pays_as_every_node() -> None:
