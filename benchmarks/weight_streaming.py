@@ -2,10 +2,11 @@
 weights from memory?
 
 A profile measures what reading weights costs with chains of matrix-vector products (kind
-``weights``), and an estimate charges every node's weight bytes at that rate over the cached
-rate once the model's weights outgrow the cache
-(:class:`~autocompress.hardware.latency.WeightStreaming`; until 2026-12-07 at the whole rate,
-which the results files of before then show as the charge). This
+``weights``), and an estimate charges a node's weight bytes at that rate once the model's
+weights outgrow the cache (:class:`~autocompress.hardware.latency.WeightStreaming`): a
+windowed convolution the whole rate, every other node the rate over the cached one (until
+2026-12-07 every node the whole rate, which the results files of before then show as the
+charge). This
 benchmark asks whether other kernels pay the same. For each of three kernels it measures
 chains of n equal layers, each with weights of its own, from one layer (whose weights stay in
 cache between runs, like a one-kernel measurement) to about 48 MiB of weights:
@@ -113,7 +114,8 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
         one = [p[(kernel, 1)] - p[("overhead", 0)] for p in passes]
         per_layer = [(p[(kernel, layers)] - p[("overhead", 0)]) / layers for p in passes]
         extra = [(pl - o) / (size / MIB) for pl, o in zip(per_layer, one, strict=True)]
-        charge = (streaming.node_ms(size, size * layers) / (size / MIB)
+        windowed = KERNELS[kernel][2] > 1  # a convolution that pays the whole rate
+        charge = (streaming.node_ms(size, size * layers, whole=windowed) / (size / MIB)
                   if streaming is not None else float("nan"))
         rows.append({
             "kernel": kernel, "layers": layers, "layer_mib": size / MIB,
