@@ -310,10 +310,9 @@ class LatencyModel:
                            float(np.sqrt(np.mean(rel**2))), len(rows), precision,
                            inside=carried is not None)
 
-        # the fits apart the backend's rules add (:attr:`CostRules.fit_apart`)
-        backend_keys = sorted({key(k) for k in ran.values()} - {*KINDS, *SPLIT_KEYS,
-                                                                  *BOUNDARY_KINDS,
-                                                                  *LAYOUT_KINDS})
+        # the fits apart the backend's rules add (:attr:`CostRules.fit_apart`): the keys
+        # they give where the neutral ones differ
+        backend_keys = sorted({key(k) for k in ran.values() if key(k) != fit_key(k)})
         fits: dict[str, dict[str, KindFit]] = {}
         for precision in profile.precisions:
             by_kind: dict[str, KindFit] = {}
