@@ -63,7 +63,7 @@ from autocompress.hardware.profile import HardwareProfile
 from autocompress.hardware.rules import NEUTRAL_RULES, CarriedFn, CostRules, FeatureFn
 
 __all__ = ["SPLIT_KEYS", "KindFit", "LatencyEstimate", "LatencyModel", "WeightStreaming",
-           "fit_calibration", "fit_key"]
+           "fit_calibration", "fit_key", "pays_whole_rate"]
 
 
 @dataclass(frozen=True)

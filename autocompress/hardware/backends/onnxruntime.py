@@ -262,6 +262,7 @@ _LAYOUT_TENSORS = ((16, 4), (16, 14), (16, 32), (16, 56), (32, 8), (32, 28), (48
 #: weights that stay in a CPU's caches between runs to weights read from memory every run.
 _STREAM_LAYERS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
+
 def _fit_apart(kernel: Kernel) -> str | None:
     """``conv1x1:nchw`` for a pointwise fp32 convolution in the blocked layout over fewer
     input channels than a block (8 or 12 with AVX-512's 16), else ``None``.
