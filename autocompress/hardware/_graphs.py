@@ -36,7 +36,7 @@ def _conv_node(k: Kernel, x: str, y: str, prefix: str, rng: np.random.Generator
     b = rng.standard_normal(k.out_channels)
     inits = [numpy_helper.from_array(w.astype(np.float32), f"{prefix}w"),
              numpy_helper.from_array(b.astype(np.float32), f"{prefix}b")]
-    pads = [k.kernel // 2, k.window_w // 2] * 2
+    pads = list(k.pads) * 2
     conv = helper.make_node("Conv", [x, f"{prefix}w", f"{prefix}b"], [f"{prefix}c"],
                             kernel_shape=[k.kernel, k.window_w], strides=[k.stride, k.stride],
                             pads=pads, group=k.groups)
@@ -158,8 +158,9 @@ def _fp32_graph(kernel: Kernel, seed: int) -> onnx.ModelProto:
         if k.kernel == 0:
             nodes = [helper.make_node("GlobalAveragePool", ["x"], ["y"])]
         else:
+            padded = {"pads": list(k.pads) * 2} if any(k.pads) else {}
             nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k.kernel] * 2,
-                                      strides=[k.stride] * 2)]
+                                      strides=[k.stride] * 2, **padded)]
     elif k.kind == "elementwise":
         in_shape = out_shape = [1, k.in_channels, k.height, k.width]
         nodes, inits, out_shape = _elementwise_nodes(k, in_shape, rng)

@@ -67,7 +67,10 @@ class Kernel:
     a boundary kernel has the precision of the profile part that measures it (``int8`` for
     ``quantize``/``dequantize``, ``fp16`` for the casts).
     ``kernel`` is the window's height and width; ``kernel_w``, where not 0, its width
-    (a 1x7 or 7x1 convolution, as in Inception; a convolution pads to keep its size).
+    (a 1x7 or 7x1 convolution, as in Inception). ``padding``: the zeros a convolution or
+    pooling adds on each side of its input (:attr:`pads`); -1, the usual case, is
+    ``window // 2`` along each axis for a convolution (it keeps its size at stride 1, as every
+    convolution of a profile's grid does) and none for pooling.
     ``unblocked``: the runtime runs this convolution outside its blocked channel layout (ONNX
     Runtime on a CPU, for channel counts off a multiple of 4 and some grouped convolutions:
     a generic path, up to 8x slower for a depthwise one); set from the runtime's own graph.
@@ -87,27 +90,38 @@ class Kernel:
     kernel_w: int = 0
     unblocked: bool = False
     op: str = ""
+    padding: int = -1
 
     @property
     def window_w(self) -> int:
         """The window's width (``kernel`` where the window is square)."""
         return self.kernel_w or self.kernel
 
-    def _out_size(self, size: int, window: int) -> int:
+    @property
+    def pads(self) -> tuple[int, int]:
+        """The zeros added on each side of the input along its height and its width."""
+        if self.kind not in ("conv", "conv1x1", "dwconv", "pool"):
+            return 0, 0
+        if self.padding >= 0:
+            return self.padding, self.padding
+        if self.kind == "pool":
+            return 0, 0
+        return self.kernel // 2, self.window_w // 2
+
+    def _out_size(self, size: int, window: int, pad: int) -> int:
         if self.kind in FLAT_KINDS:
             return size
         if self.kind == "pool" and self.kernel == 0:
             return 1
-        pad = window // 2 if self.kind != "pool" else 0
         return (size + 2 * pad - window) // self.stride + 1
 
     @property
     def out_height(self) -> int:
-        return self._out_size(self.height, self.kernel)
+        return self._out_size(self.height, self.kernel, self.pads[0])
 
     @property
     def out_width(self) -> int:
-        return self._out_size(self.width, self.window_w)
+        return self._out_size(self.width, self.window_w, self.pads[1])
 
     @property
     def macs(self) -> int:
@@ -149,6 +163,8 @@ class Kernel:
         for name in ("kernel_w", "unblocked", "op"):  # the usual case: files as before
             if not data[name]:
                 del data[name]
+        if data["padding"] < 0:
+            del data["padding"]
         return data
 
     @classmethod

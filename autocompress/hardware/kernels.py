@@ -187,6 +187,24 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
+def _padding(node: onnx.NodeProto, usual: tuple[int, int]) -> int:
+    """:attr:`Kernel.padding` of a convolution or pooling node whose usual pads along height
+    and width are ``usual``: -1 where the node's are those, else the pad on each side (the
+    mean of the four where they differ: an asymmetric padding is rare in exported models)."""
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto == "VALID":
+        pads = [0, 0, 0, 0]
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):  # as a window // 2 padding gives at odd windows
+        window = [int(k) for k in _attr(node, "kernel_shape", [1, 1])]
+        pads = [window[0] // 2, window[-1] // 2] * 2
+    else:
+        pads = [int(p) for p in _attr(node, "pads", [0, 0, 0, 0])]
+    if len(pads) != 4 or pads == [*usual, *usual]:
+        return -1
+    return sum(pads) // 4
+
+
 def _chw(shape: list[int]) -> tuple[int, int, int]:
     """(channels, height, width) of an activation, flattening what is not NCHW: the second
     dimension is the channels, the leading one (a batch of attention heads, the rows of a
@@ -289,7 +307,8 @@ def costed_node(node: onnx.NodeProto, label: str, shapes: Mapping[str, list[int]
         kind = classify_conv(x[1], y[1], kernel_size, groups, kernel_w)
         return NodeKernel(label, node.op_type, Kernel(
             kind, in_channels=x[1], out_channels=y[1], height=x[2], width=x[3],
-            kernel=kernel_size, stride=int(strides[0]), groups=groups, kernel_w=kernel_w))
+            kernel=kernel_size, stride=int(strides[0]), groups=groups, kernel_w=kernel_w,
+            padding=_padding(node, (kernel_size // 2, window[-1] // 2))))
     if op in ("Gemm", "MatMul") and x and y:
         rows = int(np.prod(x[:-1])) if len(x) > 1 else 1
         return NodeKernel(label, node.op_type, Kernel(
@@ -308,7 +327,8 @@ def costed_node(node: onnx.NodeProto, label: str, shapes: Mapping[str, list[int]
         stride = 1 if global_pool else int(_attr(node, "strides", [k_size])[0])
         return NodeKernel(label, node.op_type, Kernel(
             "pool", in_channels=c, out_channels=c, height=h, width=w_,
-            kernel=k_size, stride=stride))
+            kernel=k_size, stride=stride,
+            padding=-1 if global_pool else _padding(node, (0, 0))))
     if y:
         c, h, w_ = _chw(x if op in _REDUCE_OPS and x else y)
         note = "" if op in _ELEMENTWISE_OPS else "unmodelled op, costed as elementwise"

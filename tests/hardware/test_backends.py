@@ -212,9 +212,10 @@ def test_onnxruntime_costs_a_whole_filter_set_of_input_reads_for_fewer_outputs()
 
 
 def test_onnxruntime_costs_only_the_taps_of_a_window_inside_the_map() -> None:
-    """ONNX Runtime's blocked fp32 convolutions skip the taps that fall in the padding (a 3x3
-    convolution of 512 channels on a 1x1 map ran in 27.5 us where a 1x1 one ran in 21.5, with
-    nine times the nominal multiply-adds and weights; AMD EPYC VM, 2026-12-07), so their
+    """ONNX Runtime's blocked fp32 convolutions skip the rows of a window that fall in the
+    padding, and on a 1x1 map most of its work (a 3x3 convolution of 512 channels there ran
+    in 27.5 us where a 1x1 one ran in 21.5, with nine times the nominal multiply-adds and
+    weights; AMD EPYC VM, 2026-12-07; ``benchmarks/padded_windows.py``), so their
     multiply-adds and the weights they read count the taps inside the map; the generic path
     (``unblocked``) and other precisions count them all."""
     def macs_and_weights(kernel: Kernel) -> tuple[float, float]:

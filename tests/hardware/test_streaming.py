@@ -372,6 +372,49 @@ def test_non_square_windows_count_their_own_area() -> None:
         assert k.macs == 48 * 64 * window[0] * window[1] * 17 * 17
 
 
+def test_a_convolution_or_pooling_pads_as_its_node_says() -> None:
+    """SqueezeNet's 7x7 stem at stride 2 and Inception's reductions pad nothing, ConvNeXt's
+    and Swin's patch convolutions neither, a max pooling pads by one: their outputs, work and
+    one-kernel graphs follow their pads, not a convolution that keeps its size."""
+    def costed(op: str, pads: list[int], x: list[int], y: list[int], **attrs: object
+               ) -> Kernel:
+        if pads:
+            attrs["pads"] = pads
+        node = helper.make_node(op, ["x", "w"] if op == "Conv" else ["x"], ["y"], **attrs)
+        kernel = costed_node(node, op, {"x": x, "w": [y[1], x[1], 7, 7], "y": y}).kernel
+        assert kernel is not None
+        return kernel
+
+    stem = costed("Conv", [0, 0, 0, 0], [1, 3, 96, 96], [1, 96, 45, 45], kernel_shape=[7, 7],
+                  strides=[2, 2])
+    assert stem.padding == 0 and stem.pads == (0, 0)
+    assert (stem.out_height, stem.out_width) == (45, 45)
+    assert stem.macs == 96 * 45 * 45 * 3 * 49
+    # every tap of an unpadded window is inside the map
+    from autocompress.hardware.backends import onnxruntime as ort_backend
+    taps = ort_backend.ONNXRUNTIME_RULES.features(stem)[1]
+    assert taps == stem.macs
+    same = costed("Conv", [3, 3, 3, 3], [1, 3, 96, 96], [1, 64, 48, 48], kernel_shape=[7, 7],
+                  strides=[2, 2])
+    assert same.padding == -1 and same.pads == (3, 3) and same.out_height == 48
+    assert "padding" not in same.to_dict() and stem.to_dict()["padding"] == 0  # files as before
+    assert Kernel.from_dict(stem.to_dict()) == stem
+    valid = costed("Conv", [], [1, 3, 9, 9], [1, 8, 3, 3], kernel_shape=[7, 7], auto_pad="VALID")
+    assert valid.padding == 0 and valid.out_height == 3
+    pool = costed("MaxPool", [1, 1, 1, 1], [1, 64, 48, 48], [1, 64, 24, 24],
+                  kernel_shape=[3, 3], strides=[2, 2])
+    assert pool.padding == 1 and (pool.out_height, pool.out_width) == (24, 24)
+    assert Kernel("pool", 64, 64, 48, 48, kernel=3, stride=2).out_height == 23  # unpadded
+    # the one-kernel graphs run the same padding, and the runtime computes those shapes
+    for kernel in (stem, pool):
+        graph = onnx.load_from_string(kernel_graph(kernel))
+        session = ort.InferenceSession(graph.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        x = np.zeros((1, kernel.in_channels, kernel.height, kernel.width), np.float32)
+        assert session.run(None, {"x": x})[0].shape == (1, kernel.out_channels,
+                                                        kernel.out_height, kernel.out_width)
+
+
 def test_depthwise_convolution_on_padded_channels_is_depthwise() -> None:
     # ONNX Runtime's blocked graph runs 24 channels as 32 groups
     node = helper.make_node("Conv", ["x", "w"], ["y"], group=32, kernel_shape=[3, 3],

@@ -153,18 +153,16 @@ def _filter_set_passes(kernel: Kernel) -> float:
                  * _window_taps(kernel))
 
 
-def _taps(size: int, window: int, stride: int) -> int:
-    """Window taps inside the input, summed over the output positions of one axis (a
-    convolution padded to keep its size: ``window // 2`` each side)."""
-    pad = window // 2
+def _taps(size: int, window: int, stride: int, pad: int) -> int:
+    """Window taps inside the input, summed over the output positions of one axis padded by
+    ``pad`` each side."""
     out = (size + 2 * pad - window) // stride + 1
     return sum(max(min(window, size + pad - o * stride) - max(0, pad - o * stride), 0)
                for o in range(out))
 
 
-def _used_taps(size: int, window: int, stride: int) -> int:
+def _used_taps(size: int, window: int, stride: int, pad: int) -> int:
     """Window taps of one axis that fall inside the input at some output position."""
-    pad = window // 2
     last = (size + 2 * pad - window) // stride  # the last output position
     return max(min(window, size + pad) - max(0, pad - last * stride), 0)
 
@@ -177,17 +175,26 @@ def _weights_read(kernel: Kernel) -> int:
             or kernel.unblocked):
         return kernel.weight_elements
     return (kernel.out_channels * (kernel.in_channels // kernel.groups)
-            * _used_taps(kernel.height, kernel.kernel, kernel.stride)
-            * _used_taps(kernel.width, kernel.window_w, kernel.stride))
+            * _used_taps(kernel.height, kernel.kernel, kernel.stride, kernel.pads[0])
+            * _used_taps(kernel.width, kernel.window_w, kernel.stride, kernel.pads[1]))
 
 
 def _window_taps(kernel: Kernel) -> int:
     """Taps of a convolution's window that fall inside its input, over all output pixels:
-    ``kernel * window_w * out_height * out_width`` less the taps in the padding, which ONNX
-    Runtime's blocked fp32 convolutions skip. On maps of a few pixels that is most of them
-    (a 3x3 window on a 1x1 map: one tap in nine)."""
-    return (_taps(kernel.height, kernel.kernel, kernel.stride)
-            * _taps(kernel.width, kernel.window_w, kernel.stride))
+    ``kernel * window_w * out_height * out_width`` less the taps in the padding. On maps of a
+    few pixels that is most of them (a 3x3 window on a 1x1 map: one tap in nine).
+
+    ONNX Runtime's blocked fp32 convolutions skip the rows of a window that fall in the
+    padding, but the outputs whose window crosses the map's left or right edge run a slower
+    path (``benchmarks/padded_windows.py``, AMD EPYC VM, 2026-12-08: against an unpadded
+    convolution of the same output, a 3x3 one of 512 channels costs 0.18x on a 1x1 map,
+    0.86x on 2x2 and 0.97x on 3x3, where 0.11, 0.44 and 0.60 of its taps are inside). The
+    fit prices what the edges cost into these taps; a term of its own for them halved the
+    dense fit's error on its own kernels but did not improve the models' estimates
+    (``docs/latency.md``, "Taps in the padding: MLAS runs more of them than the estimate
+    counts")."""
+    return (_taps(kernel.height, kernel.kernel, kernel.stride, kernel.pads[0])
+            * _taps(kernel.width, kernel.window_w, kernel.stride, kernel.pads[1]))
 
 
 #: Grouped convolutions (not depthwise) measured besides the default grid, group widths 4 to
