@@ -28,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from autocompress.hardware import MeasureSettings, get_backend
 from autocompress.hardware._apart import measure_apart
-from autocompress.hardware.kernels import Kernel
 from autocompress.hardware.backends.onnxruntime import _window_taps
+from autocompress.hardware.kernels import Kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _provenance import commit, machine  # noqa: E402
